@@ -1,0 +1,162 @@
+"""The ``sapindex`` command line.
+
+Exit codes: 0 success; 1 internal error (a bug: please report it, rerun with
+``SAPINDEX_DEBUG=1`` for the traceback); 2 bad input or environment (the message names the
+file or row and the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from sapindex import __version__
+from sapindex.errors import EXIT_INTERNAL, SapIndexError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sapindex")
+def cli() -> None:
+    """sapindex: Structural Anchor Pruning for ColPali-family visual document retrievers.
+
+    \b
+    Example:
+      sapindex demo --out demo/
+      sapindex calibrate --model /models/colqwen2-v1.0-merged --pairs calib.jsonl --out calib/
+    """
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Local checkpoint directory (merged, or a LoRA adapter with --base-model).")
+@click.option("--base-model", type=click.Path(path_type=Path), default=None,
+              help="Local base checkpoint of a LoRA adapter (never downloaded).")
+@click.option("--pairs", required=True, type=click.Path(path_type=Path),
+              help="(query, page) pairs: JSONL, a directory of JSONL/parquet, or a parquet file.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--limit", default=500, show_default=True, help="Use at most this many pairs (seeded sample).")
+@click.option("--batch-size", default=4, show_default=True, help="Pages per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the pair sample and the random floor.")
+@click.option("--keep-ratio", default=0.10, show_default=True, help="Calibration keep ratio gamma_cal.")
+@click.option("--rho", default=0.2, show_default=True, help="Window width as a fraction of the layer count.")
+@click.option("--json", "as_json", is_flag=True, help="Print calibration.json instead of the summary.")
+def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, dtype, seed, keep_ratio, rho, as_json):
+    """Run the per-layer Score Retention analysis and pick the SAP layer window.
+
+    Writes OUT/calibration.json and OUT/sr_curve.png.
+
+    \b
+    Example:
+      sapindex calibrate --model /models/colqwen2-v1.0-merged --pairs calib.jsonl --out calib/
+    """
+    from sapindex.exporter.calibrate import CalibrationConfig, calibrate as run, summary_text, write_calibration
+
+    cfg = CalibrationConfig(model=str(model_dir), pairs=str(pairs), base_model=str(base_model) if base_model else None,
+                            limit=limit, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
+                            keep_ratio=keep_ratio, rho=rho)
+    record = _with_progress("calibrating", lambda progress, total: run(cfg, progress=progress, on_total=total),
+                            quiet=as_json)
+    json_path, png_path = write_calibration(record, out_dir)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        click.echo(summary_text(record))
+        click.echo(f"wrote      {json_path} and {png_path}")
+        if record["pairs"]["skipped"]:
+            click.echo(f"skipped    {record['pairs']['skipped']} bad row(s), e.g. {record['pairs']['skipped_rows'][0]}")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--base-model", type=click.Path(path_type=Path), default=None, help="Local base of a LoRA adapter.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(model_dir, base_model, as_json):
+    """Describe a checkpoint: family, layers, heads, image-token scheme, parameters (no weights loaded).
+
+    \b
+    Example:
+      sapindex info /models/colqwen2-v1.0-merged
+    """
+    from sapindex.models.registry import inspect_model_dir
+
+    summary = inspect_model_dir(model_dir, base_model).summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key in ("path", "family", "model_type", "n_layers", "n_heads", "n_kv_heads", "hidden_size", "parameters",
+                "lora", "base_model", "image_token_scheme"):
+        click.echo(f"{key:<19} {summary[key]}")
+    click.echo(f"{'fingerprint':<19} {summary['fingerprint']['sha256'][:16]}")
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="sapindex-demo", show_default=True, type=click.Path(path_type=Path))
+@click.option("--family", default="colqwen2", show_default=True, type=click.Choice(["colqwen2", "colqwen2_5"]))
+@click.option("--pages", default=16, show_default=True, help="Generated (query, page) pairs.")
+def demo(out_dir, family, pages):
+    """Build the built-in tiny model and generated pages, then calibrate it (needs the export extra).
+
+    The tiny model has random weights: this shows the mechanics, not retrieval quality.
+
+    \b
+    Example:
+      sapindex demo --out demo/
+    """
+    from sapindex.exporter.calibrate import CalibrationConfig, calibrate as run, summary_text, write_calibration
+    from sapindex.models.tiny import build_tiny_model
+    from sapindex.synthetic import write_pairs
+
+    model_dir = build_tiny_model(out_dir / f"tiny-{family}", family)
+    pairs = write_pairs(out_dir / "pairs", n=pages)
+    click.echo(f"tiny model {model_dir}\npairs      {pairs}")
+    cfg = CalibrationConfig(model=str(model_dir), pairs=str(pairs))
+    record = _with_progress("calibrating", lambda progress, total: run(cfg, progress=progress, on_total=total))
+    json_path, png_path = write_calibration(record, out_dir / "calib")
+    click.echo(summary_text(record))
+    click.echo(f"wrote      {json_path} and {png_path}")
+
+
+def _with_progress(label: str, work, quiet: bool = False):
+    """Run ``work(progress, on_total)`` under a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=label, unit="pair", disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+    try:
+        def on_total(n):
+            bar.reset(total=n)
+
+        return work(bar.update, on_total)
+    finally:
+        bar.close()
+
+
+def main() -> None:
+    """Console entry point: user errors are one line and exit 2, never a traceback."""
+    try:
+        rc = cli.main(standalone_mode=False)
+        if isinstance(rc, int):
+            sys.exit(rc)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SapIndexError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: keep the user's terminal clean unless asked
+        if os.environ.get("SAPINDEX_DEBUG"):
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with SAPINDEX_DEBUG=1 for details)", err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The torch side's family-independent machinery: one batched forward pass that yields final
+embeddings and each decoder layer's visual in-degree centrality.
+
+Why hooks: colpali-engine's ``forward`` is the reference for the embeddings, so we call it
+unchanged and listen to the decoder layers' attention modules. In eager attention every
+``self_attn`` returns ``(output, probabilities [B, H, S, S])``; the hook reduces the
+probabilities to in-degree ``[B, S]`` at once, so a pass over L layers holds one layer's
+attention matrix at a time instead of all L (the reference code keeps them all, at batch 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sapindex.errors import SapIndexError
+from sapindex.models.registry import ModelInfo
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class PageEncoding:
+    """One page through the model: final visual-token vectors and per-layer centrality."""
+
+    embeddings: np.ndarray  # [V, dim] float32, L2-normalised final-layer projections of the visual tokens
+    centrality: np.ndarray  # [n_layers_captured, V] float64 visual in-degree per captured layer
+    layers: tuple[int, ...]  # decoder layer index of each centrality row
+    grid: tuple[int, int]  # (rows, cols) of visual tokens on the page
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SapIndexError("--device cuda was asked for but this torch build sees no CUDA device")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SapIndexError(f"unknown device {device!r} (use cpu or cuda)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise SapIndexError(f"unknown dtype {dtype!r} (use one of {', '.join(sorted(DTYPES))})") from None
+
+
+def in_degree_batch(attn: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    """Batched visual in-degree of one layer: ``[B, H, S, S]`` probabilities -> ``[B, S]`` (head mean).
+
+    Column sums over visual rows only; non-visual columns come out too and are dropped by the caller.
+    """
+    rows = visual.to(torch.float32)  # [B, S]
+    col = torch.einsum("bhij,bi->bhj", attn.to(torch.float32), rows)  # [B, H, S]
+    return col.mean(dim=1)  # [B, S]
+
+
+class FamilyAdapter:
+    """A loaded colpali-engine model plus what SAP needs to know about its family.
+
+    Subclasses say where the decoder layers are, how pages and queries become tensors and
+    where the visual tokens sit; everything else is shared.
+    """
+
+    def __init__(self, info: ModelInfo, model, processor, device: torch.device, dtype: torch.dtype):
+        self.info = info
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.dtype = dtype
+
+    # -- family specifics ------------------------------------------------------------------
+    def decoder_layers(self) -> list[torch.nn.Module]:
+        raise NotImplementedError
+
+    def page_inputs(self, images) -> dict:
+        raise NotImplementedError
+
+    def query_inputs(self, texts: list[str]) -> dict:
+        raise NotImplementedError
+
+    def visual_mask(self, inputs: dict) -> torch.Tensor:
+        """``[B, S]`` bool: which sequence positions are visual tokens."""
+        raise NotImplementedError
+
+    def page_grids(self, inputs: dict) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.decoder_layers())
+
+    def check_eager(self) -> None:
+        impl = getattr(self.decoder_layers()[0].self_attn.config, "_attn_implementation", None)
+        if impl != "eager":
+            raise SapIndexError(
+                f"{self.info.path}: attention implementation {impl!r} cannot return attention probabilities; "
+                "SAP needs eager attention"
+            )
+
+    @torch.no_grad()
+    def encode_pages(self, images, layers: tuple[int, ...] | None = None) -> list[PageEncoding]:
+        """Final embeddings and per-layer centrality for a batch of page images, in one forward pass."""
+        layers = tuple(range(self.n_layers)) if layers is None else tuple(layers)
+        inputs = self.page_inputs(images)
+        visual = self.visual_mask(inputs)  # [B, S]
+        captured: dict[int, torch.Tensor] = {}
+        handles = []
+        for idx in layers:
+            attn_module = self.decoder_layers()[idx].self_attn
+
+            def hook(_module, _args, output, idx=idx):
+                probs = output[1]
+                if probs is None:
+                    raise SapIndexError(f"{self.info.path}: decoder layer {idx} returned no attention probabilities")
+                captured[idx] = in_degree_batch(probs, visual)  # [B, S]
+
+            handles.append(attn_module.register_forward_hook(hook))
+        try:
+            emb = self.model(**inputs)  # [B, S, dim]
+        finally:
+            for handle in handles:
+                handle.remove()
+        grids = self.page_grids(inputs)
+        pages = []
+        for b in range(emb.shape[0]):
+            vis = visual[b]
+            cent = torch.stack([captured[idx][b][vis] for idx in layers]) if layers else torch.empty(0, int(vis.sum()))
+            pages.append(
+                PageEncoding(
+                    embeddings=emb[b][vis].float().cpu().numpy(),
+                    centrality=cent.double().cpu().numpy(),
+                    layers=layers,
+                    grid=grids[b],
+                )
+            )
+        return pages
+
+    @torch.no_grad()
+    def encode_queries(self, texts: list[str]) -> list[np.ndarray]:
+        """Query multi-vectors ``[M_i, dim]`` with the model's prefix and augmentation tokens, padding dropped."""
+        inputs = self.query_inputs(texts)
+        emb = self.model(**inputs)  # [B, M, dim]
+        mask = inputs["attention_mask"].bool()
+        return [emb[b][mask[b]].float().cpu().numpy() for b in range(emb.shape[0])]
+
+
+def load_adapter(model_dir: str | Path, *, base_model=None, device: str = "cpu", dtype: str = "float32") -> FamilyAdapter:
+    """Load any supported checkpoint offline, with eager attention, ready for SAP."""
+    from sapindex.models.registry import inspect_model_dir
+
+    info = inspect_model_dir(model_dir, base_model)
+    from sapindex.models import qwen2_vl
+
+    adapters = {"colqwen2": qwen2_vl.Qwen2VLAdapter, "colqwen2_5": qwen2_vl.Qwen2VLAdapter}
+    return adapters[info.family.name].load(info, device=resolve_device(device), dtype=resolve_dtype(dtype))

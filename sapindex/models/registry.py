@@ -1,0 +1,200 @@
+"""Which backbone family a checkpoint directory holds, read from its files alone (no torch).
+
+One declarative :class:`FamilySpec` per supported family; :func:`inspect_model_dir` reads
+``config.json`` (and ``adapter_config.json`` for LoRA checkpoints) and returns a
+:class:`ModelInfo` or raises :class:`SapIndexError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sapindex.errors import SapIndexError
+from sapindex.fingerprint import model_fingerprint
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What sapindex knows about one backbone family."""
+
+    name: str
+    model_type: str  # config.json "model_type" of the backbone
+    colpali_class: str  # colpali-engine model class
+    processor_class: str  # colpali-engine processor class
+    image_token_scheme: str  # how page pixels become visual tokens, for `info` and manifests
+
+
+QWEN2_VL_SCHEME = (
+    "dynamic resolution: page resized to multiples of 28 px within min/max pixels, 14 px patches "
+    "merged 2x2, one contiguous run of (h/28)*(w/28) image tokens in row-major order"
+)
+
+FAMILIES: dict[str, FamilySpec] = {
+    spec.name: spec
+    for spec in (
+        FamilySpec("colqwen2", "qwen2_vl", "ColQwen2", "ColQwen2Processor", QWEN2_VL_SCHEME),
+        FamilySpec("colqwen2_5", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME),
+    )
+}
+
+# Backbones we recognise but cannot (yet) serve, with the reason a user sees.
+_KNOWN_UNSUPPORTED = {
+    "paligemma": "ColPali (PaliGemma) is not supported yet",
+    "colpali": "ColPali (PaliGemma) is not supported yet",
+    "idefics3": "ColIdefics3/ColSmol is not supported yet",
+    "smolvlm": "ColSmol is not supported yet",
+    "qwen3_5": "Qwen3.5 hybrid models have linear-attention layers that expose no attention matrix",
+}
+
+
+@dataclass
+class ModelInfo:
+    """A checkpoint directory as sapindex sees it before loading any weights."""
+
+    path: Path
+    family: FamilySpec
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    hidden_size: int
+    base_path: Path | None = None  # LoRA checkpoints: the local base model
+    adapter: dict | None = None  # LoRA checkpoints: adapter_config.json
+    fingerprint: dict = field(default_factory=dict)
+
+    @property
+    def is_lora(self) -> bool:
+        return self.adapter is not None
+
+    def parameter_count(self) -> int:
+        """Parameters stored in the safetensors files (base + adapter), read from their headers."""
+        dirs = [self.path] + ([self.base_path] if self.base_path else [])
+        return sum(_safetensors_params(p) for d in dirs for p in sorted(Path(d).glob("*.safetensors")))
+
+    def summary(self) -> dict:
+        return {
+            "path": str(self.path),
+            "family": self.family.name,
+            "model_type": self.family.model_type,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "hidden_size": self.hidden_size,
+            "image_token_scheme": self.family.image_token_scheme,
+            "lora": self.is_lora,
+            "base_model": str(self.base_path) if self.base_path else None,
+            "parameters": self.parameter_count(),
+            "fingerprint": self.fingerprint,
+        }
+
+
+def inspect_model_dir(model_dir: str | Path, base_model: str | Path | None = None) -> ModelInfo:
+    """Identify the family of a local checkpoint, refusing anything that would need a hub."""
+    path = Path(model_dir)
+    if not path.exists():
+        raise SapIndexError(f"{path}: model directory does not exist")
+    if not path.is_dir():
+        raise SapIndexError(f"{path}: not a directory (give the checkpoint directory, not a file)")
+    adapter_file = path / "adapter_config.json"
+    adapter = _read_json(adapter_file) if adapter_file.exists() else None
+    base_path = None
+    config_dir = path
+    if adapter is not None:
+        base_path = _resolve_lora_base(path, adapter, base_model)
+        config_dir = base_path if not (path / "config.json").exists() else path
+    elif base_model is not None:
+        raise SapIndexError(f"{path}: --base-model was given but {path} is not a LoRA adapter (no adapter_config.json)")
+    config = _read_json(config_dir / "config.json")
+    family = _family_of(config, config_dir / "config.json")
+    text = config.get("text_config") or config
+    try:
+        n_layers = int(text["num_hidden_layers"])
+        n_heads = int(text["num_attention_heads"])
+        hidden = int(text["hidden_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SapIndexError(f"{config_dir / 'config.json'}: missing or invalid text config field {exc}") from None
+    fingerprint = model_fingerprint(path)
+    if base_path is not None:
+        fingerprint = {"sha256": fingerprint["sha256"], "files": fingerprint["files"], "base": model_fingerprint(base_path)}
+    if not fingerprint["files"] and base_path is None:
+        raise SapIndexError(f"{path}: no weight files (*.safetensors or *.bin) in the model directory")
+    return ModelInfo(
+        path=path,
+        family=family,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=int(text.get("num_key_value_heads") or n_heads),
+        hidden_size=hidden,
+        base_path=base_path,
+        adapter=adapter,
+        fingerprint=fingerprint,
+    )
+
+
+def _resolve_lora_base(path: Path, adapter: dict, base_model: str | Path | None) -> Path:
+    """The LoRA base must be a local directory: a hub id would be fetched or, offline, silently
+    replaced by random weights, which is the most common air-gapped failure."""
+    if adapter.get("peft_type", "LORA") != "LORA":
+        raise SapIndexError(f"{path / 'adapter_config.json'}: peft_type {adapter.get('peft_type')!r} is not supported (LoRA only)")
+    named = adapter.get("base_model_name_or_path")
+    candidate = Path(base_model) if base_model is not None else (Path(named) if named else None)
+    if candidate is None:
+        raise SapIndexError(f"{path / 'adapter_config.json'}: LoRA adapter names no base model; pass --base-model DIR")
+    if not (candidate / "config.json").is_file():
+        how = "--base-model" if base_model is not None else f"its base_model_name_or_path {named!r}"
+        raise SapIndexError(
+            f"{path}: LoRA adapter whose base model is not a local checkpoint ({how} -> {candidate} has no config.json); "
+            "sapindex never downloads: pass --base-model /path/to/the/base/checkpoint"
+        )
+    return candidate
+
+
+def _family_of(config: dict, config_file: Path) -> FamilySpec:
+    model_type = str(config.get("model_type", "")).lower()
+    for spec in FAMILIES.values():
+        if spec.model_type == model_type:
+            return spec
+    if model_type in _KNOWN_UNSUPPORTED:
+        raise SapIndexError(f"{config_file}: unsupported architecture: {_KNOWN_UNSUPPORTED[model_type]}")
+    if "vision_config" not in config:
+        raise SapIndexError(
+            f"{config_file}: unsupported architecture {model_type or '?'!r}: a text-only model has no visual tokens to prune"
+        )
+    supported = ", ".join(f"{s.name} ({s.model_type})" for s in FAMILIES.values())
+    raise SapIndexError(f"{config_file}: unsupported architecture {model_type!r}; supported: {supported}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise SapIndexError(f"{path}: missing (not a Hugging Face checkpoint directory?)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SapIndexError(f"{path}: unreadable: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SapIndexError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise SapIndexError(f"{path}: expected a JSON object")
+    return data
+
+
+def _safetensors_params(path: Path) -> int:
+    """Parameter count of a safetensors file from its JSON header, without reading tensors."""
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SapIndexError(f"{path}: not a readable safetensors file: {exc}") from None
+    total = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        count = 1
+        for dim in meta["shape"]:
+            count *= dim
+        total += count
+    return total

@@ -1,0 +1,155 @@
+"""The Structural Anchor Pruning math, in plain numpy.
+
+This module is the single definition of SAP that every other part of sapindex uses:
+calibration (torch side) converts its tensors to numpy and calls these functions, and the
+torch-free runtime calls them on ONNX Runtime outputs. It must never import torch or
+transformers (a test checks this in a subprocess).
+
+Conventions (see ../shared/SAP_METHOD.md):
+- attention probabilities are ``[H, S, S]`` (one layer) or ``[L, H, S, S]`` (a window of
+  layers), indexed ``[head, query position i, key position j]``;
+- ``visual`` is a boolean mask ``[S]`` of the visual-token positions;
+- multi-vector embeddings are ``[tokens, dim]`` float arrays (L2-normalised by the model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "in_degree",
+    "select_window",
+    "alignment_start",
+    "window_width",
+    "keep_count",
+    "top_k",
+    "random_k",
+    "maxsim",
+    "score_retention",
+]
+
+
+def in_degree(attn: np.ndarray, visual: np.ndarray) -> np.ndarray:
+    """Visual in-degree centrality of each visual token, ``[V]``.
+
+    Rows and columns are restricted to visual positions (no renormalisation), the attention
+    each visual column receives is summed over visual rows, averaged over heads (SAP-Mean) and
+    then over layers when ``attn`` holds several.
+    """
+    attn = np.asarray(attn)
+    visual = np.asarray(visual)
+    if visual.ndim != 1 or visual.dtype != np.bool_:
+        raise ValueError(f"visual must be a 1-D boolean mask, got dtype {visual.dtype} and shape {visual.shape}")
+    if attn.ndim == 3:
+        attn = attn[None]
+    if attn.ndim != 4:
+        raise ValueError(f"attn must be [H, S, S] or [L, H, S, S], got shape {attn.shape}")
+    seq = visual.shape[0]
+    if attn.shape[-1] != seq or attn.shape[-2] != seq:
+        raise ValueError(f"attn covers {attn.shape[-2]}x{attn.shape[-1]} positions but visual has {seq}")
+    if not visual.any():
+        raise ValueError("visual mask selects no token")
+    sub = attn[:, :, visual][:, :, :, visual]  # [L, H, V, V]
+    per_head = sub.astype(np.float64).sum(axis=2)  # [L, H, V]: column sums over visual rows
+    return per_head.mean(axis=1).mean(axis=0)  # [V]
+
+
+def window_width(n_layers: int, rho: float = 0.2) -> int:
+    """``ceil(rho * L)``, computed so that float noise (0.2 * 15 = 3.0000000000000004) does not add a layer."""
+    return max(1, math.ceil(round(rho * n_layers, 9)))
+
+
+def alignment_start(sr: np.ndarray) -> int:
+    """First layer ``l*`` of the trailing run of layers whose SR is below the curve's median (``L`` if none)."""
+    sr = _as_curve(sr)
+    below = sr < np.median(sr)
+    start = len(sr)
+    while start > 0 and below[start - 1]:
+        start -= 1
+    return start
+
+
+def select_window(sr, rho: float = 0.2) -> tuple[int, int]:
+    """Algorithm 1 of the SAP paper: the ``w = ceil(rho * L)`` layers just before the alignment region.
+
+    Returns ``(start, end)`` with ``end`` exclusive, 0-indexed decoder layers.
+    """
+    sr = _as_curve(sr)
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    end = alignment_start(sr)
+    start = max(0, end - window_width(len(sr), rho))
+    return start, end
+
+
+def keep_count(n: int, ratio: float) -> int:
+    """Number of vectors kept out of ``n`` at keep ratio ``ratio``: ``min(n, max(1, round(n * ratio)))``."""
+    _check_ratio(ratio)
+    if n < 1:
+        raise ValueError(f"cannot keep tokens out of n={n}; a page needs at least one visual token")
+    return min(n, max(1, round(n * ratio)))
+
+
+def top_k(scores, ratio: float) -> np.ndarray:
+    """Positions of the ``keep_count`` highest scores, ties to the lower index, in ascending order."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    k = keep_count(scores.shape[0], ratio)
+    order = np.lexsort((np.arange(scores.shape[0]), -scores))  # by score desc, then index asc
+    return np.sort(order[:k])
+
+
+def random_k(n: int, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """A uniform random subset of ``keep_count(n, ratio)`` positions, ascending: the random-selection floor."""
+    return np.sort(rng.choice(n, size=keep_count(n, ratio), replace=False))
+
+
+def maxsim(q, d) -> float:
+    """Late-interaction score ``sum_i max_j q_i . d_j`` of a query ``[M, dim]`` against a page ``[N, dim]``."""
+    q = np.asarray(q, dtype=np.float64)
+    d = np.asarray(d, dtype=np.float64)
+    if q.ndim != 2 or d.ndim != 2:
+        raise ValueError(f"maxsim needs 2-D arrays, got query {q.shape} and page {d.shape}")
+    if q.shape[1] != d.shape[1]:
+        raise ValueError(f"embedding dims differ: query {q.shape[1]}, page {d.shape[1]}")
+    if q.shape[0] == 0 or d.shape[0] == 0:
+        raise ValueError(f"maxsim needs at least one vector on each side, got {q.shape[0]} and {d.shape[0]}")
+    return float((q @ d.T).max(axis=1).sum())
+
+
+def score_retention(q, d, kept) -> float:
+    """Oracle Score Retention: MaxSim over the kept page vectors divided by MaxSim over all of them.
+
+    Defined as 1.0 when the full score is 0.
+    """
+    d = np.asarray(d)
+    kept = np.asarray(kept)
+    if kept.ndim != 1 or kept.size == 0:
+        raise ValueError(f"kept must be a non-empty 1-D index array, got shape {kept.shape}")
+    if kept.dtype == np.bool_:
+        raise ValueError("kept must hold positions, not a boolean mask")
+    if kept.min() < 0 or kept.max() >= d.shape[0]:
+        raise ValueError(f"kept positions must lie in [0, {d.shape[0]}), got {kept.min()}..{kept.max()}")
+    full = maxsim(q, d)
+    if full == 0.0:
+        return 1.0
+    return maxsim(q, d[kept]) / full
+
+
+def _check_ratio(ratio: float) -> None:
+    if not (isinstance(ratio, (int, float, np.floating)) and 0.0 < float(ratio) <= 1.0):
+        raise ValueError(f"keep ratio must be in (0, 1], got {ratio!r}")
+
+
+def _as_curve(sr) -> np.ndarray:
+    sr = np.asarray(sr, dtype=np.float64)
+    if sr.ndim != 1 or sr.size == 0:
+        raise ValueError(f"the SR curve must be a non-empty 1-D sequence, got shape {sr.shape}")
+    if not np.isfinite(sr).all():
+        raise ValueError("the SR curve contains NaN or infinite values")
+    return sr

@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny random checkpoints and generated pairs, built once per test session, offline."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """{family: checkpoint dir} for every family with a tiny factory."""
+    from sapindex.models.tiny import DEFAULTS, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: build_tiny_model(root / family, family) for family in DEFAULTS}
+
+
+@pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory):
+    from sapindex.synthetic import write_pairs
+
+    return write_pairs(tmp_path_factory.mktemp("pairs"), n=6, seed=1)
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_models):
+    from sapindex.models.base import load_adapter
+
+    return {family: load_adapter(path) for family, path in tiny_models.items()}
