@@ -57,7 +57,7 @@ def in_degree(attn: np.ndarray, visual: np.ndarray) -> np.ndarray:
 
 
 def window_width(n_layers: int, rho: float = 0.2) -> int:
-    """``ceil(rho * L)``, computed so that float noise (0.2 * 15 = 3.0000000000000004) does not add a layer."""
+    """``ceil(rho * L)``, computed so that float noise (0.28 * 25 = 7.000000000000001) does not add a layer."""
     return max(1, math.ceil(round(rho * n_layers, 9)))
 
 
@@ -131,8 +131,8 @@ def score_retention(q, d, kept) -> float:
     kept = np.asarray(kept)
     if kept.ndim != 1 or kept.size == 0:
         raise ValueError(f"kept must be a non-empty 1-D index array, got shape {kept.shape}")
-    if kept.dtype == np.bool_:
-        raise ValueError("kept must hold positions, not a boolean mask")
+    if not np.issubdtype(kept.dtype, np.integer):
+        raise ValueError(f"kept must hold integer positions, got dtype {kept.dtype}")
     if kept.min() < 0 or kept.max() >= d.shape[0]:
         raise ValueError(f"kept positions must lie in [0, {d.shape[0]}), got {kept.min()}..{kept.max()}")
     full = maxsim(q, d)
@@ -142,7 +142,7 @@ def score_retention(q, d, kept) -> float:
 
 
 def _check_ratio(ratio: float) -> None:
-    if not (isinstance(ratio, (int, float, np.floating)) and 0.0 < float(ratio) <= 1.0):
+    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float, np.floating)) and 0.0 < float(ratio) <= 1.0):
         raise ValueError(f"keep ratio must be in (0, 1], got {ratio!r}")
 
 

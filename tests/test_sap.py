@@ -263,7 +263,7 @@ def test_score_retention_hand_example():
 
 @pytest.mark.parametrize("kept, match", [
     ([3], r"must lie in \[0, 3\)"), ([-1, 0], r"must lie in \[0, 3\)"), ([], "non-empty 1-D"),
-    ([[0, 1]], "non-empty 1-D"), (np.array([True, False, True]), "boolean mask"),
+    ([[0, 1]], "non-empty 1-D"), (np.array([True, False, True]), "integer positions"), (np.array([0.0, 1.0]), "integer positions"),
 ])
 def test_score_retention_errors(kept, match):
     with pytest.raises(ValueError, match=match):

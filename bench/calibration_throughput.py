@@ -1,0 +1,65 @@
+"""Calibration throughput (pairs/s): batch size 1 (as the SAP reference code runs) vs batched.
+
+Same tiny model, same generated pairs, same process; the SR curves of every run must agree.
+Usage: python bench/calibration_throughput.py [--pairs 48] [--batch-sizes 1,4,8,16] [--family colqwen2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=48)
+    parser.add_argument("--batch-sizes", default="1,4,8,16")
+    parser.add_argument("--family", default="colqwen2")
+    parser.add_argument("--max-visual-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    from sapindex.exporter.calibrate import CalibrationConfig, calibrate
+    from sapindex.models.tiny import build_tiny_model
+    from sapindex.synthetic import write_pairs
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_tiny_model(Path(tmp) / "model", args.family, max_visual_tokens=args.max_visual_tokens)
+        pairs = write_pairs(Path(tmp) / "pairs", n=args.pairs, seed=0)
+        print(f"# calibration throughput, {args.family} tiny (max {args.max_visual_tokens} visual tokens), "
+              f"{args.pairs} pairs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}")
+        print("| batch size | pairs/s (best of %d) | speed-up vs batch 1 |" % args.repeats)
+        print("|---|---|---|")
+        base = None
+        reference_curve = None
+        for bs in [int(x) for x in args.batch_sizes.split(",")]:
+            cfg = CalibrationConfig(model=str(model), pairs=str(pairs), batch_size=bs)
+            best = float("inf")
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                record = calibrate(cfg)
+                best = min(best, time.perf_counter() - start)
+            curve = np.asarray(record["sr"]["mean"])
+            if reference_curve is None:
+                reference_curve = curve
+            drift = float(np.abs(curve - reference_curve).max())
+            assert drift < 1e-4, f"batch size {bs} changed the SR curve by {drift}"
+            rate = args.pairs / best
+            base = base or rate
+            print(f"| {bs} | {rate:.1f} | {rate / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The command line: exit codes, one-line errors without tracebacks, JSON output, files written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sapindex.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_version_and_help():
+    from sapindex import __version__
+
+    out = run_cli("--version")
+    assert out.returncode == 0 and __version__ in out.stdout
+    out = run_cli("calibrate", "--help")
+    assert out.returncode == 0 and "Example:" in out.stdout and "--pairs" in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("info", "/no/such/model"), "error: /no/such/model: model directory does not exist"),
+    (("calibrate", "--model", "/no/such/model", "--pairs", "/no/pairs.jsonl", "--out", "x"),
+     "error: /no/pairs.jsonl: pairs file or directory does not exist"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 2
+    assert out.stderr.strip() == message
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_model_after_good_pairs(pairs_file, tmp_path):
+    out = run_cli("calibrate", "--model", tmp_path / "nope", "--pairs", pairs_file, "--out", tmp_path / "c")
+    assert out.returncode == 2 and out.stderr.strip().endswith("model directory does not exist")
+
+
+def test_calibrate_json_and_files(tiny_models, pairs_file, tmp_path):
+    out = run_cli("calibrate", "--model", tiny_models["colqwen2_5"], "--pairs", pairs_file, "--out", tmp_path / "c",
+                  "--json", "--batch-size", "3")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["model"]["family"] == "colqwen2_5" and record["pairs"]["used"] == 6
+    assert json.loads((tmp_path / "c" / "calibration.json").read_text())["sr"] == record["sr"]
+    assert (tmp_path / "c" / "sr_curve.png").stat().st_size > 10_000
+
+
+def test_calibrate_human_summary(tiny_models, pairs_file, tmp_path):
+    out = run_cli("calibrate", "--model", tiny_models["colqwen2"], "--pairs", pairs_file, "--out", tmp_path / "c")
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "c" / "calibration.json").read_text())
+    w = record["window"]
+    assert f"window     layers [{w['start']}, {w['end']})" in out.stdout
+    assert "6 used, 0 skipped" in out.stdout
+
+
+def test_info_prints_family_and_layers(tiny_models):
+    out = run_cli("info", tiny_models["colqwen2"])
+    assert out.returncode == 0
+    assert "family              colqwen2" in out.stdout and "n_layers            6" in out.stdout
+    data = json.loads(run_cli("info", tiny_models["colqwen2"], "--json").stdout)
+    assert data["n_heads"] == 4 and data["parameters"] > 100_000
