@@ -1,0 +1,246 @@
+"""``sapindex export``: write a self-contained, parity-validated ONNX bundle.
+
+The bundle is built in a temporary sibling directory and renamed into place only after ONNX
+Runtime has matched PyTorch on pages of several sizes and batch sizes, so a failed export never
+leaves something that looks like a bundle. Layout and manifest: ``sapindex.runtime.bundle``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sapindex import __version__, sap
+from sapindex.errors import SapIndexError
+from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, GRAPH_IO, Bundle, seal_manifest
+
+EMBED_TOL_FP32 = 1e-4
+VALIDATION_RATIOS = (0.05, 0.1, 0.2)
+# (height, width) of validation pages: tall, wide, square-ish; three distinct visual grids at least
+VALIDATION_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))
+
+
+@dataclass
+class ExportConfig:
+    model: str
+    calibration: str
+    out: str
+    base_model: str | None = None
+    dtype: str = "fp32"
+    opset: int = 18
+    overwrite: bool = False
+
+
+def load_calibration(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SapIndexError(f"{path}: calibration file does not exist (run `sapindex calibrate` first)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SapIndexError(f"{path}: not a readable calibration.json: {exc}") from None
+    if not isinstance(record, dict) or record.get("format") != "sapindex-calibration":
+        raise SapIndexError(f"{path}: not a sapindex calibration file")
+    return record
+
+
+def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: None) -> dict:
+    """Export, validate and write the bundle; returns its manifest."""
+    if cfg.dtype != "fp32":
+        raise SapIndexError(f"--dtype {cfg.dtype}: only fp32 bundles are supported in this version")
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise SapIndexError(f"{out}: already exists and is not empty (use --overwrite to replace it)")
+    calibration = load_calibration(cfg.calibration)
+    from sapindex.models.base import load_adapter
+
+    adapter = load_adapter(cfg.model, base_model=cfg.base_model)
+    _check_calibration_matches(calibration, adapter, cfg.calibration)
+    window = (int(calibration["window"]["start"]), int(calibration["window"]["end"]))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        log(f"exporting {adapter.info.family.name} with SAP window [{window[0]}, {window[1]})")
+        manifest = _write_graphs(adapter, window, staging, cfg.opset)
+        log("validating ONNX Runtime against PyTorch")
+        manifest["validation"] = validate(adapter, window, Bundle(staging, manifest))
+        manifest["calibration"] = _calibration_summary(calibration)
+        (staging / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
+        manifest = seal_manifest(staging, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int) -> dict:
+    import torch
+
+    from sapindex.exporter.preprocessing_params import qwen2_vl_params, write_tokenizer_json
+    from sapindex.exporter.qwen2_vl_graph import TextGraph, VisionGraph
+
+    info = adapter.info
+    model = adapter.model
+    vision = VisionGraph(model.visual, windowed=info.family.name == "colqwen2_5").eval()
+    text = TextGraph(model, window).eval()
+    example = adapter.page_inputs(_validation_pages(adapter, VALIDATION_SIZES[:2]))
+    with torch.no_grad():
+        feats = vision(example["pixel_values"], example["image_grid_thw"])
+    dim = torch.export.Dim
+    batch, patches, seq, tokens = dim("batch"), dim("patches"), dim("seq"), dim("tokens")
+    os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _onnx_export(vision, (example["pixel_values"], example["image_grid_thw"]), staging / "vision.onnx", "vision",
+                     {"pixel_values": {0: batch, 1: patches}, "image_grid_thw": {0: batch}}, opset)
+        _onnx_export(text, (example["input_ids"], example["attention_mask"], feats, example["image_grid_thw"]),
+                     staging / "text.onnx", "text",
+                     {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
+                      "image_embeds": {0: batch, 1: tokens}, "image_grid_thw": {0: batch}}, opset)
+    write_tokenizer_json(adapter.processor, staging / "tokenizer.json")
+    text_cfg = model.config.text_config
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "sapindex_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "family": info.family.name,
+        "model_type": info.family.model_type,
+        "n_layers": adapter.n_layers,
+        "n_heads": int(text_cfg.num_attention_heads),
+        "hidden_size": int(text_cfg.hidden_size),
+        "window": list(window),
+        "dim": int(model.custom_text_proj.out_features),
+        "image_token_id": int(model.config.image_token_id),
+        "image_token_scheme": info.family.image_token_scheme,
+        "preprocessing": qwen2_vl_params(adapter.processor),
+        "dtype": "fp32",
+        "opset": opset,
+        "graphs": {name: {"file": f"{name}.onnx", **io} for name, io in GRAPH_IO.items()},
+        "source_model": {"path": str(info.path), "base_model": str(info.base_path) if info.base_path else None,
+                         "fingerprint": info.fingerprint["sha256"]},
+    }
+
+
+def _onnx_export(module, args, path: Path, name: str, dynamic_shapes: dict, opset: int) -> None:
+    import onnx
+    import torch
+
+    io = GRAPH_IO[name]
+    try:
+        program = torch.onnx.export(module, args, dynamo=True, input_names=io["inputs"], output_names=io["outputs"],
+                                    dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True)
+    except Exception as exc:  # torch.export raises many types; the user needs the graph name and the reason
+        raise SapIndexError(f"ONNX export of the {name} graph failed: {type(exc).__name__}: {exc}") from None
+    program.save(str(path), external_data=True)
+    onnx.checker.check_model(str(path))
+    graph_inputs = onnx.load(str(path), load_external_data=False).graph.input
+    static = [i.name for i in graph_inputs if any(d.dim_value for d in i.type.tensor_type.shape.dim[:1])]
+    if static:
+        raise SapIndexError(f"ONNX export of the {name} graph specialised the batch size of {static}")
+
+
+def validate(adapter, window: tuple[int, int], bundle: Bundle) -> dict:
+    """Run ORT and PyTorch on the same inputs; raise with the numbers if they disagree."""
+    import torch
+
+    from sapindex.runtime.session import BundleSessions
+
+    sessions = BundleSessions(bundle, device="cpu")
+    pages = _validation_pages(adapter, VALIDATION_SIZES)
+    batches = [pages[:1], pages[1:]]  # batch sizes 1 and 3, mixed sizes in one batch
+    worst_emb = worst_cent = 0.0
+    mismatched = []
+    n_pages = 0
+    for batch in batches:
+        inputs = adapter.page_inputs(batch)
+        reference = adapter.encode_pages(batch, layers=tuple(range(*window)))
+        feed = {k: v.cpu().numpy() for k, v in inputs.items()}
+        emb, cent = sessions.encode_pages(feed)  # [B, S, dim], [B, S]
+        visual = adapter.visual_mask(inputs).cpu().numpy()
+        for b, ref in enumerate(reference):
+            n_pages += 1
+            ort_emb, ort_cent = emb[b][visual[b]], cent[b][visual[b]]
+            ref_cent = ref.centrality.mean(axis=0)
+            worst_emb = max(worst_emb, float(np.abs(ort_emb - ref.embeddings).max()))
+            worst_cent = max(worst_cent, float(np.abs(ort_cent - ref_cent).max()))
+            for ratio in VALIDATION_RATIOS:
+                if not np.array_equal(sap.top_k(ort_cent, ratio), sap.top_k(ref_cent, ratio)):
+                    mismatched.append({"page": n_pages, "grid": list(ref.grid), "keep_ratio": ratio})
+    queries = ["what was the total revenue", "chart"]
+    q_inputs = adapter.query_inputs(queries)
+    q_ref = adapter.encode_queries(queries)
+    q_emb = sessions.encode_queries({k: v.cpu().numpy() for k, v in q_inputs.items()})
+    q_mask = q_inputs["attention_mask"].cpu().numpy().astype(bool)
+    worst_query = max(float(np.abs(q_emb[i][q_mask[i]] - q_ref[i]).max()) for i in range(len(queries)))
+    report = {
+        "pages": n_pages,
+        "visual_grids": sorted({tuple(g) for g in adapter.page_grids(adapter.page_inputs(pages))}),
+        "batch_sizes": [len(b) for b in batches],
+        "max_abs_diff_embeddings": worst_emb,
+        "max_abs_diff_centrality": worst_cent,
+        "max_abs_diff_query_embeddings": worst_query,
+        "kept_set_mismatches": mismatched,
+        "tolerance": EMBED_TOL_FP32,
+        "torch_version": torch.__version__,
+    }
+    if worst_emb > EMBED_TOL_FP32 or worst_query > EMBED_TOL_FP32 or any(m["keep_ratio"] == 0.1 for m in mismatched):
+        raise SapIndexError(
+            "export validation failed: ONNX Runtime vs PyTorch max |diff| embeddings "
+            f"{worst_emb:.2e}, queries {worst_query:.2e} (tolerance {EMBED_TOL_FP32:.0e}), centrality {worst_cent:.2e}; "
+            f"kept-set mismatches: {mismatched or 'none'}"
+        )
+    report["visual_grids"] = [list(g) for g in report["visual_grids"]]
+    return report
+
+
+def _validation_pages(adapter, sizes):
+    """Deterministic text-like pages (stripes and blocks) of the given sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1234)
+    pages = []
+    for h, w in sizes:
+        img = np.full((h, w, 3), 255, dtype=np.uint8)
+        for _ in range(12):
+            y, x = int(rng.integers(0, h - 10)), int(rng.integers(0, w - 40))
+            img[y:y + int(rng.integers(4, 10)), x:x + int(rng.integers(20, 120))] = rng.integers(0, 160, size=3)
+        pages.append(Image.fromarray(img))
+    return pages
+
+
+def _check_calibration_matches(calibration: dict, adapter, path) -> None:
+    calibrated = calibration.get("model", {}).get("fingerprint", {}).get("sha256")
+    actual = adapter.info.fingerprint["sha256"]
+    if calibrated != actual:
+        raise SapIndexError(
+            f"{path}: calibration was made on another model (fingerprint {str(calibrated)[:12]}, "
+            f"this model {actual[:12]}); calibrate this model first"
+        )
+    n_layers = calibration["model"].get("n_layers")
+    if n_layers != adapter.n_layers:
+        raise SapIndexError(f"{path}: calibration has {n_layers} layers, the model {adapter.n_layers}")
+
+
+def _calibration_summary(calibration: dict) -> dict:
+    return {
+        "window": calibration["window"],
+        "sr_mean": calibration["sr"]["mean"],
+        "random_floor": calibration["random_floor"]["mean"],
+        "keep_ratio": calibration["settings"]["keep_ratio"],
+        "pairs_used": calibration["pairs"]["used"],
+        "created": calibration.get("created"),
+    }

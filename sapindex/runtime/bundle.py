@@ -1,0 +1,134 @@
+"""The exported bundle: one self-contained directory, read without torch.
+
+Layout::
+
+    manifest.json      format, family, layers, SAP window, dim, preprocessing, graphs, calibration
+                       summary, validation numbers, source fingerprint, sha256 + size of every file
+    vision.onnx(.data) pixels -> merged image features
+    text.onnx(.data)   ids + image features -> embeddings + in-graph SAP centrality
+    tokenizer.json     the tokenizer transformers encodes with
+    calibration.json   the full calibration record
+
+Nothing outside the directory is read. The bundle fingerprint is the sha256 over the files'
+sha256s, so an index can refuse vectors from any other bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sapindex.errors import SapIndexError
+from sapindex.fingerprint import sha256_file
+
+BUNDLE_FORMAT = "sapindex-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPH_IO = {
+    "vision": {"inputs": ["pixel_values", "image_grid_thw"], "outputs": ["image_embeds"]},
+    "text": {"inputs": ["input_ids", "attention_mask", "image_embeds", "image_grid_thw"],
+             "outputs": ["embeddings", "centrality"]},
+}
+
+
+def seal_manifest(directory: Path, manifest: dict) -> dict:
+    """Record sha256 + size of every file and the bundle fingerprint, then write manifest.json atomically."""
+    directory = Path(directory)
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        files[path.relative_to(directory).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    digest = hashlib.sha256()
+    for name, meta in files.items():
+        digest.update(f"{name}\0{meta['sha256']}\n".encode())
+    manifest = {**manifest, "files": files, "fingerprint": digest.hexdigest()}
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST)
+    return manifest
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+        """Read and check a bundle; ``verify`` re-hashes every file against the manifest."""
+        path = Path(path)
+        if not path.is_dir():
+            raise SapIndexError(f"{path}: bundle directory does not exist")
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise SapIndexError(f"{path}: not a sapindex bundle (no {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SapIndexError(f"{manifest_path}: unreadable manifest: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+            raise SapIndexError(f"{manifest_path}: not a sapindex bundle manifest")
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > BUNDLE_VERSION:
+            raise SapIndexError(
+                f"{manifest_path}: bundle format {version} is newer than this sapindex reads ({BUNDLE_VERSION}); "
+                "upgrade sapindex"
+            )
+        bundle = cls(path, manifest)
+        bundle.check_files(verify)
+        return bundle
+
+    def check_files(self, verify: bool = True) -> None:
+        files = self.manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            raise SapIndexError(f"{self.path / MANIFEST}: lists no files")
+        for name, meta in files.items():
+            file = self.path / name
+            if not file.is_file():
+                raise SapIndexError(f"{file}: missing from the bundle")
+            if file.stat().st_size != meta["size"]:
+                raise SapIndexError(f"{file}: size {file.stat().st_size} differs from the manifest's {meta['size']}")
+            if verify and sha256_file(file) != meta["sha256"]:
+                raise SapIndexError(f"{file}: sha256 differs from the manifest (corrupted or modified bundle)")
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def family(self) -> str:
+        return self.manifest["family"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def window(self) -> tuple[int, int]:
+        start, end = self.manifest["window"]
+        return int(start), int(end)
+
+    def graph_path(self, name: str) -> Path:
+        return self.path / self.manifest["graphs"][name]["file"]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "family": m["family"],
+            "n_layers": m["n_layers"],
+            "window": m["window"],
+            "dim": m["dim"],
+            "dtype": m.get("dtype"),
+            "fingerprint": m["fingerprint"],
+            "source_fingerprint": m["source_model"]["fingerprint"],
+            "bytes": sum(f["size"] for f in m["files"].values()),
+            "validation": m.get("validation"),
+            "calibration": {k: m["calibration"][k] for k in ("keep_ratio", "pairs_used", "random_floor")},
+        }

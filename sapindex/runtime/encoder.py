@@ -1,0 +1,80 @@
+"""Bundle -> vectors, torch-free: family preprocessing + ONNX Runtime + SAP selection.
+
+The family's numpy preprocessing (``runtime/<family>.py``) builds the graph inputs; the
+graphs return every token's final embedding and the window centrality; SAP keeps the
+``keep_count`` most central visual tokens (``sapindex.sap.top_k``), in positional order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sapindex import sap
+from sapindex.errors import SapIndexError
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
+from sapindex.runtime.session import BundleSessions
+
+PREPROCESSORS = {
+    "colqwen2": (Qwen2VLParams, Qwen2VLPreprocessor),
+    "colqwen2_5": (Qwen2VLParams, Qwen2VLPreprocessor),
+}
+
+
+@dataclass
+class PageVectors:
+    """All visual tokens of one page, before pruning."""
+
+    embeddings: np.ndarray  # [V, dim] float32, L2-normalised
+    centrality: np.ndarray  # [V] float32, SAP window in-degree
+    grid: tuple[int, int]  # (rows, cols); token k sits at (k // cols, k % cols)
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+@dataclass
+class EncodedPage:
+    """The kept vectors of one page, what the index stores."""
+
+    vectors: np.ndarray  # [k, dim] float32
+    positions: np.ndarray  # [k] int32, ascending visual-token indices
+    grid: tuple[int, int]
+    n_visual: int
+
+
+def prune(page: PageVectors, keep_ratio: float) -> EncodedPage:
+    """SAP selection: the most central ``keep_count(V, ratio)`` tokens; ratio 1.0 keeps every token."""
+    kept = sap.top_k(page.centrality, keep_ratio)
+    return EncodedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual)
+
+
+class Encoder:
+    """Encode pages and queries with a bundle, on CPU or CUDA."""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
+        if bundle.family not in PREPROCESSORS:
+            raise SapIndexError(f"{bundle.path}: family {bundle.family!r} has no runtime preprocessing in this sapindex")
+        params_cls, pre_cls = PREPROCESSORS[bundle.family]
+        self.bundle = bundle
+        self.preprocessor = pre_cls(params_cls.from_dict(bundle.manifest["preprocessing"]), bundle.tokenizer_path)
+        self.sessions = BundleSessions(bundle, device=device, threads=threads)
+
+    def encode_pages(self, images) -> list[PageVectors]:
+        batch = self.preprocessor.pages(images)
+        emb, cent = self.sessions.encode_pages(batch)  # [B, S, dim], [B, S]
+        pages = []
+        for b, layout in enumerate(self.preprocessor.layouts(batch)):
+            pos = layout.positions
+            pages.append(PageVectors(emb[b, pos], cent[b, pos], (layout.rows, layout.cols)))
+        return pages
+
+    def encode_queries(self, texts: list[str]) -> list[np.ndarray]:
+        """One ``[M, dim]`` array per query, padding dropped."""
+        batch = self.preprocessor.queries(texts)
+        emb = self.sessions.encode_queries(batch)  # [B, M, dim]
+        mask = batch["attention_mask"].astype(bool)
+        return [emb[i][mask[i]] for i in range(len(texts))]
