@@ -1,0 +1,183 @@
+"""ONNX export and the torch-free encoder: parity with PyTorch/colpali-engine on the same weights."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from sapindex import sap
+from sapindex.errors import SapIndexError
+from sapindex.exporter import export as export_mod
+from sapindex.exporter.export import ExportConfig, export_bundle
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.encoder import Encoder, prune
+
+FAMILIES = ["colqwen2", "colqwen2_5"]
+RATIOS = (0.05, 0.1, 0.2)
+
+
+@pytest.fixture(scope="session")
+def calibrations(tiny_models, pairs_file, tmp_path_factory):
+    from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
+
+    out = {}
+    for family, model in tiny_models.items():
+        record = calibrate(CalibrationConfig(model=str(model), pairs=str(pairs_file)))
+        out[family] = write_calibration(record, tmp_path_factory.mktemp(f"calib-{family}"))[0]
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundles(tiny_models, calibrations, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundles")
+    return {family: (export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
+                                                out=str(root / f"{family}.sap"))), root / f"{family}.sap")
+            for family in tiny_models}
+
+
+def _pages(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+ALIGNED = [(224, 168), (196, 252), (112, 420)]  # multiples of 28 within the pixel budget: no resampling
+ODD = [(200, 150), (330, 300), (120, 421), (97, 233)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_manifest_and_validation(bundles, family):
+    manifest, path = bundles[family]
+    bundle = Bundle.open(path)  # re-hashes every file
+    assert bundle.fingerprint == manifest["fingerprint"]
+    calib = json.loads((path / "calibration.json").read_text())
+    assert manifest["window"] == [calib["window"]["start"], calib["window"]["end"]]
+    assert manifest["family"] == family and manifest["dim"] == 128 and manifest["format_version"] == 1
+    assert manifest["source_model"]["fingerprint"] == calib["model"]["fingerprint"]["sha256"]
+    v = manifest["validation"]
+    assert v["max_abs_diff_embeddings"] < 1e-4 and v["max_abs_diff_query_embeddings"] < 1e-4
+    assert len(v["visual_grids"]) >= 3 and sorted(v["batch_sizes"]) == [1, 3]
+    assert {"vision.onnx", "vision.onnx.data", "text.onnx", "text.onnx.data", "tokenizer.json"} <= set(manifest["files"])
+    for name in ("vision.onnx", "text.onnx"):
+        graph = onnx.load(str(path / name), load_external_data=False).graph
+        for tensor in graph.input:
+            first = tensor.type.tensor_type.shape.dim[0]
+            assert first.dim_param and not first.dim_value, f"{name}:{tensor.name} batch dim is static"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graph_parity_on_identical_inputs(bundles, adapters, family):
+    """Same processor tensors into ORT and PyTorch: embeddings and centrality to float rounding."""
+    bundle = Bundle.open(bundles[family][1])
+    encoder = Encoder(bundle)
+    adapter = adapters[family]
+    for sizes in (ODD[:1], ODD):  # batch sizes 1 and 4, mixed page sizes
+        images = _pages(sizes, seed=len(sizes))
+        inputs = adapter.page_inputs(images)
+        emb, cent = encoder.sessions.encode_pages({k: v.numpy() for k, v in inputs.items()})
+        ref = adapter.encode_pages(images, layers=tuple(range(*bundle.window)))
+        visual = adapter.visual_mask(inputs).numpy()
+        for b, page in enumerate(ref):
+            np.testing.assert_allclose(emb[b][visual[b]], page.embeddings, atol=1e-5)
+            np.testing.assert_allclose(cent[b][visual[b]], page.centrality.mean(axis=0), rtol=1e-5, atol=1e-6)
+            for ratio in RATIOS:
+                assert np.array_equal(sap.top_k(cent[b][visual[b]], ratio), sap.top_k(page.centrality.mean(axis=0), ratio))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_runtime_end_to_end_parity(bundles, adapters, family):
+    """numpy preprocessing + ORT vs colpali-engine processor + PyTorch, from PIL images."""
+    encoder = Encoder(Bundle.open(bundles[family][1]))
+    adapter = adapters[family]
+    window = tuple(range(*encoder.bundle.window))
+    images = _pages(ALIGNED)
+    for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):
+        assert page.grid == ref.grid
+        np.testing.assert_allclose(page.embeddings, ref.embeddings, atol=1e-4)
+        for ratio in RATIOS:
+            assert np.array_equal(prune(page, ratio).positions, sap.top_k(ref.centrality.mean(axis=0), ratio))
+    # resampled pages: PIL vs torchvision bicubic differ by <= 1 uint8 level; the effect stays small
+    images = _pages(ODD)
+    for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):
+        assert page.grid == ref.grid
+        assert np.abs(page.embeddings - ref.embeddings).max() < 5e-3
+    queries = ["what was the total revenue in 2023", "chart"]
+    for mine, ref in zip(encoder.encode_queries(queries), adapter.encode_queries(queries)):
+        np.testing.assert_allclose(mine, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scores_match_colpali_score_multi_vector(bundles, adapters, family):
+    encoder = Encoder(Bundle.open(bundles[family][1]))
+    pages = [prune(p, 0.1) for p in encoder.encode_pages(_pages(ALIGNED))]
+    queries = encoder.encode_queries(["revenue total", "north river map"])
+    ours = np.array([[sap.maxsim(q, p.vectors) for p in pages] for q in queries])
+    score = adapters[family].processor.score_multi_vector
+    # one pair at a time: colpali pads a batch with zero vectors, which lifts negative maxima to 0
+    ref = np.array([[float(score([torch.from_numpy(q)], [torch.from_numpy(p.vectors)])[0, 0]) for p in pages]
+                    for q in queries])
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_tampered_bundles_are_refused(bundles, tmp_path):
+    src = bundles["colqwen2"][1]
+    bad = tmp_path / "bad.sap"
+    shutil.copytree(src, bad)
+    data = bytearray((bad / "text.onnx.data").read_bytes())
+    data[100] ^= 0xFF
+    (bad / "text.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(SapIndexError, match=r"text.onnx.data: sha256 differs"):
+        Bundle.open(bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SapIndexError, match="bundle format 99 is newer"):
+        Bundle.open(bad)
+    (bad / "manifest.json").unlink()
+    with pytest.raises(SapIndexError, match="not a sapindex bundle"):
+        Bundle.open(bad)
+
+
+def test_export_refuses_a_foreign_calibration(tiny_models, calibrations, tmp_path):
+    with pytest.raises(SapIndexError, match="calibration was made on another model"):
+        export_bundle(ExportConfig(model=str(tiny_models["colqwen2_5"]), calibration=str(calibrations["colqwen2"]),
+                                   out=str(tmp_path / "x.sap")))
+    assert not (tmp_path / "x.sap").exists()
+
+
+def test_failed_validation_leaves_no_bundle(tiny_models, calibrations, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "EMBED_TOL_FP32", -1.0)
+    with pytest.raises(SapIndexError, match=r"export validation failed: .* embeddings \d"):
+        export_bundle(ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]),
+                                   out=str(tmp_path / "y.sap")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encoder_runs_with_torch_and_transformers_blocked(bundles, tmp_path):
+    """The runtime path works in an interpreter where importing torch or transformers fails."""
+    image = tmp_path / "page.png"
+    _pages([(196, 252)])[0].save(image)
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'colpali_engine', 'torchvision'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from PIL import Image
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.encoder import Encoder, prune
+enc = Encoder(Bundle.open({str(bundles['colqwen2'][1])!r}))
+page = prune(enc.encode_pages([Image.open({str(image)!r})])[0], 0.1)
+q = enc.encode_queries(['total revenue'])[0]
+print(page.vectors.shape[0], page.n_visual, q.shape[1])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    kept, n_visual, dim = map(int, out.stdout.split())
+    assert n_visual == 7 * 9 and kept == sap.keep_count(63, 0.1) and dim == 128
