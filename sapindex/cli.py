@@ -73,16 +73,31 @@ def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, 
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--base-model", type=click.Path(path_type=Path), default=None, help="Local base of a LoRA adapter.")
+@click.option("--providers", is_flag=True, help="List the ONNX Runtime execution providers of this machine.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(model_dir, base_model, as_json):
-    """Describe a checkpoint: family, layers, heads, image-token scheme, parameters (no weights loaded).
+def info(model_dir, base_model, providers, as_json):
+    """Describe a checkpoint (family, layers, heads, image-token scheme, parameters; no weights
+    loaded), or with --providers what ONNX Runtime offers on this machine.
 
     \b
     Example:
       sapindex info /models/colqwen2-v1.0-merged
+      sapindex info --providers
     """
+    if providers:
+        import onnxruntime as ort
+
+        from sapindex.runtime.session import available_providers
+
+        found = available_providers()
+        data = {"onnxruntime": ort.__version__, "providers": found, "cuda": "CUDAExecutionProvider" in found}
+        click.echo(json.dumps(data, indent=2) if as_json else
+                   f"onnxruntime {data['onnxruntime']}\nproviders   {', '.join(found)}\ncuda        {data['cuda']}")
+        return
+    if model_dir is None:
+        raise click.UsageError("give MODEL_DIR or --providers")
     from sapindex.models.registry import inspect_model_dir
 
     summary = inspect_model_dir(model_dir, base_model).summary()
@@ -93,6 +108,65 @@ def info(model_dir, base_model, as_json):
                 "lora", "base_model", "image_token_scheme"):
         click.echo(f"{key:<19} {summary[key]}")
     click.echo(f"{'fingerprint':<19} {summary['fingerprint']['sha256'][:16]}")
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local checkpoint directory.")
+@click.option("--base-model", type=click.Path(path_type=Path), default=None, help="Local base of a LoRA adapter.")
+@click.option("--calibration", required=True, type=click.Path(path_type=Path), help="calibration.json of this model.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
+@click.option("--opset", default=18, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest.")
+def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite, as_json):
+    """Export the model to a self-contained ONNX bundle with in-graph SAP centrality.
+
+    The bundle is validated against PyTorch (pages of several sizes, batch sizes 1 and 3)
+    before it is written; a failed validation writes nothing and exits 2.
+
+    \b
+    Example:
+      sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out colqwen2.sap
+    """
+    from sapindex.exporter.export import ExportConfig, export_bundle
+
+    cfg = ExportConfig(model=str(model_dir), calibration=str(calibration), out=str(out_dir),
+                       base_model=str(base_model) if base_model else None, dtype=dtype, opset=opset,
+                       overwrite=overwrite)
+    manifest = export_bundle(cfg, log=lambda msg: None if as_json else click.echo(msg, err=True))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    v = manifest["validation"]
+    size = sum(f["size"] for f in manifest["files"].values())
+    click.echo(f"bundle     {out_dir} ({size / 1e6:.1f} MB, fingerprint {manifest['fingerprint'][:16]})")
+    click.echo(f"window     layers [{manifest['window'][0]}, {manifest['window'][1]}) of {manifest['n_layers']}")
+    click.echo(f"validated  {v['pages']} pages, batch sizes {v['batch_sizes']}: max |diff| embeddings "
+               f"{v['max_abs_diff_embeddings']:.1e}, centrality {v['max_abs_diff_centrality']:.1e}, "
+               f"kept-set mismatches {len(v['kept_set_mismatches'])}")
+
+
+@cli.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect(target, as_json):
+    """Describe a bundle (verifying every file's sha256).
+
+    \b
+    Example:
+      sapindex inspect colqwen2.sap
+    """
+    from sapindex.runtime.bundle import Bundle
+
+    summary = Bundle.open(target).summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key in ("path", "family", "n_layers", "window", "dim", "dtype", "bytes", "fingerprint", "source_fingerprint"):
+        click.echo(f"{key:<19} {summary[key]}")
+    v = summary["validation"]
+    click.echo(f"{'validation':<19} max |diff| embeddings {v['max_abs_diff_embeddings']:.1e} over {v['pages']} pages")
 
 
 @cli.command()

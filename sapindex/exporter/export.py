@@ -141,7 +141,7 @@ def _onnx_export(module, args, path: Path, name: str, dynamic_shapes: dict, opse
 
     io = GRAPH_IO[name]
     try:
-        program = torch.onnx.export(module, args, dynamo=True, input_names=io["inputs"], output_names=io["outputs"],
+        program = torch.onnx.export(module, args, dynamo=True, verbose=False, input_names=io["inputs"], output_names=io["outputs"],
                                     dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True)
     except Exception as exc:  # torch.export raises many types; the user needs the graph name and the reason
         raise SapIndexError(f"ONNX export of the {name} graph failed: {type(exc).__name__}: {exc}") from None
