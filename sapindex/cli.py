@@ -140,11 +140,93 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
         return
     v = manifest["validation"]
     size = sum(f["size"] for f in manifest["files"].values())
-    click.echo(f"bundle     {out_dir} ({size / 1e6:.1f} MB, fingerprint {manifest['fingerprint'][:16]})")
+    click.echo(f"bundle     {out_dir} ({_size(size)}, fingerprint {manifest['fingerprint'][:16]})")
     click.echo(f"window     layers [{manifest['window'][0]}, {manifest['window'][1]}) of {manifest['n_layers']}")
     click.echo(f"validated  {v['pages']} pages, batch sizes {v['batch_sizes']}: max |diff| embeddings "
                f"{v['max_abs_diff_embeddings']:.1e}, centrality {v['max_abs_diff_centrality']:.1e}, "
                f"kept-set mismatches {len(v['kept_set_mismatches'])}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Index directory (LanceDB).")
+@click.option("--keep-ratio", default=0.10, show_default=True, help="Fraction of visual tokens kept per page.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--batch-size", default=8, show_default=True, help="Pages per ONNX Runtime call (and per commit).")
+@click.option("--dpi", default=144, show_default=True, help="PDF rendering resolution.")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def index(bundle, inputs, out_dir, keep_ratio, device, batch_size, dpi, threads, as_json):
+    """Index PDFs and images into a SAP-pruned index (torch-free). Re-runs resume.
+
+    INPUTS are files, directories (walked recursively), @list.txt files of paths, or - to
+    read paths from stdin. Pages already indexed (same content hash and page) are skipped;
+    changed files are re-indexed. Exit code 3 means some inputs failed (listed in the
+    summary and stored in the index), the rest was indexed.
+
+    \b
+    Example:
+      sapindex index colqwen2.sap ./pdfs ./scans --out myindex --keep-ratio 0.1
+    """
+    from tqdm import tqdm
+
+    from sapindex.runtime.indexer import EXIT_PARTIAL, run_index
+
+    bar = tqdm(unit="page", disable=as_json or None, file=sys.stderr, dynamic_ncols=True, desc="indexing")
+
+    def progress(done, known):
+        bar.total = max(known, done)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        summary = run_index(bundle, list(inputs), out_dir, keep_ratio=keep_ratio, device=device,
+                            batch_size=batch_size, dpi=dpi, threads=threads, progress=progress)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        rate = summary.to_dict()["pages_per_second"]
+        click.echo(f"files      {summary.files}")
+        click.echo(f"pages      {summary.pages_indexed} indexed, {summary.pages_skipped} already present"
+                   + (f" ({rate:.2f} pages/s)" if rate else ""))
+        click.echo(f"vectors    {summary.vectors_before} before pruning, {summary.vectors_kept} kept")
+        click.echo(f"index      {out_dir}: {summary.index_pages} pages, {_size(summary.index_bytes)}")
+        click.echo(f"failures   {len(summary.failures)}")
+        for failure in summary.failures:
+            click.echo(f"  {failure}")
+    if summary.failures:
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("query", nargs=-1, required=True)
+@click.option("-k", "k", default=5, show_default=True, help="Results per query.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Bundle to encode the query (default: the one the index was built with).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {path, page, score}, best first.")
+def search(index_dir, query, k, bundle, device, as_json):
+    """Search an index with exact MaxSim over the kept vectors.
+
+    \b
+    Example:
+      sapindex search myindex "what was the 2023 revenue?" -k 5
+    """
+    from sapindex.runtime.indexer import open_for_search, search as run_search
+
+    text = " ".join(query)
+    idx, encoder = open_for_search(index_dir, bundle, device)
+    with idx:
+        hits = run_search(idx, encoder, [text], k=k)[0]
+    if as_json:
+        click.echo(json.dumps([{"path": h.path, "page": h.page, "score": h.score} for h in hits], indent=2))
+        return
+    for rank, h in enumerate(hits, start=1):
+        click.echo(f"{rank:>3}. {h.score:9.4f}  {h.path}  page {h.page}")
 
 
 @cli.command()
@@ -194,6 +276,17 @@ def demo(out_dir, family, pages):
     json_path, png_path = write_calibration(record, out_dir / "calib")
     click.echo(summary_text(record))
     click.echo(f"wrote      {json_path} and {png_path}")
+
+
+def _size(n: float) -> str:
+    """Bytes for people: 1000-based units."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1000
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} TB"
 
 
 def _with_progress(label: str, work, quiet: bool = False):

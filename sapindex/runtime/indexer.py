@@ -1,0 +1,143 @@
+"""``sapindex index`` and ``sapindex search``: files -> SAP-pruned LanceDB index -> ranked pages.
+
+Streaming: pages are rendered one at a time and encoded ``batch_size`` at a time; each batch is
+one atomic commit, so a run killed at any moment loses at most the batch in flight, and the
+next run skips every (content hash, page) already stored without rendering it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sapindex.errors import SapIndexError
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.encoder import Encoder, prune
+from sapindex.runtime.inputs import Failure, FileInfo, Page, iter_pages, iter_sources
+from sapindex.runtime.store import Index, PageRow
+
+EXIT_PARTIAL = 3
+
+
+@dataclass
+class IndexSummary:
+    files: int = 0
+    pages_indexed: int = 0
+    pages_skipped: int = 0
+    vectors_before: int = 0
+    vectors_kept: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    index_bytes: int = 0
+    index_pages: int = 0
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "pages_per_second": self.pages_indexed / self.seconds if self.seconds else None}
+
+
+def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = 0.10,
+              device: str = "cpu", batch_size: int = 8, dpi: float = 144, threads: int | None = None,
+              stdin=None, progress: Callable[[int, int], None] | None = None) -> IndexSummary:
+    """Index ``inputs`` into ``out`` with the bundle; ``progress(pages_done, pages_known)`` after each batch."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
+    if batch_size < 1:
+        raise SapIndexError("--batch-size must be at least 1")
+    bundle = Bundle.open(bundle_path)
+    encoder = Encoder(bundle, device=device, threads=threads)
+    meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window)}
+    summary = IndexSummary()
+    started = time.perf_counter()
+    with Index.create_or_open(out, bundle.fingerprint, bundle.dim, meta=meta) as index:
+        done = index.indexed_keys()
+        known = [0]
+
+        def on_file(info: FileInfo) -> None:
+            summary.files += 1
+            known[0] += info.n_pages
+            already = [(info.content_hash, p) in done for p in range(1, info.n_pages + 1)]
+            summary.pages_skipped += sum(already)
+            if all(already):
+                index.drop_stale(info.path, info.content_hash)  # a changed file whose new pages exist elsewhere
+
+        batch: list[Page] = []
+        failures: list[Failure] = []
+
+        def flush() -> None:
+            if batch:
+                encoded = encoder.encode_pages([p.image for p in batch])
+                rows = []
+                for page, vectors in zip(batch, encoded):
+                    kept = prune(vectors, keep_ratio)
+                    summary.vectors_before += kept.n_visual
+                    summary.vectors_kept += len(kept.positions)
+                    rows.append(PageRow.from_encoded(page, kept, keep_ratio=keep_ratio))
+                index.add_pages(rows)
+                summary.pages_indexed += len(batch)
+                batch.clear()
+            if failures:
+                index.add_failures(failures)
+                summary.failures.extend(str(f) for f in failures)
+                failures.clear()
+            if progress:
+                progress(summary.pages_indexed + summary.pages_skipped, known[0])
+
+        pages = iter_pages(iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin), dpi=dpi,
+                           skip=lambda h, p: (h, p) in done, on_file=on_file)
+        for item in pages:
+            if isinstance(item, Failure):
+                failures.append(item)
+                continue
+            try:
+                encoder.preprocessor.visual_grid(item.size[1], item.size[0])  # e.g. a 1x500 strip: refuse early
+            except SapIndexError as exc:
+                failures.append(Failure(item.path, str(exc), item.page))
+                continue
+            batch.append(item)
+            done.add((item.content_hash, item.page))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        stats = index.stats()
+        summary.index_bytes, summary.index_pages = stats.bytes_on_disk, stats.pages
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class SearchHit:
+    path: str
+    page: int
+    score: float
+
+
+def open_for_search(index_path: str | Path, bundle_path: str | Path | None = None, device: str = "cpu"):
+    """The index and an encoder for its bundle (the one it was built with, or ``bundle_path``)."""
+    index = Index.open(index_path)
+    path = bundle_path or index.meta.get("bundle_path")
+    if not path:
+        raise SapIndexError(f"{index_path}: the index does not record its bundle; pass --bundle")
+    bundle = Bundle.open(path, verify=False)
+    if bundle.fingerprint != index.bundle_fingerprint:
+        raise SapIndexError(
+            f"{path}: bundle fingerprint {bundle.fingerprint[:12]} differs from the index's "
+            f"{index.bundle_fingerprint[:12]}; search with the bundle the index was built with"
+        )
+    return index, Encoder(bundle, device=device)
+
+
+def search(index: Index, encoder: Encoder, queries: Iterable[str], k: int = 5) -> list[list[SearchHit]]:
+    """Exact MaxSim over every page's kept vectors, best first, for each query."""
+    queries = list(queries)
+    if not queries or any(not q.strip() for q in queries):
+        raise SapIndexError("empty query")
+    if k < 1:
+        raise SapIndexError("-k must be at least 1")
+    out = []
+    for q in encoder.encode_queries(queries):
+        out.append([SearchHit(h.path, int(h.page), float(h.score)) for h in index.search(q, k=k)])
+    return out
+

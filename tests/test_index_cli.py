@@ -1,0 +1,131 @@
+"""End to end through the CLI: export -> index (PDFs, images, broken files) -> search, resume, kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sapindex import sap
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.encoder import Encoder
+from sapindex.runtime.store import Index
+from sapindex.synthetic import write_pairs
+
+
+def cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "sapindex.cli", *map(str, args)], capture_output=True, text=True,
+                          input=stdin)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_models, pairs_file, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    calib = root / "calib"
+    assert cli("calibrate", "--model", tiny_models["colqwen2"], "--pairs", pairs_file, "--out", calib).returncode == 0
+    out = cli("export", "--model", tiny_models["colqwen2"], "--calibration", calib / "calibration.json",
+              "--out", root / "tiny.sap")
+    assert out.returncode == 0, out.stderr
+    assert "validated  4 pages" in out.stdout
+    return root / "tiny.sap"
+
+
+@pytest.fixture()
+def docs(tmp_path):
+    """5 page images, one 3-page PDF, and broken inputs."""
+    write_pairs(tmp_path / "docs", n=5, seed=11)
+    pages = tmp_path / "docs" / "pages"
+    images = [Image.open(pages / f"page-000{i}.png").convert("RGB") for i in range(3)]
+    images[0].save(tmp_path / "docs" / "report.pdf", save_all=True, append_images=images[1:])
+    (tmp_path / "docs" / "truncated.pdf").write_bytes((tmp_path / "docs" / "report.pdf").read_bytes()[:300])
+    (tmp_path / "docs" / "empty.png").write_bytes(b"")
+    (tmp_path / "docs" / "pairs.jsonl").unlink()
+    return tmp_path / "docs"
+
+
+def _rows(index_dir):
+    with Index.open(index_dir) as idx:
+        return [(r["path"], r["page"]) for r in idx.iter_rows()]
+
+
+def test_index_search_resume(bundle, docs, tmp_path):
+    out = cli("index", bundle, docs, "--out", tmp_path / "idx", "--batch-size", "3", "--json")
+    assert out.returncode == 3, out.stderr  # partial: two broken inputs
+    summary = json.loads(out.stdout)
+    assert summary["pages_indexed"] == 8 and summary["files"] >= 6
+    assert any("truncated.pdf" in f for f in summary["failures"]) and any("empty.png" in f for f in summary["failures"])
+    rows = _rows(tmp_path / "idx")
+    assert sorted(p for path, p in rows if path.endswith("report.pdf")) == [1, 2, 3]
+    assert len(rows) == len(set(rows)) == 8
+    with Index.open(tmp_path / "idx") as idx:
+        assert {f.path for f in idx.failures()} == {str(docs / "truncated.pdf"), str(docs / "empty.png")}
+        stats = idx.stats()
+        for r in idx.iter_rows():
+            assert len(r["positions"]) == sap.keep_count(r["n_visual"], 0.1) == r["vectors"].shape[0]
+    assert stats.vectors_before_pruning == summary["vectors_before"]
+
+    again = json.loads(cli("index", bundle, docs, "--out", tmp_path / "idx", "--json").stdout)
+    assert again["pages_indexed"] == 0 and again["pages_skipped"] == 8
+
+    hits = json.loads(cli("search", tmp_path / "idx", "north river", "-k", "4", "--json").stdout)
+    assert len(hits) == 4 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    encoder = Encoder(Bundle.open(bundle))
+    query = encoder.encode_queries(["north river"])[0]
+    with Index.open(tmp_path / "idx") as idx:
+        expected = sorted(((sap.maxsim(query, r["vectors"]), r["path"], r["page"]) for r in idx.iter_rows()),
+                          key=lambda t: (-t[0], t[1], t[2]))[:4]
+    assert [(h["path"], h["page"]) for h in hits] == [(p, pg) for _s, p, pg in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], [s for s, _p, _pg in expected], rtol=1e-5)
+
+
+def test_changed_file_is_reindexed_and_stdin_lists(bundle, docs, tmp_path):
+    target = docs / "pages" / "page-0001.png"
+    listing = f"{target}\n{docs / 'pages' / 'page-0002.png'}\n"
+    assert cli("index", bundle, "-", "--out", tmp_path / "idx", stdin=listing).returncode == 0
+    with Index.open(tmp_path / "idx") as idx:
+        before = {r["path"]: r["content_hash"] for r in idx.iter_rows()}
+    Image.new("RGB", (300, 200), "navy").save(target)
+    assert cli("index", bundle, "-", "--out", tmp_path / "idx", stdin=listing).returncode == 0
+    with Index.open(tmp_path / "idx") as idx:
+        after = {r["path"]: r["content_hash"] for r in idx.iter_rows()}
+    assert len(after) == 2 and after[str(target)] != before[str(target)]
+
+
+def test_index_refuses_another_bundle(bundle, docs, tmp_path, tiny_models):
+    other = tmp_path / "other.sap"
+    import shutil
+
+    shutil.copytree(bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["fingerprint"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert cli("index", bundle, docs / "pages", "--out", tmp_path / "idx").returncode == 0
+    out = cli("index", other, docs / "pages", "--out", tmp_path / "idx")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "fingerprint" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_kill_9_then_rerun_gives_every_page_once(bundle, tmp_path):
+    write_pairs(tmp_path / "many", n=24, seed=5)
+    proc = subprocess.Popen([sys.executable, "-m", "sapindex.cli", "index", str(bundle), str(tmp_path / "many" / "pages"),
+                             "--out", str(tmp_path / "idx"), "--batch-size", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (tmp_path / "idx" / "pages.lance").exists() and len(_rows(tmp_path / "idx")) >= 3:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _rows(tmp_path / "idx")
+    assert 3 <= len(partial) < 24, "the kill should land mid-run"
+    out = cli("index", bundle, tmp_path / "many" / "pages", "--out", tmp_path / "idx", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = _rows(tmp_path / "idx")
+    assert len(rows) == len(set(rows)) == 24
+    assert json.loads(out.stdout)["pages_skipped"] == len(partial)
