@@ -104,8 +104,10 @@ class TextGraph(nn.Module):
     transformers does for text-only input; pass a zero ``image_embeds [B, 1, D]`` for them.
     """
 
-    def __init__(self, model: nn.Module, window: tuple[int, int]):
+    def __init__(self, model: nn.Module, window: tuple[int, int], centrality: bool = True):
+        """``centrality=False`` builds the same graph without the in-degree reduction (to measure its cost)."""
         super().__init__()
+        self.with_centrality = centrality
         self.lm = model.language_model
         self.proj = model.custom_text_proj
         cfg = model.config
@@ -140,7 +142,7 @@ class TextGraph(nn.Module):
         for idx, layer in enumerate(self.lm.layers):
             residual = x
             attn_out, probs = self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, mask)
-            if self.window[0] <= idx < self.window[1]:
+            if self.with_centrality and self.window[0] <= idx < self.window[1]:
                 # in-degree: attention each column receives from visual rows, head mean  [B, S]
                 centrality = centrality + torch.einsum("bhij,bi->bj", probs.float(), rows) / self.heads
             x = residual + attn_out

@@ -39,6 +39,7 @@ class TinySpec:
     vision_depth: int = 2
     vision_width: int = 32
     vision_heads: int = 2
+    vision_mlp_ratio: int = 2
     min_visual_tokens: int = 4
     max_visual_tokens: int = 64
     seed: int = 0
@@ -115,11 +116,12 @@ def build_tiny_model(out_dir: str | Path, family: str = "colqwen2", **overrides)
     )
     if spec.family == "colqwen2":
         vision = dict(depth=spec.vision_depth, embed_dim=spec.vision_width, hidden_size=spec.hidden,
-                      num_heads=spec.vision_heads, mlp_ratio=2)
+                      num_heads=spec.vision_heads, mlp_ratio=spec.vision_mlp_ratio)
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
         model_cls, processor_cls = cm.ColQwen2, cm.ColQwen2Processor
     else:
-        vision = dict(depth=spec.vision_depth, hidden_size=spec.vision_width, intermediate_size=2 * spec.vision_width,
+        vision = dict(depth=spec.vision_depth, hidden_size=spec.vision_width,
+                      intermediate_size=spec.vision_mlp_ratio * spec.vision_width,
                       num_heads=spec.vision_heads, out_hidden_size=spec.hidden, window_size=56,
                       fullatt_block_indexes=[spec.vision_depth - 1])
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
