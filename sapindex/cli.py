@@ -256,16 +256,19 @@ def inspect(target, as_json):
 @click.option("--family", default="colqwen2", show_default=True, type=click.Choice(["colqwen2", "colqwen2_5"]))
 @click.option("--pages", default=16, show_default=True, help="Generated (query, page) pairs.")
 def demo(out_dir, family, pages):
-    """Build the built-in tiny model and generated pages, then calibrate it (needs the export extra).
+    """The whole pipeline on the built-in tiny model: calibrate, export, index, search.
 
-    The tiny model has random weights: this shows the mechanics, not retrieval quality.
+    Builds the tiny model and generated pages under OUT (needs the export extra). The tiny model
+    has random weights: this shows the mechanics, not retrieval quality.
 
     \b
     Example:
       sapindex demo --out demo/
     """
     from sapindex.exporter.calibrate import CalibrationConfig, calibrate as run, summary_text, write_calibration
+    from sapindex.exporter.export import ExportConfig, export_bundle
     from sapindex.models.tiny import build_tiny_model
+    from sapindex.runtime.indexer import open_for_search, run_index, search as run_search
     from sapindex.synthetic import write_pairs
 
     model_dir = build_tiny_model(out_dir / f"tiny-{family}", family)
@@ -276,6 +279,20 @@ def demo(out_dir, family, pages):
     json_path, png_path = write_calibration(record, out_dir / "calib")
     click.echo(summary_text(record))
     click.echo(f"wrote      {json_path} and {png_path}")
+    bundle = out_dir / f"tiny-{family}.sap"
+    manifest = export_bundle(ExportConfig(model=str(model_dir), calibration=str(json_path), out=str(bundle),
+                                          overwrite=True))
+    click.echo(f"bundle     {bundle} (validated: max |diff| {manifest['validation']['max_abs_diff_embeddings']:.1e})")
+    summary = run_index(bundle, [str(pairs.parent / "pages")], out_dir / "index")
+    click.echo(f"index      {out_dir / 'index'}: {summary.pages_indexed} pages indexed, {summary.pages_skipped} present, "
+               f"{summary.vectors_kept} of {summary.vectors_before} vectors kept")
+    query = json.loads(pairs.read_text().splitlines()[0])["query"]
+    index, encoder = open_for_search(out_dir / "index")
+    with index:
+        hits = run_search(index, encoder, [query], k=3)[0]
+    click.echo(f"search     {query!r}:")
+    for rank, hit in enumerate(hits, start=1):
+        click.echo(f"  {rank}. {hit.score:8.4f}  {hit.path}  page {hit.page}")
 
 
 def _size(n: float) -> str:
