@@ -41,6 +41,9 @@ def test_centrality_equals_in_degree_on_raw_attention(adapters, family):
         for layer in range(adapter.n_layers):
             expected = sap.in_degree(raw[layer][b].double().numpy(), visual[b])
             np.testing.assert_allclose(page.centrality[layer], expected, rtol=1e-5, atol=1e-6)
+        last = int(np.flatnonzero(inputs["attention_mask"][b].numpy())[-1])
+        eos = raw[adapter.n_layers - 1][b][:, last, :].double().mean(dim=0).numpy()[visual[b]]
+        np.testing.assert_allclose(page.eos, eos, rtol=1e-5, atol=1e-7)
         window = sap.in_degree(np.stack([raw[i][b].double().numpy() for i in (1, 2)]), visual[b])
         np.testing.assert_allclose(page.centrality[[1, 2]].mean(axis=0), window, rtol=1e-5, atol=1e-6)
 

@@ -79,12 +79,13 @@ def test_graph_parity_on_identical_inputs(bundles, adapters, family):
     for sizes in (ODD[:1], ODD):  # batch sizes 1 and 4, mixed page sizes
         images = _pages(sizes, seed=len(sizes))
         inputs = adapter.page_inputs(images)
-        emb, cent = encoder.sessions.encode_pages({k: v.numpy() for k, v in inputs.items()})
+        emb, cent, eos = encoder.sessions.encode_pages({k: v.numpy() for k, v in inputs.items()})
         ref = adapter.encode_pages(images, layers=tuple(range(*bundle.window)))
         visual = adapter.visual_mask(inputs).numpy()
         for b, page in enumerate(ref):
             np.testing.assert_allclose(emb[b][visual[b]], page.embeddings, atol=1e-5)
             np.testing.assert_allclose(cent[b][visual[b]], page.centrality.mean(axis=0), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(eos[b][visual[b]], page.eos, rtol=1e-5, atol=1e-6)
             for ratio in RATIOS:
                 assert np.array_equal(sap.top_k(cent[b][visual[b]], ratio), sap.top_k(page.centrality.mean(axis=0), ratio))
 

@@ -162,14 +162,14 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle) -> dict:
     sessions = BundleSessions(bundle, device="cpu")
     pages = _validation_pages(adapter, VALIDATION_SIZES)
     batches = [pages[:1], pages[1:]]  # batch sizes 1 and 3, mixed sizes in one batch
-    worst_emb = worst_cent = 0.0
+    worst_emb = worst_cent = worst_eos = 0.0
     mismatched = []
     n_pages = 0
     for batch in batches:
         inputs = adapter.page_inputs(batch)
         reference = adapter.encode_pages(batch, layers=tuple(range(*window)))
         feed = {k: v.cpu().numpy() for k, v in inputs.items()}
-        emb, cent = sessions.encode_pages(feed)  # [B, S, dim], [B, S]
+        emb, cent, eos = sessions.encode_pages(feed)  # [B, S, dim], [B, S], [B, S]
         visual = adapter.visual_mask(inputs).cpu().numpy()
         for b, ref in enumerate(reference):
             n_pages += 1
@@ -177,6 +177,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle) -> dict:
             ref_cent = ref.centrality.mean(axis=0)
             worst_emb = max(worst_emb, float(np.abs(ort_emb - ref.embeddings).max()))
             worst_cent = max(worst_cent, float(np.abs(ort_cent - ref_cent).max()))
+            worst_eos = max(worst_eos, float(np.abs(eos[b][visual[b]] - ref.eos).max()))
             for ratio in VALIDATION_RATIOS:
                 if not np.array_equal(sap.top_k(ort_cent, ratio), sap.top_k(ref_cent, ratio)):
                     mismatched.append({"page": n_pages, "grid": list(ref.grid), "keep_ratio": ratio})
@@ -193,6 +194,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle) -> dict:
         "max_abs_diff_embeddings": worst_emb,
         "max_abs_diff_centrality": worst_cent,
         "max_abs_diff_query_embeddings": worst_query,
+        "max_abs_diff_eos_attention": worst_eos,
         "kept_set_mismatches": mismatched,
         "tolerance": EMBED_TOL_FP32,
         "torch_version": torch.__version__,

@@ -99,8 +99,9 @@ class TextGraph(nn.Module):
 
     Inputs: ``input_ids [B, S]``, ``attention_mask [B, S]``, ``image_embeds [B, T, D]``,
     ``image_grid_thw [B, 3]``. Outputs: ``embeddings [B, S, dim]`` (L2-normalised, zero at padding,
-    as colpali-engine returns them) and ``centrality [B, S]`` (window-mean visual in-degree, zero
-    at non-visual positions). Rows without image tokens (queries) use positions ``0..S-1``, as
+    as colpali-engine returns them), ``centrality [B, S]`` (window-mean visual in-degree, zero
+    at non-visual positions) and ``eos_attention [B, S]`` (the final layer's attention from the
+    last valid token, head mean: the final-layer baseline SAP is compared with). Rows without image tokens (queries) use positions ``0..S-1``, as
     transformers does for text-only input; pass a zero ``image_embeds [B, 1, D]`` for them.
     """
 
@@ -139,12 +140,16 @@ class TextGraph(nn.Module):
         rows = is_image.to(torch.float32)  # visual rows for the in-degree
         centrality = torch.zeros(batch, seq, dtype=torch.float32, device=input_ids.device)
 
+        last = (valid.long() * i.view(1, seq)).max(dim=1).values  # [B] index of the last valid token
         for idx, layer in enumerate(self.lm.layers):
             residual = x
             attn_out, probs = self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, mask)
             if self.with_centrality and self.window[0] <= idx < self.window[1]:
                 # in-degree: attention each column receives from visual rows, head mean  [B, S]
                 centrality = centrality + torch.einsum("bhij,bi->bj", probs.float(), rows) / self.heads
+            if idx == len(self.lm.layers) - 1:
+                row = last.view(-1, 1, 1, 1).expand(-1, probs.shape[1], 1, seq)  # [B, h, 1, S]
+                eos = torch.gather(probs.float(), 2, row).squeeze(2).mean(dim=1)  # [B, S]
             x = residual + attn_out
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = self.lm.norm(x)
@@ -152,7 +157,7 @@ class TextGraph(nn.Module):
         emb = emb / emb.norm(dim=-1, keepdim=True)
         emb = emb * attention_mask.unsqueeze(-1).to(emb.dtype)
         centrality = centrality / (self.window[1] - self.window[0]) * rows
-        return emb.float(), centrality
+        return emb.float(), centrality, eos
 
     def _positions(self, valid, is_image, img_rank, image_grid_thw):
         """M-RoPE position ids ``[3, B, S]``, closed form of transformers' ``get_rope_index`` for one image per row."""

@@ -31,6 +31,7 @@ class PageEncoding:
     centrality: np.ndarray  # [n_layers_captured, V] float64 visual in-degree per captured layer
     layers: tuple[int, ...]  # decoder layer index of each centrality row
     grid: tuple[int, int]  # (rows, cols) of visual tokens on the page
+    eos: np.ndarray  # [V] final layer's attention from the last valid token, head mean (a baseline)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -109,15 +110,20 @@ class FamilyAdapter:
         inputs = self.page_inputs(images)
         visual = self.visual_mask(inputs)  # [B, S]
         captured: dict[int, torch.Tensor] = {}
+        final = self.n_layers - 1
+        last = (inputs["attention_mask"].long() * torch.arange(visual.shape[1], device=visual.device)).argmax(dim=1)
         handles = []
-        for idx in layers:
+        for idx in sorted(set(layers) | {final}):
             attn_module = self.decoder_layers()[idx].self_attn
 
             def hook(_module, _args, output, idx=idx):
                 probs = output[1]
                 if probs is None:
                     raise SapIndexError(f"{self.info.path}: decoder layer {idx} returned no attention probabilities")
-                captured[idx] = in_degree_batch(probs, visual)  # [B, S]
+                if idx in layers:
+                    captured[idx] = in_degree_batch(probs, visual)  # [B, S]
+                if idx == final:  # attention row of the last valid token, head mean  [B, S]
+                    captured["eos"] = probs[torch.arange(probs.shape[0]), :, last].float().mean(dim=1)
 
             handles.append(attn_module.register_forward_hook(hook))
         try:
@@ -136,6 +142,7 @@ class FamilyAdapter:
                     centrality=cent.double().cpu().numpy(),
                     layers=layers,
                     grid=grids[b],
+                    eos=captured["eos"][b][vis].double().cpu().numpy(),
                 )
             )
         return pages

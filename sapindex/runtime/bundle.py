@@ -5,7 +5,8 @@ Layout::
     manifest.json      format, family, layers, SAP window, dim, preprocessing, graphs, calibration
                        summary, validation numbers, source fingerprint, sha256 + size of every file
     vision.onnx(.data) pixels -> merged image features
-    text.onnx(.data)   ids + image features -> embeddings + in-graph SAP centrality
+    text.onnx(.data)   ids + image features -> embeddings, in-graph SAP centrality, final-layer
+                       EOS attention (for the baselines of ``sapindex eval``)
     tokenizer.json     the tokenizer transformers encodes with
     calibration.json   the full calibration record
 
@@ -30,7 +31,7 @@ MANIFEST = "manifest.json"
 GRAPH_IO = {
     "vision": {"inputs": ["pixel_values", "image_grid_thw"], "outputs": ["image_embeds"]},
     "text": {"inputs": ["input_ids", "attention_mask", "image_embeds", "image_grid_thw"],
-             "outputs": ["embeddings", "centrality"]},
+             "outputs": ["embeddings", "centrality", "eos_attention"]},
 }
 
 

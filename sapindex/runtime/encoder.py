@@ -30,6 +30,7 @@ class PageVectors:
     embeddings: np.ndarray  # [V, dim] float32, L2-normalised
     centrality: np.ndarray  # [V] float32, SAP window in-degree
     grid: tuple[int, int]  # (rows, cols); token k sits at (k // cols, k % cols)
+    eos: np.ndarray  # [V] float32, final-layer attention from the last token (baselines only)
 
     @property
     def n_visual(self) -> int:
@@ -65,11 +66,11 @@ class Encoder:
 
     def encode_pages(self, images) -> list[PageVectors]:
         batch = self.preprocessor.pages(images)
-        emb, cent = self.sessions.encode_pages(batch)  # [B, S, dim], [B, S]
+        emb, cent, eos = self.sessions.encode_pages(batch)  # [B, S, dim], [B, S], [B, S]
         pages = []
         for b, layout in enumerate(self.preprocessor.layouts(batch)):
             pos = layout.positions
-            pages.append(PageVectors(emb[b, pos], cent[b, pos], (layout.rows, layout.cols)))
+            pages.append(PageVectors(emb[b, pos], cent[b, pos], (layout.rows, layout.cols), eos[b, pos]))
         return pages
 
     def encode_queries(self, texts: list[str]) -> list[np.ndarray]:

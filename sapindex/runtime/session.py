@@ -47,23 +47,23 @@ class BundleSessions:
         self.text = make_session(bundle.graph_path("text"), device, threads)
         self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
 
-    def encode_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``[B, S, dim]`` embeddings and ``[B, S]`` centrality for processor outputs of a page batch."""
+    def encode_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``[B, S, dim]`` embeddings, ``[B, S]`` centrality and ``[B, S]`` EOS attention for a page batch."""
         grid = feed["image_grid_thw"].astype(np.int64)
         (image_embeds,) = self.vision.run(None, {"pixel_values": feed["pixel_values"].astype(np.float32),
                                                  "image_grid_thw": grid})
-        emb, cent = self.text.run(None, {"input_ids": feed["input_ids"].astype(np.int64),
-                                         "attention_mask": feed["attention_mask"].astype(np.int64),
-                                         "image_embeds": image_embeds, "image_grid_thw": grid})
-        return emb, cent
+        emb, cent, eos = self.text.run(None, {"input_ids": feed["input_ids"].astype(np.int64),
+                                              "attention_mask": feed["attention_mask"].astype(np.int64),
+                                              "image_embeds": image_embeds, "image_grid_thw": grid})
+        return emb, cent, eos
 
     def encode_queries(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """``[B, M, dim]`` query embeddings (zero rows at padding)."""
         batch = feed["input_ids"].shape[0]
-        emb, _ = self.text.run(None, {
+        emb = self.text.run(["embeddings"], {
             "input_ids": feed["input_ids"].astype(np.int64),
             "attention_mask": feed["attention_mask"].astype(np.int64),
             "image_embeds": np.zeros((batch, 1, self.hidden), dtype=np.float32),  # unused: no image tokens
             "image_grid_thw": np.tile(np.array([[1, 2, 2]], dtype=np.int64), (batch, 1)),
-        })
+        })[0]
         return emb

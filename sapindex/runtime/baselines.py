@@ -1,0 +1,389 @@
+"""Index-time, query-agnostic compression baselines that ``sapindex eval`` compares with SAP (torch-free).
+
+Every method takes one page's final multi-vector embedding ``vectors [n, dim]`` (float32,
+L2-normalised, one row per visual token) and returns a :class:`Compressed` page. Apart from
+Adaptive-EOS, all of them keep exactly ``sapindex.sap.keep_count(n, ratio)`` vectors, so they are
+compared with SAP at matched vector counts (see ../shared/SAP_METHOD.md, "Baselines the paper
+compares with"):
+
+``random(vectors, ratio, seed)``
+    a uniform subset of ``keep_count`` positions (:func:`sapindex.sap.random_k` with
+    ``np.random.default_rng(seed)``); the paper averages 5 seeds (:data:`RANDOM_SEEDS`).
+``eos(vectors, eos, ratio)``
+    the ``keep_count`` tokens with the highest final-layer attention from the last valid token
+    (head mean), ties to the lower index (:func:`sapindex.sap.top_k`).
+``adaptive_eos(vectors, eos, k)``
+    DocPruner: keep token ``j`` if ``eos[j] > mean(eos) + k * std(eos)`` on its page (population
+    std), never fewer than one token (the argmax). ``k`` comes from
+    :func:`calibrate_adaptive_eos` on held-out pages so that the *global* keep rate is ``ratio``;
+    the per-page counts are not matched (they vary with each page's score distribution).
+``pooling(vectors, ratio)``
+    colpali-engine's ``HierarchicalTokenPooler`` with ``keep_count`` clusters (see
+    :func:`pooling` for the exact semantics and the one difference).
+``cluster(vectors, ratio, seed)``
+    k-means with ``keep_count`` clusters; the L2-renormalised centroids are stored.
+
+Selection methods (random, eos, adaptive-eos) return the kept rows and their token positions;
+merging methods (pooling, cluster) return new vectors and ``positions=None``.
+
+:data:`METHODS` maps the CLI names to :class:`Baseline` records with one uniform entry point,
+:meth:`Baseline.compress`. The EOS scores are provided by the caller (the encoder's ``eos``
+output); this module only uses numpy, scipy and scikit-learn (the latter imported lazily).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from sapindex import sap
+
+__all__ = [
+    "Compressed",
+    "Baseline",
+    "METHODS",
+    "RANDOM_SEEDS",
+    "random",
+    "eos",
+    "adaptive_eos",
+    "adaptive_eos_mask",
+    "calibrate_adaptive_eos",
+    "pooling",
+    "pooling_labels",
+    "cluster",
+    "compress",
+]
+
+#: Seeds the paper's random baseline is averaged over.
+RANDOM_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """One compressed page.
+
+    ``vectors``: ``[k, dim]`` float32, L2-normalised rows (selected rows as given, merged rows
+    renormalised). ``positions``: for selection methods, the kept token indices ``[k]`` (int64,
+    ascending, ``vectors == input[positions]``); ``None`` for merging methods.
+    """
+
+    vectors: np.ndarray
+    positions: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# selection methods
+
+
+def random(vectors, ratio: float, seed: int) -> Compressed:
+    """A uniform random subset of ``keep_count(n, ratio)`` tokens, drawn with ``np.random.default_rng(seed)``.
+
+    Deterministic for a seed; average over :data:`RANDOM_SEEDS` for the paper's random floor.
+    """
+    v = _check_vectors(vectors)
+    keep = sap.random_k(v.shape[0], ratio, np.random.default_rng(seed))
+    return _select(v, keep)
+
+
+def eos(vectors, eos: np.ndarray, ratio: float) -> Compressed:
+    """The ``keep_count(n, ratio)`` tokens with the highest EOS attention, ties to the lower index."""
+    v = _check_vectors(vectors)
+    scores = _check_scores(eos, v.shape[0])
+    return _select(v, sap.top_k(scores, ratio))
+
+
+def adaptive_eos_mask(eos: np.ndarray, k: float) -> np.ndarray:
+    """DocPruner's keep mask ``eos > mean(eos) + k * std(eos)`` (population std, float64), argmax forced in.
+
+    A page whose scores are all equal (std 0) keeps only its first token (the argmax).
+    """
+    s = _check_scores(eos, None)
+    if not math.isfinite(float(k)):
+        raise ValueError(f"k must be finite, got {k!r}")
+    mu = s.mean()
+    sigma = s.std()  # ddof=0: population std
+    mask = s > mu + float(k) * sigma
+    mask[int(np.argmax(s))] = True
+    return mask
+
+
+def adaptive_eos(vectors, eos: np.ndarray, k: float) -> Compressed:
+    """DocPruner-style adaptive EOS pruning: keep ``j`` if ``eos[j] > mean + k * std`` (at least the argmax).
+
+    ``k`` is the threshold in page standard deviations, calibrated with
+    :func:`calibrate_adaptive_eos` so that the **global** keep rate over held-out pages equals the
+    target ratio. Unlike the other baselines this does *not* match the per-page vector count: a
+    page with a few salient tokens keeps fewer than ``keep_count(n, ratio)``, a flat one more.
+    """
+    v = _check_vectors(vectors)
+    s = _check_scores(eos, v.shape[0])
+    return _select(v, np.flatnonzero(adaptive_eos_mask(s, k)))
+
+
+def calibrate_adaptive_eos(eos_list, ratio: float, *, max_iter: int = 200) -> float:
+    """The DocPruner ``k`` whose global keep rate on ``eos_list`` is closest to ``ratio``.
+
+    The global keep rate ``sum_p kept_p(k) / sum_p n_p`` is a non-increasing step function of
+    ``k`` (each page's threshold ``mean + k * std`` grows with ``k``); it is 1 for
+    ``k < -sqrt(n_max)`` and ``n_pages / total`` for ``k >= sqrt(n_max)`` (population z-scores
+    lie in ``[-sqrt(n - 1), sqrt(n - 1)]``), so ``k`` is bisected over
+    ``[-sqrt(n_max), sqrt(n_max)]``. Of the two plateaus that bracket ``ratio``, the one whose
+    rate is closer wins (the lower k, i.e. more tokens, on an exact tie), and the returned ``k``
+    is moved to the middle of that plateau (half-way between the neighbouring page z-scores) so
+    that float noise when re-applying it cannot flip a token. Rates below ``n_pages / total``
+    cannot be reached (every page keeps its argmax); the upper end is returned then.
+    """
+    sap._check_ratio(ratio)
+    pages = [_check_scores(e, None) for e in eos_list]
+    if not pages:
+        raise ValueError("calibrate_adaptive_eos needs at least one page")
+    total = sum(p.shape[0] for p in pages)
+    stats = [(p, p.mean(), p.std(), int(np.argmax(p))) for p in pages]
+
+    def rate(k: float) -> float:
+        kept = 0
+        for p, mu, sigma, am in stats:
+            above = p > mu + k * sigma
+            kept += int(above.sum()) + (0 if above[am] else 1)
+        return kept / total
+
+    bound = math.sqrt(max(p.shape[0] for p in pages)) + 1.0
+    lo, hi = -bound, bound  # rate(lo) == 1 >= ratio; rate(hi) == n_pages / total
+    r_lo, r_hi = rate(lo), rate(hi)
+    if r_hi >= ratio:
+        return _plateau_mid(stats, hi, rate)
+    # invariant: rate(lo) >= ratio > rate(hi)
+    for _ in range(max_iter):
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
+            break
+        r = rate(mid)
+        if r >= ratio:
+            lo, r_lo = mid, r
+        else:
+            hi, r_hi = mid, r
+    best = lo if abs(r_lo - ratio) <= abs(r_hi - ratio) else hi
+    return _plateau_mid(stats, best, rate)
+
+
+def _plateau_mid(stats, k: float, rate: Callable[[float], float]) -> float:
+    """The middle of the plateau of ``rate`` containing ``k`` (between neighbouring z-scores), if it agrees."""
+    zs = [(p - mu) / sigma for p, mu, sigma, _ in stats if sigma > 0]
+    if not zs:
+        return float(k)
+    z = np.concatenate(zs)
+    below, above = z[z <= k], z[z > k]
+    if below.size and above.size:
+        cand = 0.5 * (below.max() + above.min())
+    elif above.size:
+        cand = above.min() - 1.0
+    else:
+        cand = below.max() + 1.0
+    cand = float(cand)
+    return cand if rate(cand) == rate(k) else float(k)
+
+
+# --------------------------------------------------------------------------------------------
+# merging methods
+
+
+def pooling_labels(vectors, n_clusters: int) -> np.ndarray:
+    """Cluster labels ``[n]`` (0-based) of colpali-engine's hierarchical token pooling with ``n_clusters``.
+
+    Reproduces ``HierarchicalTokenPooler._pool_single_embedding`` (colpali-engine 0.3.18):
+    ``D = 1 - E @ E.T`` in float32, ``linkage(D, metric="euclidean", method="ward")``,
+    ``fcluster(Z, t=n_clusters, criterion="maxclust") - 1``. Note that colpali passes the square
+    matrix ``D`` as *observations*: Ward runs on the Euclidean distances between the rows of the
+    cosine-distance matrix (each token described by its cosine distances to all tokens), not on
+    the condensed cosine distances themselves. We do the same, so the clusters are identical;
+    scipy's "looks like an uncondensed distance matrix" ClusterWarning is silenced.
+    """
+    v = _check_vectors(vectors)
+    n = v.shape[0]
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"n_clusters must be in [1, {n}], got {n_clusters}")
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    from scipy.cluster.hierarchy import ClusterWarning, fcluster, linkage
+
+    distances = 1 - v @ v.T  # float32, as colpali's torch.mm + numpy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterWarning)
+        z = linkage(distances, metric="euclidean", method="ward")
+    return (fcluster(z, t=n_clusters, criterion="maxclust") - 1).astype(np.int64)
+
+
+def pooling(vectors, ratio: float) -> Compressed:
+    """Hierarchical token pooling (colpali-engine's ``HierarchicalTokenPooler``) to ``keep_count`` clusters.
+
+    Same math as colpali-engine 0.3.18 (see :func:`pooling_labels`): Ward clusters of the
+    cosine-distance rows, each cluster's float32 mean, L2-renormalised (``F.normalize``, eps
+    1e-12), rows ordered by cluster label. The one difference is the parameterisation: colpali
+    asks for ``max(n // pool_factor, 1)`` clusters, we ask for ``keep_count(n, ratio)`` so that the
+    count matches the other methods. Edge cases follow colpali's identity shortcut for
+    ``pool_factor == 1``: when ``keep_count == n`` (ratio 1, or n == 1, which colpali rejects) the
+    page is returned unchanged.
+
+    ``fcluster(..., criterion="maxclust")`` returns *at most* the requested number of clusters:
+    with ties in the merge heights (e.g. duplicate tokens, which merge at height 0) it can return
+    fewer. On generic data (no exact ties) the count equals ``keep_count(n, ratio)``.
+    """
+    v = _check_vectors(vectors)
+    n = v.shape[0]
+    k = sap.keep_count(n, ratio)
+    if k == n:
+        return Compressed(v.copy(), None)
+    labels = pooling_labels(v, k)
+    return Compressed(_cluster_means(v, labels, k), None)
+
+
+def cluster(vectors, ratio: float, seed: int = 0) -> Compressed:
+    """k-means merge: cluster the vectors into ``k = keep_count(n, ratio)`` groups and store the centroids.
+
+    The paper: "cluster the final 128-d vectors into k clusters, store the centroids". We run
+    scikit-learn's ``KMeans(n_clusters=k, n_init=4, random_state=seed)`` (k-means++, Lloyd, in
+    float64; deterministic for a seed), then recompute each centroid as the mean of the members
+    of its final assignment (one closing M-step, so a stored centroid is exactly its members'
+    mean) and **L2-renormalise** it: MaxSim compares unit query vectors with unit page vectors
+    (dot product = cosine), and a raw centroid's norm (< 1, smaller for spread clusters) would
+    only shrink its scores. A cluster left without members by the final assignment (only in
+    degenerate data) keeps the centroid KMeans returned, so exactly ``k`` vectors are stored
+    (duplicate centroids are possible when the page has fewer than ``k`` distinct vectors).
+    ``keep_count == n`` returns the page unchanged (every token its own cluster).
+    """
+    v = _check_vectors(vectors)
+    n = v.shape[0]
+    k = sap.keep_count(n, ratio)
+    if k == n:
+        return Compressed(v.copy(), None)
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = v.astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k
+        km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
+    labels = km.labels_.astype(np.int64)
+    counts = np.bincount(labels, minlength=k)
+    sums = np.zeros((k, v.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, x)
+    centers = np.array(km.cluster_centers_, dtype=np.float64)
+    nonempty = counts > 0
+    centers[nonempty] = sums[nonempty] / counts[nonempty, None]
+    return Compressed(_normalize(centers).astype(np.float32), None)
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A registered baseline.
+
+    ``needs_eos``: reads the caller's EOS scores. ``seeded``: stochastic, average over
+    :data:`RANDOM_SEEDS`. ``merging``: returns new vectors (``positions is None``).
+    ``matched``: keeps exactly ``keep_count(n, ratio)`` vectors per page (Adaptive-EOS matches
+    only the global rate; pooling may return fewer on exact ties). ``calibrated``: needs a
+    parameter fitted on held-out pages (Adaptive-EOS's ``k``).
+    """
+
+    name: str
+    #: ``call(vectors, ratio, eos, seed, adaptive_k)``; use :meth:`compress`, which checks the arguments.
+    call: Callable[..., Compressed]
+    needs_eos: bool
+    seeded: bool
+    merging: bool
+    matched: bool
+    calibrated: bool
+    description: str
+
+    def compress(self, vectors, *, ratio: float | None = None, eos: np.ndarray | None = None,
+                 seed: int = 0, adaptive_k: float | None = None) -> Compressed:
+        """Uniform entry point: pass what the method needs.
+
+        ``ratio`` for all but Adaptive-EOS, ``eos`` if ``needs_eos``, ``adaptive_k`` if
+        ``calibrated``; ``seed`` is used by the seeded methods and ignored by the others.
+        """
+        if self.needs_eos and eos is None:
+            raise ValueError(f"baseline {self.name!r} needs the page's EOS attention scores")
+        if self.calibrated and adaptive_k is None:
+            raise ValueError(f"baseline {self.name!r} needs adaptive_k (see calibrate_adaptive_eos)")
+        if not self.calibrated and ratio is None:
+            raise ValueError(f"baseline {self.name!r} needs a keep ratio")
+        return self.call(vectors, ratio, eos, seed, adaptive_k)
+
+
+#: CLI name -> baseline. All index-time and query-agnostic.
+METHODS: dict[str, Baseline] = {
+    b.name: b
+    for b in (
+        Baseline("random", lambda v, r, e, s, k: random(v, r, s), needs_eos=False, seeded=True, merging=False, matched=True,
+                 calibrated=False, description="uniform random subset, 5 seeds averaged"),
+        Baseline("eos", lambda v, r, e, s, k: eos(v, e, r), needs_eos=True, seeded=False, merging=False, matched=True,
+                 calibrated=False, description="top-k final-layer attention from the last valid token"),
+        Baseline("adaptive-eos", lambda v, r, e, s, k: adaptive_eos(v, e, k), needs_eos=True, seeded=False, merging=False, matched=False,
+                 calibrated=True, description="DocPruner: eos > mean + k*std, k fitted to the global rate"),
+        Baseline("pooling", lambda v, r, e, s, k: pooling(v, r), needs_eos=False, seeded=False, merging=True, matched=True,
+                 calibrated=False, description="colpali-engine hierarchical token pooling (Ward)"),
+        Baseline("cluster", lambda v, r, e, s, k: cluster(v, r, s), needs_eos=False, seeded=True, merging=True, matched=True,
+                 calibrated=False, description="k-means centroids, L2-renormalised"),
+    )
+}
+
+
+def compress(name: str, vectors, **kwargs) -> Compressed:
+    """``METHODS[name].compress(vectors, **kwargs)`` with a clear error for an unknown name."""
+    try:
+        method = METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; choose from {sorted(METHODS)}") from None
+    return method.compress(vectors, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_vectors(vectors) -> np.ndarray:
+    v = np.asarray(vectors)
+    if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] < 1:
+        raise ValueError(f"vectors must be a non-empty [n, dim] array, got shape {v.shape}")
+    v = v.astype(np.float32, copy=False)
+    if not np.isfinite(v).all():
+        raise ValueError("vectors contain NaN or infinite values")
+    return v
+
+
+def _check_scores(scores, n: int | None) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"eos scores must be a non-empty 1-D array, got shape {s.shape}")
+    if n is not None and s.shape[0] != n:
+        raise ValueError(f"eos scores cover {s.shape[0]} tokens but the page has {n} vectors")
+    if not np.isfinite(s).all():
+        raise ValueError("eos scores contain NaN or infinite values")
+    return s
+
+
+def _select(v: np.ndarray, keep: np.ndarray) -> Compressed:
+    keep = np.asarray(keep, dtype=np.int64)
+    return Compressed(np.ascontiguousarray(v[keep]), keep)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation with torch ``F.normalize`` semantics (norm clamped to 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _cluster_means(v: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Float32 mean of each non-empty cluster, in label order, L2-renormalised (colpali's loop)."""
+    rows = [v[labels == c].mean(axis=0) for c in range(k) if (labels == c).any()]
+    return _normalize(np.stack(rows)).astype(np.float32)
