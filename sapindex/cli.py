@@ -229,6 +229,45 @@ def search(index_dir, query, k, bundle, device, as_json):
         click.echo(f"{rank:>3}. {h.score:9.4f}  {h.path}  page {h.page}")
 
 
+@cli.command("eval")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--keep-ratios", default="0.2,0.1,0.05", show_default=True, help="Comma-separated keep ratios.")
+@click.option("--methods", default="full,sap,random,eos,adaptive-eos,pooling,cluster", show_default=True,
+              help="Comma-separated methods.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print report.json.")
+def eval_command(bundle, dataset, keep_ratios, methods, out_dir, batch_size, device, threads, seed, as_json):
+    """Retrieval quality of SAP vs the paper's baselines at matched vector counts (torch-free).
+
+    DATASET: a ViDoRe v1 QA parquet (query + image columns), a ViDoRe v2 / BEIR directory
+    (corpus, queries, qrels parquet), or a calibrate-style JSONL pairs file. Page encodings are
+    cached in OUT/cache: a re-run resumes. Writes OUT/report.json, report.md, retention.png.
+
+    \b
+    Example:
+      sapindex eval colqwen2.sap vidore_v2/esg --keep-ratios 0.2,0.1,0.05 --out report/
+    """
+    from sapindex.runtime.evaluate import EvalConfig, parse_methods, parse_ratios, run_eval, write_reports
+
+    cfg = EvalConfig(bundle=str(bundle), dataset=str(dataset), out=str(out_dir), keep_ratios=parse_ratios(keep_ratios),
+                     methods=parse_methods(methods), batch_size=batch_size, device=device, threads=threads, seed=seed,
+                     command=" ".join(["sapindex", *sys.argv[1:]]))
+    report = _with_progress("encoding pages", lambda progress, total: run_eval(cfg, progress=progress,
+                                                                                on_total=total),
+                            quiet=as_json, unit="page")
+    paths = write_reports(report, out_dir)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo((out_dir / "report.md").read_text())
+        click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 @cli.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -306,11 +345,11 @@ def _size(n: float) -> str:
     return f"{n / 1000:.1f} TB"
 
 
-def _with_progress(label: str, work, quiet: bool = False):
+def _with_progress(label: str, work, quiet: bool = False, unit: str = "pair"):
     """Run ``work(progress, on_total)`` under a tqdm bar on stderr."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=label, unit="pair", disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(desc=label, unit=unit, disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
     try:
         def on_total(n):
             bar.reset(total=n)

@@ -29,3 +29,25 @@ def adapters(tiny_models):
     from sapindex.models.base import load_adapter
 
     return {family: load_adapter(path) for family, path in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def calibrations(tiny_models, pairs_file, tmp_path_factory):
+    from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
+
+    out = {}
+    for family, model in tiny_models.items():
+        record = calibrate(CalibrationConfig(model=str(model), pairs=str(pairs_file)))
+        out[family] = write_calibration(record, tmp_path_factory.mktemp(f"calib-{family}"))[0]
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundles(tiny_models, calibrations, tmp_path_factory):
+    """{family: (manifest, bundle dir)}: every tiny model calibrated and exported once per session."""
+    from sapindex.exporter.export import ExportConfig, export_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {family: (export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
+                                                out=str(root / f"{family}.sap"))), root / f"{family}.sap")
+            for family in tiny_models}

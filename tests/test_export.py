@@ -22,25 +22,6 @@ FAMILIES = ["colqwen2", "colqwen2_5"]
 RATIOS = (0.05, 0.1, 0.2)
 
 
-@pytest.fixture(scope="session")
-def calibrations(tiny_models, pairs_file, tmp_path_factory):
-    from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
-
-    out = {}
-    for family, model in tiny_models.items():
-        record = calibrate(CalibrationConfig(model=str(model), pairs=str(pairs_file)))
-        out[family] = write_calibration(record, tmp_path_factory.mktemp(f"calib-{family}"))[0]
-    return out
-
-
-@pytest.fixture(scope="session")
-def bundles(tiny_models, calibrations, tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundles")
-    return {family: (export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
-                                                out=str(root / f"{family}.sap"))), root / f"{family}.sap")
-            for family in tiny_models}
-
-
 def _pages(sizes, seed=0):
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)) for h, w in sizes]

@@ -131,10 +131,10 @@ def calibrate_adaptive_eos(eos_list, ratio: float, *, max_iter: int = 200) -> fl
     """The DocPruner ``k`` whose global keep rate on ``eos_list`` is closest to ``ratio``.
 
     The global keep rate ``sum_p kept_p(k) / sum_p n_p`` is a non-increasing step function of
-    ``k`` (each page's threshold ``mean + k * std`` grows with ``k``); it is 1 for
-    ``k < -sqrt(n_max)`` and ``n_pages / total`` for ``k >= sqrt(n_max)`` (population z-scores
-    lie in ``[-sqrt(n - 1), sqrt(n - 1)]``), so ``k`` is bisected over
-    ``[-sqrt(n_max), sqrt(n_max)]``. Of the two plateaus that bracket ``ratio``, the one whose
+    ``k`` (each page's threshold ``mean + k * std`` grows with ``k``); it is at its maximum (1
+    when no page is flat) for ``k < -sqrt(n_max)`` and ``n_pages / total`` for
+    ``k >= sqrt(n_max)`` (population z-scores lie in ``[-sqrt(n - 1), sqrt(n - 1)]``), so ``k``
+    is bisected over ``[-sqrt(n_max) - 1, sqrt(n_max) + 1]`` down to adjacent floats. Of the two plateaus that bracket ``ratio``, the one whose
     rate is closer wins (the lower k, i.e. more tokens, on an exact tie), and the returned ``k``
     is moved to the middle of that plateau (half-way between the neighbouring page z-scores) so
     that float noise when re-applying it cannot flip a token. Rates below ``n_pages / total``
@@ -145,17 +145,20 @@ def calibrate_adaptive_eos(eos_list, ratio: float, *, max_iter: int = 200) -> fl
     if not pages:
         raise ValueError("calibrate_adaptive_eos needs at least one page")
     total = sum(p.shape[0] for p in pages)
-    stats = [(p, p.mean(), p.std(), int(np.argmax(p))) for p in pages]
+    stats = [(p, p.mean(), p.std()) for p in pages]
+    flat = np.concatenate(pages)
+    mus = np.concatenate([np.full(p.shape[0], mu) for p, mu, _ in stats])
+    sigmas = np.concatenate([np.full(p.shape[0], sigma) for p, _, sigma in stats])
+    starts = np.cumsum([0] + [p.shape[0] for p in pages[:-1]])
+    argmaxes = starts + np.array([int(np.argmax(p)) for p in pages])
 
     def rate(k: float) -> float:
-        kept = 0
-        for p, mu, sigma, am in stats:
-            above = p > mu + k * sigma
-            kept += int(above.sum()) + (0 if above[am] else 1)
-        return kept / total
+        # the same float arithmetic as adaptive_eos_mask, page by page
+        above = flat > mus + k * sigmas
+        return (int(above.sum()) + int((~above[argmaxes]).sum())) / total
 
     bound = math.sqrt(max(p.shape[0] for p in pages)) + 1.0
-    lo, hi = -bound, bound  # rate(lo) == 1 >= ratio; rate(hi) == n_pages / total
+    lo, hi = -bound, bound  # rate(lo) is the maximum rate; rate(hi) == n_pages / total
     r_lo, r_hi = rate(lo), rate(hi)
     if r_hi >= ratio:
         return _plateau_mid(stats, hi, rate)
@@ -175,7 +178,7 @@ def calibrate_adaptive_eos(eos_list, ratio: float, *, max_iter: int = 200) -> fl
 
 def _plateau_mid(stats, k: float, rate: Callable[[float], float]) -> float:
     """The middle of the plateau of ``rate`` containing ``k`` (between neighbouring z-scores), if it agrees."""
-    zs = [(p - mu) / sigma for p, mu, sigma, _ in stats if sigma > 0]
+    zs = [(p - mu) / sigma for p, mu, sigma in stats if sigma > 0]
     if not zs:
         return float(k)
     z = np.concatenate(zs)
@@ -249,7 +252,7 @@ def cluster(vectors, ratio: float, seed: int = 0) -> Compressed:
 
     The paper: "cluster the final 128-d vectors into k clusters, store the centroids". We run
     scikit-learn's ``KMeans(n_clusters=k, n_init=4, random_state=seed)`` (k-means++, Lloyd, in
-    float64; deterministic for a seed), then recompute each centroid as the mean of the members
+    float64, single-threaded; deterministic for a seed), then recompute each centroid as the mean of the members
     of its final assignment (one closing M-step, so a stored centroid is exactly its members'
     mean) and **L2-renormalise** it: MaxSim compares unit query vectors with unit page vectors
     (dot product = cosine), and a raw centroid's norm (< 1, smaller for spread clusters) would
@@ -265,9 +268,12 @@ def cluster(vectors, ratio: float, seed: int = 0) -> Compressed:
         return Compressed(v.copy(), None)
     from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     x = v.astype(np.float64)
-    with warnings.catch_warnings():
+    # One thread: a page is small, and OpenMP + OpenBLAS threads fighting over the cores made a
+    # n=800 page ~10x slower (1 s instead of 0.1 s); parallelise across pages instead.
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k
         km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
     labels = km.labels_.astype(np.int64)
@@ -288,8 +294,9 @@ def cluster(vectors, ratio: float, seed: int = 0) -> Compressed:
 class Baseline:
     """A registered baseline.
 
-    ``needs_eos``: reads the caller's EOS scores. ``seeded``: stochastic, average over
-    :data:`RANDOM_SEEDS`. ``merging``: returns new vectors (``positions is None``).
+    ``needs_eos``: reads the caller's EOS scores. ``seeds``: the seeds to run and average
+    (:data:`RANDOM_SEEDS` for random, ``(0,)`` for the others; the deterministic methods ignore
+    the seed, k-means uses it as ``random_state``). ``merging``: returns new vectors (``positions is None``).
     ``matched``: keeps exactly ``keep_count(n, ratio)`` vectors per page (Adaptive-EOS matches
     only the global rate; pooling may return fewer on exact ties). ``calibrated``: needs a
     parameter fitted on held-out pages (Adaptive-EOS's ``k``).
@@ -299,7 +306,7 @@ class Baseline:
     #: ``call(vectors, ratio, eos, seed, adaptive_k)``; use :meth:`compress`, which checks the arguments.
     call: Callable[..., Compressed]
     needs_eos: bool
-    seeded: bool
+    seeds: tuple[int, ...]
     merging: bool
     matched: bool
     calibrated: bool
@@ -310,7 +317,7 @@ class Baseline:
         """Uniform entry point: pass what the method needs.
 
         ``ratio`` for all but Adaptive-EOS, ``eos`` if ``needs_eos``, ``adaptive_k`` if
-        ``calibrated``; ``seed`` is used by the seeded methods and ignored by the others.
+        ``calibrated``; ``seed`` is used by random and cluster and ignored by the others.
         """
         if self.needs_eos and eos is None:
             raise ValueError(f"baseline {self.name!r} needs the page's EOS attention scores")
@@ -325,16 +332,21 @@ class Baseline:
 METHODS: dict[str, Baseline] = {
     b.name: b
     for b in (
-        Baseline("random", lambda v, r, e, s, k: random(v, r, s), needs_eos=False, seeded=True, merging=False, matched=True,
-                 calibrated=False, description="uniform random subset, 5 seeds averaged"),
-        Baseline("eos", lambda v, r, e, s, k: eos(v, e, r), needs_eos=True, seeded=False, merging=False, matched=True,
-                 calibrated=False, description="top-k final-layer attention from the last valid token"),
-        Baseline("adaptive-eos", lambda v, r, e, s, k: adaptive_eos(v, e, k), needs_eos=True, seeded=False, merging=False, matched=False,
-                 calibrated=True, description="DocPruner: eos > mean + k*std, k fitted to the global rate"),
-        Baseline("pooling", lambda v, r, e, s, k: pooling(v, r), needs_eos=False, seeded=False, merging=True, matched=True,
-                 calibrated=False, description="colpali-engine hierarchical token pooling (Ward)"),
-        Baseline("cluster", lambda v, r, e, s, k: cluster(v, r, s), needs_eos=False, seeded=True, merging=True, matched=True,
-                 calibrated=False, description="k-means centroids, L2-renormalised"),
+        Baseline("random", lambda v, r, e, s, k: random(v, r, s),
+                 needs_eos=False, seeds=RANDOM_SEEDS, merging=False, matched=True, calibrated=False,
+                 description="uniform random subset, averaged over 5 seeds"),
+        Baseline("eos", lambda v, r, e, s, k: eos(v, e, r),
+                 needs_eos=True, seeds=(0,), merging=False, matched=True, calibrated=False,
+                 description="top-k final-layer attention from the last valid token (head mean)"),
+        Baseline("adaptive-eos", lambda v, r, e, s, k: adaptive_eos(v, e, k),
+                 needs_eos=True, seeds=(0,), merging=False, matched=False, calibrated=True,
+                 description="DocPruner: eos > mean + k*std per page, k fitted to the global keep rate"),
+        Baseline("pooling", lambda v, r, e, s, k: pooling(v, r),
+                 needs_eos=False, seeds=(0,), merging=True, matched=True, calibrated=False,
+                 description="colpali-engine hierarchical token pooling (Ward), keep_count clusters"),
+        Baseline("cluster", lambda v, r, e, s, k: cluster(v, r, s),
+                 needs_eos=False, seeds=(0,), merging=True, matched=True, calibrated=False,
+                 description="k-means (keep_count clusters), L2-renormalised centroids"),
     )
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.bundle import GRAPH_IO, Bundle
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -45,6 +45,12 @@ class BundleSessions:
         self.bundle = bundle
         self.vision = make_session(bundle.graph_path("vision"), device, threads)
         self.text = make_session(bundle.graph_path("text"), device, threads)
+        for name, session in (("vision", self.vision), ("text", self.text)):
+            outputs = [o.name for o in session.get_outputs()]
+            missing = [o for o in GRAPH_IO[name]["outputs"] if o not in outputs]
+            if missing:
+                raise SapIndexError(f"{bundle.graph_path(name)}: graph lacks output(s) {', '.join(missing)}; "
+                                    "re-export the bundle with this sapindex")
         self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
 
     def encode_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

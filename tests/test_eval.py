@@ -1,0 +1,100 @@
+"""`sapindex eval` end to end on a tiny bundle and a generated ViDoRe v2 (BEIR) dataset."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sapindex import sap
+from sapindex.runtime import evaluate as ev
+from sapindex.runtime.datasets import load_dataset
+from sapindex.runtime.metrics import evaluate, maxsim_matrix
+from sapindex.synthetic import write_pairs
+
+RATIOS = (0.2, 0.1, 0.05)
+
+
+@pytest.fixture(scope="module")
+def beir(tmp_path_factory):
+    """8 pages, 8 queries in the ViDoRe v2 layout, plus a broken image and a qrel to an unknown page."""
+    root = tmp_path_factory.mktemp("beir")
+    pairs = write_pairs(root / "src", n=8, seed=21)
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    images = [{"bytes": (pairs.parent / r["image"]).read_bytes(), "path": None} for r in rows]
+    images.append({"bytes": b"\x89PNG broken", "path": None})
+    for part in ("corpus", "queries", "qrels"):
+        (root / "ds" / part).mkdir(parents=True)
+    pq.write_table(pa.table({"corpus-id": list(range(9)), "image": images}), root / "ds/corpus/test-00000-of-00001.parquet")
+    pq.write_table(pa.table({"query-id": list(range(8)), "query": [r["query"] for r in rows]}),
+                   root / "ds/queries/test-00000-of-00001.parquet")
+    pq.write_table(pa.table({"query-id": list(range(8)) + [3], "corpus-id": list(range(8)) + [42],
+                             "score": [1] * 9}), root / "ds/qrels/test-00000-of-00001.parquet")
+    return root / "ds"
+
+
+def test_eval_cli_reports(bundles, beir, tmp_path):
+    bundle = bundles["colqwen2"][1]
+    out = subprocess.run([sys.executable, "-m", "sapindex.cli", "eval", str(bundle), str(beir), "--out",
+                          str(tmp_path / "report"), "--batch-size", "3"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "retention.png").stat().st_size > 10_000
+    assert report["dataset"]["pages"] == 8 and report["dataset"]["queries"] == 8
+    assert report["dataset"]["skipped"]["unreadable image"] == 1
+    assert report["dataset"]["skipped"]["qrel to unknown page"] == 1
+    assert report["bundle"]["fingerprint"] == bundles["colqwen2"][0]["fingerprint"]
+    assert report["command"].startswith("sapindex eval")
+    for method in ev.METHODS[1:]:
+        for ratio in RATIOS:
+            cell = report["results"][method][f"{ratio:g}"]
+            row = next(line for line in md.splitlines() if line.startswith(f"| {method} |"))
+            assert f"{cell['metrics']['ndcg@5']:.3f}" in row  # report.md agrees with report.json
+            assert cell["retention"]["ndcg@5"] == pytest.approx(
+                cell["metrics"]["ndcg@5"] / report["results"]["full"]["1.0"]["metrics"]["ndcg@5"])
+    assert "random" in md and "±" in md
+
+
+def test_matched_counts_and_sap_cell_is_a_direct_computation(bundles, beir, tmp_path, monkeypatch):
+    cfg = ev.EvalConfig(bundle=str(bundles["colqwen2_5"][1]), dataset=str(beir), out=str(tmp_path / "r"))
+    report = ev.run_eval(cfg)
+    dataset = load_dataset(beir)
+    from sapindex.runtime.bundle import Bundle
+
+    cache = ev.EncodingCache(tmp_path / "r" / "cache", Bundle.open(cfg.bundle), dataset)
+    pages = cache.load()
+    ids = [p.id for p in dataset.pages if p.id in pages]
+    n_visual = [pages[i].n_visual for i in ids]
+    for method in ("sap", "random", "eos", "pooling", "cluster"):
+        for ratio in RATIOS:
+            expected = sum(sap.keep_count(n, ratio) for n in n_visual)
+            assert report["results"][method][f"{ratio:g}"]["vectors"] == expected, (method, ratio)
+    # the SAP cell recomputed from the cached encodings
+    from sapindex.runtime.encoder import Encoder
+
+    encoder = Encoder(Bundle.open(cfg.bundle))
+    queries = [q for q in dataset.queries]
+    q_vecs = encoder.encode_queries([q.text for q in queries])
+    scores = maxsim_matrix(q_vecs, [pages[i].embeddings[sap.top_k(pages[i].centrality, 0.1)] for i in ids])
+    direct = evaluate(scores, [q.id for q in queries], ids, dataset.qrels)
+    assert report["results"]["sap"]["0.1"]["metrics"]["ndcg@5"] == pytest.approx(direct["ndcg@5"])
+    assert report["results"]["full"]["1.0"]["s_ret"] == 1.0
+
+    # a re-run resumes from the cache: no page is encoded again
+    calls = []
+    monkeypatch.setattr(Encoder, "encode_pages", lambda self, images: calls.append(len(images)))
+    again = ev.run_eval(cfg)
+    assert calls == [] and again["results"]["sap"] == report["results"]["sap"]
+
+
+def test_bad_arguments():
+    from sapindex.errors import SapIndexError
+
+    with pytest.raises(SapIndexError, match="unknown method"):
+        ev.parse_methods("sap,magic")
+    with pytest.raises(SapIndexError, match=r"every ratio must be in \(0, 1\]"):
+        ev.parse_ratios("0.1,1.5")
