@@ -109,14 +109,17 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
                                                          "image_grid_thw": batch["image_grid_thw"]})
     feed = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "image_embeds": image_embeds,
             "image_grid_thw": batch["image_grid_thw"]}
-    with_c = best_of(lambda: sap_text.run(None, feed), repeats + 2)
-    without = best_of(lambda: plain.run(None, feed), repeats + 2)
+    # interleaved, many repeats: the difference is small next to timing noise on a shared CPU
+    with_c, without = float("inf"), float("inf")
+    for _ in range(5 * repeats + 5):
+        with_c = min(with_c, best_of(lambda: sap_text.run(None, feed), 1))
+        without = min(without, best_of(lambda: plain.run(None, feed), 1))
     vision_s = best_of(lambda: encoder.sessions.vision.run(None, {"pixel_values": batch["pixel_values"],
                                                                   "image_grid_thw": batch["image_grid_thw"]}), repeats)
     print(f"\nSAP centrality in the text graph (window {list(bundle.window)}, batch of 4): "
           f"{with_c * 1e3:.1f} ms with vs {without * 1e3:.1f} ms without "
-          f"(+{(with_c - without) / without * 100:.1f} % of the text graph, "
-          f"+{(with_c - without) / (without + vision_s) * 100:.1f} % of the page encode); vision graph {vision_s * 1e3:.1f} ms")
+          f"({(with_c - without) / without * 100:+.1f} % of the text graph, "
+          f"{(with_c - without) / (without + vision_s) * 100:+.1f} % of the page encode); vision graph {vision_s * 1e3:.1f} ms")
     del feats
     return encoder, bundle
 
