@@ -134,7 +134,7 @@ def test_export_refuses_a_foreign_calibration(tiny_models, calibrations, tmp_pat
 
 def test_failed_validation_leaves_no_bundle(tiny_models, calibrations, tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "EMBED_TOL_FP32", -1.0)
-    with pytest.raises(SapIndexError, match=r"export validation failed: .* embeddings \d"):
+    with pytest.raises(SapIndexError, match=r"export validation failed \(fp32\): .* embeddings \d"):
         export_bundle(ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]),
                                    out=str(tmp_path / "y.sap")))
     assert list(tmp_path.iterdir()) == []
@@ -163,3 +163,25 @@ print(page.vectors.shape[0], page.n_visual, q.shape[1])
     assert out.returncode == 0, out.stderr
     kept, n_visual, dim = map(int, out.stdout.split())
     assert n_visual == 7 * 9 and kept == sap.keep_count(63, 0.1) and dim == 128
+
+
+def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path):
+    """fp16 weights for the CUDA provider; outputs stay fp32; validated against fp32 PyTorch."""
+    manifest = export_bundle(ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]),
+                                          out=str(tmp_path / "half.sap"), dtype="fp16"))
+    assert manifest["dtype"] == "fp16" and manifest["validation"]["dtype"] == "fp16"
+    assert manifest["validation"]["max_abs_diff_embeddings"] < export_mod.EMBED_TOL_FP16
+    assert manifest["validation"]["min_kept_overlap_at_0.1"] >= export_mod.KEPT_OVERLAP_FP16
+    graph = onnx.load(str(tmp_path / "half.sap" / "text.onnx"))
+    weights = [t for t in graph.graph.initializer if len(t.dims) == 2]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in graph.graph.output)
+    fp32_manifest = bundles["colqwen2"][0]
+    half_bytes = manifest["files"]["text.onnx.data"]["size"]
+    assert half_bytes < 0.6 * fp32_manifest["files"]["text.onnx.data"]["size"]
+    half = Encoder(Bundle.open(tmp_path / "half.sap"))  # runs on the CPU provider too
+    full = Encoder(Bundle.open(bundles["colqwen2"][1]))
+    images = _pages(ALIGNED)
+    for a, b in zip(half.encode_pages(images), full.encode_pages(images)):
+        assert a.embeddings.dtype == np.float32
+        assert np.abs(a.embeddings - b.embeddings).max() < export_mod.EMBED_TOL_FP16

@@ -73,7 +73,7 @@ class VisionGraph(nn.Module):
             x = x + self._attention(block.attn, block.norm1(x), cos, sin, mask)
             x = x + block.mlp(block.norm2(x))
         merged = self.visual.merger(x.reshape(batch * n_patch, -1))  # [B*P/m^2, D]
-        return merged.reshape(batch, n_patch // (m * m), -1)  # [B, P/m^2, D]
+        return merged.reshape(batch, n_patch // (m * m), -1).float()  # [B, P/m^2, D], fp32 between graphs
 
     def _rotary(self, h_pos: torch.Tensor, w_pos: torch.Tensor):
         inv = self.visual.rotary_pos_emb.inv_freq  # [hd/4]
@@ -85,11 +85,12 @@ class VisionGraph(nn.Module):
         batch, n, dim = x.shape
         qkv = attn.qkv(x).reshape(batch, n, 3, self.heads, dim // self.heads)  # [B, P, 3, h, hd]
         q, k, v = qkv.unbind(2)  # each [B, P, h, hd]
-        q = (q * cos + _rotate_half(q) * sin).transpose(1, 2)  # [B, h, P, hd]
-        k = (k * cos + _rotate_half(k) * sin).transpose(1, 2)
+        # rotary in fp32, back to the weights' dtype (as transformers does)
+        q = (q.float() * cos + _rotate_half(q.float()) * sin).to(x.dtype).transpose(1, 2)  # [B, h, P, hd]
+        k = (k.float() * cos + _rotate_half(k.float()) * sin).to(x.dtype).transpose(1, 2)
         v = v.transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + mask  # [B, h, P, P]
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        scores = torch.matmul(q, k.transpose(2, 3)).float() * attn.scaling + mask  # [B, h, P, P] fp32
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(batch, n, dim)  # [B, P, E]
         return attn.proj(out)
 
@@ -136,7 +137,7 @@ class TextGraph(nn.Module):
         cos, sin = self._rotary(position_ids, x.dtype)  # [B, 1, S, hd]
         i = torch.arange(seq, device=input_ids.device)
         allowed = (i.view(1, seq, 1) >= i.view(1, 1, seq)) & valid.unsqueeze(1)  # [B, S, S] causal + padding
-        mask = torch.where(allowed, 0.0, NEG).unsqueeze(1).to(x.dtype)  # [B, 1, S, S]
+        mask = torch.where(allowed, 0.0, NEG).unsqueeze(1)  # [B, 1, S, S] fp32: NEG does not fit in fp16
         rows = is_image.to(torch.float32)  # visual rows for the in-degree
         centrality = torch.zeros(batch, seq, dtype=torch.float32, device=input_ids.device)
 
@@ -146,18 +147,18 @@ class TextGraph(nn.Module):
             attn_out, probs = self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, mask)
             if self.with_centrality and self.window[0] <= idx < self.window[1]:
                 # in-degree: attention each column receives from visual rows, head mean  [B, S]
-                centrality = centrality + torch.einsum("bhij,bi->bj", probs.float(), rows) / self.heads
+                centrality = centrality + torch.einsum("bhij,bi->bj", probs, rows) / self.heads
             if idx == len(self.lm.layers) - 1:
                 row = last.view(-1, 1, 1, 1).expand(-1, probs.shape[1], 1, seq)  # [B, h, 1, S]
-                eos = torch.gather(probs.float(), 2, row).squeeze(2).mean(dim=1)  # [B, S]
+                eos = torch.gather(probs, 2, row).squeeze(2).mean(dim=1)  # [B, S]
             x = residual + attn_out
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = self.lm.norm(x)
-        emb = self.proj(x)  # [B, S, dim]
+        emb = self.proj(x).float()  # [B, S, dim], normalised in fp32
         emb = emb / emb.norm(dim=-1, keepdim=True)
         emb = emb * attention_mask.unsqueeze(-1).to(emb.dtype)
         centrality = centrality / (self.window[1] - self.window[0]) * rows
-        return emb.float(), centrality, eos
+        return emb, centrality, eos
 
     def _positions(self, valid, is_image, img_rank, image_grid_thw):
         """M-RoPE position ids ``[3, B, S]``, closed form of transformers' ``get_rope_index`` for one image per row."""
@@ -197,7 +198,7 @@ class TextGraph(nn.Module):
         rep = self.heads // self.kv_heads
         k = k.repeat_interleave(rep, dim=1)  # [B, h, S, hd]
         v = v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + mask  # [B, h, S, S]
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(batch, seq, -1)  # [B, S, h*hd]
+        scores = torch.matmul(q, k.transpose(2, 3)).float() * attn.scaling + mask  # [B, h, S, S] fp32
+        probs = torch.softmax(scores, dim=-1)  # fp32: centrality and EOS are reduced from these
+        out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(batch, seq, -1)  # [B, S, h*hd]
         return attn.o_proj(out), probs
