@@ -129,3 +129,15 @@ def test_kill_9_then_rerun_gives_every_page_once(bundle, tmp_path):
     rows = _rows(tmp_path / "idx")
     assert len(rows) == len(set(rows)) == 24
     assert json.loads(out.stdout)["pages_skipped"] == len(partial)
+
+
+def test_cuda_without_the_cuda_provider_is_a_clear_error(bundle, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider; the error path cannot be shown here")
+    out = cli("index", bundle, tmp_path, "--out", tmp_path / "idx", "--device", "cuda")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--device cuda" in out.stderr and "onnxruntime-gpu" in out.stderr
+    info = json.loads(cli("info", "--providers", "--json").stdout)
+    assert info["cuda"] is False and "CPUExecutionProvider" in info["providers"]
