@@ -15,13 +15,13 @@ so memory stays bounded.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from sapindex.errors import SapIndexError
+from sapindex.runtime.jsonl import iter_objects
 
 
 @dataclass(frozen=True)
@@ -69,21 +69,9 @@ def load_pairs(source: str | Path) -> PairSet:
 
 
 def _read_jsonl(file: Path, out: PairSet) -> None:
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SapIndexError(f"{file}: unreadable: {exc}") from None
-    for lineno, line in enumerate(lines, start=1):
-        where = f"{file}:{lineno}"
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.skipped.append(f"{where}: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(row, dict):
-            out.skipped.append(f"{where}: expected an object with 'query' and 'image'")
+    for where, row, problem in iter_objects(file):
+        if problem:
+            out.skipped.append(f"{where}: {problem}")
             continue
         query, image = row.get("query"), row.get("image")
         problem = _check_query(query) or (None if isinstance(image, str) and image else "missing 'image' path")

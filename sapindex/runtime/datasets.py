@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Iterator
 from PIL import Image, UnidentifiedImageError
 
 from sapindex.errors import SapIndexError
+from sapindex.runtime.jsonl import iter_objects
 
 __all__ = ["DatasetPage", "DatasetQuery", "EvalDataset", "load_dataset", "FORMATS"]
 
@@ -373,21 +373,11 @@ def _read_jsonl(files: list[Path], root: Path) -> _Builder:
     checked: dict[Path, tuple[str | None, str | None]] = {}  # resolved path -> (sha256, problem)
     query_by_text: dict[str, str] = {}
     for file in files:
-        try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SapIndexError(f"{file}: unreadable: {exc}") from None
-        for lineno, line in enumerate(lines, start=1):
-            where = f"{file}:{lineno}"
-            if not line.strip():
+        for where, row, problem in iter_objects(file):
+            if problem:
+                b.skip(INVALID, where, problem)
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                b.skip(INVALID, where, f"invalid JSON ({exc.msg})")
-                continue
-            query = row.get("query") if isinstance(row, dict) else None
-            image = row.get("image") if isinstance(row, dict) else None
+            query, image = row.get("query"), row.get("image")
             if not isinstance(query, str) or not query.strip() or not isinstance(image, str) or not image:
                 b.skip(INVALID, where, "expected an object with non-empty 'query' and 'image'")
                 continue
