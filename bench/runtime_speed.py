@@ -34,7 +34,6 @@ def best_of(fn, repeats):
 
 
 def page_images(n, seed=0):
-
     from sapindex.synthetic import WORDS, render_page
 
     rng = np.random.default_rng(seed)
