@@ -272,12 +272,30 @@ def eval_command(bundle, dataset, keep_ratios, methods, out_dir, batch_size, dev
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(target, as_json):
-    """Describe a bundle (verifying every file's sha256).
+    """Describe a bundle (verifying every file's sha256) or an index (pages, vectors, failures).
 
     \b
     Example:
       sapindex inspect colqwen2.sap
+      sapindex inspect myindex
     """
+    from sapindex.runtime.store import META_FILE, Index
+
+    if (Path(target) / META_FILE).is_file():
+        with Index.open(target) as idx:
+            summary = {"path": str(target), "bundle_fingerprint": idx.bundle_fingerprint, "dim": idx.dim,
+                       "vector_dtype": idx.vector_dtype, "meta": idx.meta, **idx.stats().to_dict(),
+                       "failure_list": [str(f) for f in idx.failures()]}
+        if as_json:
+            click.echo(json.dumps(summary, indent=2, default=str))
+            return
+        for key in ("path", "bundle_fingerprint", "dim", "vector_dtype", "files", "pages", "vectors",
+                    "vectors_before_pruning", "failures"):
+            click.echo(f"{key:<23} {summary[key]}")
+        click.echo(f"{'bytes_on_disk':<23} {_size(summary['bytes_on_disk'])}")
+        for failure in summary["failure_list"]:
+            click.echo(f"  {failure}")
+        return
     from sapindex.runtime.bundle import Bundle
 
     summary = Bundle.open(target).summary()

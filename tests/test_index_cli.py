@@ -82,6 +82,12 @@ def test_index_search_resume(bundle, docs, tmp_path):
     assert [(h["path"], h["page"]) for h in hits] == [(p, pg) for _s, p, pg in expected]
     np.testing.assert_allclose([h["score"] for h in hits], [s for s, _p, _pg in expected], rtol=1e-5)
 
+    shown = json.loads(cli("inspect", tmp_path / "idx", "--json").stdout)
+    assert shown["pages"] == 8 and shown["failures"] == 2 and shown["vectors"] == summary["vectors_kept"]
+    assert shown["bundle_fingerprint"] == Bundle.open(bundle).fingerprint
+    out = cli("inspect", bundle)
+    assert out.returncode == 0 and "family              colqwen2" in out.stdout
+
 
 def test_changed_file_is_reindexed_and_stdin_lists(bundle, docs, tmp_path):
     target = docs / "pages" / "page-0001.png"
