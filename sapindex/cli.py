@@ -156,8 +156,10 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
 @click.option("--batch-size", default=8, show_default=True, help="Pages per ONNX Runtime call (and per commit).")
 @click.option("--dpi", default=144, show_default=True, help="PDF rendering resolution.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--position-correction", is_flag=True,
+              help="Rank by in-degree per attending row (causal decoders; experimental, off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def index(bundle, inputs, out_dir, keep_ratio, device, batch_size, dpi, threads, as_json):
+def index(bundle, inputs, out_dir, keep_ratio, device, batch_size, dpi, threads, position_correction, as_json):
     """Index PDFs and images into a SAP-pruned index (torch-free). Re-runs resume.
 
     INPUTS are files, directories (walked recursively), @list.txt files of paths, or - to
@@ -182,7 +184,8 @@ def index(bundle, inputs, out_dir, keep_ratio, device, batch_size, dpi, threads,
 
     try:
         summary = run_index(bundle, list(inputs), out_dir, keep_ratio=keep_ratio, device=device,
-                            batch_size=batch_size, dpi=dpi, threads=threads, progress=progress)
+                            batch_size=batch_size, dpi=dpi, threads=threads,
+                            position_correction=position_correction, progress=progress)
     finally:
         bar.close()
     if as_json:
@@ -233,7 +236,7 @@ def search(index_dir, query, k, bundle, device, as_json):
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--keep-ratios", default="0.2,0.1,0.05", show_default=True, help="Comma-separated keep ratios.")
-@click.option("--methods", default="full,sap,random,eos,adaptive-eos,pooling,cluster", show_default=True,
+@click.option("--methods", default="full,sap,sap-poscorr,random,eos,adaptive-eos,pooling,cluster", show_default=True,
               help="Comma-separated methods.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
 @click.option("--batch-size", default=8, show_default=True)

@@ -25,6 +25,7 @@ __all__ = [
     "window_width",
     "keep_count",
     "top_k",
+    "causal_correction",
     "random_k",
     "maxsim",
     "score_retention",
@@ -102,6 +103,20 @@ def top_k(scores, ratio: float) -> np.ndarray:
     k = keep_count(scores.shape[0], ratio)
     order = np.lexsort((np.arange(scores.shape[0]), -scores))  # by score desc, then index asc
     return np.sort(order[:k])
+
+
+def causal_correction(centrality) -> np.ndarray:
+    """In-degree per attending row for one contiguous run of ``V`` visual tokens under causal attention.
+
+    With a causal decoder (Qwen2-VL family) visual token ``j`` can only be attended by the
+    ``V - j`` visual rows at or after it, so raw column sums favour early tokens. Dividing by that
+    count turns the sum into the mean attention per row that can see the token. Not in the SAP
+    paper: an option (``--position-correction``) to be measured, off by default.
+    """
+    centrality = np.asarray(centrality, dtype=np.float64)
+    if centrality.ndim != 1 or centrality.size == 0:
+        raise ValueError(f"centrality must be a non-empty 1-D array, got shape {centrality.shape}")
+    return centrality / np.arange(centrality.size, 0, -1)
 
 
 def random_k(n: int, ratio: float, rng: np.random.Generator) -> np.ndarray:

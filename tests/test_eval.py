@@ -68,7 +68,7 @@ def test_matched_counts_and_sap_cell_is_a_direct_computation(bundles, beir, tmp_
     pages = cache.load()
     ids = [p.id for p in dataset.pages if p.id in pages]
     n_visual = [pages[i].n_visual for i in ids]
-    for method in ("sap", "random", "eos", "pooling", "cluster"):
+    for method in ("sap", "sap-poscorr", "random", "eos", "pooling", "cluster"):
         for ratio in RATIOS:
             expected = sum(sap.keep_count(n, ratio) for n in n_visual)
             assert report["results"][method][f"{ratio:g}"]["vectors"] == expected, (method, ratio)

@@ -83,6 +83,8 @@ def test_runtime_end_to_end_parity(bundles, adapters, family):
         np.testing.assert_allclose(page.embeddings, ref.embeddings, atol=1e-4)
         for ratio in RATIOS:
             assert np.array_equal(prune(page, ratio).positions, sap.top_k(ref.centrality.mean(axis=0), ratio))
+            corrected = prune(page, ratio, position_correction=True).positions
+            assert np.array_equal(corrected, sap.top_k(sap.causal_correction(ref.centrality.mean(axis=0)), ratio))
     # resampled pages: PIL vs torchvision bicubic differ by <= 1 uint8 level; the effect stays small
     images = _pages(ODD)
     for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):

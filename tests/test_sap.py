@@ -281,3 +281,15 @@ def test_score_retention_bounds(m, n, dim, seed):
     assert sap.score_retention(q, d, np.arange(n)) == pytest.approx(1.0)
     # keeping more positions never lowers retention
     assert sap.score_retention(q, d, np.union1d(sub, [0])) >= r - 1e-12
+
+
+def test_causal_correction_divides_by_attending_rows():
+    # causal uniform attention over 3 visual tokens: rows [1,0,0], [.5,.5,0], [1/3,1/3,1/3]
+    attn = np.array([[[1, 0, 0], [0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3]]])
+    c = sap.in_degree(attn, np.ones(3, dtype=bool))
+    np.testing.assert_allclose(c, [11 / 6, 5 / 6, 1 / 3])
+    np.testing.assert_allclose(sap.causal_correction(c), [11 / 18, 5 / 12, 1 / 3])
+    flat = sap.causal_correction(np.arange(4, 0, -1.0))  # column sums proportional to V - j
+    np.testing.assert_allclose(flat, np.ones(4))
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        sap.causal_correction(np.zeros((2, 2)))

@@ -47,9 +47,14 @@ class EncodedPage:
     n_visual: int
 
 
-def prune(page: PageVectors, keep_ratio: float) -> EncodedPage:
-    """SAP selection: the most central ``keep_count(V, ratio)`` tokens; ratio 1.0 keeps every token."""
-    kept = sap.top_k(page.centrality, keep_ratio)
+def prune(page: PageVectors, keep_ratio: float, position_correction: bool = False) -> EncodedPage:
+    """SAP selection: the most central ``keep_count(V, ratio)`` tokens; ratio 1.0 keeps every token.
+
+    ``position_correction`` ranks by :func:`sapindex.sap.causal_correction` of the centrality
+    (causal decoders only; see there).
+    """
+    scores = sap.causal_correction(page.centrality) if position_correction else page.centrality
+    kept = sap.top_k(scores, keep_ratio)
     return EncodedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual)
 
 

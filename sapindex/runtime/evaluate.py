@@ -23,10 +23,10 @@ from sapindex.errors import SapIndexError
 from sapindex.runtime import baselines
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.datasets import EvalDataset, load_dataset
-from sapindex.runtime.encoder import Encoder, PageVectors
+from sapindex.runtime.encoder import Encoder, PageVectors, prune
 from sapindex.runtime.metrics import evaluate, maxsim_matrix
 
-METHODS = ("full", "sap", "random", "eos", "adaptive-eos", "pooling", "cluster")
+METHODS = ("full", "sap", "sap-poscorr", "random", "eos", "adaptive-eos", "pooling", "cluster")
 RANDOM_SEEDS = 5
 HEADLINE = "ndcg@5"
 
@@ -129,8 +129,8 @@ def compress_all(method: str, pages: list[PageVectors], ratio: float, seed: int,
     """Every page compressed by ``method`` at ``ratio``: a list of ``[k, dim]`` arrays."""
     if method == "full":
         return [p.embeddings for p in pages]
-    if method == "sap":
-        return [p.embeddings[sap.top_k(p.centrality, ratio)] for p in pages]
+    if method in ("sap", "sap-poscorr"):
+        return [prune(p, ratio, position_correction=method == "sap-poscorr").vectors for p in pages]
     if method == "random":
         return [baselines.random(p.embeddings, ratio, seed).vectors for p in pages]
     if method == "eos":

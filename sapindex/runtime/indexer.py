@@ -40,7 +40,7 @@ class IndexSummary:
 
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = 0.10,
               device: str = "cpu", batch_size: int = 8, dpi: float = 144, threads: int | None = None,
-              stdin=None, progress: Callable[[int, int], None] | None = None) -> IndexSummary:
+              position_correction: bool = False, stdin=None, progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index ``inputs`` into ``out`` with the bundle; ``progress(pages_done, pages_known)`` after each batch."""
     if not 0.0 < keep_ratio <= 1.0:
         raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
@@ -50,6 +50,7 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
     encoder = Encoder(bundle, device=device, threads=threads)
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window)}
     summary = IndexSummary()
+    method = "sap-poscorr" if position_correction else "sap"
     started = time.perf_counter()
     with Index.create_or_open(out, bundle.fingerprint, bundle.dim, meta=meta) as index:
         done = index.indexed_keys()
@@ -71,10 +72,10 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
                 encoded = encoder.encode_pages([p.image for p in batch])
                 rows = []
                 for page, vectors in zip(batch, encoded):
-                    kept = prune(vectors, keep_ratio)
+                    kept = prune(vectors, keep_ratio, position_correction)
                     summary.vectors_before += kept.n_visual
                     summary.vectors_kept += len(kept.positions)
-                    rows.append(PageRow.from_encoded(page, kept, keep_ratio=keep_ratio))
+                    rows.append(PageRow.from_encoded(page, kept, keep_ratio=keep_ratio, method=method))
                 index.add_pages(rows)
                 summary.pages_indexed += len(batch)
                 batch.clear()
