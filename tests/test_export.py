@@ -187,3 +187,16 @@ def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path):
     for a, b in zip(half.encode_pages(images), full.encode_pages(images)):
         assert a.embeddings.dtype == np.float32
         assert np.abs(a.embeddings - b.embeddings).max() < export_mod.EMBED_TOL_FP16
+
+
+def test_overwrite_replaces_only_a_bundle(tiny_models, calibrations, tmp_path):
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    cfg = ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]), out=str(precious))
+    with pytest.raises(SapIndexError, match="already exists and is not empty"):
+        export_bundle(cfg)
+    cfg.overwrite = True
+    with pytest.raises(SapIndexError, match="only replaces a sapindex bundle"):
+        export_bundle(cfg)
+    assert (precious / "thesis.txt").read_text() == "do not delete"

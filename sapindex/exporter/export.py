@@ -63,8 +63,11 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
     if cfg.dtype not in ("fp32", "fp16"):
         raise SapIndexError(f"--dtype {cfg.dtype}: choose fp32 or fp16")
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise SapIndexError(f"{out}: already exists and is not empty (use --overwrite to replace it)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not cfg.overwrite:
+            raise SapIndexError(f"{out}: already exists and is not empty (use --overwrite to replace a bundle)")
+        if not _is_bundle(out):
+            raise SapIndexError(f"{out}: --overwrite only replaces a sapindex bundle, and this is not one")
     calibration = load_calibration(cfg.calibration)
     from sapindex.models.base import load_adapter
 
@@ -89,6 +92,13 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _is_bundle(path: Path) -> bool:
+    try:
+        return json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, dtype: str) -> dict:
