@@ -26,6 +26,10 @@ SECTIONS = [
      "ONNX Runtime includes the torch-free numpy preprocessing; PyTorch eager is colpali-engine's "
      "processor + forward on the same weights. The real-width model has Qwen2-VL-2B widths with few "
      "layers and random weights."),
+    ("Export parity at real width",
+     ["real_width_parity.py"], ["--families", "colqwen2", "--text-layers", "1", "--vision-blocks", "1"],
+     "Random weights at the real checkpoints' layer widths; the numbers are the export's own validation "
+     "(ONNX Runtime vs PyTorch) on real page sizes."),
     ("Eval scoring speed: exact masked MaxSim, 1,000 queries x 1,000 pages",
      ["maxsim_speed.py"], ["--queries", "100", "--pages", "100"],
      "What `sapindex eval` spends on scoring; compare with page encoding above."),
