@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sapindex import __version__, sap
+from sapindex import __version__
 from sapindex.errors import SapIndexError
 from sapindex.runtime import baselines
 from sapindex.runtime.bundle import Bundle
