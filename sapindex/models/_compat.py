@@ -2,6 +2,7 @@
 
 - Offline: ``HF_HUB_OFFLINE`` and ``TRANSFORMERS_OFFLINE`` are forced on, so no code path can
   reach a hub; every path sapindex loads is a local directory.
+- transformers' own progress bars (weight loading, saving) are turned off: the CLI has its own.
 - torchvision: on CPU-only machines the only torchvision wheels are CUDA builds whose C
   extension cannot load against CPU torch; ``import torchvision`` then dies registering fake
   kernels for ``torchvision::nms``/``qnms`` (operators that do not exist). transformers' Qwen2-VL
@@ -20,10 +21,17 @@ _TORCHVISION_LIB = None
 
 def prepare_torch_side() -> None:
     """Idempotent: call before importing transformers or colpali_engine."""
-    global _TORCHVISION_LIB
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _torchvision_fix()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # sapindex draws its own progress bars
+
+
+def _torchvision_fix() -> None:
+    global _TORCHVISION_LIB
     if _TORCHVISION_LIB is not None or importlib.util.find_spec("torchvision") is None:
         return
     import torch
