@@ -44,18 +44,14 @@ def page_images(n, seed=0):
 def export_text_variant(adapter, window, path, centrality):
     import torch
 
-    from sapindex.exporter.export import _onnx_export
+    from sapindex.exporter.export import export_graph
     from sapindex.exporter.qwen2_vl_graph import TextGraph, VisionGraph
 
     inputs = adapter.page_inputs(page_images(2, seed=9))
     with torch.no_grad():
         feats = VisionGraph(adapter.model.visual, windowed=False)(inputs["pixel_values"], inputs["image_grid_thw"])
-    dim = torch.export.Dim
-    b, s, t = dim("batch"), dim("seq"), dim("tokens")
-    _onnx_export(TextGraph(adapter.model, window, centrality=centrality).eval(),
-                 (inputs["input_ids"], inputs["attention_mask"], feats, inputs["image_grid_thw"]), path, "text",
-                 {"input_ids": {0: b, 1: s}, "attention_mask": {0: b, 1: s}, "image_embeds": {0: b, 1: t},
-                  "image_grid_thw": {0: b}}, 18)
+    export_graph(TextGraph(adapter.model, window, centrality=centrality).eval(),
+                 (inputs["input_ids"], inputs["attention_mask"], feats, inputs["image_grid_thw"]), path, "text", 18)
     return feats
 
 

@@ -55,14 +55,12 @@ def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, 
     Example:
       sapindex calibrate --model /models/colqwen2-v1.0-merged --pairs calib.jsonl --out calib/
     """
-    from sapindex.exporter.calibrate import CalibrationConfig, calibrate as run, summary_text, write_calibration
+    from sapindex.exporter.calibrate import CalibrationConfig, summary_text
 
     cfg = CalibrationConfig(model=str(model_dir), pairs=str(pairs), base_model=str(base_model) if base_model else None,
                             limit=limit, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
                             keep_ratio=keep_ratio, rho=rho)
-    record = _with_progress("calibrating", lambda progress, total: run(cfg, progress=progress, on_total=total),
-                            quiet=as_json)
-    json_path, png_path = write_calibration(record, out_dir)
+    record, json_path, png_path = _calibrate_and_write(cfg, out_dir, quiet=as_json)
     if as_json:
         click.echo(json.dumps(record, indent=2))
     else:
@@ -325,7 +323,7 @@ def demo(out_dir, family, pages):
     Example:
       sapindex demo --out demo/
     """
-    from sapindex.exporter.calibrate import CalibrationConfig, calibrate as run, summary_text, write_calibration
+    from sapindex.exporter.calibrate import CalibrationConfig, summary_text
     from sapindex.exporter.export import ExportConfig, export_bundle
     from sapindex.models.tiny import build_tiny_model
     from sapindex.runtime.indexer import open_for_search, run_index, search as run_search
@@ -334,9 +332,8 @@ def demo(out_dir, family, pages):
     model_dir = build_tiny_model(out_dir / f"tiny-{family}", family)
     pairs = write_pairs(out_dir / "pairs", n=pages)
     click.echo(f"tiny model {model_dir}\npairs      {pairs}")
-    cfg = CalibrationConfig(model=str(model_dir), pairs=str(pairs))
-    record = _with_progress("calibrating", lambda progress, total: run(cfg, progress=progress, on_total=total))
-    json_path, png_path = write_calibration(record, out_dir / "calib")
+    record, json_path, png_path = _calibrate_and_write(CalibrationConfig(model=str(model_dir), pairs=str(pairs)),
+                                                       out_dir / "calib")
     click.echo(summary_text(record))
     click.echo(f"wrote      {json_path} and {png_path}")
     bundle = out_dir / f"tiny-{family}.sap"
@@ -364,6 +361,15 @@ def _size(n: float) -> str:
         if n < 1000:
             return f"{n:.1f} {unit}"
     return f"{n / 1000:.1f} TB"
+
+
+def _calibrate_and_write(cfg, out_dir: Path, quiet: bool = False):
+    """Calibrate under a progress bar and write calibration.json + sr_curve.png; (record, json, png)."""
+    from sapindex.exporter.calibrate import calibrate, write_calibration
+
+    record = _with_progress("calibrating", lambda progress, total: calibrate(cfg, progress=progress, on_total=total),
+                            quiet=quiet)
+    return (record, *write_calibration(record, out_dir))
 
 
 def _with_progress(label: str, work, quiet: bool = False, unit: str = "pair"):

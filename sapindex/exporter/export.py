@@ -30,6 +30,12 @@ EMBED_TOL_FP32 = 1e-4
 EMBED_TOL_FP16 = 1e-2
 KEPT_OVERLAP_FP16 = 0.95
 VALIDATION_RATIOS = (0.05, 0.1, 0.2)
+# which input axes vary at run time, per graph: batch size and page size change within a run
+DYNAMIC_AXES = {
+    "vision": {"pixel_values": {0: "batch", 1: "patches"}, "image_grid_thw": {0: "batch"}},
+    "text": {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+             "image_embeds": {0: "batch", 1: "tokens"}, "image_grid_thw": {0: "batch"}},
+}
 # (height, width) of validation pages: tall, wide, square-ish; three distinct visual grids at least
 VALIDATION_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))
 
@@ -117,17 +123,9 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
     example = adapter.page_inputs(_validation_pages(adapter, VALIDATION_SIZES[:2]))
     with torch.no_grad():
         feats = vision(example["pixel_values"], example["image_grid_thw"])
-    dim = torch.export.Dim
-    batch, patches, seq, tokens = dim("batch"), dim("patches"), dim("seq"), dim("tokens")
-    os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _onnx_export(vision, (example["pixel_values"], example["image_grid_thw"]), staging / "vision.onnx", "vision",
-                     {"pixel_values": {0: batch, 1: patches}, "image_grid_thw": {0: batch}}, opset)
-        _onnx_export(text, (example["input_ids"], example["attention_mask"], feats, example["image_grid_thw"]),
-                     staging / "text.onnx", "text",
-                     {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
-                      "image_embeds": {0: batch, 1: tokens}, "image_grid_thw": {0: batch}}, opset)
+    export_graph(vision, (example["pixel_values"], example["image_grid_thw"]), staging / "vision.onnx", "vision", opset)
+    export_graph(text, (example["input_ids"], example["attention_mask"], feats, example["image_grid_thw"]),
+                 staging / "text.onnx", "text", opset)
     write_tokenizer_json(adapter.processor, staging / "tokenizer.json")
     text_cfg = model.config.text_config
     return {
@@ -153,14 +151,24 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
     }
 
 
-def _onnx_export(module, args, path: Path, name: str, dynamic_shapes: dict, opset: int) -> None:
+def export_graph(module, args, path: Path, name: str, opset: int) -> None:
+    """Export one graph of the bundle (``name`` in GRAPH_IO) with its DYNAMIC_AXES, then check it."""
     import onnx
     import torch
 
     io = GRAPH_IO[name]
+    dims: dict[str, object] = {}  # one torch Dim per axis name, shared across inputs
+    dynamic_shapes = {
+        tensor: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
+        for tensor, axes in DYNAMIC_AXES[name].items()
+    }
+    os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")  # a check with no ONNX translation
     try:
-        program = torch.onnx.export(module, args, dynamo=True, verbose=False, input_names=io["inputs"], output_names=io["outputs"],
-                                    dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, verbose=False, input_names=io["inputs"],
+                                        output_names=io["outputs"], dynamic_shapes=dynamic_shapes,
+                                        opset_version=opset, optimize=True)
     except Exception as exc:  # torch.export raises many types; the user needs the graph name and the reason
         raise SapIndexError(f"ONNX export of the {name} graph failed: {type(exc).__name__}: {exc}") from None
     program.save(str(path), external_data=True)

@@ -129,7 +129,7 @@ class TextGraph(nn.Module):
         valid = attention_mask.bool()  # [B, S]
         is_image = input_ids == self.image_token_id  # [B, S]
         img_rank = torch.cumsum(is_image.long(), dim=1) - 1  # [B, S] k-th image token
-        gather_idx = img_rank.clamp(min=0).clamp(max=image_embeds.shape[1] - 1)
+        gather_idx = img_rank.clamp(0, image_embeds.shape[1] - 1)
         gathered = torch.gather(image_embeds, 1, gather_idx.unsqueeze(-1).expand(-1, -1, image_embeds.shape[2]))
         x = torch.where(is_image.unsqueeze(-1), gathered.to(self.lm.embed_tokens.weight.dtype), self.lm.embed_tokens(input_ids))
 
