@@ -30,6 +30,12 @@ SECTIONS = [
      ["real_width_parity.py"], ["--families", "colqwen2", "--text-layers", "1", "--vision-blocks", "1"],
      "Random weights at the real checkpoints' layer widths; the numbers are the export's own validation "
      "(ONNX Runtime vs PyTorch) on real page sizes."),
+    ("Micro retriever (built-in default): SR curve, window, held-out eval tables, positional bias",
+     ["micro_model.py"], [],
+     "The shipped weights (sapindex/assets/micro-colqwen2), calibrated on train-split pairs and exported; "
+     "eval by `sapindex eval` on the synthetic test split (500 pages, 500 queries, seed 1234, vocabulary 1,000 "
+     "words, fonts >= 22 px) and on 500 pages of Debian *-doc PDF manuals (bench/debian_docs.py). "
+     "S.Ret = pruned score / full score on the relevant page."),
     ("Eval scoring speed: exact masked MaxSim, 1,000 queries x 1,000 pages",
      ["maxsim_speed.py"], ["--queries", "100", "--pages", "100"],
      "What `sapindex eval` spends on scoring; compare with page encoding above."),

@@ -171,3 +171,15 @@ def test_benchdata_imports_no_torch():
             "print(','.join(m for m in ('torch', 'transformers', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_benchmark_directory_is_a_calibration_pairs_source(test_split):
+    """`sapindex calibrate --pairs BENCH_DIR`: each query with its relevant page, images decodable."""
+    from sapindex.exporter.pairs import load_pairs
+
+    out, manifest = test_split
+    pairs = load_pairs(out)
+    assert len(pairs.pairs) == manifest["counts"]["qrels"] and not pairs.skipped
+    queries = pq.read_table(out / "queries" / "test-00000-of-00001.parquet").column("query").to_pylist()
+    assert sorted(p.query for p in pairs.pairs) == sorted(queries)
+    assert pairs.pairs[0].load_image().mode == "RGB"

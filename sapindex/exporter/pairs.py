@@ -4,7 +4,9 @@ Formats:
 - JSONL: one ``{"query": str, "image": path}`` object per line, image paths relative to the file;
 - a directory: every ``*.jsonl`` and ``*.parquet`` file below it, in sorted order;
 - parquet: ``query`` and ``image`` columns, image a struct with ``bytes`` (how the ColPali
-  training set and the ViDoRe QA sets are stored).
+  training set and the ViDoRe QA sets are stored);
+- a BEIR / ViDoRe v2 directory (``corpus/``, ``queries/``, ``qrels/``; what ``sapindex eval``
+  and ``python -m sapindex.benchdata.synthetic`` use): each query with each of its relevant pages.
 
 Bad rows (invalid JSON, missing fields, missing or unreadable images) are collected as
 ``"file:row: reason"`` strings and skipped; the caller decides whether enough good pairs remain.
@@ -51,6 +53,8 @@ def load_pairs(source: str | Path) -> PairSet:
     path = Path(source)
     if not path.exists():
         raise SapIndexError(f"{path}: pairs file or directory does not exist")
+    if path.is_dir() and (path / "corpus").is_dir() and (path / "qrels").is_dir():
+        return _read_beir(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".parquet") and p.is_file())
         if not files:
@@ -66,6 +70,20 @@ def load_pairs(source: str | Path) -> PairSet:
         else:
             raise SapIndexError(f"{file}: unknown pairs format (expected .jsonl or .parquet)")
     return result
+
+
+def _read_beir(path: Path) -> PairSet:
+    from sapindex.runtime.datasets import load_dataset
+
+    ds = load_dataset(path)
+    pages = {p.id: p for p in ds.pages}
+    out = PairSet(skipped=[f"{category}: {reason}" for category, reasons in ds.skipped.items() for reason in reasons])
+    for q in ds.queries:
+        for page_id in sorted(ds.qrels[q.id]):
+            page = pages[page_id]
+            out.pairs.append(Pair(query=q.text, source=f"{page.source} (query {q.id})", image_path=page.path,
+                                  image_bytes=page.data))
+    return out
 
 
 def _read_jsonl(file: Path, out: PairSet) -> None:

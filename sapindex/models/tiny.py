@@ -78,8 +78,22 @@ def build_tokenizer():
     )
 
 
-def build_tiny_model(out_dir: str | Path, family: str = "colqwen2", **overrides) -> Path:
+def build_tiny_model(out_dir: str | Path, family: str = "colqwen2", tokenizer=None, **overrides) -> Path:
     """Write a loadable tiny checkpoint (weights, config, tokenizer, processor) to ``out_dir``."""
+    model, processor = make_tiny(tiny_spec(family, **overrides), tokenizer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def make_tiny(spec: TinySpec, tokenizer=None):
+    """A random-weight ColQwen2 / ColQwen2.5 model (eval mode) and its processor, in memory.
+
+    ``tokenizer`` (a ``PreTrainedTokenizerFast`` holding :data:`SPECIAL_TOKENS`) defaults to
+    :func:`build_tokenizer`; the micro retriever passes its own word-level one.
+    """
     prepare_torch_side()
     import torch
     from colpali_engine import models as cm
@@ -87,10 +101,7 @@ def build_tiny_model(out_dir: str | Path, family: str = "colqwen2", **overrides)
     from transformers.models.qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    spec = tiny_spec(family, **overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = spec.hidden // spec.heads
     third = head_dim // 2 // 3
@@ -128,10 +139,8 @@ def build_tiny_model(out_dir: str | Path, family: str = "colqwen2", **overrides)
         model_cls, processor_cls = cm.ColQwen2_5, cm.ColQwen2_5_Processor
     torch.manual_seed(spec.seed)
     model = model_cls(config).eval()
-    model.save_pretrained(out)
     image_processor = Qwen2VLImageProcessor(
         min_pixels=spec.min_visual_tokens * 28 * 28, max_pixels=spec.max_visual_tokens * 28 * 28
     )
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor())
-    processor.save_pretrained(out)
-    return out
+    return model, processor

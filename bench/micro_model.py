@@ -1,0 +1,131 @@
+"""The micro retriever's numbers: SR curve and window, eval tables on both held-out sets, positional bias.
+
+Usage:
+    python bench/micro_model.py [--model sapindex/assets/micro-colqwen2] [--debian bench-data/debian-docs-bench]
+                                [--work bench-data/micro] [--ship]
+
+Steps (each a CLI command a user can run, printed as it runs):
+1. the synthetic held-out set (test split, 500 pages / 500 queries, seed 1234, the micro model's
+   benchmark settings) and a calibration set from the *train* split (seed 99), both regenerated
+   if absent (``python -m sapindex.benchdata.synthetic``);
+2. ``sapindex calibrate`` on the calibration set (SR curve, window) and ``sapindex export``;
+3. ``sapindex eval`` of the bundle on the synthetic set and, when given, the Debian PDF set;
+4. positional bias: Pearson r between each page's in-graph SAP centrality and the token index,
+   raw and with the causal correction (read from the eval caches).
+``--ship`` copies the checkpoint and the bundle into ``sapindex/assets`` (the built-in default).
+Prints markdown (the RESULTS.md section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNTHETIC = dict(pages=500, queries=500, seed=1234, vocab_size=1000, min_font_px=22)
+CALIBRATION = dict(pages=150, queries=150, seed=99, vocab_size=1000, min_font_px=22)
+
+
+def run(cmd: list[str]) -> str:
+    print(f"$ {' '.join(cmd)}", file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def synthetic_set(path: Path, split: str, spec: dict) -> Path:
+    if not (path / "manifest.json").exists():
+        run([sys.executable, "-m", "sapindex.benchdata.synthetic", "--out", str(path), "--split", split,
+             "--pages", str(spec["pages"]), "--queries", str(spec["queries"]), "--seed", str(spec["seed"]),
+             "--vocab-size", str(spec["vocab_size"]), "--min-font-px", str(spec["min_font_px"])])
+    return path
+
+
+def positional_bias(eval_dir: Path, bundle: Path, dataset: Path) -> dict:
+    """Mean over pages of Pearson r(centrality, token index), raw and causally corrected."""
+    from sapindex import sap
+    from sapindex.runtime.bundle import Bundle
+    from sapindex.runtime.datasets import load_dataset
+    from sapindex.runtime.evaluate import EncodingCache
+
+    pages = EncodingCache(eval_dir / "cache", Bundle.open(bundle, verify=False), load_dataset(dataset)).load()
+    raw, corrected = [], []
+    for page in pages.values():
+        c = np.asarray(page.centrality, dtype=np.float64)
+        if c.size < 3 or np.ptp(c) == 0:
+            continue
+        position = np.arange(c.size)
+        raw.append(np.corrcoef(c, position)[0, 1])
+        corrected.append(np.corrcoef(sap.causal_correction(c), position)[0, 1])
+    return {"pages": len(raw), "r_raw": float(np.mean(raw)), "r_corrected": float(np.mean(corrected))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(ROOT / "sapindex" / "assets" / "micro-colqwen2"))
+    parser.add_argument("--debian", default=str(ROOT / "bench-data" / "debian-docs-bench"),
+                        help="the Debian PDF benchmark (bench/debian_docs.py); skipped if absent")
+    parser.add_argument("--work", default=str(ROOT / "bench-data" / "micro"))
+    parser.add_argument("--ship", action="store_true", help="copy checkpoint and bundle into sapindex/assets")
+    args = parser.parse_args()
+    work, model = Path(args.work), Path(args.model)
+    work.mkdir(parents=True, exist_ok=True)
+    sapindex = [sys.executable, "-m", "sapindex.cli"]
+    test_set = synthetic_set(work / "synthetic-test", "test", SYNTHETIC)
+    calib_set = synthetic_set(work / "synthetic-calib", "train", CALIBRATION)
+    run(sapindex + ["calibrate", "--model", str(model), "--pairs", str(calib_set), "--out", str(work / "calib"),
+                    "--limit", str(CALIBRATION["queries"])])
+    calibration = json.loads((work / "calib" / "calibration.json").read_text())
+    bundle = work / "micro-colqwen2.sap"
+    run(sapindex + ["export", "--model", str(model), "--calibration", str(work / "calib" / "calibration.json"),
+                    "--out", str(bundle), "--overwrite"])
+    sets = {"synthetic (500 pages, 500 queries)": test_set}
+    if Path(args.debian, "manifest.json").exists():
+        sets["Debian *-doc PDFs"] = Path(args.debian)
+    reports = {}
+    for name, path in sets.items():
+        out = work / ("eval-" + path.name)
+        run(sapindex + ["eval", str(bundle), str(path), "--out", str(out)])
+        reports[name] = (json.loads((out / "report.json").read_text()), (out / "report.md").read_text(),
+                         positional_bias(out, bundle, path))
+
+    sr = calibration["sr"]["mean"]
+    window = calibration["window"]
+    print("### SR curve and window")
+    print()
+    print(f"Calibrated on {calibration['pairs']['used']} train-split pairs (`sapindex calibrate --pairs "
+          f"{calib_set.relative_to(ROOT) if calib_set.is_relative_to(ROOT) else calib_set}`): window layers "
+          f"[{window['start']}, {window['end']}) of {len(sr)}; random floor {calibration['random_floor']['mean']:.3f}.")
+    print()
+    print("| layer | " + " | ".join(str(i) for i in range(len(sr))) + " |")
+    print("|---|" + "---|" * len(sr))
+    print("| SR (keep 0.1) | " + " | ".join(f"{v:.3f}" for v in sr) + " |")
+    for name, (report, table, bias) in reports.items():
+        print()
+        print(f"### Eval: {name}")
+        print()
+        print(table.strip())
+        print()
+        print(f"Positional bias over {bias['pages']} pages: mean Pearson r(centrality, token index) "
+              f"{bias['r_raw']:+.3f} raw, {bias['r_corrected']:+.3f} with the causal correction.")
+    if args.ship:
+        assets = ROOT / "sapindex" / "assets"
+        target = assets / "micro-colqwen2"
+        if model.resolve() != target.resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(model, target, ignore=shutil.ignore_patterns("*.pt"))
+        shutil.rmtree(assets / "micro-colqwen2.sap", ignore_errors=True)
+        shutil.copytree(bundle, assets / "micro-colqwen2.sap")
+        shutil.copy(work / "calib" / "sr_curve.png", ROOT / "bench" / "micro_sr_curve.png")
+        print(f"\nshipped {target} and {assets / 'micro-colqwen2.sap'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,431 @@
+"""Train the micro retriever: a ColQwen2 trained from scratch on rendered pages, on a CPU.
+
+    python -m sapindex.models.train_micro --out micro-colqwen2 [--seed 0] [--smoke]
+
+Why it is trained this way (measured on this project's 2-core machines): plain in-batch ColBERT
+contrastive training from random weights collapses (every page token ends up the same vector and
+the loss sits at ln(batch)). The renderer knows where every word is drawn, so the main signal is
+dense: each word of a page is read through the model's own query path (a pseudo-query of page
+words) and must find, among all visual tokens of the batch, the tokens whose cells its ink
+covers (an InfoNCE over visual tokens, positives = every cell of every batch page holding that
+word). That teaches visual tokens to say which words they show and query tokens to look for
+them, which is exactly what MaxSim needs. The in-batch MaxSim contrastive loss on real queries
+is ramped in once the dense signal has given the tokens structure. A curriculum starts with
+large fonts and a small vocabulary and then moves to the benchmark's settings; the mean cosine
+between tokens of different pages is watched, and training stops with an error if it collapses.
+
+Everything is seeded (pages, batches, initial weights); the tokenizer is word-level over the
+benchmark vocabulary (digits split), so each query word is one token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sapindex.models._compat import prepare_torch_side
+from sapindex.models.micro_data import CHARACTERS, PageSample, Stage, crop, render_pool, to_uint8
+from sapindex.models.tiny import SPECIAL_TOKENS, TinySpec, make_tiny
+
+__all__ = ["TrainConfig", "SMOKE", "build_word_tokenizer", "train", "main"]
+
+UNK = "[UNK]"
+PUNCTUATION = list(".,;:()[]!?%-/+=*'\"&#$@_<>|{}~^`\\")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe. Defaults are the shipped model's; ``SMOKE`` is a seconds-long variant for CI."""
+
+    seed: int = 0
+    stages: tuple[Stage, ...] = (Stage(vocab_size=300, min_font_px=26, pages=1200, steps=900, crop=(8, 8)),
+                                 Stage(vocab_size=1000, min_font_px=22, pages=2400, steps=800, crop=(8, 8)),
+                                 Stage(vocab_size=1000, min_font_px=22, pages=2400, steps=120))
+    batch_size: int = 16
+    words_per_page: int = 48  # dense-loss words drawn per page and step (all of most pages)
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    dense_temperature: float = 0.05
+    reading_weight: float = 1.0  # the vision tower's per-cell word loss against the token embeddings
+    character_weight: float = 1.0  # the vision tower's per-cell character loss (a head dropped after training)
+    maxsim_temperature: float = 0.05  # on MaxSim scores averaged over query tokens
+    maxsim_ramp: int = 30  # steps over which its weight goes 0 -> 1 once whole pages are trained on
+    collapse_cosine: float = 0.98  # mean cross-page cosine of word tokens that counts as collapse...
+    collapse_after: float = 0.4  # ...once this fraction of training is done (early on, "text here" is all they say)
+    model: TinySpec = field(default_factory=lambda: TinySpec(
+        "colqwen2", n_layers=6, hidden=192, heads=4, kv_heads=2, mlp=512, vision_depth=4, vision_width=192,
+        vision_heads=4, vision_mlp_ratio=4, min_visual_tokens=16, max_visual_tokens=256))
+    eval_every: int = 150
+    val_pages: int = 200
+    val_queries: int = 200
+    threads: int = 2
+    render_workers: int = 2
+
+    @property
+    def steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+SMOKE = TrainConfig(
+    stages=(Stage(60, 30, 8, 2, crop=(3, 3)), Stage(120, 24, 8, 2)), batch_size=4, words_per_page=4, warmup=1, eval_every=2,
+    val_pages=6, val_queries=6, render_workers=1,
+    model=TinySpec("colqwen2", n_layers=2, hidden=32, heads=2, kv_heads=1, mlp=64, vision_depth=1, vision_width=32,
+                   vision_heads=2, vision_mlp_ratio=2, min_visual_tokens=4, max_visual_tokens=64))
+
+
+def build_word_tokenizer(words: Sequence[str]):
+    """A word-level tokenizer: every vocabulary word is one token, digits are split, case folded."""
+    prepare_torch_side()
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    prompt_words = ["user", "describe", "the", "image", "query"]
+    entries = list(SPECIAL_TOKENS) + [UNK] + [str(d) for d in range(10)] + PUNCTUATION
+    for w in list(words) + prompt_words:
+        if w not in entries:
+            entries.append(w)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(entries)}, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token=UNK, additional_special_tokens=SPECIAL_TOKENS[1:])
+
+
+class Batches:
+    """Model inputs built from :class:`PageSample` s and query texts (right-padded: no empty rows)."""
+
+    def __init__(self, model, processor):
+        import torch
+
+        self.torch = torch
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_token_id = model.config.image_token_id
+        ip = processor.image_processor
+        channel = np.arange(1176) // 392  # 1176 = 3 channels x (2 x 14 x 14)
+        self.mean = torch.tensor(np.asarray(ip.image_mean)[channel], dtype=torch.float32)
+        self.std = torch.tensor(np.asarray(ip.image_std)[channel], dtype=torch.float32)
+        prefix = processor.visual_prompt_prefix
+        self.prompt_head, self.prompt_tail = prefix.split(processor.image_token)
+        self.query_offset = len(self.tokenizer(processor.query_prefix, add_special_tokens=False)["input_ids"])
+        self.query_suffix = processor.query_augmentation_token * 10
+
+    def pages(self, samples: Sequence[PageSample]) -> tuple[dict, int]:
+        """Page inputs and the sequence offset of the first visual token (the same for every page)."""
+        torch = self.torch
+        texts = [self.prompt_head + self.processor.image_token * s.n_cells + self.prompt_tail for s in samples]
+        enc = self.tokenizer(texts, padding="longest", padding_side="right", return_tensors="pt")
+        longest = max(len(s.patches) for s in samples)
+        pixels = torch.zeros(len(samples), longest, 1176)  # [B, P, 1176], zero-padded like colpali's
+        for i, s in enumerate(samples):
+            pixels[i, : len(s.patches)] = (torch.from_numpy(s.patches).float() / 255.0 - self.mean) / self.std
+        ids = enc["input_ids"]
+        offset = int((ids[0] == self.image_token_id).nonzero()[0, 0])
+        inputs = dict(input_ids=ids, attention_mask=enc["attention_mask"], pixel_values=pixels,
+                      image_grid_thw=torch.tensor([[1, *s.grid] for s in samples]),
+                      mm_token_type_ids=(ids == self.image_token_id).long())
+        return inputs, offset
+
+    def queries(self, texts: Sequence[str]) -> dict:
+        texts = [self.processor.query_prefix + t + self.query_suffix for t in texts]
+        enc = self.tokenizer(texts, padding="longest", padding_side="right", return_tensors="pt")
+        return dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+
+
+def page_vectors(model, batches: Batches, samples: Sequence[PageSample]):
+    """Visual token embeddings ``[B, L, 128]`` (L = most cells in the batch) and their mask ``[B, L]``."""
+    torch = batches.torch
+    inputs, offset = batches.pages(samples)
+    out = model(**inputs)  # [B, S, 128], L2-normalised, zero at padding
+    cells = torch.tensor([s.n_cells for s in samples])
+    longest = int(cells.max())
+    mask = torch.arange(longest)[None, :] < cells[:, None]  # [B, L]
+    return out[:, offset: offset + longest].float() * mask[..., None], mask
+
+
+def dense_loss(word_vecs, page_vecs, page_mask, positives, temperature: float):
+    """InfoNCE of each word vector ``[N, 128]`` over every visual token of the batch.
+
+    ``positives`` ``[N, B * L]`` (bool) marks the tokens whose cells hold the word, on any page.
+    """
+    import torch
+
+    logits = word_vecs @ page_vecs.flatten(0, 1).T / temperature  # [N, B * L]
+    logits = logits.masked_fill(~page_mask.flatten()[None, :], float("-inf"))
+    positive = logits.masked_fill(~positives, float("-inf"))
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(positive, dim=1)).mean()
+
+
+def reading_loss(cell_states, embeddings, cell_index: Sequence[int], token_ids: Sequence[int]):
+    """Each word-bearing cell of the vision tower's output ``[C, hidden]`` must name its words.
+
+    Logits are dot products with the decoder's input token embeddings ``[V, hidden]``, so a
+    visual token enters the decoder looking like the words it shows (the query path reads those
+    same embeddings). Multi-positive softmax over the vocabulary; ``(cell_index[i],
+    token_ids[i])`` pairs list every word of every cell.
+    """
+    import torch
+
+    cells, inverse = np.unique(np.asarray(cell_index), return_inverse=True)
+    logits = cell_states[torch.from_numpy(cells)].float() @ embeddings.float().T  # [K, V]
+    positive = torch.zeros_like(logits, dtype=torch.bool)
+    positive[torch.from_numpy(inverse), torch.as_tensor(token_ids)] = True
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), 1)).mean()
+
+
+def maxsim_scores(query_vecs, query_mask, page_vecs, page_mask):
+    """``[Q, B]`` MaxSim scores averaged over each query's tokens (padding excluded on both sides)."""
+    import torch
+
+    sim = torch.einsum("qtd,bld->qbtl", query_vecs, page_vecs)  # [Q, B, T, L]
+    sim = sim.masked_fill(~page_mask[None, :, None, :], float("-inf")).amax(-1)  # [Q, B, T]
+    sim = sim * query_mask[:, None, :]
+    return sim.sum(-1) / query_mask.sum(-1, keepdim=True)
+
+
+def cross_page_cosine(page_vecs, page_mask) -> float:
+    """Mean cosine between (word-bearing) visual tokens of different pages (1.0 = collapsed)."""
+    per_page = (page_vecs * page_mask[..., None]).sum(1)  # [B, 128]
+    total = per_page.sum(0)
+    counts = page_mask.sum(1).float()
+    pairs = counts.sum() ** 2 - (counts ** 2).sum()
+    return float(((total @ total) - (per_page * per_page).sum()) / pairs)
+
+
+def _positives(samples: Sequence[PageSample], word_ids: Sequence[int], longest: int) -> np.ndarray:
+    out = np.zeros((len(word_ids), len(samples) * longest), dtype=bool)
+    for row, w in enumerate(word_ids):
+        for b, s in enumerate(samples):
+            cells = s.word_cells.get(w)
+            if cells is not None:
+                out[row, b * longest + cells] = True
+    return out
+
+
+def _pseudo_query(sample: PageSample, rng: np.random.Generator, n: int, vocab_words: Sequence[str]):
+    ids = np.array(sorted(sample.word_cells))
+    chosen = rng.choice(ids, size=min(n, len(ids)), replace=False) if len(ids) else ids
+    return [int(i) for i in chosen], " ".join(vocab_words[int(i)] for i in chosen)
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _maxsim_weight(config: TrainConfig, step: int) -> float:
+    """0 on cropped stages (a page's queries may lie outside the window), then a linear ramp."""
+    start = 0
+    for stage in config.stages:
+        if step < start + stage.steps:
+            return 0.0 if stage.crop else min(1.0, (step - start + 1) / config.maxsim_ramp)
+        start += stage.steps
+    return 1.0
+
+
+class _Validation:
+    """A small held-out set (test split, its own seed, never the benchmark's) scored by NDCG@5."""
+
+    def __init__(self, config: TrainConfig, stage: Stage, processor, workdir: Path):
+        from sapindex.benchdata.synthetic import build_benchmark
+        from sapindex.runtime.datasets import load_dataset
+
+        build_benchmark(workdir, config.val_pages, config.val_queries, seed=config.seed + 10_000, split="test",
+                        vocab_size=stage.vocab_size, min_font_px=stage.min_font_px, workers=config.render_workers)
+        ds = load_dataset(workdir)
+        ip = processor.image_processor
+        self.pages, self.page_ids = [], []
+        for page in ds.pages:
+            enc = ip(images=[page.load()], return_tensors="np")
+            _, gh, gw = (int(v) for v in enc["image_grid_thw"][0])
+            self.pages.append(PageSample(to_uint8(enc["pixel_values"], ip.image_mean, ip.image_std), (gh, gw), {}, ()))
+            self.page_ids.append(page.id)
+        self.queries = [(q.id, q.text) for q in ds.queries]
+        self.qrels = ds.qrels
+
+    def ndcg5(self, model, batches: Batches, batch_size: int) -> float:
+        import torch
+
+        from sapindex.runtime.metrics import evaluate, maxsim_matrix
+
+        model.eval()
+        pages, queries = [], []
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for i in range(0, len(self.pages), batch_size):
+                vecs, mask = page_vectors(model, batches, self.pages[i: i + batch_size])
+                pages += [v[m].float().numpy() for v, m in zip(vecs, mask)]
+            for i in range(0, len(self.queries), batch_size):
+                inputs = batches.queries([t for _, t in self.queries[i: i + batch_size]])
+                out = model(**inputs).float()
+                queries += [v[m.bool()].numpy() for v, m in zip(out, inputs["attention_mask"])]
+        model.train()
+        scores = maxsim_matrix(queries, pages)
+        return float(evaluate(scores, [q for q, _ in self.queries], self.page_ids, self.qrels, ks=(5,))["ndcg@5"])
+
+
+def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Train, keep the best validation checkpoint, write it (model, processor, train_log.json)."""
+    prepare_torch_side()
+    import torch
+
+    from sapindex.benchdata.render import vocabulary
+
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    words = vocabulary()
+    tokenizer = build_word_tokenizer(words)
+    model, processor = make_tiny(replace(config.model, seed=config.seed), tokenizer)
+    vocab_words = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    token_of = {w: i for i, w in enumerate(vocab_words) if w in set(words)}
+    batches = Batches(model, processor)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f} M parameters; {config.steps} steps of {config.batch_size} pages")
+
+    started = time.time()
+    ip = processor.image_processor
+    rendered, start = {}, 0
+    for stage in config.stages:
+        if stage.pool_key not in rendered:
+            rendered[stage.pool_key] = render_pool(config.seed, stage, start, token_of, ip.size["shortest_edge"],
+                                                   ip.size["longest_edge"], config.render_workers)
+            start += stage.pages
+    render_s = time.time() - started
+    log(f"rendered {start} training pages in {render_s:.0f} s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        validation = _Validation(config, config.stages[-1], processor, Path(tmp))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    char_head = torch.nn.Linear(model.config.text_config.hidden_size, len(CHARACTERS))
+    optimizer.add_param_group({"params": char_head.parameters()})
+    model.train()
+    merged = []
+    model.visual.merger.register_forward_hook(lambda module, args, output: merged.append(output))
+    history, best, best_state, smoothed = [], -1.0, None, {}
+    boundaries = np.cumsum([s.steps for s in config.stages])
+    train_started = time.time()
+    for step in range(config.steps):
+        stage = config.stages[int(np.searchsorted(boundaries, step, side="right"))]
+        pool = rendered[stage.pool_key]
+        samples = [pool[i] for i in rng.choice(len(pool), size=min(config.batch_size, len(pool)), replace=False)]
+        if stage.crop:
+            samples = [crop(s_, rng, stage.crop) for s_ in samples]
+        pseudo = [_pseudo_query(s, rng, config.words_per_page, vocab_words) for s in samples]
+        real = [] if stage.crop else [s.queries[rng.integers(len(s.queries))] if s.queries else "" for s in samples]
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        merged.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            page_vecs, page_mask = page_vectors(model, batches, samples)
+            q_inputs = batches.queries([text for _, text in pseudo] + real)
+            q_out = model(**q_inputs).float()  # [2B, T, 128]
+        n = len(samples)
+        rows, cols, word_ids = [], [], []
+        for b, (ids, _) in enumerate(pseudo):
+            for j, w in enumerate(ids):
+                assert int(q_inputs["input_ids"][b, batches.query_offset + j]) == w
+                rows.append(b)
+                cols.append(batches.query_offset + j)
+                word_ids.append(w)
+        positives = torch.from_numpy(_positives(samples, word_ids, page_vecs.shape[1]))
+        l_dense = dense_loss(q_out[rows, cols], page_vecs, page_mask, positives, config.dense_temperature)
+        cell_index, cell_tokens, first = [], [], 0
+        for s_ in samples:
+            for w, cells in s_.word_cells.items():
+                cell_index += (first + cells).tolist()
+                cell_tokens += [w] * len(cells)
+            first += s_.n_cells
+        l_read = reading_loss(merged[-1], model.get_input_embeddings().weight, cell_index, cell_tokens)
+        char_targets = torch.from_numpy(np.concatenate([s_.cell_chars for s_ in samples])).float()
+        l_char = torch.nn.functional.binary_cross_entropy_with_logits(
+            char_head(merged[-1].float()), char_targets, reduction="none").sum(-1).mean()
+        word_mask = torch.zeros_like(page_mask)
+        for b, s_ in enumerate(samples):
+            for cells in s_.word_cells.values():
+                word_mask[b, torch.from_numpy(cells)] = True
+        weight = _maxsim_weight(config, step)
+        l_maxsim = torch.zeros(())
+        if real:
+            scores = maxsim_scores(q_out[n:], q_inputs["attention_mask"][n:].float(), page_vecs, page_mask)
+            l_maxsim = torch.nn.functional.cross_entropy(scores / config.maxsim_temperature, torch.arange(n))
+        loss = l_dense + config.reading_weight * l_read + config.character_weight * l_char + weight * l_maxsim
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+
+        cosine = cross_page_cosine(page_vecs.detach(), word_mask)
+        for key, value in (("dense", l_dense.item()), ("read", l_read.item()), ("char", l_char.item()),
+                           ("maxsim", l_maxsim.item()),
+                           ("cosine", cosine)):
+            smoothed[key] = value if key not in smoothed else 0.9 * smoothed[key] + 0.1 * value
+        if step >= config.collapse_after * config.steps and smoothed["cosine"] > config.collapse_cosine:
+            raise RuntimeError(f"training collapsed at step {step}: mean cross-page token cosine "
+                               f"{smoothed['cosine']:.4f} > {config.collapse_cosine}")
+        if (step + 1) % 10 == 0:
+            log(f"  step {step + 1}: " + "  ".join(f"{k} {v:.3f}" for k, v in smoothed.items()))
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            ndcg = validation.ndcg5(model, batches, config.batch_size)
+            elapsed = time.time() - train_started
+            history.append(dict(step=step + 1, seconds=round(elapsed, 1), ndcg5=round(ndcg, 4),
+                                **{k: round(v, 4) for k, v in smoothed.items()}, maxsim_weight=round(weight, 3)))
+            log(f"step {step + 1}/{config.steps}  {elapsed:.0f}s  char {smoothed['char']:.3f}  read {smoothed['read']:.3f}  dense {smoothed['dense']:.3f}  "
+                f"maxsim {smoothed['maxsim']:.3f}  cos {smoothed['cosine']:.3f}  val ndcg@5 {ndcg:.3f}")
+            if ndcg > best:
+                best, best_state = ndcg, copy.deepcopy(model.state_dict())
+
+    model.load_state_dict(best_state)
+    model.eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    report = dict(config=_jsonable(asdict(config)), parameters=n_params, best_val_ndcg5=best, history=history,
+                  render_seconds=round(render_s, 1), train_seconds=round(time.time() - train_started, 1),
+                  machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=config.threads,
+                  torch=torch.__version__)
+    (out / "train_log.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sapindex.models.train_micro", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run on a tiny model (CI)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    args = parser.parse_args(argv)
+    config = replace(SMOKE if args.smoke else TrainConfig(), seed=args.seed)
+    if args.threads:
+        config = replace(config, threads=args.threads)
+    report = train(config, args.out, log=lambda m: print(m, flush=True))
+    print(f"best validation NDCG@5 {report['best_val_ndcg5']:.3f}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

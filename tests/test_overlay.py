@@ -1,0 +1,27 @@
+"""The kept-patches picture: kept cells outlined, the rest dimmed, at the grid's page coordinates."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sapindex.runtime.overlay import kept_patches_overlay
+
+
+def test_kept_cells_are_outlined_and_the_rest_dimmed():
+    page = Image.new("RGB", (400, 200), (0, 0, 0))  # grid 2 rows x 4 cols of 100 px cells
+    out = np.asarray(kept_patches_overlay(page, (2, 4), [1, 6]))
+    assert out.shape == (200, 400, 3)
+    # kept cell (row 0, col 1): untouched black inside, red border
+    assert out[50, 150].tolist() == [0, 0, 0]
+    assert out[50, 100].tolist() == [220, 30, 30]
+    # kept cell (row 1, col 2)
+    assert out[150, 250].tolist() == [0, 0, 0]
+    # a cell that was not kept is washed towards white
+    assert out[50, 50].min() > 90 and out[150, 350].min() > 90
+
+
+def test_large_pages_are_scaled_and_bad_grids_refused():
+    out = kept_patches_overlay(Image.new("RGB", (3000, 1500), "white"), (3, 6), [0])
+    assert max(out.size) == 1000
+    with pytest.raises(ValueError, match="grid"):
+        kept_patches_overlay(Image.new("RGB", (10, 10)), (0, 3), [])
