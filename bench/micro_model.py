@@ -12,7 +12,8 @@ Steps (each a CLI command a user can run, printed as it runs):
 3. ``sapindex eval`` of the bundle on the synthetic set and, when given, the Debian PDF set;
 4. positional bias: Pearson r between each page's in-graph SAP centrality and the token index,
    raw and with the causal correction (read from the eval caches).
-``--ship`` copies the checkpoint and the bundle into ``sapindex/assets`` (the built-in default).
+``--ship`` first copies the checkpoint into ``sapindex/assets`` (then calibrates and exports that
+copy), and at the end puts the bundle, calibration.json and sr_curve.png there (the built-in default).
 Prints markdown (the RESULTS.md section).
 """
 
@@ -77,6 +78,11 @@ def main() -> None:
     args = parser.parse_args()
     work, model = Path(args.work), Path(args.model)
     work.mkdir(parents=True, exist_ok=True)
+    assets = ROOT / "sapindex" / "assets"
+    if args.ship and model.resolve() != (assets / "micro-colqwen2").resolve():
+        shutil.rmtree(assets / "micro-colqwen2", ignore_errors=True)
+        shutil.copytree(model, assets / "micro-colqwen2", ignore=shutil.ignore_patterns("train_state.*"))
+        model = assets / "micro-colqwen2"  # calibrate and export the shipped copy, so the bundle names it
     sapindex = [sys.executable, "-m", "sapindex.cli"]
     test_set = synthetic_set(work / "synthetic-test", "test", SYNTHETIC)
     calib_set = synthetic_set(work / "synthetic-calib", "train", CALIBRATION)
@@ -116,15 +122,11 @@ def main() -> None:
         print(f"Positional bias over {bias['pages']} pages: mean Pearson r(centrality, token index) "
               f"{bias['r_raw']:+.3f} raw, {bias['r_corrected']:+.3f} with the causal correction.")
     if args.ship:
-        assets = ROOT / "sapindex" / "assets"
-        target = assets / "micro-colqwen2"
-        if model.resolve() != target.resolve():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(model, target, ignore=shutil.ignore_patterns("*.pt"))
         shutil.rmtree(assets / "micro-colqwen2.sap", ignore_errors=True)
         shutil.copytree(bundle, assets / "micro-colqwen2.sap")
-        shutil.copy(work / "calib" / "sr_curve.png", ROOT / "bench" / "micro_sr_curve.png")
-        print(f"\nshipped {target} and {assets / 'micro-colqwen2.sap'}", file=sys.stderr)
+        for name in ("calibration.json", "sr_curve.png"):
+            shutil.copy(work / "calib" / name, model / name)
+        print(f"\nshipped {model} and {assets / 'micro-colqwen2.sap'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def test_bad_rows_are_skipped_and_counted(tiny_models, pairs_file, tmp_path):
     assert f"{bad}:3: invalid JSON" in reasons
     assert f"{bad}:4: pages/missing.png: image file not found" in reasons
     assert f"{bad}:5: missing or empty 'query'" in reasons
-    assert f"{bad}:6: broken.png: not a readable image" in reasons
+    assert f"{bad}:6: broken.png: unreadable image" in reasons
 
 
 def test_no_usable_pair_is_an_error(tiny_models, tmp_path):

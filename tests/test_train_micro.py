@@ -98,3 +98,20 @@ def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     adapter = load_adapter(tmp_path / "a")
     encoding = adapter.encode_pages([Image.new("RGB", (200, 300), "white")])[0]
     assert encoding.embeddings.shape[1] == 128
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
+    from safetensors.numpy import load_file
+
+    config = replace(SMOKE, threads=1)
+    train(config, tmp_path / "straight", log=lambda m: None)
+    assert train(config, tmp_path / "split", log=lambda m: None, max_steps=2) is None
+    assert not (tmp_path / "split" / "model.safetensors").exists()
+    report = train(config, tmp_path / "split", log=lambda m: None, resume=True)
+    assert [h["step"] for h in report["history"]] == [2, 4]
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "model.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(replace(config, lr=0.5), tmp_path / "split", log=lambda m: None, resume=True)

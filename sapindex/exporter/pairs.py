@@ -23,6 +23,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from sapindex.errors import SapIndexError
+from sapindex.runtime.datasets import image_problem
 from sapindex.runtime.jsonl import iter_objects
 
 
@@ -97,7 +98,7 @@ def _read_jsonl(file: Path, out: PairSet) -> None:
             out.skipped.append(f"{where}: {problem}")
             continue
         image_path = (file.parent / image).resolve()
-        problem = _check_image(image_path)
+        problem = image_problem(image_path)
         if problem:
             out.skipped.append(f"{where}: {image}: {problem}")
             continue
@@ -121,7 +122,7 @@ def _read_parquet(file: Path, out: PairSet) -> None:
         if problem is None and not image:
             problem = "image has no bytes"
         if problem is None:
-            problem = _check_image(io.BytesIO(image))
+            problem = image_problem(io.BytesIO(image))
         if problem:
             out.skipped.append(f"{where}: {problem}")
             continue
@@ -142,15 +143,4 @@ def _image_bytes(column):
 def _check_query(query) -> str | None:
     if not isinstance(query, str) or not query.strip():
         return "missing or empty 'query'"
-    return None
-
-
-def _check_image(handle) -> str | None:
-    try:
-        with Image.open(handle) as img:
-            img.verify()
-    except FileNotFoundError:
-        return "image file not found"
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        return f"not a readable image ({exc})"
     return None

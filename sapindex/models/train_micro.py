@@ -279,8 +279,19 @@ class _Validation:
         return float(evaluate(scores, [q for q, _ in self.queries], self.page_ids, self.qrels, ks=(5,))["ndcg@5"])
 
 
-def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Train, keep the best validation checkpoint, write it (model, processor, train_log.json)."""
+STATE_FILE = "train_state.pt"
+
+
+def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] = print, resume: bool = False,
+          max_steps: int | None = None) -> dict | None:
+    """Train, keep the best validation checkpoint, write it (model, processor, train_log.json).
+
+    At every validation the whole training state (weights, optimizer, random generators, curve)
+    goes to ``out_dir/train_state.pt``; ``resume`` continues from it, so a run that is stopped
+    (a session's end, kill -9) loses at most ``eval_every`` steps and gives the same result.
+    ``max_steps`` stops this call after that many steps (a multiple of ``eval_every``, so the
+    state is saved) and returns None without writing the model: training split across sessions.
+    """
     prepare_torch_side()
     import torch
 
@@ -317,10 +328,26 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
     model.train()
     merged = []
     model.visual.merger.register_forward_hook(lambda module, args, output: merged.append(output))
-    history, best, best_state, smoothed = [], -1.0, None, {}
+    history, best, best_state, smoothed, first = [], -1.0, None, {}, 0
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    if resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        if state["config"] != _jsonable(asdict(config)):
+            raise ValueError(f"{state_path}: saved by a run with another configuration; cannot resume")
+        model.load_state_dict(state["model"])
+        char_head.load_state_dict(state["char_head"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history, best, best_state, smoothed, first = (state["history"], state["best"], state["best_state"],
+                                                      state["smoothed"], state["step"])
+        log(f"resumed at step {first} from {state_path}")
     boundaries = np.cumsum([s.steps for s in config.stages])
     train_started = time.time()
-    for step in range(config.steps):
+    last = config.steps if max_steps is None else min(config.steps, first + max_steps)
+    for step in range(first, last):
         stage = config.stages[int(np.searchsorted(boundaries, step, side="right"))]
         pool = rendered[stage.pool_key]
         samples = [pool[i] for i in rng.choice(len(pool), size=min(config.batch_size, len(pool)), replace=False)]
@@ -389,11 +416,17 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
                 f"maxsim {smoothed['maxsim']:.3f}  cos {smoothed['cosine']:.3f}  val ndcg@5 {ndcg:.3f}")
             if ndcg > best:
                 best, best_state = ndcg, copy.deepcopy(model.state_dict())
+            torch.save(dict(config=_jsonable(asdict(config)), step=step + 1, model=model.state_dict(),
+                            char_head=char_head.state_dict(), optimizer=optimizer.state_dict(),
+                            rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), history=history,
+                            best=best, best_state=best_state, smoothed=smoothed), state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)
+    if last < config.steps:
+        log(f"stopped at step {last} of {config.steps}; continue with --resume")
+        return None
 
     model.load_state_dict(best_state)
     model.eval()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     report = dict(config=_jsonable(asdict(config)), parameters=n_params, best_val_ndcg5=best, history=history,
@@ -418,11 +451,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run on a tiny model (CI)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{STATE_FILE} if present")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many steps (a multiple of the validation interval), resumable")
     args = parser.parse_args(argv)
     config = replace(SMOKE if args.smoke else TrainConfig(), seed=args.seed)
     if args.threads:
         config = replace(config, threads=args.threads)
-    report = train(config, args.out, log=lambda m: print(m, flush=True))
+    report = train(config, args.out, log=lambda m: print(m, flush=True), resume=args.resume, max_steps=args.max_steps)
+    if report is None:
+        return 0
     print(f"best validation NDCG@5 {report['best_val_ndcg5']:.3f}; wrote {args.out}")
     return 0
 

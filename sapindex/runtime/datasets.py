@@ -189,7 +189,8 @@ def _norm_id(value) -> str | None:
     return text or None
 
 
-def _image_problem(handle) -> str | None:
+def image_problem(handle) -> str | None:
+    """Why ``handle`` (a path or file object) is not a readable image, or None (header check, no decode)."""
     try:
         with Image.open(handle) as img:
             img.verify()
@@ -251,7 +252,7 @@ def _page_from_cell(b: _Builder, value, file: Path, where: str, page_id: str,
             b.skip(UNREADABLE, where, f"{path}: image file not found")
             return None
     sha = sha or hashlib.sha256(content).hexdigest()
-    problem = _image_problem(io.BytesIO(content))
+    problem = image_problem(io.BytesIO(content))
     if problem:
         b.skip(UNREADABLE, where, problem)
         return None
@@ -385,7 +386,7 @@ def _read_jsonl(files: list[Path], root: Path) -> _Builder:
             if path not in checked:
                 try:
                     data = path.read_bytes()
-                    checked[path] = (hashlib.sha256(data).hexdigest(), _image_problem(io.BytesIO(data)))
+                    checked[path] = (hashlib.sha256(data).hexdigest(), image_problem(io.BytesIO(data)))
                 except OSError:
                     checked[path] = (None, "image file not found")
             sha, problem = checked[path]
