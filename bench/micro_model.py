@@ -102,6 +102,15 @@ def main() -> None:
         reports[name] = (json.loads((out / "report.json").read_text()), (out / "report.md").read_text(),
                          positional_bias(out, bundle, path))
 
+    log = json.loads((model / "train_log.json").read_text())
+    curve = ", ".join(f"{h['step']}: {h['ndcg5']:.3f}" for h in log["history"])
+    print("### Training")
+    print()
+    print(f"`python -m sapindex.models.train_micro` (seed {log['config']['seed']}): {log['parameters'] / 1e6:.2f} M "
+          f"parameters, {log['train_seconds'] / 60:.0f} min of training + {log['render_seconds']:.0f} s of page "
+          f"rendering on {log['threads']} threads ({log['machine']}, torch {log['torch']}). Validation NDCG@5 "
+          f"(200 held-out pages, chance ~0.02) by step: {curve}; best {log['best_val_ndcg5']:.3f} (shipped).")
+    print()
     sr = calibration["sr"]["mean"]
     window = calibration["window"]
     print("### SR curve and window")
@@ -113,6 +122,9 @@ def main() -> None:
     print("| layer | " + " | ".join(str(i) for i in range(len(sr))) + " |")
     print("|---|" + "---|" * len(sr))
     print("| SR (keep 0.1) | " + " | ".join(f"{v:.3f}" for v in sr) + " |")
+    shutil.copy(work / "calib" / "sr_curve.png", ROOT / "bench" / "micro_sr_curve.png")
+    print()
+    print("Picture: bench/micro_sr_curve.png (the SR curve with its std band, random floor and window).")
     for name, (report, table, bias) in reports.items():
         print()
         print(f"### Eval: {name}")

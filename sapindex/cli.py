@@ -146,9 +146,10 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Index directory (LanceDB).")
+@click.option("--bundle", "bundle_option", type=click.Path(path_type=Path), default=None,
+              help="Bundle to index with (or give it as the first argument; default: the built-in micro model).")
 @click.option("--keep-ratio", default=0.10, show_default=True, help="Fraction of visual tokens kept per page.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--batch-size", default=8, show_default=True, help="Pages per ONNX Runtime call (and per commit).")
@@ -157,21 +158,32 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
 @click.option("--position-correction", is_flag=True,
               help="Rank by in-degree per attending row (causal decoders; experimental, off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def index(bundle, inputs, out_dir, keep_ratio, device, batch_size, dpi, threads, position_correction, as_json):
+def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, threads, position_correction, as_json):
     """Index PDFs and images into a SAP-pruned index (torch-free). Re-runs resume.
 
-    INPUTS are files, directories (walked recursively), @list.txt files of paths, or - to
-    read paths from stdin. Pages already indexed (same content hash and page) are skipped;
+    [BUNDLE] INPUTS...: a first argument that is a bundle directory is the bundle (as is
+    --bundle); without one the built-in micro model is used. INPUTS are files, directories
+    (walked recursively), @list.txt files of paths, or - to read paths from stdin. Pages already indexed (same content hash and page) are skipped;
     changed files are re-indexed. Exit code 3 means some inputs failed (listed in the
     summary and stored in the index), the rest was indexed.
 
     \b
     Example:
       sapindex index colqwen2.sap ./pdfs ./scans --out myindex --keep-ratio 0.1
+      sapindex index ./scans --out myindex        # the built-in micro model
     """
     from tqdm import tqdm
 
+    from sapindex.runtime.defaults import default_bundle_path, is_bundle_dir
     from sapindex.runtime.indexer import EXIT_PARTIAL, run_index
+
+    inputs = list(inputs)
+    if bundle_option is not None:
+        bundle = bundle_option
+    elif len(inputs) > 1 and is_bundle_dir(inputs[0]):
+        bundle = Path(inputs.pop(0))
+    else:
+        bundle = default_bundle_path()
 
     bar = tqdm(unit="page", disable=as_json or None, file=sys.stderr, dynamic_ncols=True, desc="indexing")
 
@@ -181,7 +193,7 @@ def index(bundle, inputs, out_dir, keep_ratio, device, batch_size, dpi, threads,
         bar.refresh()
 
     try:
-        summary = run_index(bundle, list(inputs), out_dir, keep_ratio=keep_ratio, device=device,
+        summary = run_index(bundle, inputs, out_dir, keep_ratio=keep_ratio, device=device,
                             batch_size=batch_size, dpi=dpi, threads=threads,
                             position_correction=position_correction, progress=progress)
     finally:
@@ -311,18 +323,56 @@ def inspect(target, as_json):
 
 @cli.command()
 @click.option("--out", "out_dir", default="sapindex-demo", show_default=True, type=click.Path(path_type=Path))
-@click.option("--family", default="colqwen2", show_default=True, type=click.Choice(["colqwen2", "colqwen2_5"]))
-@click.option("--pages", default=16, show_default=True, help="Generated (query, page) pairs.")
-def demo(out_dir, family, pages):
-    """The whole pipeline on the built-in tiny model: calibrate, export, index, search.
+@click.option("--keep-ratio", default=0.10, show_default=True, help="Fraction of visual tokens kept per page.")
+@click.option("--pipeline", is_flag=True,
+              help="Instead: calibrate, export, index and search a tiny random model (needs the export extra).")
+@click.option("--family", default="colqwen2", show_default=True, type=click.Choice(["colqwen2", "colqwen2_5"]),
+              help="With --pipeline: the tiny model's family.")
+def demo(out_dir, keep_ratio, pipeline, family):
+    """Index the bundled example pages with the built-in micro model and answer example queries.
 
-    Builds the tiny model and generated pages under OUT (needs the export extra). The tiny model
-    has random weights: this shows the mechanics, not retrieval quality.
+    Torch-free. Writes OUT/index and OUT/kept-patches.png (the kept visual tokens over the page
+    that answered the first query). With --pipeline, runs calibrate -> export -> index -> search
+    on a tiny random-weight model instead (mechanics only, no retrieval quality).
 
     \b
     Example:
       sapindex demo --out demo/
     """
+    if pipeline:
+        _pipeline_demo(out_dir, family)
+        return
+    from sapindex.runtime.defaults import default_bundle_path, example_pages, example_queries
+    from sapindex.runtime.indexer import open_for_search, run_index, search as run_search
+    from sapindex.runtime.overlay import write_overlay
+
+    bundle = default_bundle_path()
+    summary = run_index(bundle, [str(p) for p in example_pages()], out_dir / "index", keep_ratio=keep_ratio)
+    click.echo(f"index      {out_dir / 'index'}: {summary.index_pages} example pages, "
+               f"{summary.vectors_kept} of {summary.vectors_before} vectors kept (keep ratio {keep_ratio})")
+    examples = example_queries()
+    index, encoder = open_for_search(out_dir / "index")
+    with index:
+        results = run_search(index, encoder, [e["query"] for e in examples], k=3)
+        found = 0
+        for example, hits in zip(examples, results):
+            right = bool(hits) and Path(hits[0].path).name == example["page"]
+            found += right
+            click.echo(f"query      {example['query']!r}  (read off {example['page']})")
+            for rank, hit in enumerate(hits, start=1):
+                mark = "<- source page" if Path(hit.path).name == example["page"] else ""
+                click.echo(f"  {rank}. {hit.score:8.3f}  {Path(hit.path).name}  {mark}")
+        click.echo(f"top-1      {found} of {len(examples)} queries found the page they were read from")
+        top = results[0][0]
+        row = next(r for r in index.iter_rows() if r["path"] == top.path and r["page"] == top.page)
+    from PIL import Image
+
+    with Image.open(top.path) as page:
+        picture = write_overlay(out_dir / "kept-patches.png", page, (row["grid_rows"], row["grid_cols"]), row["positions"])
+    click.echo(f"picture    {picture}: kept visual tokens of {Path(top.path).name} outlined")
+
+
+def _pipeline_demo(out_dir: Path, family: str) -> None:
     from sapindex.exporter.calibrate import CalibrationConfig, summary_text
     from sapindex.exporter.export import ExportConfig, export_bundle
     from sapindex.models.tiny import build_tiny_model
@@ -330,7 +380,7 @@ def demo(out_dir, family, pages):
     from sapindex.synthetic import write_pairs
 
     model_dir = build_tiny_model(out_dir / f"tiny-{family}", family)
-    pairs = write_pairs(out_dir / "pairs", n=pages)
+    pairs = write_pairs(out_dir / "pairs", n=16)
     click.echo(f"tiny model {model_dir}\npairs      {pairs}")
     record, json_path, png_path = _calibrate_and_write(CalibrationConfig(model=str(model_dir), pairs=str(pairs)),
                                                        out_dir / "calib")

@@ -66,10 +66,10 @@ def test_info_prints_family_and_layers(tiny_models):
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
     """The README's first command, on a smaller page count."""
-    out = run_cli("demo", "--out", tmp_path / "demo", "--pages", "4")
+    out = run_cli("demo", "--pipeline", "--out", tmp_path / "demo")
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "demo" / "calib" / "sr_curve.png").exists()
     assert (tmp_path / "demo" / "tiny-colqwen2.sap" / "manifest.json").exists()
-    assert "4 pages indexed" in out.stdout
+    assert "16 pages indexed" in out.stdout
     hits = [line for line in out.stdout.splitlines() if line.startswith("  ") and "page 1" in line]
     assert len(hits) == 3

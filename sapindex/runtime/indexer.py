@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder, prune
 from sapindex.runtime.inputs import Failure, FileInfo, Page, iter_pages, iter_sources
 from sapindex.runtime.store import Index, PageRow
@@ -48,7 +49,8 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
         raise SapIndexError("--batch-size must be at least 1")
     bundle = Bundle.open(bundle_path)
     encoder = Encoder(bundle, device=device, threads=threads)
-    meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window)}
+    meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
+            "builtin": _is_builtin(bundle_path)}
     summary = IndexSummary()
     method = "sap-poscorr" if position_correction else "sap"
     started = time.perf_counter()
@@ -115,12 +117,21 @@ class SearchHit:
     score: float
 
 
+def _is_builtin(bundle_path) -> bool:
+    try:
+        return Path(bundle_path).resolve() == default_bundle_path().resolve()
+    except SapIndexError:
+        return False
+
+
 def open_for_search(index_path: str | Path, bundle_path: str | Path | None = None, device: str = "cpu"):
     """The index and an encoder for its bundle (the one it was built with, or ``bundle_path``)."""
     index = Index.open(index_path)
     path = bundle_path or index.meta.get("bundle_path")
     if not path:
         raise SapIndexError(f"{index_path}: the index does not record its bundle; pass --bundle")
+    if bundle_path is None and index.meta.get("builtin") and not Path(path).exists():
+        path = default_bundle_path()  # built with the shipped model, since moved (another install)
     bundle = Bundle.open(path, verify=False)
     if bundle.fingerprint != index.bundle_fingerprint:
         raise SapIndexError(

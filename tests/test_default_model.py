@@ -1,0 +1,125 @@
+"""The built-in micro retriever: shipped files, its demo, export -> index -> search on its config.
+
+The micro model was trained by ``python -m sapindex.models.train_micro`` (see README); these
+tests use held-out pages it never saw (synthetic test split, their own seed). They check the
+mechanics on a real trained checkpoint; retrieval quality is a benchmark (bench/RESULTS.md).
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from sapindex.fingerprint import model_fingerprint
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.defaults import default_bundle_path, default_weights_path, example_pages, example_queries
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sapindex.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=cwd)
+
+
+def test_shipped_bundle_verifies_and_comes_from_the_shipped_weights():
+    bundle = Bundle.open(default_bundle_path())  # checks every file's sha256
+    assert bundle.family == "colqwen2"
+    assert bundle.manifest["source_model"]["fingerprint"] == model_fingerprint(default_weights_path())["sha256"]
+    assert bundle.manifest["validation"]["max_abs_diff_embeddings"] <= 1e-4
+    weights = default_weights_path() / "model.safetensors"
+    assert weights.stat().st_size <= 25_000_000
+    assert json.loads((default_weights_path() / "calibration.json").read_text())["window"]["width"] >= 1
+
+
+def test_demo_answers_every_example_query_and_draws_the_kept_patches(tmp_path):
+    out = cli("demo", "--out", tmp_path / "demo")
+    assert out.returncode == 0, out.stderr
+    examples = example_queries()
+    assert len(example_pages()) == len(examples) == 8
+    assert out.stdout.count("query      ") == len(examples)
+    ranked = [line for line in out.stdout.splitlines() if line.startswith("  ") and line.strip()[0] in "123"]
+    assert len(ranked) == 3 * len(examples)
+    assert any(line.startswith("top-1      ") and f"of {len(examples)} queries" in line for line in out.stdout.splitlines())
+    with Image.open(tmp_path / "demo" / "kept-patches.png") as picture:
+        assert max(picture.size) > 300
+
+
+@pytest.fixture(scope="module")
+def held_out_docs(tmp_path_factory):
+    """Six unseen pages: two PNG, one JPEG, and three in one PDF; a query read off each."""
+    from sapindex.benchdata.synthetic import build_benchmark
+
+    root = tmp_path_factory.mktemp("docs")
+    build_benchmark(root / "set", 6, 24, seed=31337, vocab_size=1000, min_font_px=22, workers=1)
+    corpus = pq.read_table(root / "set" / "corpus" / "test-00000-of-00001.parquet").to_pylist()
+    queries = pq.read_table(root / "set" / "queries" / "test-00000-of-00001.parquet").to_pylist()
+    qrels = {r["query-id"]: r["corpus-id"] for r in
+             pq.read_table(root / "set" / "qrels" / "test-00000-of-00001.parquet").to_pylist()}
+    images = [Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB") for r in corpus]
+    docs = root / "in"
+    docs.mkdir()
+    where = {}
+    for i, name in enumerate(["a.png", "b.png", "c.jpg"]):
+        images[i].save(docs / name, quality=95)
+        where[corpus[i]["corpus-id"]] = (str(docs / name), 1)
+    images[3].save(docs / "d.pdf", save_all=True, append_images=images[4:6], resolution=72)
+    for i in range(3, 6):
+        where[corpus[i]["corpus-id"]] = (str(docs / "d.pdf"), i - 2)
+    chosen = {}
+    for q in queries:  # one query per page, the first the generator listed
+        chosen.setdefault(qrels[q["query-id"]], q["query"])
+    return docs, [(text, where[page]) for page, text in chosen.items()]
+
+
+@pytest.mark.slow
+def test_export_of_the_shipped_weights_indexes_pdfs_and_images(held_out_docs, tmp_path):
+    """Generated PDFs and images -> export (the micro model's own config and word-level tokenizer,
+    not the tiny models') -> index -> search: validated parity, every page indexed once, and each
+    query's results are exact MaxSim over the stored vectors."""
+
+    from sapindex.runtime.encoder import Encoder
+    from sapindex.runtime.store import Index
+
+    docs, cases = held_out_docs
+    bundle = tmp_path / "micro.sap"
+    out = cli("export", "--model", default_weights_path(), "--calibration",
+              default_weights_path() / "calibration.json", "--out", bundle, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["validation"]["max_abs_diff_embeddings"] <= 1e-4
+    out = cli("index", bundle, docs, "--out", tmp_path / "idx", "--dpi", 72, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["pages_indexed"] == 6
+    with Index.open(tmp_path / "idx") as index:
+        rows = {(r["path"], int(r["page"])): r["vectors"] for r in index.iter_rows()}
+    assert set(rows) == {where for _, where in cases}
+    encoder = Encoder(Bundle.open(bundle))
+    for text, _ in cases:
+        hits = json.loads(cli("search", tmp_path / "idx", text, "-k", 6, "--json").stdout)
+        q = encoder.encode_queries([text])[0]
+        for hit in hits:
+            want = float((q @ rows[(hit["path"], hit["page"])].T).max(1).sum())
+            assert abs(hit["score"] - want) < 1e-3 * max(1.0, abs(want))
+
+
+def test_index_and_search_without_a_bundle_use_the_builtin_model(tmp_path):
+    from sapindex.runtime.store import Index
+    from sapindex.synthetic import write_pairs
+
+    write_pairs(tmp_path / "docs", n=2, seed=5)
+    out = cli("index", tmp_path / "docs" / "pages", "--out", tmp_path / "idx", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["pages_indexed"] == 2
+    with Index.open(tmp_path / "idx") as index:
+        assert index.meta["builtin"] is True
+        assert index.bundle_fingerprint == Bundle.open(default_bundle_path(), verify=False).fingerprint
+    hits = json.loads(cli("search", tmp_path / "idx", "total revenue", "--json").stdout)
+    assert len(hits) == 2
+    # a bundle directory given first is the bundle, not an input
+    out = cli("index", default_bundle_path(), tmp_path / "docs" / "pages", "--out", tmp_path / "idx2", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["pages_indexed"] == 2, out.stderr
