@@ -115,3 +115,22 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="another configuration"):
         train(replace(config, lr=0.5), tmp_path / "split", log=lambda m: None, resume=True)
+
+
+def test_pool_pages_keep_one_frame_and_restore_the_processors_pixels():
+    from sapindex.models._compat import prepare_torch_side
+
+    prepare_torch_side()
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessor
+
+    from sapindex.models.micro_data import expand_frames, to_uint8
+
+    ip = Qwen2VLImageProcessor(min_pixels=16 * 784, max_pixels=64 * 784)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    pixel_values = ip(images=[image], return_tensors="np")["pixel_values"]  # [P, 1176]
+    stored = to_uint8(pixel_values, ip.image_mean, ip.image_std)
+    assert stored.shape == (len(pixel_values), 588) and stored.dtype == np.uint8
+    channel = np.arange(1176) // 392
+    restored = (expand_frames(stored) / 255.0 - np.asarray(ip.image_mean)[channel]) / np.asarray(ip.image_std)[channel]
+    assert np.abs(restored - pixel_values).max() < 1e-5
+    assert np.array_equal(expand_frames(torch.from_numpy(stored)).numpy(), expand_frames(stored))

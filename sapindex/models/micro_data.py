@@ -39,6 +39,7 @@ class Stage:
     pages: int
     steps: int
     crop: tuple[int, int] | None = None  # train on windows of at most (rows, cols) visual tokens
+    batch_size: int | None = None  # overrides the config's (whole high-resolution pages need smaller batches)
 
     @property
     def pool_key(self) -> tuple[int, int, int]:
@@ -50,7 +51,7 @@ class Stage:
 class PageSample:
     """A preprocessed training page: the processor's patches, its grid, word targets and queries."""
 
-    patches: np.ndarray  # [gh * gw, 1176] uint8, the processor's patch order
+    patches: np.ndarray  # [gh * gw, 588] uint8, the processor's patch order, one frame (see to_uint8)
     grid: tuple[int, int]  # (gh, gw) in 14 px patches
     word_cells: dict[int, np.ndarray]  # token id -> indices of the merged cells holding that word
     queries: tuple[str, ...]
@@ -151,10 +152,23 @@ def cell_characters(texts: Sequence[str], boxes: Sequence[tuple[float, float, fl
 
 
 def to_uint8(pixel_values: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo the processor's ``(x / 255 - mean) / std``: patches back to the resized page's bytes."""
-    channel = np.arange(pixel_values.shape[1]) // (pixel_values.shape[1] // 3)  # 1176 = 3 x (2 x 14 x 14)
+    """Undo the processor's ``(x / 255 - mean) / std`` and keep one of the two identical frames.
+
+    ``[P, 1176]`` float (3 channels x 2 frames x 14 x 14) -> ``[P, 588]`` uint8 (3 x 14 x 14): a
+    still image is its own second frame, so storing it once halves the pool again;
+    :func:`expand_frames` restores the processor's layout.
+    """
+    channel = np.arange(pixel_values.shape[1]) // (pixel_values.shape[1] // 3)
     x = (pixel_values * np.asarray(std)[channel] + np.asarray(mean)[channel]) * 255.0
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x.reshape(len(x), 3, 2, -1)[:, :, 0].reshape(len(x), -1))
+
+
+def expand_frames(patches):
+    """``[P, 588]`` -> ``[P, 1176]`` (numpy or torch): the frame repeated, channel-major like the processor."""
+    n = patches.shape[0]
+    return patches.reshape(n, 3, 1, -1).repeat_interleave(2, 2).reshape(n, -1) if hasattr(patches, "repeat_interleave") \
+        else np.repeat(patches.reshape(n, 3, 1, -1), 2, axis=2).reshape(n, -1)
 
 
 def _render_chunk(args) -> list[PageSample]:

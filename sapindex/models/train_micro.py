@@ -35,10 +35,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sapindex.models._compat import prepare_torch_side
-from sapindex.models.micro_data import CHARACTERS, PageSample, Stage, crop, render_pool, to_uint8
+from sapindex.models.micro_data import CHARACTERS, PageSample, Stage, crop, expand_frames, render_pool, to_uint8
 from sapindex.models.tiny import SPECIAL_TOKENS, TinySpec, make_tiny
 
-__all__ = ["TrainConfig", "SMOKE", "build_word_tokenizer", "train", "main"]
+__all__ = ["TrainConfig", "SMOKE", "HIRES", "PRESETS", "build_word_tokenizer", "train", "main"]
 
 UNK = "[UNK]"
 PUNCTUATION = list(".,;:()[]!?%-/+=*'\"&#$@_<>|{}~^`\\")
@@ -84,6 +84,18 @@ SMOKE = TrainConfig(
     val_pages=6, val_queries=6, render_workers=1,
     model=TinySpec("colqwen2", n_layers=2, hidden=32, heads=2, kv_heads=1, mlp=64, vision_depth=1, vision_width=32,
                    vision_heads=2, vision_mlp_ratio=2, min_visual_tokens=4, max_visual_tokens=64))
+
+
+# Experimental, not shipped: 4x the visual tokens per page (up to 1,024, like real ColQwen2 pages), so
+# a glyph is about one 14 px patch instead of half of one; windows cost the same as before, and
+# training runs for hours, split across sessions with --max-steps / --resume.
+HIRES = replace(
+    TrainConfig(),
+    stages=(Stage(300, 26, 1000, 3000, crop=(8, 8)), Stage(1000, 22, 1600, 5000, crop=(8, 8)),
+            Stage(1000, 22, 1600, 300, batch_size=4)),
+    model=replace(TrainConfig().model, max_visual_tokens=1024), eval_every=500, val_pages=100, val_queries=100)
+
+PRESETS = {"micro": TrainConfig(), "smoke": SMOKE, "hires": HIRES}
 
 
 def build_word_tokenizer(words: Sequence[str]):
@@ -132,7 +144,7 @@ class Batches:
         longest = max(len(s.patches) for s in samples)
         pixels = torch.zeros(len(samples), longest, 1176)  # [B, P, 1176], zero-padded like colpali's
         for i, s in enumerate(samples):
-            pixels[i, : len(s.patches)] = (torch.from_numpy(s.patches).float() / 255.0 - self.mean) / self.std
+            pixels[i, : len(s.patches)] = (expand_frames(torch.from_numpy(s.patches)).float() / 255.0 - self.mean) / self.std
         ids = enc["input_ids"]
         offset = int((ids[0] == self.image_token_id).nonzero()[0, 0])
         inputs = dict(input_ids=ids, attention_mask=enc["attention_mask"], pixel_values=pixels,
@@ -350,7 +362,8 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
     for step in range(first, last):
         stage = config.stages[int(np.searchsorted(boundaries, step, side="right"))]
         pool = rendered[stage.pool_key]
-        samples = [pool[i] for i in rng.choice(len(pool), size=min(config.batch_size, len(pool)), replace=False)]
+        size = min(stage.batch_size or config.batch_size, len(pool))
+        samples = [pool[i] for i in rng.choice(len(pool), size=size, replace=False)]
         if stage.crop:
             samples = [crop(s_, rng, stage.crop) for s_ in samples]
         pseudo = [_pseudo_query(s, rng, config.words_per_page, vocab_words) for s in samples]
@@ -408,7 +421,7 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
         if (step + 1) % 10 == 0:
             log(f"  step {step + 1}: " + "  ".join(f"{k} {v:.3f}" for k, v in smoothed.items()))
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            ndcg = validation.ndcg5(model, batches, config.batch_size)
+            ndcg = validation.ndcg5(model, batches, 4)  # whole pages: small batches bound memory
             elapsed = time.time() - train_started
             history.append(dict(step=step + 1, seconds=round(elapsed, 1), ndcg5=round(ndcg, 4),
                                 **{k: round(v, 4) for k, v in smoothed.items()}, maxsim_weight=round(weight, 3)))
@@ -449,13 +462,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sapindex.models.train_micro", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run on a tiny model (CI)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="micro",
+                        help="micro: the shipped model's recipe; smoke: seconds on a tiny model (CI); "
+                             "hires: experimental, 1,024 visual tokens per page, hours")
+    parser.add_argument("--smoke", action="store_true", help="same as --preset smoke")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{STATE_FILE} if present")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (a multiple of the validation interval), resumable")
     args = parser.parse_args(argv)
-    config = replace(SMOKE if args.smoke else TrainConfig(), seed=args.seed)
+    config = replace(PRESETS["smoke" if args.smoke else args.preset], seed=args.seed)
     if args.threads:
         config = replace(config, threads=args.threads)
     report = train(config, args.out, log=lambda m: print(m, flush=True), resume=args.resume, max_steps=args.max_steps)
