@@ -174,7 +174,8 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
     """
     from tqdm import tqdm
 
-    from sapindex.runtime.defaults import default_bundle_path, is_bundle_dir
+    from sapindex.runtime.bundle import is_bundle_dir
+    from sapindex.runtime.defaults import default_bundle_path
     from sapindex.runtime.indexer import EXIT_PARTIAL, run_index
 
     inputs = list(inputs)

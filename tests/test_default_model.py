@@ -123,3 +123,14 @@ def test_index_and_search_without_a_bundle_use_the_builtin_model(tmp_path):
     # a bundle directory given first is the bundle, not an input
     out = cli("index", default_bundle_path(), tmp_path / "docs" / "pages", "--out", tmp_path / "idx2", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["pages_indexed"] == 2, out.stderr
+
+
+def test_only_a_sapindex_manifest_makes_a_bundle_directory(tmp_path):
+    from sapindex.runtime.bundle import is_bundle_dir
+
+    assert is_bundle_dir(default_bundle_path())
+    (tmp_path / "manifest.json").write_text('{"format": "something-else", "format_version": 1}')
+    assert not is_bundle_dir(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    assert not is_bundle_dir(tmp_path)
+    assert not is_bundle_dir(tmp_path / "absent")

@@ -36,7 +36,7 @@ import numpy as np
 import pypdfium2 as pdfium
 
 from sapindex.benchdata.render import encode_png, normalize
-from sapindex.benchdata.synthetic import _write_parquet
+from sapindex.benchdata.synthetic import write_parquet
 
 __all__ = ["GENERATOR_VERSION", "MIN_WORDS", "FUNCTION_WORDS", "page_words", "build_pdf_benchmark", "main"]
 
@@ -267,7 +267,7 @@ def build_pdf_benchmark(pdfs: Sequence[str | Path], out_dir: str | Path, n_pages
     out = Path(out_dir)
     name = f"{_SPLIT}-00000-of-00001.parquet"
     for role, table in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
-        _write_parquet(table, out / role / name)
+        write_parquet(table, out / role / name)
     vocab_entry = None
     if vocabulary_words is not None:
         vocab_text = "".join(w + "\n" for w in vocabulary_words)

@@ -50,7 +50,7 @@ from sapindex.benchdata.render import (FORMATS, LAYOUTS, SPLITS, VOCABULARY_SOUR
                                        vocabulary)
 
 __all__ = ["QUERY_KINDS", "GENERATOR_VERSION", "Query", "TrainingPage", "page_queries", "iter_training_pages",
-           "build_benchmark", "main"]
+           "build_benchmark", "write_parquet", "main"]
 
 GENERATOR_VERSION = "1"
 QUERY_KINDS = ("title", "table", "chart-label", "rare-word", "body-span")
@@ -243,7 +243,8 @@ def _select(records: list[_Record], n_queries: int, rng: np.random.Generator,
     return chosen
 
 
-def _write_parquet(table, path: Path) -> None:
+def write_parquet(table, path: Path) -> None:
+    """One benchmark table, written the same way by every builder (byte-identical for equal inputs)."""
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +309,7 @@ def build_benchmark(out_dir: str | Path, n_pages: int = 500, n_queries: int = 50
         "score": pa.array([1] * len(chosen), pa.int64()),
     })
     for role, table in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
-        _write_parquet(table, out / role / name)
+        write_parquet(table, out / role / name)
     vocab_used = words[:vocab_size] if vocab_size else words
     vocab_text = "".join(w + "\n" for w in words)
     (out / "vocabulary.txt").write_text(vocab_text, encoding="utf-8")

@@ -171,6 +171,13 @@ def expand_frames(patches):
         else np.repeat(patches.reshape(n, 3, 1, -1), 2, axis=2).reshape(n, -1)
 
 
+def preprocess(processor, image) -> tuple[np.ndarray, tuple[int, int]]:
+    """A page through the model's image processor: its stored patches (:func:`to_uint8`) and (gh, gw)."""
+    batch = processor(images=[image], return_tensors="np")
+    _, gh, gw = (int(v) for v in batch["image_grid_thw"][0])
+    return to_uint8(batch["pixel_values"], processor.image_mean, processor.image_std), (gh, gw)
+
+
 def _render_chunk(args) -> list[PageSample]:
     seed, stage, start, count, vocab, min_pixels, max_pixels = args
     from transformers.models.qwen2_vl import Qwen2VLImageProcessor
@@ -179,16 +186,13 @@ def _render_chunk(args) -> list[PageSample]:
     samples = []
     pages = iter_training_pages(seed, vocab_size=stage.vocab_size, min_font_px=stage.min_font_px, start=start)
     for page in itertools.islice(pages, count):
-        batch = processor(images=[page.image], return_tensors="np")
-        _, gh, gw = (int(v) for v in batch["image_grid_thw"][0])
+        patches, (gh, gw) = preprocess(processor, page.image)
         known = [(w, vocab[normalize(w.text)]) for w in page.words if normalize(w.text) in vocab]
         width, height = page.image.size
-        cells = word_cells([w.box for w, _ in known], [t for _, t in known],
-                           (gw * PATCH / width, gh * PATCH / height), (gh // MERGE, gw // MERGE))
-        scale, grid = (gw * PATCH / width, gh * PATCH / height), (gh // MERGE, gw // MERGE)
-        chars = cell_characters([w.text for w in page.words], [w.box for w in page.words], scale, grid)
-        samples.append(PageSample(to_uint8(batch["pixel_values"], processor.image_mean, processor.image_std),
-                                  (gh, gw), cells, tuple(q.text for q in page.queries), chars))
+        scale, cells = (gw * PATCH / width, gh * PATCH / height), (gh // MERGE, gw // MERGE)
+        words = word_cells([w.box for w, _ in known], [t for _, t in known], scale, cells)
+        chars = cell_characters([w.text for w in page.words], [w.box for w in page.words], scale, cells)
+        samples.append(PageSample(patches, (gh, gw), words, tuple(q.text for q in page.queries), chars))
     return samples
 
 

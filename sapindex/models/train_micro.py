@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sapindex.models._compat import prepare_torch_side
-from sapindex.models.micro_data import CHARACTERS, PageSample, Stage, crop, expand_frames, render_pool, to_uint8
+from sapindex.models.micro_data import CHARACTERS, PageSample, Stage, crop, expand_frames, preprocess, render_pool
 from sapindex.models.tiny import SPECIAL_TOKENS, TinySpec, make_tiny
 
 __all__ = ["TrainConfig", "SMOKE", "HIRES", "PRESETS", "build_word_tokenizer", "train", "main"]
@@ -241,14 +241,19 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _maxsim_weight(config: TrainConfig, step: int) -> float:
-    """0 on cropped stages (a page's queries may lie outside the window), then a linear ramp."""
+def _stage_at(config: TrainConfig, step: int) -> tuple[Stage, int]:
+    """The stage that ``step`` belongs to, and how many steps of that stage came before it."""
     start = 0
     for stage in config.stages:
         if step < start + stage.steps:
-            return 0.0 if stage.crop else min(1.0, (step - start + 1) / config.maxsim_ramp)
+            return stage, step - start
         start += stage.steps
-    return 1.0
+    raise ValueError(f"step {step} is past the last stage ({config.steps} steps)")
+
+
+def _maxsim_weight(config: TrainConfig, stage: Stage, step_in_stage: int) -> float:
+    """0 on cropped stages (a page's queries may lie outside the window), then a linear ramp."""
+    return 0.0 if stage.crop else min(1.0, (step_in_stage + 1) / config.maxsim_ramp)
 
 
 class _Validation:
@@ -261,13 +266,8 @@ class _Validation:
         build_benchmark(workdir, config.val_pages, config.val_queries, seed=config.seed + 10_000, split="test",
                         vocab_size=stage.vocab_size, min_font_px=stage.min_font_px, workers=config.render_workers)
         ds = load_dataset(workdir)
-        ip = processor.image_processor
-        self.pages, self.page_ids = [], []
-        for page in ds.pages:
-            enc = ip(images=[page.load()], return_tensors="np")
-            _, gh, gw = (int(v) for v in enc["image_grid_thw"][0])
-            self.pages.append(PageSample(to_uint8(enc["pixel_values"], ip.image_mean, ip.image_std), (gh, gw), {}, ()))
-            self.page_ids.append(page.id)
+        self.pages = [PageSample(*preprocess(processor.image_processor, page.load()), {}, ()) for page in ds.pages]
+        self.page_ids = [page.id for page in ds.pages]
         self.queries = [(q.id, q.text) for q in ds.queries]
         self.qrels = ds.qrels
 
@@ -316,7 +316,8 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
     tokenizer = build_word_tokenizer(words)
     model, processor = make_tiny(replace(config.model, seed=config.seed), tokenizer)
     vocab_words = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    token_of = {w: i for i, w in enumerate(vocab_words) if w in set(words)}
+    known = set(words)
+    token_of = {w: i for i, w in enumerate(vocab_words) if w in known}
     batches = Batches(model, processor)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters; {config.steps} steps of {config.batch_size} pages")
@@ -356,11 +357,10 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
         history, best, best_state, smoothed, first = (state["history"], state["best"], state["best_state"],
                                                       state["smoothed"], state["step"])
         log(f"resumed at step {first} from {state_path}")
-    boundaries = np.cumsum([s.steps for s in config.stages])
     train_started = time.time()
     last = config.steps if max_steps is None else min(config.steps, first + max_steps)
     for step in range(first, last):
-        stage = config.stages[int(np.searchsorted(boundaries, step, side="right"))]
+        stage, step_in_stage = _stage_at(config, step)
         pool = rendered[stage.pool_key]
         size = min(stage.batch_size or config.batch_size, len(pool))
         samples = [pool[i] for i in rng.choice(len(pool), size=size, replace=False)]
@@ -385,21 +385,19 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
                 word_ids.append(w)
         positives = torch.from_numpy(_positives(samples, word_ids, page_vecs.shape[1]))
         l_dense = dense_loss(q_out[rows, cols], page_vecs, page_mask, positives, config.dense_temperature)
-        cell_index, cell_tokens, first = [], [], 0
-        for s_ in samples:
+        cell_index, cell_tokens, offset = [], [], 0  # merged cells of all pages, concatenated
+        word_mask = torch.zeros_like(page_mask)  # [B, L]: visual tokens that hold a word
+        for b, s_ in enumerate(samples):
             for w, cells in s_.word_cells.items():
-                cell_index += (first + cells).tolist()
+                cell_index += (offset + cells).tolist()
                 cell_tokens += [w] * len(cells)
-            first += s_.n_cells
+                word_mask[b, torch.from_numpy(cells)] = True
+            offset += s_.n_cells
         l_read = reading_loss(merged[-1], model.get_input_embeddings().weight, cell_index, cell_tokens)
         char_targets = torch.from_numpy(np.concatenate([s_.cell_chars for s_ in samples])).float()
         l_char = torch.nn.functional.binary_cross_entropy_with_logits(
             char_head(merged[-1].float()), char_targets, reduction="none").sum(-1).mean()
-        word_mask = torch.zeros_like(page_mask)
-        for b, s_ in enumerate(samples):
-            for cells in s_.word_cells.values():
-                word_mask[b, torch.from_numpy(cells)] = True
-        weight = _maxsim_weight(config, step)
+        weight = _maxsim_weight(config, stage, step_in_stage)
         l_maxsim = torch.zeros(())
         if real:
             scores = maxsim_scores(q_out[n:], q_inputs["attention_mask"][n:].float(), page_vecs, page_mask)

@@ -51,6 +51,17 @@ def seal_manifest(directory: Path, manifest: dict) -> dict:
     return manifest
 
 
+def is_bundle_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding a sapindex bundle manifest (of any format version)."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("format") == BUNDLE_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 @dataclass
 class Bundle:
     path: Path

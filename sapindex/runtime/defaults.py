@@ -14,8 +14,7 @@ from pathlib import Path
 
 from sapindex.errors import SapIndexError
 
-__all__ = ["DEFAULT_MODEL", "default_bundle_path", "default_weights_path", "example_pages", "example_queries",
-           "is_bundle_dir"]
+__all__ = ["DEFAULT_MODEL", "default_bundle_path", "default_weights_path", "example_pages", "example_queries"]
 
 DEFAULT_MODEL = "micro-colqwen2"
 
@@ -49,14 +48,3 @@ def example_pages() -> list[Path]:
 def example_queries() -> list[dict]:
     """``[{"query": str, "page": file name}]``: a query read off each example page."""
     return json.loads((_existing(_assets() / "examples", "example pages") / "queries.json").read_text())
-
-
-def is_bundle_dir(path: str | Path) -> bool:
-    """Whether ``path`` looks like a sapindex bundle (a directory holding a bundle manifest)."""
-    manifest = Path(path) / "manifest.json"
-    if not manifest.is_file():
-        return False
-    try:
-        return "format_version" in json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return False

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["kept_patches_overlay"]
+__all__ = ["kept_patches_overlay", "write_overlay"]
 
 
 def kept_patches_overlay(page: Image.Image, grid: tuple[int, int], positions: Sequence[int],
