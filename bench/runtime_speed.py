@@ -51,7 +51,8 @@ def export_text_variant(adapter, window, path, centrality):
     with torch.no_grad():
         feats = VisionGraph(adapter.model.visual, windowed=False)(inputs["pixel_values"], inputs["image_grid_thw"])
     export_graph(TextGraph(adapter.model, window, centrality=centrality).eval(),
-                 (inputs["input_ids"], inputs["attention_mask"], feats, inputs["image_grid_thw"]), path, "text", 18)
+                 (inputs["input_ids"], inputs["attention_mask"], feats, inputs["image_grid_thw"]), path, "text", 18,
+                 adapter.info.family.name)
     return feats
 
 

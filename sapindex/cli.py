@@ -103,7 +103,7 @@ def info(model_dir, base_model, providers, as_json):
         click.echo(json.dumps(summary, indent=2))
         return
     for key in ("path", "family", "model_type", "n_layers", "n_heads", "n_kv_heads", "hidden_size", "parameters",
-                "lora", "base_model", "image_token_scheme"):
+                "lora", "base_model", "image_token_scheme", "attention"):
         click.echo(f"{key:<19} {summary[key]}")
     click.echo(f"{'fingerprint':<19} {summary['fingerprint']['sha256'][:16]}")
 
@@ -156,7 +156,8 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
 @click.option("--dpi", default=144, show_default=True, help="PDF rendering resolution.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--position-correction", is_flag=True,
-              help="Rank by in-degree per attending row (causal decoders; experimental, off by default).")
+              help="Rank by in-degree per attending row (causal decoders only: refused for prefix-LM "
+                   "bundles such as ColPali; experimental, off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, threads, position_correction, as_json):
     """Index PDFs and images into a SAP-pruned index (torch-free). Re-runs resume.
@@ -247,8 +248,9 @@ def search(index_dir, query, k, bundle, device, as_json):
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--keep-ratios", default="0.2,0.1,0.05", show_default=True, help="Comma-separated keep ratios.")
-@click.option("--methods", default="full,sap,sap-poscorr,random,eos,adaptive-eos,pooling,cluster", show_default=True,
-              help="Comma-separated methods.")
+@click.option("--methods", default=None,
+              help="Comma-separated methods of full,sap,sap-poscorr,random,eos,adaptive-eos,pooling,cluster "
+                   "(default: all; sap-poscorr only for causal bundles).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
@@ -269,8 +271,8 @@ def eval_command(bundle, dataset, keep_ratios, methods, out_dir, batch_size, dev
     from sapindex.runtime.evaluate import EvalConfig, parse_methods, parse_ratios, run_eval, write_reports
 
     cfg = EvalConfig(bundle=str(bundle), dataset=str(dataset), out=str(out_dir), keep_ratios=parse_ratios(keep_ratios),
-                     methods=parse_methods(methods), batch_size=batch_size, device=device, threads=threads, seed=seed,
-                     command=" ".join(["sapindex", *sys.argv[1:]]))
+                     methods=parse_methods(methods) if methods is not None else None, batch_size=batch_size,
+                     device=device, threads=threads, seed=seed, command=" ".join(["sapindex", *sys.argv[1:]]))
     report = _with_progress("encoding pages", lambda progress, total: run_eval(cfg, progress=progress,
                                                                                 on_total=total),
                             quiet=as_json, unit="page")
@@ -316,7 +318,8 @@ def inspect(target, as_json):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    for key in ("path", "family", "n_layers", "window", "dim", "dtype", "bytes", "fingerprint", "source_fingerprint"):
+    for key in ("path", "family", "attention", "n_layers", "window", "dim", "dtype", "bytes", "fingerprint",
+                "source_fingerprint"):
         click.echo(f"{key:<19} {summary[key]}")
     v = summary["validation"]
     click.echo(f"{'validation':<19} max |diff| embeddings {v['max_abs_diff_embeddings']:.1e} over {v['pages']} pages")
@@ -327,7 +330,8 @@ def inspect(target, as_json):
 @click.option("--keep-ratio", default=0.10, show_default=True, help="Fraction of visual tokens kept per page.")
 @click.option("--pipeline", is_flag=True,
               help="Instead: calibrate, export, index and search a tiny random model (needs the export extra).")
-@click.option("--family", default="colqwen2", show_default=True, type=click.Choice(["colqwen2", "colqwen2_5"]),
+@click.option("--family", default="colqwen2", show_default=True,
+              type=click.Choice(["colqwen2", "colqwen2_5", "colpali", "colpali_hf"]),
               help="With --pipeline: the tiny model's family.")
 def demo(out_dir, keep_ratio, pipeline, family):
     """Index the bundled example pages with the built-in micro model and answer example queries.
@@ -376,11 +380,11 @@ def demo(out_dir, keep_ratio, pipeline, family):
 def _pipeline_demo(out_dir: Path, family: str) -> None:
     from sapindex.exporter.calibrate import CalibrationConfig, summary_text
     from sapindex.exporter.export import ExportConfig, export_bundle
-    from sapindex.models.tiny import build_tiny_model
+    from sapindex.models.tiny import build_tiny
     from sapindex.runtime.indexer import open_for_search, run_index, search as run_search
     from sapindex.synthetic import write_pairs
 
-    model_dir = build_tiny_model(out_dir / f"tiny-{family}", family)
+    model_dir = build_tiny(out_dir / f"tiny-{family}", family)
     pairs = write_pairs(out_dir / "pairs", n=16)
     click.echo(f"tiny model {model_dir}\npairs      {pairs}")
     record, json_path, png_path = _calibrate_and_write(CalibrationConfig(model=str(model_dir), pairs=str(pairs)),

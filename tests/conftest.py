@@ -11,10 +11,13 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """{family: checkpoint dir} for every family with a tiny factory."""
-    from sapindex.models.tiny import DEFAULTS, build_tiny_model
+    from sapindex.models.tiny import TINY_FAMILIES, build_tiny
+    from sapindex.models.tiny_jina import build_tiny_jina
 
     root = tmp_path_factory.mktemp("tiny")
-    return {family: build_tiny_model(root / family, family) for family in DEFAULTS}
+    models = {family: build_tiny(root / family, family) for family in TINY_FAMILIES}
+    models["jina_v4"] = build_tiny_jina(root / "jina_v4")
+    return models
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +54,22 @@ def bundles(tiny_models, calibrations, tmp_path_factory):
     return {family: (export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
                                                 out=str(root / f"{family}.sap"))), root / f"{family}.sap")
             for family in tiny_models}
+
+
+@pytest.fixture
+def pil_resize_horizontal_first(monkeypatch):
+    """Make ``PIL.Image.resize`` do its two passes horizontal first, as ``runtime.qwen2_vl.resize_hv``.
+
+    Pillow >= 13 may resize vertically first; pinning the order in transformers' PIL backends
+    isolates what the runtime controls: rescale/normalise rounding, dtype, layout and padding.
+    """
+    from PIL import Image
+
+    original = Image.Image.resize
+
+    def horizontal_first(self, size, resample=None, box=None, reducing_gap=None):
+        if box is None and reducing_gap is None and size[0] != self.width and size[1] != self.height:
+            self = original(self, (size[0], self.height), resample)
+        return original(self, size, resample, box, reducing_gap)
+
+    monkeypatch.setattr(Image.Image, "resize", horizontal_first)

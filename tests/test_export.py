@@ -16,9 +16,10 @@ from sapindex.errors import SapIndexError
 from sapindex.exporter import export as export_mod
 from sapindex.exporter.export import ExportConfig, export_bundle
 from sapindex.runtime.bundle import Bundle
-from sapindex.runtime.encoder import Encoder, prune
+from sapindex.runtime.encoder import Encoder, check_position_correction, prune
 
-FAMILIES = ["colqwen2", "colqwen2_5"]
+FAMILIES = ["colqwen2", "colqwen2_5", "jina_v4", "colpali", "colpali_hf"]
+PREFIX_LM = {"colpali", "colpali_hf"}  # one fixed 8x8 grid (112 px pages), bidirectional image block
 RATIOS = (0.05, 0.1, 0.2)
 
 
@@ -31,6 +32,11 @@ ALIGNED = [(224, 168), (196, 252), (112, 420)]  # multiples of 28 within the pix
 ODD = [(200, 150), (330, 300), (120, 421), (97, 233)]
 
 
+def _aligned(family):
+    """Pages the processor does not resample: ColPali squashes every page to 112x112."""
+    return [(112, 112)] * 3 if family in PREFIX_LM else ALIGNED
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_manifest_and_validation(bundles, family):
     manifest, path = bundles[family]
@@ -39,10 +45,16 @@ def test_manifest_and_validation(bundles, family):
     calib = json.loads((path / "calibration.json").read_text())
     assert manifest["window"] == [calib["window"]["start"], calib["window"]["end"]]
     assert manifest["family"] == family and manifest["dim"] == 128 and manifest["format_version"] == 1
+    assert manifest["attention"] == ("prefix-lm" if family in PREFIX_LM else "causal") == bundle.attention
+    assert manifest["graphs"]["text"]["inputs"][-1] == ("prefix_mask" if family in PREFIX_LM else "image_grid_thw")
     assert manifest["source_model"]["fingerprint"] == calib["model"]["fingerprint"]["sha256"]
     v = manifest["validation"]
     assert v["max_abs_diff_embeddings"] < 1e-4 and v["max_abs_diff_query_embeddings"] < 1e-4
-    assert len(v["visual_grids"]) >= 3 and sorted(v["batch_sizes"]) == [1, 3]
+    assert sorted(v["batch_sizes"]) == [1, 3] and not v["kept_set_mismatches"]
+    if family in PREFIX_LM:  # fixed resolution: every validation page is the same grid
+        assert v["visual_grids"] == [[8, 8]]
+    else:
+        assert len(v["visual_grids"]) >= 3
     assert {"vision.onnx", "vision.onnx.data", "text.onnx", "text.onnx.data", "tokenizer.json"} <= set(manifest["files"])
     for name in ("vision.onnx", "text.onnx"):
         graph = onnx.load(str(path / name), load_external_data=False).graph
@@ -60,7 +72,8 @@ def test_graph_parity_on_identical_inputs(bundles, adapters, family):
     for sizes in (ODD[:1], ODD):  # batch sizes 1 and 4, mixed page sizes
         images = _pages(sizes, seed=len(sizes))
         inputs = adapter.page_inputs(images)
-        emb, cent, eos = encoder.sessions.encode_pages({k: v.numpy() for k, v in inputs.items()})
+        feed = {k: v.numpy() for k, v in adapter.graph_inputs(inputs).items()}  # + prefix_mask for ColPali
+        emb, cent, eos = encoder.sessions.encode_pages(feed)
         ref = adapter.encode_pages(images, layers=tuple(range(*bundle.window)))
         visual = adapter.visual_mask(inputs).numpy()
         for b, page in enumerate(ref):
@@ -77,14 +90,19 @@ def test_runtime_end_to_end_parity(bundles, adapters, family):
     encoder = Encoder(Bundle.open(bundles[family][1]))
     adapter = adapters[family]
     window = tuple(range(*encoder.bundle.window))
-    images = _pages(ALIGNED)
+    images = _pages(_aligned(family))
     for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):
         assert page.grid == ref.grid
         np.testing.assert_allclose(page.embeddings, ref.embeddings, atol=1e-4)
         for ratio in RATIOS:
             assert np.array_equal(prune(page, ratio).positions, sap.top_k(ref.centrality.mean(axis=0), ratio))
+            if family in PREFIX_LM:
+                continue  # no causal bias to correct: refused below
             corrected = prune(page, ratio, position_correction=True).positions
             assert np.array_equal(corrected, sap.top_k(sap.causal_correction(ref.centrality.mean(axis=0)), ratio))
+    if family in PREFIX_LM:
+        with pytest.raises(SapIndexError, match="prefix-lm"):
+            check_position_correction(encoder.bundle)
     # resampled pages: PIL vs torchvision bicubic differ by <= 1 uint8 level; the effect stays small
     images = _pages(ODD)
     for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):
@@ -98,10 +116,11 @@ def test_runtime_end_to_end_parity(bundles, adapters, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_scores_match_colpali_score_multi_vector(bundles, adapters, family):
     encoder = Encoder(Bundle.open(bundles[family][1]))
-    pages = [prune(p, 0.1) for p in encoder.encode_pages(_pages(ALIGNED))]
+    pages = [prune(p, 0.1) for p in encoder.encode_pages(_pages(_aligned(family)))]
     queries = encoder.encode_queries(["revenue total", "north river map"])
     ours = np.array([[sap.maxsim(q, p.vectors) for p in pages] for q in queries])
-    score = adapters[family].processor.score_multi_vector
+    processor = adapters[family].processor  # transformers' ColPaliProcessor calls it score_retrieval
+    score = getattr(processor, "score_multi_vector", None) or processor.score_retrieval
     # one pair at a time: colpali pads a batch with zero vectors, which lifts negative maxima to 0
     ref = np.array([[float(score([torch.from_numpy(q)], [torch.from_numpy(p.vectors)])[0, 0]) for p in pages]
                     for q in queries])
@@ -142,7 +161,8 @@ def test_failed_validation_leaves_no_bundle(tiny_models, calibrations, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_encoder_runs_with_torch_and_transformers_blocked(bundles, tmp_path):
+@pytest.mark.parametrize("family,n_visual", [("colqwen2", 7 * 9), ("colpali", 64), ("colpali_hf", 64)])
+def test_encoder_runs_with_torch_and_transformers_blocked(bundles, tmp_path, family, n_visual):
     """The runtime path works in an interpreter where importing torch or transformers fails."""
     image = tmp_path / "page.png"
     _pages([(196, 252)])[0].save(image)
@@ -156,15 +176,15 @@ sys.meta_path.insert(0, Block())
 from PIL import Image
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder, prune
-enc = Encoder(Bundle.open({str(bundles['colqwen2'][1])!r}))
+enc = Encoder(Bundle.open({str(bundles[family][1])!r}))
 page = prune(enc.encode_pages([Image.open({str(image)!r})])[0], 0.1)
 q = enc.encode_queries(['total revenue'])[0]
 print(page.vectors.shape[0], page.n_visual, q.shape[1])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    kept, n_visual, dim = map(int, out.stdout.split())
-    assert n_visual == 7 * 9 and kept == sap.keep_count(63, 0.1) and dim == 128
+    kept, visual, dim = map(int, out.stdout.split())
+    assert visual == n_visual and kept == sap.keep_count(n_visual, 0.1) and dim == 128
 
 
 def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path):
@@ -200,3 +220,22 @@ def test_overwrite_replaces_only_a_bundle(tiny_models, calibrations, tmp_path):
     with pytest.raises(SapIndexError, match="only replaces a sapindex bundle"):
         export_bundle(cfg)
     assert (precious / "thesis.txt").read_text() == "do not delete"
+
+
+def test_manifest_graph_io_is_the_source_of_truth(bundles):
+    """Old manifests (no ``attention``, graphs without input lists) read as causal with the family's
+    graph IO; sessions feed exactly the listed inputs and name a missing one."""
+    manifest, path = bundles["colqwen2"]
+    old = {k: v for k, v in manifest.items() if k != "attention"}
+    old["graphs"] = {name: {"file": graph["file"]} for name, graph in manifest["graphs"].items()}
+    bundle = Bundle(path, old)
+    assert bundle.attention == "causal"
+    assert bundle.graph_io("text")["inputs"] == ["input_ids", "attention_mask", "image_embeds", "image_grid_thw"]
+    assert Encoder(bundle).encode_queries(["total revenue"])[0].shape[1] == 128
+    with pytest.raises(SapIndexError, match="unknown attention 'sliding'"):
+        _ = Bundle(path, {**manifest, "attention": "sliding"}).attention
+    encoder = Encoder(Bundle.open(bundles["colpali"][1]))
+    batch = encoder.preprocessor.pages(_pages([(112, 112)]))
+    del batch["prefix_mask"]
+    with pytest.raises(SapIndexError, match=r"text.onnx: no value for graph input\(s\) prefix_mask"):
+        encoder.sessions.encode_pages(batch)

@@ -48,6 +48,18 @@ def docs(tmp_path):
     return tmp_path / "docs"
 
 
+def _search_matches_exact_maxsim(bundle, index_dir, query, k):
+    """``search --json`` returns the k best pages by exact MaxSim of the bundle's query vectors; the hits."""
+    hits = json.loads(cli("search", index_dir, query, "-k", k, "--json").stdout)
+    vectors = Encoder(Bundle.open(bundle)).encode_queries([query])[0]
+    with Index.open(index_dir) as idx:
+        expected = sorted(((sap.maxsim(vectors, r["vectors"]), r["path"], r["page"]) for r in idx.iter_rows()),
+                          key=lambda t: (-t[0], t[1], t[2]))[:k]
+    assert len(hits) == k and [(h["path"], h["page"]) for h in hits] == [(p, pg) for _s, p, pg in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], [s for s, _p, _pg in expected], rtol=1e-5)
+    return hits
+
+
 def _rows(index_dir):
     with Index.open(index_dir) as idx:
         return [(r["path"], r["page"]) for r in idx.iter_rows()]
@@ -72,15 +84,8 @@ def test_index_search_resume(bundle, docs, tmp_path):
     again = json.loads(cli("index", bundle, docs, "--out", tmp_path / "idx", "--json").stdout)
     assert again["pages_indexed"] == 0 and again["pages_skipped"] == 8
 
-    hits = json.loads(cli("search", tmp_path / "idx", "north river", "-k", "4", "--json").stdout)
-    assert len(hits) == 4 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    encoder = Encoder(Bundle.open(bundle))
-    query = encoder.encode_queries(["north river"])[0]
-    with Index.open(tmp_path / "idx") as idx:
-        expected = sorted(((sap.maxsim(query, r["vectors"]), r["path"], r["page"]) for r in idx.iter_rows()),
-                          key=lambda t: (-t[0], t[1], t[2]))[:4]
-    assert [(h["path"], h["page"]) for h in hits] == [(p, pg) for _s, p, pg in expected]
-    np.testing.assert_allclose([h["score"] for h in hits], [s for s, _p, _pg in expected], rtol=1e-5)
+    hits = _search_matches_exact_maxsim(bundle, tmp_path / "idx", "north river", 4)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
     shown = json.loads(cli("inspect", tmp_path / "idx", "--json").stdout)
     assert shown["pages"] == 8 and shown["failures"] == 2 and shown["vectors"] == summary["vectors_kept"]
@@ -147,3 +152,40 @@ def test_cuda_without_the_cuda_provider_is_a_clear_error(bundle, tmp_path):
     assert "--device cuda" in out.stderr and "onnxruntime-gpu" in out.stderr
     info = json.loads(cli("info", "--providers", "--json").stdout)
     assert info["cuda"] is False and "CPUExecutionProvider" in info["providers"]
+
+
+def test_colpali_through_the_cli(tiny_models, pairs_file, tmp_path):
+    """ColPali (prefix-LM) end to end: info, calibrate, export, index, search, eval; and the causal
+    position correction refused with exit 2 before anything is written."""
+    model = tiny_models["colpali"]
+    out = cli("info", model)
+    assert out.returncode == 0, out.stderr
+    assert "family              colpali" in out.stdout and "n_layers            6" in out.stdout
+    assert "1024 image tokens" in out.stdout and "attention           prefix-lm" in out.stdout
+
+    assert cli("calibrate", "--model", model, "--pairs", pairs_file, "--out", tmp_path / "calib").returncode == 0
+    bundle = tmp_path / "colpali.sap"
+    out = cli("export", "--model", model, "--calibration", tmp_path / "calib" / "calibration.json", "--out", bundle)
+    assert out.returncode == 0, out.stderr
+    assert "validated  4 pages" in out.stdout and "kept-set mismatches 0" in out.stdout
+    assert Bundle.open(bundle).attention == "prefix-lm"
+
+    write_pairs(tmp_path / "docs", n=5, seed=11)
+    pages = tmp_path / "docs" / "pages"
+    out = cli("index", bundle, pages, "--out", tmp_path / "idx", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["pages_indexed"] == 5 and summary["vectors_before"] == 5 * 64
+    assert summary["vectors_kept"] == 5 * sap.keep_count(64, 0.1)
+
+    _search_matches_exact_maxsim(bundle, tmp_path / "idx", "north river", 3)
+
+    for args in (("index", bundle, pages, "--out", tmp_path / "idx2", "--position-correction"),
+                 ("eval", bundle, pairs_file, "--out", tmp_path / "rep", "--methods", "sap,sap-poscorr")):
+        out = cli(*args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert "--position-correction" in out.stderr and "prefix-lm" in out.stderr
+    assert not (tmp_path / "idx2").exists() and not (tmp_path / "rep").exists()
+    out = cli("eval", bundle, pairs_file, "--out", tmp_path / "rep", "--keep-ratios", "0.1", "--json")
+    assert out.returncode == 0, out.stderr
+    assert "sap-poscorr" not in json.loads(out.stdout)["methods"]  # the default skips what does not apply

@@ -58,6 +58,23 @@ def test_info_reads_the_checkpoint_without_loading(tiny_models):
     assert summary["parameters"] == expected
 
 
+@pytest.mark.parametrize("family,model_type", [("colpali", "paligemma"), ("colpali_hf", "colpali")])
+def test_info_reads_colpali_checkpoints(tiny_models, family, model_type):
+    """Both ColPali flavours are detected from config.json alone; the -hf one keeps its decoder
+    config under vlm_config.text_config."""
+    summary = inspect_model_dir(tiny_models[family]).summary()
+    assert (summary["family"], summary["model_type"], summary["attention"]) == (family, model_type, "prefix-lm")
+    assert (summary["n_layers"], summary["n_heads"], summary["n_kv_heads"], summary["hidden_size"]) == (6, 4, 1, 64)
+    assert "1024 image tokens" in summary["image_token_scheme"] and "prefix-LM" in summary["image_token_scheme"]
+    assert type(load_adapter(tiny_models[family])).__name__ == "PaliGemmaAdapter"
+
+
+def test_colpali_hf_without_decoder_config_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "colpali", "vlm_config": {"text_config": {}}}))
+    with pytest.raises(SapIndexError, match=r"config.json: missing or invalid text config field 'num_hidden_layers'"):
+        inspect_model_dir(tmp_path)
+
+
 def test_lora_with_hub_base_is_refused(lora_dir, tmp_path):
     adapter_dir = tmp_path / "adapter"
     shutil.copytree(lora_dir[0], adapter_dir)
@@ -109,7 +126,8 @@ def test_checkpoint_missing_projection_is_refused(tiny_models, tmp_path):
 @pytest.mark.parametrize("config,reason", [
     ({"model_type": "qwen2", "num_hidden_layers": 2}, "text-only model has no visual tokens"),
     ({"model_type": "qwen3_5", "vision_config": {}}, "linear-attention layers"),
-    ({"model_type": "paligemma", "vision_config": {}}, "ColPali .* not supported yet"),
+    ({"model_type": "idefics3", "vision_config": {}}, "ColIdefics3/ColSmol is not supported yet"),
+    ({"model_type": "smolvlm", "vision_config": {}}, "ColSmol is not supported yet"),
     ({"model_type": "llava", "vision_config": {}}, "unsupported architecture 'llava'; supported: colqwen2"),
 ])
 def test_unsupported_architectures(tmp_path, config, reason):

@@ -147,24 +147,12 @@ def test_pages_match_colpali(processors, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pixels_identical_to_transformers_pil_backend(processors, family, monkeypatch):
-    """Same arithmetic bit for bit, given the same resize pass order (horizontal first).
-
-    Pillow >= 13 may resize vertically first; pinning the order in the reference isolates what
-    the runtime controls: rescale/normalise rounding, dtype, patch layout and padding.
-    """
+def test_pixels_identical_to_transformers_pil_backend(processors, family, pil_resize_horizontal_first):
+    """Same arithmetic bit for bit, given the same resize pass order (horizontal first)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     colpali, runtime = processors[family]
     reference = Qwen2VLImageProcessorPil(**colpali.image_processor.to_dict())
-    original = Image.Image.resize
-
-    def horizontal_first(self, size, resample=None, box=None, reducing_gap=None):
-        if box is None and reducing_gap is None and size[0] != self.width and size[1] != self.height:
-            self = original(self, (size[0], self.height), resample)
-        return original(self, size, resample, box, reducing_gap)
-
-    monkeypatch.setattr(Image.Image, "resize", horizontal_first)
     pages = _pages()
     got = runtime.pages(pages)
     ref = reference.preprocess([p.convert("RGB") for p in pages], return_tensors="np")

@@ -9,7 +9,8 @@ HEAVY = ("torch", "transformers", "colpali_engine", "torchvision")
 
 
 @pytest.mark.parametrize("module", ["sapindex", "sapindex.sap", "sapindex.runtime", "sapindex.fingerprint",
-                                    "sapindex.synthetic", "sapindex.errors", "sapindex.models.registry"])
+                                    "sapindex.synthetic", "sapindex.errors", "sapindex.models.registry",
+                                    "sapindex.runtime.encoder", "sapindex.runtime.paligemma"])
 def test_module_imports_no_torch(module):
     code = (
         f"import sys, importlib; importlib.import_module({module!r}); "

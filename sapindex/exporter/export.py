@@ -21,7 +21,8 @@ import numpy as np
 
 from sapindex import __version__, sap
 from sapindex.errors import SapIndexError
-from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, GRAPH_IO, Bundle, seal_manifest
+from sapindex.exporter.preprocessing_params import paligemma_params, qwen2_vl_params, write_tokenizer_json
+from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, GRAPH_IO_BY_FAMILY, Bundle, seal_manifest
 
 EMBED_TOL_FP32 = 1e-4
 # fp16 bundles (for the CUDA Execution Provider): half-precision weights move embeddings by ~3e-4
@@ -30,12 +31,49 @@ EMBED_TOL_FP32 = 1e-4
 EMBED_TOL_FP16 = 1e-2
 KEPT_OVERLAP_FP16 = 0.95
 VALIDATION_RATIOS = (0.05, 0.1, 0.2)
-# which input axes vary at run time, per graph: batch size and page size change within a run
-DYNAMIC_AXES = {
+# which input axes vary at run time, per family and graph: batch size always, sequence length,
+# and the page size where the family has dynamic resolution (Qwen2-VL); query text graphs get
+# a one-token dummy image_embeds, so the token axis is dynamic everywhere
+_TEXT_AXES = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+              "image_embeds": {0: "batch", 1: "tokens"}}
+_QWEN2_VL_AXES = {
     "vision": {"pixel_values": {0: "batch", 1: "patches"}, "image_grid_thw": {0: "batch"}},
-    "text": {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-             "image_embeds": {0: "batch", 1: "tokens"}, "image_grid_thw": {0: "batch"}},
+    "text": {**_TEXT_AXES, "image_grid_thw": {0: "batch"}},
 }
+_PALIGEMMA_AXES = {  # fixed image size: only the batch axis of the pixels varies
+    "vision": {"pixel_values": {0: "batch"}},
+    "text": {**_TEXT_AXES, "prefix_mask": {0: "batch", 1: "seq"}},
+}
+
+
+def _qwen2_vl_graphs(adapter, window):
+    from sapindex.exporter.qwen2_vl_graph import TextGraph, VisionGraph
+
+    windowed = adapter.info.family.model_type == "qwen2_5_vl"
+    return VisionGraph(adapter.model.visual, windowed=windowed), TextGraph(adapter.model, window)
+
+
+def _paligemma_graphs(adapter, window):
+    from sapindex.exporter.paligemma_graph import TextGraph, VisionGraph
+
+    backbone = adapter.backbone()
+    return VisionGraph(backbone), TextGraph(backbone, adapter.projection(), window)
+
+
+@dataclass(frozen=True)
+class GraphFamily:
+    """How one family's model becomes a bundle; graph input/output names: ``GRAPH_IO_BY_FAMILY``."""
+
+    build: Callable  # (adapter, window) -> (vision graph, text graph) modules
+    params: Callable[[object], dict]  # live processor -> the runtime preprocessor's params
+    dynamic_axes: dict  # graph -> input -> {axis: name}
+
+
+_QWEN2_VL = GraphFamily(_qwen2_vl_graphs, qwen2_vl_params, _QWEN2_VL_AXES)
+_PALIGEMMA = GraphFamily(_paligemma_graphs, paligemma_params, _PALIGEMMA_AXES)
+GRAPH_FAMILIES = {"colqwen2": _QWEN2_VL, "colqwen2_5": _QWEN2_VL, "jina_v4": _QWEN2_VL,
+                  "colpali": _PALIGEMMA, "colpali_hf": _PALIGEMMA}
+DYNAMIC_AXES = {family: spec.dynamic_axes for family, spec in GRAPH_FAMILIES.items()}
 # (height, width) of validation pages: tall, wide, square-ish; three distinct visual grids at least
 VALIDATION_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))
 
@@ -112,55 +150,61 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
 
     import torch
 
-    from sapindex.exporter.preprocessing_params import qwen2_vl_params, write_tokenizer_json
-    from sapindex.exporter.qwen2_vl_graph import TextGraph, VisionGraph
-
     info = adapter.info
-    # fp16: a half-precision copy is exported; the fp32 adapter stays the validation reference
-    model = copy.deepcopy(adapter.model).half() if dtype == "fp16" else adapter.model
-    vision = VisionGraph(model.visual, windowed=info.family.name == "colqwen2_5").eval()
-    text = TextGraph(model, window).eval()
-    example = adapter.page_inputs(_validation_pages(adapter, VALIDATION_SIZES[:2]))
+    family = info.family.name
+    spec = GRAPH_FAMILIES.get(family)
+    if spec is None:
+        raise SapIndexError(f"{info.path}: family {family!r} has no ONNX export in this sapindex")
+    io = GRAPH_IO_BY_FAMILY[family]
+    exported = adapter
+    if dtype == "fp16":  # a half-precision copy is exported; the fp32 adapter stays the validation reference
+        exported = copy.copy(adapter)
+        exported.model = copy.deepcopy(adapter.model).half()
+    vision, text = (graph.eval() for graph in spec.build(exported, window))
+    # two pages: torch.export specialises any axis whose example size is 1
+    example = adapter.graph_inputs(adapter.page_inputs(_validation_pages(adapter, VALIDATION_SIZES[:2])))
+    vision_args = tuple(example[name] for name in io["vision"]["inputs"])
     with torch.no_grad():
-        feats = vision(example["pixel_values"], example["image_grid_thw"])
-    export_graph(vision, (example["pixel_values"], example["image_grid_thw"]), staging / "vision.onnx", "vision", opset)
-    export_graph(text, (example["input_ids"], example["attention_mask"], feats, example["image_grid_thw"]),
-                 staging / "text.onnx", "text", opset)
+        feats = vision(*vision_args)  # [B, T, hidden]
+    text_args = tuple(feats if name == "image_embeds" else example[name] for name in io["text"]["inputs"])
+    export_graph(vision, vision_args, staging / "vision.onnx", "vision", opset, family)
+    export_graph(text, text_args, staging / "text.onnx", "text", opset, family)
     write_tokenizer_json(adapter.processor, staging / "tokenizer.json")
-    text_cfg = model.config.text_config
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
         "sapindex_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "family": info.family.name,
+        "family": family,
         "model_type": info.family.model_type,
+        "attention": info.family.attention,
         "n_layers": adapter.n_layers,
-        "n_heads": int(text_cfg.num_attention_heads),
-        "hidden_size": int(text_cfg.hidden_size),
+        "n_heads": info.n_heads,
+        "hidden_size": int(feats.shape[-1]),  # the text decoder's width, which image features have
         "window": list(window),
-        "dim": int(model.custom_text_proj.out_features),
-        "image_token_id": int(model.config.image_token_id),
+        "dim": int(adapter.projection().out_features),
+        "image_token_id": adapter.image_token_id,
         "image_token_scheme": info.family.image_token_scheme,
-        "preprocessing": qwen2_vl_params(adapter.processor),
+        "preprocessing": spec.params(adapter.processor),
         "dtype": dtype,
         "opset": opset,
-        "graphs": {name: {"file": f"{name}.onnx", **io} for name, io in GRAPH_IO.items()},
+        "graphs": {name: {"file": f"{name}.onnx", **graph_io} for name, graph_io in io.items()},
         "source_model": {"path": str(info.path), "base_model": str(info.base_path) if info.base_path else None,
                          "fingerprint": info.fingerprint["sha256"]},
     }
 
 
-def export_graph(module, args, path: Path, name: str, opset: int) -> None:
-    """Export one graph of the bundle (``name`` in GRAPH_IO) with its DYNAMIC_AXES, then check it."""
+def export_graph(module, args, path: Path, name: str, opset: int, family: str) -> None:
+    """Export one graph of a ``family`` bundle (``name`` in its GRAPH_IO_BY_FAMILY entry) with its
+    DYNAMIC_AXES, then check it."""
     import onnx
     import torch
 
-    io = GRAPH_IO[name]
+    io = GRAPH_IO_BY_FAMILY[family][name]
     dims: dict[str, object] = {}  # one torch Dim per axis name, shared across inputs
     dynamic_shapes = {
         tensor: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
-        for tensor, axes in DYNAMIC_AXES[name].items()
+        for tensor, axes in DYNAMIC_AXES[family][name].items()
     }
     os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")  # a check with no ONNX translation
     try:
@@ -184,22 +228,27 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
 
     fp32: embeddings within 1e-4 and identical kept sets at keep ratio 0.1. fp16: embeddings within
     1e-2 and at least 95 % of the fp32 kept set at 0.1 on every page (overlaps are recorded).
+    The graphs get the processor's tensors (``adapter.graph_inputs``), so any difference is the
+    graphs'; the bundle's own torch-free preprocessing must produce the same ids and masks from
+    the same pages and queries (pixels differ by the resampler, recorded).
     """
     import torch
 
-    from sapindex.runtime.session import BundleSessions
+    from sapindex.runtime.encoder import Encoder
 
-    sessions = BundleSessions(bundle, device="cpu")
+    encoder = Encoder(bundle, device="cpu")  # the runtime's preprocessing and sessions, from the staged bundle
+    sessions, runtime = encoder.sessions, encoder.preprocessor
     pages = _validation_pages(adapter, VALIDATION_SIZES)
     batches = [pages[:1], pages[1:]]  # batch sizes 1 and 3, mixed sizes in one batch
-    worst_emb = worst_cent = worst_eos = 0.0
+    worst_emb = worst_cent = worst_eos = worst_pixels = 0.0
     mismatched = []
     overlap_at_01 = []
     n_pages = 0
     for batch in batches:
         inputs = adapter.page_inputs(batch)
         reference = adapter.encode_pages(batch, layers=tuple(range(*window)))
-        feed = {k: v.cpu().numpy() for k, v in inputs.items()}
+        feed = _numpy(adapter.graph_inputs(inputs))
+        worst_pixels = max(worst_pixels, _compare_inputs(feed, runtime.pages(batch), "pages"))
         emb, cent, eos = sessions.encode_pages(feed)  # [B, S, dim], [B, S], [B, S]
         visual = adapter.visual_mask(inputs).cpu().numpy()
         for b, ref in enumerate(reference):
@@ -219,8 +268,10 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
     queries = ["what was the total revenue", "chart"]
     q_inputs = adapter.query_inputs(queries)
     q_ref = adapter.encode_queries(queries)
-    q_emb = sessions.encode_queries({k: v.cpu().numpy() for k, v in q_inputs.items()})
-    q_mask = q_inputs["attention_mask"].cpu().numpy().astype(bool)
+    q_feed = _numpy(adapter.graph_inputs(q_inputs))
+    _compare_inputs(q_feed, runtime.queries(queries), "queries")
+    q_emb = sessions.encode_queries({**q_feed, **runtime.query_extras(q_feed, sessions.hidden)})
+    q_mask = q_feed["attention_mask"].astype(bool)
     worst_query = max(float(np.abs(q_emb[i][q_mask[i]] - q_ref[i]).max()) for i in range(len(queries)))
     report = {
         "pages": n_pages,
@@ -232,6 +283,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
         "max_abs_diff_eos_attention": worst_eos,
         "kept_set_mismatches": mismatched,
         "min_kept_overlap_at_0.1": min(overlap_at_01),
+        "runtime_preprocessing_max_abs_diff_pixels": worst_pixels,
         "dtype": dtype,
         "tolerance": tolerance,
         "torch_version": torch.__version__,
@@ -245,6 +297,28 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
         )
     report["visual_grids"] = [list(g) for g in report["visual_grids"]]
     return report
+
+
+def _numpy(inputs: dict) -> dict[str, np.ndarray]:
+    return {k: v.cpu().numpy() for k, v in inputs.items()}
+
+
+def _compare_inputs(feed: dict[str, np.ndarray], runtime: dict[str, np.ndarray], what: str) -> float:
+    """Raise unless the runtime preprocessor's integer inputs (ids, masks, grids) equal the
+    processor's; return the largest pixel difference (resamplers differ by a level or two)."""
+    for key, value in runtime.items():
+        if key not in feed:
+            continue
+        same_shape = value.shape == feed[key].shape
+        if not same_shape or (np.issubdtype(value.dtype, np.integer) and not np.array_equal(value, feed[key])):
+            raise SapIndexError(
+                f"export validation failed: the bundle's torch-free preprocessing gives other {key} than the "
+                f"model's processor for the validation {what} (shapes {value.shape} vs {feed[key].shape}); "
+                "this processor configuration is not reproduced by the runtime"
+            )
+    if "pixel_values" not in runtime:
+        return 0.0
+    return float(np.abs(runtime["pixel_values"] - feed["pixel_values"]).max())
 
 
 def _validation_pages(adapter, sizes):

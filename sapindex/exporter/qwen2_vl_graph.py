@@ -15,6 +15,8 @@ and weights and re-express only that glue as plain batched tensor ops:
 
 Two graphs share no weight: ``vision`` (pixels -> merged image features) and ``text`` (ids +
 image features -> embeddings + centrality). Queries run the text graph alone.
+:class:`DecoderGraph` (feature placement, unrolled layers, in-graph centrality, head) is shared
+with the other families' text graphs (``paligemma_graph``).
 """
 
 from __future__ import annotations
@@ -95,51 +97,60 @@ class VisionGraph(nn.Module):
         return attn.proj(out)
 
 
-class TextGraph(nn.Module):
-    """Decoder + projection with in-graph SAP centrality.
+def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """``[B, S, S]`` bool (query i may attend key j) -> ``[B, 1, S, S]`` fp32 additive mask.
 
-    Inputs: ``input_ids [B, S]``, ``attention_mask [B, S]``, ``image_embeds [B, T, D]``,
-    ``image_grid_thw [B, 3]``. Outputs: ``embeddings [B, S, dim]`` (L2-normalised, zero at padding,
-    as colpali-engine returns them), ``centrality [B, S]`` (window-mean visual in-degree, zero
-    at non-visual positions) and ``eos_attention [B, S]`` (the final layer's attention from the
-    last valid token, head mean: the final-layer baseline SAP is compared with). Rows without image tokens (queries) use positions ``0..S-1``, as
-    transformers does for text-only input; pass a zero ``image_embeds [B, 1, D]`` for them.
+    fp32 even in fp16 graphs: NEG does not fit in fp16, and scores are added to it in fp32.
+    """
+    return torch.where(allowed, 0.0, NEG).unsqueeze(1)
+
+
+class DecoderGraph(nn.Module):
+    """What every family's text graph shares, given its attention mask and rotary tables.
+
+    Image features are placed at the image tokens by a running count (no ``masked_scatter``);
+    decoder layers are unrolled in eager form so the window layers' attention probabilities
+    exist in the graph and are reduced there to SAP in-degree (head mean, window-layer mean);
+    the final layer's attention row from the last valid token is the EOS baseline; then the
+    final norm and the L2-normalised multi-vector head. Subclasses compute positions and the
+    mask, which is where families differ (M-RoPE + causal; 1-based RoPE + prefix-LM).
     """
 
-    def __init__(self, model: nn.Module, window: tuple[int, int], centrality: bool = True):
+    def __init__(self, lm: nn.Module, proj: nn.Module, text_config, image_token_id: int,
+                 window: tuple[int, int], centrality: bool = True):
         """``centrality=False`` builds the same graph without the in-degree reduction (to measure its cost)."""
         super().__init__()
         self.with_centrality = centrality
-        self.lm = model.language_model
-        self.proj = model.custom_text_proj
-        cfg = model.config
-        self.image_token_id = int(cfg.image_token_id)
-        self.merge = int(cfg.vision_config.spatial_merge_size)
-        text = cfg.text_config
-        self.heads = int(text.num_attention_heads)
-        self.kv_heads = int(text.num_key_value_heads)
-        self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
-        self.mrope_section = list(self.lm.rotary_emb.mrope_section)
+        self.lm = lm
+        self.proj = proj
+        self.image_token_id = int(image_token_id)
+        self.heads = int(text_config.num_attention_heads)
+        self.kv_heads = int(text_config.num_key_value_heads)
+        self.head_dim = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // self.heads)
         self.window = (int(window[0]), int(window[1]))
         if not 0 <= self.window[0] < self.window[1] <= len(self.lm.layers):
             raise ValueError(f"window {self.window} outside the model's {len(self.lm.layers)} decoder layers")
 
-    def forward(self, input_ids, attention_mask, image_embeds, image_grid_thw):
-        batch, seq = input_ids.shape
-        valid = attention_mask.bool()  # [B, S]
+    def _merge_image_features(self, input_ids, image_embeds):
+        """Token embeddings ``[B, S, hidden]`` with the k-th image token of each row replaced by
+        ``image_embeds[:, k]``; also ``is_image [B, S]`` and that rank ``k`` (-1 before the first)."""
         is_image = input_ids == self.image_token_id  # [B, S]
         img_rank = torch.cumsum(is_image.long(), dim=1) - 1  # [B, S] k-th image token
         gather_idx = img_rank.clamp(0, image_embeds.shape[1] - 1)
         gathered = torch.gather(image_embeds, 1, gather_idx.unsqueeze(-1).expand(-1, -1, image_embeds.shape[2]))
-        x = torch.where(is_image.unsqueeze(-1), gathered.to(self.lm.embed_tokens.weight.dtype), self.lm.embed_tokens(input_ids))
+        # image-token ids never reach the embedding table: they may lie outside it (PaliGemma allows that)
+        text_ids = torch.where(is_image, torch.zeros_like(input_ids), input_ids)
+        embed = self.lm.embed_tokens
+        x = torch.where(is_image.unsqueeze(-1), gathered.to(embed.weight.dtype), embed(text_ids))
+        return x, is_image, img_rank
 
-        position_ids = self._positions(valid, is_image, img_rank, image_grid_thw)  # [3, B, S]
-        cos, sin = self._rotary(position_ids, x.dtype)  # [B, 1, S, hd]
-        i = torch.arange(seq, device=input_ids.device)
-        allowed = (i.view(1, seq, 1) >= i.view(1, 1, seq)) & valid.unsqueeze(1)  # [B, S, S] causal + padding
-        mask = torch.where(allowed, 0.0, NEG).unsqueeze(1)  # [B, 1, S, S] fp32: NEG does not fit in fp16
+    def _decode(self, x, attention_mask, is_image, mask, cos, sin):
+        """Decoder layers + head: ``(embeddings [B, S, dim], centrality [B, S], eos_attention [B, S])``."""
+        batch, seq = attention_mask.shape
+        valid = attention_mask.bool()  # [B, S]
+        i = torch.arange(seq, device=attention_mask.device)
         rows = is_image.to(torch.float32)  # visual rows for the in-degree
-        centrality = torch.zeros(batch, seq, dtype=torch.float32, device=input_ids.device)
+        centrality = torch.zeros(batch, seq, dtype=torch.float32, device=attention_mask.device)
 
         last = (valid.long() * i.view(1, seq)).max(dim=1).values  # [B] index of the last valid token
         for idx, layer in enumerate(self.lm.layers):
@@ -159,6 +170,50 @@ class TextGraph(nn.Module):
         emb = emb * attention_mask.unsqueeze(-1).to(emb.dtype)
         centrality = centrality / (self.window[1] - self.window[0]) * rows
         return emb, centrality, eos
+
+    def _attention(self, attn: nn.Module, x, cos, sin, mask):
+        batch, seq, _ = x.shape
+        q = attn.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # [B, h, S, hd]
+        k = attn.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # [B, kv, S, hd]
+        v = attn.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        rep = self.heads // self.kv_heads
+        k = k.repeat_interleave(rep, dim=1)  # [B, h, S, hd]
+        v = v.repeat_interleave(rep, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)).float() * attn.scaling + mask  # [B, h, S, S] fp32
+        probs = torch.softmax(scores, dim=-1)  # fp32: centrality and EOS are reduced from these
+        out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(batch, seq, -1)  # [B, S, h*hd]
+        return attn.o_proj(out), probs
+
+
+class TextGraph(DecoderGraph):
+    """Qwen2-VL decoder + projection with in-graph SAP centrality (see :class:`DecoderGraph`).
+
+    Inputs: ``input_ids [B, S]``, ``attention_mask [B, S]``, ``image_embeds [B, T, D]``,
+    ``image_grid_thw [B, 3]``. Outputs: ``embeddings [B, S, dim]`` (L2-normalised, zero at padding,
+    as colpali-engine returns them), ``centrality [B, S]`` (window-mean visual in-degree, zero
+    at non-visual positions) and ``eos_attention [B, S]`` (the final layer's attention from the
+    last valid token, head mean: the final-layer baseline SAP is compared with). Rows without image tokens (queries) use positions ``0..S-1``, as
+    transformers does for text-only input; pass a zero ``image_embeds [B, 1, D]`` for them.
+    """
+
+    def __init__(self, model: nn.Module, window: tuple[int, int], centrality: bool = True):
+        cfg = model.config
+        super().__init__(model.language_model, model.custom_text_proj, cfg.text_config, cfg.image_token_id, window,
+                         centrality)
+        self.merge = int(cfg.vision_config.spatial_merge_size)
+        self.mrope_section = list(self.lm.rotary_emb.mrope_section)
+
+    def forward(self, input_ids, attention_mask, image_embeds, image_grid_thw):
+        seq = input_ids.shape[1]
+        valid = attention_mask.bool()  # [B, S]
+        x, is_image, img_rank = self._merge_image_features(input_ids, image_embeds)
+        position_ids = self._positions(valid, is_image, img_rank, image_grid_thw)  # [3, B, S]
+        cos, sin = self._rotary(position_ids, x.dtype)  # [B, 1, S, hd]
+        i = torch.arange(seq, device=input_ids.device)
+        allowed = (i.view(1, seq, 1) >= i.view(1, 1, seq)) & valid.unsqueeze(1)  # [B, S, S] causal + padding
+        return self._decode(x, attention_mask, is_image, additive_mask(allowed), cos, sin)
 
     def _positions(self, valid, is_image, img_rank, image_grid_thw):
         """M-RoPE position ids ``[3, B, S]``, closed form of transformers' ``get_rope_index`` for one image per row."""
@@ -187,18 +242,3 @@ class TextGraph(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(1)  # [B, 1, S, hd]
         scale = self.lm.rotary_emb.attention_scaling
         return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
-
-    def _attention(self, attn: nn.Module, x, cos, sin, mask):
-        batch, seq, _ = x.shape
-        q = attn.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # [B, h, S, hd]
-        k = attn.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # [B, kv, S, hd]
-        v = attn.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        rep = self.heads // self.kv_heads
-        k = k.repeat_interleave(rep, dim=1)  # [B, h, S, hd]
-        v = v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)).float() * attn.scaling + mask  # [B, h, S, S] fp32
-        probs = torch.softmax(scores, dim=-1)  # fp32: centrality and EOS are reduced from these
-        out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(batch, seq, -1)  # [B, S, h*hd]
-        return attn.o_proj(out), probs

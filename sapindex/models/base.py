@@ -90,6 +90,23 @@ class FamilyAdapter:
     def page_grids(self, inputs: dict) -> list[tuple[int, int]]:
         raise NotImplementedError
 
+    def forward_embeddings(self, inputs: dict) -> torch.Tensor:
+        """``[B, S, dim]`` final embeddings; families override it to skip work the reference forward wastes."""
+        return self.model(**inputs)
+
+    def projection(self) -> torch.nn.Linear:
+        """The multi-vector head (hidden -> dim); the bundle's ``dim`` is its output width."""
+        return self.model.custom_text_proj
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def graph_inputs(self, inputs: dict) -> dict:
+        """The processor's tensors as the exported graphs take them (the runtime preprocessor's
+        keys): families whose model derives a graph input from processor outputs override it."""
+        return dict(inputs)
+
     # -- shared ----------------------------------------------------------------------------
     @property
     def n_layers(self) -> int:
@@ -127,7 +144,7 @@ class FamilyAdapter:
 
             handles.append(attn_module.register_forward_hook(hook))
         try:
-            emb = self.model(**inputs)  # [B, S, dim]
+            emb = self.forward_embeddings(inputs)  # [B, S, dim]
         finally:
             for handle in handles:
                 handle.remove()
@@ -151,7 +168,7 @@ class FamilyAdapter:
     def encode_queries(self, texts: list[str]) -> list[np.ndarray]:
         """Query multi-vectors ``[M_i, dim]`` with the model's prefix and augmentation tokens, padding dropped."""
         inputs = self.query_inputs(texts)
-        emb = self.model(**inputs)  # [B, M, dim]
+        emb = self.forward_embeddings(inputs)  # [B, M, dim]
         mask = inputs["attention_mask"].bool()
         return [emb[b][mask[b]].float().cpu().numpy() for b in range(emb.shape[0])]
 
@@ -161,7 +178,9 @@ def load_adapter(model_dir: str | Path, *, base_model=None, device: str = "cpu",
     from sapindex.models.registry import inspect_model_dir
 
     info = inspect_model_dir(model_dir, base_model)
-    from sapindex.models import qwen2_vl
+    from sapindex.models import jina_v4, paligemma, qwen2_vl
 
-    adapters = {"colqwen2": qwen2_vl.Qwen2VLAdapter, "colqwen2_5": qwen2_vl.Qwen2VLAdapter}
+    adapters = {"colqwen2": qwen2_vl.Qwen2VLAdapter, "colqwen2_5": qwen2_vl.Qwen2VLAdapter,
+                "jina_v4": jina_v4.JinaV4Adapter, "colpali": paligemma.PaliGemmaAdapter,
+                "colpali_hf": paligemma.PaliGemmaAdapter}
     return adapters[info.family.name].load(info, device=resolve_device(device), dtype=resolve_dtype(dtype))

@@ -17,8 +17,12 @@ from sapindex.models._compat import prepare_torch_side
 from sapindex.models.registry import ModelInfo
 
 
-def load_colpali(info: ModelInfo, model_cls, device: torch.device, dtype: torch.dtype):
-    """Load ``model_cls`` from ``info`` (merging a LoRA adapter when there is one), eager attention, eval mode."""
+def load_colpali(info: ModelInfo, model_cls, device: torch.device, dtype: torch.dtype, fix=None):
+    """Load ``model_cls`` from ``info`` (merging a LoRA adapter when there is one), eager attention, eval mode.
+
+    ``fix(model)`` runs right after loading, for class quirks (ColPali leaves its tied LM head on
+    the meta device); any parameter still without data after it is refused like a missing weight.
+    """
     prepare_torch_side()
     source = info.base_path if info.is_lora else info.path
     try:
@@ -37,6 +41,12 @@ def load_colpali(info: ModelInfo, model_cls, device: torch.device, dtype: torch.
             f"{source}: checkpoint lacks {len(missing)} weight(s) of {model_cls.__name__} ({shown}...); "
             "refusing to run with randomly initialised weights (is this a ColPali-family retriever checkpoint?)"
         )
+    if fix is not None:
+        fix(model)
+    meta = [name for name, param in model.named_parameters() if param.is_meta]
+    if meta:
+        raise SapIndexError(f"{source}: {len(meta)} weight(s) of {model_cls.__name__} were never loaded "
+                            f"({meta[0]}...); refusing to run with uninitialised weights")
     if info.is_lora:
         model = _merge_lora(info, model)
     return model.to(device).eval()

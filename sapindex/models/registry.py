@@ -21,10 +21,13 @@ class FamilySpec:
     """What sapindex knows about one backbone family."""
 
     name: str
-    model_type: str  # config.json "model_type" of the backbone
-    colpali_class: str  # colpali-engine model class
-    processor_class: str  # colpali-engine processor class
+    model_type: str  # config.json "model_type" of the checkpoint
+    colpali_class: str  # model class (colpali-engine; transformers' for colpali_hf)
+    processor_class: str  # processor class, from the same library
     image_token_scheme: str  # how page pixels become visual tokens, for `info` and manifests
+    # "causal", or "prefix-lm" where the page (image + prompt) is one bidirectional block: then
+    # in-degree has no causal position bias, and `--position-correction` is refused.
+    attention: str = "causal"
 
 
 QWEN2_VL_SCHEME = (
@@ -32,18 +35,31 @@ QWEN2_VL_SCHEME = (
     "merged 2x2, one contiguous run of (h/28)*(w/28) image tokens in row-major order"
 )
 
+PALIGEMMA_SCHEME = (
+    "fixed resolution: page squashed to a square (448 px in ColPali), 14 px SigLIP patches, "
+    "(448/14)^2 = 32x32 = 1024 image tokens in row-major order before <bos> and the prompt; "
+    "prefix-LM: image and prompt attend each other bidirectionally"
+)
+
 FAMILIES: dict[str, FamilySpec] = {
     spec.name: spec
     for spec in (
         FamilySpec("colqwen2", "qwen2_vl", "ColQwen2", "ColQwen2Processor", QWEN2_VL_SCHEME),
         FamilySpec("colqwen2_5", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME),
+        # jina-embeddings-v4 declares model_type qwen2_5_vl too: told apart by _is_jina_v4 first
+        FamilySpec("jina_v4", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME),
+        # colpali-engine ColPali (PaliGemma + custom_text_proj), and transformers' "-hf" conversion
+        FamilySpec("colpali", "paligemma", "ColPali", "ColPaliProcessor", PALIGEMMA_SCHEME, attention="prefix-lm"),
+        FamilySpec("colpali_hf", "colpali", "ColPaliForRetrieval", "ColPaliProcessor", PALIGEMMA_SCHEME,
+                   attention="prefix-lm"),
     )
 }
 
+# config.json keys that only jina-embeddings-v4 (remote-code JinaEmbeddingsV4Model) writes
+JINA_V4_KEYS = ("task_names", "multi_vector_projector_dim", "single_vector_pool_strategy")
+
 # Backbones we recognise but cannot (yet) serve, with the reason a user sees.
 _KNOWN_UNSUPPORTED = {
-    "paligemma": "ColPali (PaliGemma) is not supported yet",
-    "colpali": "ColPali (PaliGemma) is not supported yet",
     "idefics3": "ColIdefics3/ColSmol is not supported yet",
     "smolvlm": "ColSmol is not supported yet",
     "qwen3_5": "Qwen3.5 hybrid models have linear-attention layers that expose no attention matrix",
@@ -83,6 +99,7 @@ class ModelInfo:
             "n_kv_heads": self.n_kv_heads,
             "hidden_size": self.hidden_size,
             "image_token_scheme": self.family.image_token_scheme,
+            "attention": self.family.attention,
             "lora": self.is_lora,
             "base_model": str(self.base_path) if self.base_path else None,
             "parameters": self.parameter_count(),
@@ -108,7 +125,7 @@ def inspect_model_dir(model_dir: str | Path, base_model: str | Path | None = Non
         raise SapIndexError(f"{path}: --base-model was given but {path} is not a LoRA adapter (no adapter_config.json)")
     config = _read_json(config_dir / "config.json")
     family = _family_of(config, config_dir / "config.json")
-    text = config.get("text_config") or config
+    text = _text_config(config)
     try:
         n_layers = int(text["num_hidden_layers"])
         n_heads = int(text["num_attention_heads"])
@@ -153,6 +170,13 @@ def _resolve_lora_base(path: Path, adapter: dict, base_model: str | Path | None)
 
 def _family_of(config: dict, config_file: Path) -> FamilySpec:
     model_type = str(config.get("model_type", "")).lower()
+    if _is_jina_v4(config):
+        if not (config_file.parent / "adapters" / "adapter_config.json").is_file():
+            raise SapIndexError(
+                f"{config_file.parent}: jina-embeddings-v4 checkpoint without adapters/adapter_config.json; "
+                "its multi-vector output needs the retrieval LoRA adapter that ships in adapters/"
+            )
+        return FAMILIES["jina_v4"]
     for spec in FAMILIES.values():
         if spec.model_type == model_type:
             return spec
@@ -164,6 +188,17 @@ def _family_of(config: dict, config_file: Path) -> FamilySpec:
         )
     supported = ", ".join(f"{s.name} ({s.model_type})" for s in FAMILIES.values())
     raise SapIndexError(f"{config_file}: unsupported architecture {model_type!r}; supported: {supported}")
+
+
+def _text_config(config: dict) -> dict:
+    """The decoder's config: ``text_config``, ``vlm_config.text_config`` (transformers'
+    ColPaliForRetrieval wraps a whole PaliGemma config) or the top level (flat legacy configs)."""
+    vlm = config.get("vlm_config")
+    return config.get("text_config") or (vlm.get("text_config") if isinstance(vlm, dict) else None) or config
+
+
+def _is_jina_v4(config: dict) -> bool:
+    return "JinaEmbeddingsV4Model" in (config.get("architectures") or ()) or any(k in config for k in JINA_V4_KEYS)
 
 
 def _read_json(path: Path) -> dict:

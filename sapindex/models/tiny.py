@@ -1,4 +1,5 @@
-"""Tiny random-weight ColQwen2 / ColQwen2.5 checkpoints built offline from configs.
+"""Tiny random-weight checkpoints built offline from configs: ColQwen2 / ColQwen2.5 (``TinySpec``)
+and ColPali in both flavours (:func:`build_tiny_colpali`); :func:`build_tiny` takes any of them.
 
 They exercise every mechanical path (loading, processors, attention capture, calibration,
 export) in seconds on a CPU; their weights are random, so they say nothing about retrieval
@@ -144,3 +145,111 @@ def make_tiny(spec: TinySpec, tokenizer=None):
     )
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor())
     return model, processor
+
+
+# -- ColPali (PaliGemma + SigLIP) ----------------------------------------------------------------
+
+GEMMA_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]  # Gemma's ids 0..4
+
+
+def build_gemma_tokenizer():
+    """A ``GemmaTokenizer`` (the class real ColPali checkpoints load) with a small BPE vocabulary.
+
+    Same pipeline as Gemma's: spaces normalised to ``▁``, no pre-tokenizer, byte fallback over
+    ``<0x00>..<0xFF>`` (so unicode queries hit it), ``add_bos_token=True`` (the processor turns
+    it off), left padding. Upper-case letters and most punctuation are left out of the training
+    text on purpose: they reach the model as byte tokens.
+    """
+    prepare_torch_side()
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, trainers
+    from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=GEMMA_SPECIAL_TOKENS + byte_tokens,
+                                  show_progress=False)
+    tok.train_from_iterator([" ".join(WORDS)] * 4 + [" " + w for w in WORDS], trainer)
+    bpe = json.loads(tok.to_str())["model"]
+    return GemmaTokenizer(vocab=bpe["vocab"], merges=[tuple(m) for m in bpe["merges"]], add_bos_token=True)
+
+
+def make_tiny_colpali(hf: bool, seed: int = 0):
+    """A random-weight ColPali (colpali-engine ``ColPali``, or transformers ``ColPaliForRetrieval``
+    when ``hf``) and its processor, in memory.
+
+    SigLIP 112 px / patch 14 -> 8x8 = 64 image tokens; Gemma 6 layers, hidden 64, 4 heads, one
+    KV head (MQA, as PaliGemma-3B), head_dim 16. The processor is built first because it grows
+    the vocabulary (``<image>`` plus 1,152 ``<locNNNN>``/``<segNNN>`` tokens) and the embedding
+    table must cover it.
+    """
+    prepare_torch_side()
+    import torch
+    import transformers
+    from colpali_engine import models as cm
+    from transformers import ColPaliConfig, ColPaliForRetrieval, PaliGemmaConfig, SiglipImageProcessor
+
+    tokenizer = build_gemma_tokenizer()
+    image_processor = SiglipImageProcessor(size={"height": 112, "width": 112}, resample=3, image_mean=[0.5] * 3,
+                                           image_std=[0.5] * 3, image_seq_length=64)
+    processor_cls = transformers.ColPaliProcessor if hf else cm.ColPaliProcessor
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer)
+    config = PaliGemmaConfig(
+        text_config=dict(model_type="gemma", hidden_size=64, num_hidden_layers=6, intermediate_size=128,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                         hidden_act="gelu_pytorch_tanh", vocab_size=len(tokenizer)),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=112,
+                           vision_use_head=False),
+        projection_dim=64, hidden_size=64, image_token_index=processor.image_token_id, vocab_size=len(tokenizer),
+    )
+    torch.manual_seed(seed)
+    if hf:
+        model = ColPaliForRetrieval(ColPaliConfig(vlm_config=config, embedding_dim=128))
+    else:
+        model = cm.ColPali(config)
+    return model.eval(), processor
+
+
+def build_tiny_colpali(out_dir: str | Path, hf: bool = False, seed: int = 0) -> Path:
+    """Write a loadable tiny ColPali checkpoint (weights, config, tokenizer, processor) to ``out_dir``.
+
+    The tokenizer files are then made to look like a real PaliGemma checkpoint's, which says
+    ``add_bos_token: true`` and whose ``tokenizer.json`` post-processor prepends ``<bos>``
+    (the processor turns both off when it loads): a runtime that tokenized with the
+    checkpoint's file instead of the exported one would put a second ``<bos>`` on every query.
+    """
+    import json
+
+    model, processor = make_tiny_colpali(hf, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    tok = processor.tokenizer
+    tokenizer_json = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer_json["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": tok.bos_token, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": tok.bos_token, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {tok.bos_token: {"id": tok.bos_token, "ids": [tok.bos_token_id], "tokens": [tok.bos_token]}},
+    }
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["add_bos_token"] = True
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return out
+
+
+COLPALI_FLAVOURS = {"colpali": False, "colpali_hf": True}  # family -> transformers' ColPaliForRetrieval
+TINY_FAMILIES = (*DEFAULTS, *COLPALI_FLAVOURS)
+
+
+def build_tiny(out_dir: str | Path, family: str) -> Path:
+    """A tiny checkpoint of any family in :data:`TINY_FAMILIES`, with its default sizes."""
+    if family in COLPALI_FLAVOURS:
+        return build_tiny_colpali(out_dir, hf=COLPALI_FLAVOURS[family])
+    return build_tiny_model(out_dir, family)

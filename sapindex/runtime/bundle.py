@@ -2,9 +2,10 @@
 
 Layout::
 
-    manifest.json      format, family, layers, SAP window, dim, preprocessing, graphs, calibration
-                       summary, validation numbers, source fingerprint, sha256 + size of every file
-    vision.onnx(.data) pixels -> merged image features
+    manifest.json      format, family, attention (causal / prefix-lm), layers, SAP window, dim,
+                       preprocessing, graphs (file, input and output names), calibration summary,
+                       validation numbers, source fingerprint, sha256 + size of every file
+    vision.onnx(.data) pixels -> image features (one row of D per visual token)
     text.onnx(.data)   ids + image features -> embeddings, in-graph SAP centrality, final-layer
                        EOS attention (for the baselines of ``sapindex eval``)
     tokenizer.json     the tokenizer transformers encodes with
@@ -28,11 +29,20 @@ from sapindex.fingerprint import sha256_file
 BUNDLE_FORMAT = "sapindex-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
-GRAPH_IO = {
-    "vision": {"inputs": ["pixel_values", "image_grid_thw"], "outputs": ["image_embeds"]},
-    "text": {"inputs": ["input_ids", "attention_mask", "image_embeds", "image_grid_thw"],
-             "outputs": ["embeddings", "centrality", "eos_attention"]},
+# What the runtime reads from each graph, whatever the family.
+GRAPH_OUTPUTS = {"vision": ["image_embeds"], "text": ["embeddings", "centrality", "eos_attention"]}
+_QWEN2_VL_INPUTS = {"vision": ["pixel_values", "image_grid_thw"],
+                    "text": ["input_ids", "attention_mask", "image_embeds", "image_grid_thw"]}
+# PaliGemma: one fixed grid (no grid input); prefix_mask marks the bidirectional prefix-LM block
+_PALIGEMMA_INPUTS = {"vision": ["pixel_values"],
+                     "text": ["input_ids", "attention_mask", "image_embeds", "prefix_mask"]}
+GRAPH_IO_BY_FAMILY = {
+    family: {name: {"inputs": inputs[name], "outputs": GRAPH_OUTPUTS[name]} for name in GRAPH_OUTPUTS}
+    for families, inputs in ((("colqwen2", "colqwen2_5", "jina_v4"), _QWEN2_VL_INPUTS),
+                             (("colpali", "colpali_hf"), _PALIGEMMA_INPUTS))
+    for family in families
 }
+ATTENTION_KINDS = ("causal", "prefix-lm")
 
 
 def seal_manifest(directory: Path, manifest: dict) -> dict:
@@ -118,6 +128,25 @@ class Bundle:
         return int(self.manifest["dim"])
 
     @property
+    def attention(self) -> str:
+        """``causal`` or ``prefix-lm``; manifests written before the field existed are causal (Qwen2-VL)."""
+        kind = self.manifest.get("attention", "causal")
+        if kind not in ATTENTION_KINDS:
+            raise SapIndexError(f"{self.path / MANIFEST}: unknown attention {kind!r} (expected one of "
+                                f"{', '.join(ATTENTION_KINDS)}); upgrade sapindex")
+        return kind
+
+    def graph_io(self, name: str) -> dict:
+        """``{"inputs": [...], "outputs": [...]}`` of one graph: the manifest's record is the
+        source of truth; the family's default only fills in for manifests that lack it."""
+        recorded = self.manifest.get("graphs", {}).get(name, {})
+        default = GRAPH_IO_BY_FAMILY.get(self.family, {}).get(name, {})
+        io = {key: recorded.get(key, default.get(key)) for key in ("inputs", "outputs")}
+        if not io["inputs"] or not io["outputs"]:
+            raise SapIndexError(f"{self.path / MANIFEST}: graph {name!r} lists no inputs or outputs")
+        return io
+
+    @property
     def window(self) -> tuple[int, int]:
         start, end = self.manifest["window"]
         return int(start), int(end)
@@ -134,6 +163,7 @@ class Bundle:
         return {
             "path": str(self.path),
             "family": m["family"],
+            "attention": self.attention,
             "n_layers": m["n_layers"],
             "window": m["window"],
             "dim": m["dim"],

@@ -14,12 +14,16 @@ import numpy as np
 from sapindex import sap
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.paligemma import PaliGemmaParams, PaliGemmaPreprocessor
 from sapindex.runtime.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
 from sapindex.runtime.session import BundleSessions
 
 PREPROCESSORS = {
     "colqwen2": (Qwen2VLParams, Qwen2VLPreprocessor),
     "colqwen2_5": (Qwen2VLParams, Qwen2VLPreprocessor),
+    "jina_v4": (Qwen2VLParams, Qwen2VLPreprocessor),  # Qwen2.5-VL with jina's prompts (in the params)
+    "colpali": (PaliGemmaParams, PaliGemmaPreprocessor),
+    "colpali_hf": (PaliGemmaParams, PaliGemmaPreprocessor),  # the flavour differences live in the params
 }
 
 
@@ -58,6 +62,21 @@ def prune(page: PageVectors, keep_ratio: float, position_correction: bool = Fals
     return EncodedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual)
 
 
+def check_position_correction(bundle: Bundle) -> None:
+    """Refuse ``--position-correction`` (and eval's ``sap-poscorr``) on a non-causal bundle.
+
+    The correction divides a visual token's in-degree by the number of visual rows that can
+    attend it under causal attention. In a prefix-LM (ColPali) every visual row attends every
+    visual column, so there is no position bias to remove and the division would invent one.
+    """
+    if bundle.attention != "causal":
+        raise SapIndexError(
+            f"{bundle.path}: --position-correction (sap-poscorr) corrects the causal position bias of in-degree, "
+            f"but this {bundle.family} bundle's decoder is {bundle.attention} (every visual token attends every "
+            "other); rank by plain SAP centrality instead"
+        )
+
+
 class Encoder:
     """Encode pages and queries with a bundle, on CPU or CUDA."""
 
@@ -81,6 +100,7 @@ class Encoder:
     def encode_queries(self, texts: list[str]) -> list[np.ndarray]:
         """One ``[M, dim]`` array per query, padding dropped."""
         batch = self.preprocessor.queries(texts)
-        emb = self.sessions.encode_queries(batch)  # [B, M, dim]
+        feed = {**batch, **self.preprocessor.query_extras(batch, self.sessions.hidden)}
+        emb = self.sessions.encode_queries(feed)  # [B, M, dim]
         mask = batch["attention_mask"].astype(bool)
         return [emb[i][mask[i]] for i in range(len(texts))]

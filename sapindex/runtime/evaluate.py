@@ -23,7 +23,7 @@ from sapindex.errors import SapIndexError
 from sapindex.runtime import baselines
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.datasets import EvalDataset, load_dataset
-from sapindex.runtime.encoder import Encoder, PageVectors, prune
+from sapindex.runtime.encoder import Encoder, PageVectors, check_position_correction, prune
 from sapindex.runtime.metrics import evaluate, maxsim_matrix
 
 METHODS = ("full", "sap", "sap-poscorr", "random", "eos", "adaptive-eos", "pooling", "cluster")
@@ -37,7 +37,7 @@ class EvalConfig:
     dataset: str
     out: str
     keep_ratios: tuple[float, ...] = (0.2, 0.1, 0.05)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] | None = None  # None: every method that applies to the bundle
     batch_size: int = 8
     device: str = "cpu"
     threads: int | None = None
@@ -51,6 +51,16 @@ def parse_methods(text: str) -> tuple[str, ...]:
     if unknown or not methods:
         raise SapIndexError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
     return methods
+
+
+def bundle_methods(bundle: Bundle, methods: tuple[str, ...] | None) -> tuple[str, ...]:
+    """``methods``, or by default all of :data:`METHODS` that apply: ``sap-poscorr`` only on causal
+    bundles. Asking for ``sap-poscorr`` on a prefix-LM bundle is refused (no causal bias to correct)."""
+    if methods is None:
+        return tuple(m for m in METHODS if m != "sap-poscorr" or bundle.attention == "causal")
+    if "sap-poscorr" in methods:
+        check_position_correction(bundle)
+    return tuple(methods)
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
@@ -153,6 +163,7 @@ def score_retention(scores: np.ndarray, full: np.ndarray, relevant: np.ndarray) 
 def run_eval(cfg: EvalConfig, progress: Callable[[int], None] | None = None,
              on_total: Callable[[int], None] | None = None) -> dict:
     bundle = Bundle.open(cfg.bundle)
+    methods = bundle_methods(bundle, cfg.methods)
     dataset = load_dataset(cfg.dataset)
     encoder = Encoder(bundle, device=cfg.device, threads=cfg.threads)
     out = Path(cfg.out)
@@ -177,7 +188,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int], None] | None = None,
     full_metrics = evaluate(full_scores, query_ids, page_ids, dataset.qrels)
     held_out = np.random.default_rng(cfg.seed).permutation(len(pages))[: max(1, len(pages) // 2)]
     results: dict[str, dict] = {"full": {"1.0": _cell(full_metrics, full_metrics, 1.0, pages, [p.embeddings for p in pages])}}
-    for method in (m for m in cfg.methods if m != "full"):
+    for method in (m for m in methods if m != "full"):
         results[method] = {}
         for ratio in cfg.keep_ratios:
             adaptive_k = (baselines.calibrate_adaptive_eos([pages[i].eos for i in held_out], ratio)
@@ -206,7 +217,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int], None] | None = None,
                     "skipped_examples": {k: v[:5] for k, v in dataset.skipped.items() if v},
                     "pages_failed_to_encode": failed},
         "keep_ratios": list(cfg.keep_ratios),
-        "methods": list(cfg.methods),
+        "methods": list(methods),
         "headline": HEADLINE,
         "results": results,
     }

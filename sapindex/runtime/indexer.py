@@ -16,7 +16,7 @@ from pathlib import Path
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
-from sapindex.runtime.encoder import Encoder, prune
+from sapindex.runtime.encoder import Encoder, check_position_correction, prune
 from sapindex.runtime.inputs import Failure, FileInfo, Page, iter_pages, iter_sources
 from sapindex.runtime.store import Index, PageRow
 
@@ -48,6 +48,8 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
     if batch_size < 1:
         raise SapIndexError("--batch-size must be at least 1")
     bundle = Bundle.open(bundle_path)
+    if position_correction:
+        check_position_correction(bundle)
     encoder = Encoder(bundle, device=device, threads=threads)
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
             "builtin": _is_builtin(bundle_path)}

@@ -33,7 +33,8 @@ Output of :meth:`Qwen2VLPreprocessor.pages` (colpali's key order, numpy instead 
     pixel_values       [B, P, 1176]  float32  per-image patches, zero-padded to P = max(gh*gw)
     image_grid_thw     [B, 3]        int64  (1, gh, gw) in 14 px patches
 
-:meth:`Qwen2VLPreprocessor.queries` returns the first three keys only (as colpali does).
+:meth:`Qwen2VLPreprocessor.queries` returns the first three keys only (as colpali does);
+:meth:`~Qwen2VLPreprocessor.query_extras` adds the text graph's other inputs for them.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from tokenizers import Tokenizer
 
 from sapindex.errors import SapIndexError
 
-__all__ = ["Qwen2VLParams", "Qwen2VLPreprocessor", "PageLayout", "smart_resize", "resize_hv", "TORCHVISION_MAX_LEVELS"]
+__all__ = ["ManifestParams", "Qwen2VLParams", "Qwen2VLPreprocessor", "PageLayout", "smart_resize", "resize_hv",
+           "rescale_normalize", "load_tokenizer", "encode_padded", "text_only_image_embeds", "TORCHVISION_MAX_LEVELS"]
 
 # Max |runtime - torchvision| in uint8 levels (measured: 1 downscaling, 2 upscaling).
 TORCHVISION_MAX_LEVELS = 2
@@ -65,8 +67,43 @@ RESAMPLE = {
 MAX_ASPECT_RATIO = 200  # transformers' smart_resize refuses anything longer
 
 
+class ManifestParams:
+    """What every family's preprocessing params share: the manifest round trip and the checks
+    of ``image_mean``, ``image_std``, ``resample`` and ``padding_side`` (fields of the frozen
+    dataclass subclasses). ``LIST_FIELDS`` are tuples here and lists in the manifest.
+    """
+
+    LIST_FIELDS = ("image_mean", "image_std")
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
+        object.__setattr__(self, "image_std", tuple(float(v) for v in self.image_std))
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise SapIndexError("preprocessing params: image_mean and image_std need 3 values (RGB)")
+        if self.resample not in RESAMPLE:
+            raise SapIndexError(f"preprocessing params: unknown resample {self.resample!r}; "
+                                f"one of {', '.join(RESAMPLE)}")
+        if self.padding_side not in ("left", "right"):
+            raise SapIndexError(f"preprocessing params: padding_side must be 'left' or 'right', "
+                                f"got {self.padding_side!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for name in self.LIST_FIELDS:
+            d[name] = list(getattr(self, name))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping):
+        """Build from a manifest dict; unknown keys are ignored (newer exporters may add some)."""
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise SapIndexError(f"preprocessing params: missing keys {', '.join(missing)}")
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+
 @dataclass(frozen=True)
-class Qwen2VLParams:
+class Qwen2VLParams(ManifestParams):
     """Everything the Qwen2-VL family processor needs, as stored in a bundle manifest.
 
     No defaults on purpose: a bundle must say what its model was trained with.
@@ -92,31 +129,9 @@ class Qwen2VLParams:
     padding_side: str
 
     def __post_init__(self):
-        object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
-        object.__setattr__(self, "image_std", tuple(float(v) for v in self.image_std))
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise SapIndexError("preprocessing params: image_mean and image_std need 3 values (RGB)")
-        if self.resample not in RESAMPLE:
-            raise SapIndexError(f"preprocessing params: unknown resample {self.resample!r}; "
-                                f"one of {', '.join(RESAMPLE)}")
-        if self.padding_side not in ("left", "right"):
-            raise SapIndexError(f"preprocessing params: padding_side must be 'left' or 'right', "
-                                f"got {self.padding_side!r}")
+        super().__post_init__()
         if self.visual_prompt.count(self.image_token) != 1:
             raise SapIndexError(f"preprocessing params: visual_prompt must contain {self.image_token!r} exactly once")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "Qwen2VLParams":
-        """Build from a manifest dict; unknown keys are ignored (newer exporters may add some)."""
-        missing = [f.name for f in fields(cls) if f.name not in d]
-        if missing:
-            raise SapIndexError(f"preprocessing params: missing keys {', '.join(missing)}")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
@@ -160,6 +175,47 @@ def resize_hv(image: Image.Image, width: int, height: int, resample) -> Image.Im
     return image
 
 
+def rescale_normalize(image: Image.Image, rescale_factor: float, mean, std) -> np.ndarray:
+    """RGB image -> ``[H, W, 3]`` float32, exactly transformers' PIL backend: rescale in float64
+    then downcast, normalise in float32."""
+    x = (np.asarray(image, np.uint8).astype(np.float64) * rescale_factor).astype(np.float32)  # [H, W, 3]
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def load_tokenizer(tokenizer_path) -> Tokenizer:
+    """A bundle's ``tokenizer.json`` with any saved padding/truncation cleared (transformers overrides them)."""
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad files
+        raise SapIndexError(f"{tokenizer_path}: cannot load tokenizer ({exc})") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def encode_padded(tokenizer: Tokenizer, texts: Sequence[str], pad_token_id: int,
+                  padding_side: str) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize and pad to the longest, as a transformers tokenizer call with padding='longest'.
+
+    Returns ``input_ids`` and ``attention_mask``, both ``[B, S]`` int64.
+    """
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    length = max(len(e.ids) for e in encodings)
+    input_ids = np.full((len(texts), length), pad_token_id, np.int64)  # [B, S]
+    attention_mask = np.zeros((len(texts), length), np.int64)  # [B, S]
+    for i, e in enumerate(encodings):
+        span = slice(length - len(e.ids), length) if padding_side == "left" else slice(0, len(e.ids))
+        input_ids[i, span] = e.ids
+        attention_mask[i, span] = e.attention_mask
+    return input_ids, attention_mask
+
+
+def text_only_image_embeds(batch: int, hidden: int) -> np.ndarray:
+    """``[B, 1, hidden]`` zeros for the text graph's ``image_embeds`` when no token is an image
+    token (queries): the graph gathers nothing from it, but ONNX Runtime needs a value."""
+    return np.zeros((batch, 1, hidden), np.float32)
+
+
 @dataclass(frozen=True)
 class PageLayout:
     """Where a page's visual tokens are: a ``rows x cols`` grid of 28 px cells (merged patches).
@@ -178,13 +234,7 @@ class Qwen2VLPreprocessor:
 
     def __init__(self, params: Qwen2VLParams, tokenizer_path):
         self.params = params
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as exc:  # tokenizers raises a bare Exception on bad files
-            raise SapIndexError(f"{tokenizer_path}: cannot load tokenizer ({exc})") from None
-        # A tokenizer.json may carry a saved padding/truncation setting; transformers overrides it.
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        self.tokenizer = load_tokenizer(tokenizer_path)
         self.image_token_id = self.tokenizer.token_to_id(params.image_token)
         if self.image_token_id is None:
             raise SapIndexError(f"{tokenizer_path}: no token {params.image_token!r} in the vocabulary")
@@ -238,10 +288,7 @@ class Qwen2VLPreprocessor:
         ps, m, tps = p.patch_size, p.merge_size, p.temporal_patch_size
         height, width = smart_resize(image.height, image.width, ps * m, p.min_pixels, p.max_pixels)
         image = resize_hv(image, width, height, RESAMPLE[p.resample])
-        # Exactly transformers' PIL backend: rescale in float64 then downcast, normalise in float32.
-        x = (np.asarray(image, np.uint8).astype(np.float64) * p.rescale_factor).astype(np.float32)  # [H, W, 3]
-        x = (x - np.asarray(p.image_mean, np.float32)) / np.asarray(p.image_std, np.float32)
-        x = x.transpose(2, 0, 1)  # [C, H, W]
+        x = rescale_normalize(image, p.rescale_factor, p.image_mean, p.image_std).transpose(2, 0, 1)  # [C, H, W]
         c, gh, gw = x.shape[0], height // ps, width // ps
         # A still image is a clip of temporal_patch_size identical frames: one temporal patch.
         x = np.broadcast_to(x[None], (tps, c, height, width))  # [T, C, H, W]
@@ -260,16 +307,18 @@ class Qwen2VLPreprocessor:
         suffix = p.query_augmentation_token * p.n_augmentation
         return self._encode([p.query_prefix + t + suffix for t in texts])
 
+    def query_extras(self, batch: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
+        """Text-graph inputs a :meth:`queries` batch has no value for: zero image features and a
+        dummy 1x2x2 grid (no token is an image token, so neither is read; rows without image
+        tokens get positions ``0..S-1``, as transformers gives text-only input)."""
+        n = len(batch["input_ids"])
+        return {"image_embeds": text_only_image_embeds(n, hidden),
+                "image_grid_thw": np.tile(np.array([[1, 2, 2]], np.int64), (n, 1))}  # [B, 3]
+
     def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Tokenize and pad to the longest, as the processor's tokenizer call with padding='longest'."""
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        length = max(len(e.ids) for e in encodings)
-        input_ids = np.full((len(texts), length), self.params.pad_token_id, np.int64)  # [B, S]
-        attention_mask = np.zeros((len(texts), length), np.int64)  # [B, S]
-        for i, e in enumerate(encodings):
-            span = slice(length - len(e.ids), length) if self.params.padding_side == "left" else slice(0, len(e.ids))
-            input_ids[i, span] = e.ids
-            attention_mask[i, span] = e.attention_mask
+        input_ids, attention_mask = encode_padded(self.tokenizer, texts, self.params.pad_token_id,
+                                                  self.params.padding_side)
         mm_token_type_ids = np.zeros_like(input_ids)  # [B, S]: 0 text, 1 image, 2 video
         mm_token_type_ids[input_ids == self.image_token_id] = 1
         if self.video_token_id is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.bundle import GRAPH_IO, Bundle
+from sapindex.runtime.bundle import GRAPH_OUTPUTS, Bundle
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -39,37 +39,52 @@ def make_session(path, device: str = "cpu", threads: int | None = None):
 
 
 class BundleSessions:
-    """The bundle's graphs as ORT sessions: pages -> (embeddings, centrality), queries -> embeddings."""
+    """The bundle's graphs as ORT sessions: pages -> (embeddings, centrality), queries -> embeddings.
+
+    Each graph is fed exactly the inputs its manifest entry lists, taken by name from the feed
+    (the family preprocessor's output), so this class knows no family.
+    """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
         self.bundle = bundle
         self.vision = make_session(bundle.graph_path("vision"), device, threads)
         self.text = make_session(bundle.graph_path("text"), device, threads)
+        self.inputs = {}
         for name, session in (("vision", self.vision), ("text", self.text)):
             outputs = [o.name for o in session.get_outputs()]
-            missing = [o for o in GRAPH_IO[name]["outputs"] if o not in outputs]
+            missing = [o for o in GRAPH_OUTPUTS[name] if o not in outputs]
             if missing:
                 raise SapIndexError(f"{bundle.graph_path(name)}: graph lacks output(s) {', '.join(missing)}; "
                                     "re-export the bundle with this sapindex")
+            graph_inputs = {i.name: i.type for i in session.get_inputs()}
+            listed = bundle.graph_io(name)["inputs"]
+            if set(listed) != set(graph_inputs):
+                raise SapIndexError(f"{bundle.graph_path(name)}: graph inputs {sorted(graph_inputs)} differ from "
+                                    f"the manifest's {sorted(listed)}")
+            # name -> numpy dtype ORT wants (the preprocessors emit int64 / float32 already)
+            self.inputs[name] = {n: _NUMPY_TYPES.get(graph_inputs[n]) for n in listed}
         self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
 
     def encode_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[B, S, dim]`` embeddings, ``[B, S]`` centrality and ``[B, S]`` EOS attention for a page batch."""
-        grid = feed["image_grid_thw"].astype(np.int64)
-        (image_embeds,) = self.vision.run(None, {"pixel_values": feed["pixel_values"].astype(np.float32),
-                                                 "image_grid_thw": grid})
-        emb, cent, eos = self.text.run(None, {"input_ids": feed["input_ids"].astype(np.int64),
-                                              "attention_mask": feed["attention_mask"].astype(np.int64),
-                                              "image_embeds": image_embeds, "image_grid_thw": grid})
+        (image_embeds,) = self.vision.run(None, self._feed("vision", feed))
+        emb, cent, eos = self.text.run(None, self._feed("text", {**feed, "image_embeds": image_embeds}))
         return emb, cent, eos
 
     def encode_queries(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """``[B, M, dim]`` query embeddings (zero rows at padding)."""
-        batch = feed["input_ids"].shape[0]
-        emb = self.text.run(["embeddings"], {
-            "input_ids": feed["input_ids"].astype(np.int64),
-            "attention_mask": feed["attention_mask"].astype(np.int64),
-            "image_embeds": np.zeros((batch, 1, self.hidden), dtype=np.float32),  # unused: no image tokens
-            "image_grid_thw": np.tile(np.array([[1, 2, 2]], dtype=np.int64), (batch, 1)),
-        })[0]
-        return emb
+        """``[B, M, dim]`` query embeddings (zero rows at padding); ``feed`` holds every text-graph
+        input, the family's text-only stand-ins included (the preprocessor's ``query_extras``)."""
+        return self.text.run(["embeddings"], self._feed("text", feed))[0]
+
+    def _feed(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        wanted = self.inputs[name]
+        missing = [n for n in wanted if n not in feed]
+        if missing:
+            raise SapIndexError(f"{self.bundle.graph_path(name)}: no value for graph input(s) {', '.join(missing)} "
+                                f"(the {self.bundle.family} preprocessing produced {', '.join(sorted(feed))})")
+        return {n: np.asarray(feed[n]) if dtype is None else np.asarray(feed[n]).astype(dtype, copy=False)
+                for n, dtype in wanted.items()}
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
+                "tensor(int32)": np.int32, "tensor(bool)": np.bool_}

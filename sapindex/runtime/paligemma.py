@@ -1,0 +1,174 @@
+"""Torch-free ColPali preprocessing (numpy + PIL + ``tokenizers``), both checkpoint flavours.
+
+Reproduces ``process_images`` / ``process_queries`` of colpali-engine's ``ColPaliProcessor``
+(family ``colpali``) and of transformers' ``ColPaliProcessor`` (``colpali_hf``), transformers
+5.23 / colpali-engine 0.3.18. Every number lives in :class:`PaliGemmaParams`, extracted from the
+live processor by ``sapindex.exporter.preprocessing_params.paligemma_params``.
+
+Pages need no tokenizer: every page is the same ``page_token_ids`` sequence (``<image>`` x
+image_seq_length, then the prompt), recorded exactly as the live processor produced it. The
+two flavours differ there: the engine's prompt ``"<image><bos>Describe the image."`` gets a
+second ``<bos>`` from ``PaliGemmaProcessor`` (``<image>...<bos><bos>Describe the image.\\n``);
+the hf one has a single ``<bos>``.
+
+Pixels: the page is squashed to ``image_size`` x ``image_size`` (aspect not kept) with the same
+arithmetic as transformers' PIL backend (``SiglipImageProcessorPil``): bicubic
+:func:`~sapindex.runtime.qwen2_vl.resize_hv` (horizontal pass first), rescale in float64,
+normalise in float32. Bit-identical to that backend given the same pass order; against the
+torchvision backend colpali actually uses: at most 1 uint8 level off downscaling, 2 upscaling
+(``TORCHVISION_MAX_LEVELS``; 2 / 255 / 0.5 ~= 0.016 normalised), under 1% of values off at all,
+identical up to float32 rounding (<= 1e-6) for pages already at ``image_size``.
+
+Attention (``prefix_mask``, an extra int64 ``[B, S]`` input that the torch models derive from
+``token_type_ids``): PaliGemma puts every token whose ``token_type_ids`` is 0 into one
+bidirectional block, the rest is causal; keys are always limited to ``attention_mask``.
+``prefix_mask = 1`` marks that block:
+
+- pages: all 1 (the processor's ``token_type_ids`` are all 0; pages are never padded);
+- hf queries: all 1, padding included, because transformers' processor returns
+  ``token_type_ids`` = 0 everywhere: valid tokens see every valid token (bidirectional), and
+  left-padding rows see the valid tokens too (their outputs are zeroed anyway);
+- engine queries: all 0: ``process_texts`` asks for no ``token_type_ids``, so the mask is plain
+  causal + padding (and those queries carry no ``token_type_ids`` key, as colpali's do not).
+
+Outputs (the live processor's keys and order, ``labels`` dropped, ``prefix_mask`` appended)::
+
+    pages:    input_ids [B, S], token_type_ids [B, S], attention_mask [B, S] int64,
+              pixel_values [B, 3, image_size, image_size] float32, prefix_mask [B, S] int64
+    queries:  input_ids, [token_type_ids (hf only)], attention_mask, prefix_mask  [B, M] int64
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from sapindex.errors import SapIndexError
+from sapindex.runtime.qwen2_vl import (
+    RESAMPLE,
+    ManifestParams,
+    PageLayout,
+    encode_padded,
+    load_tokenizer,
+    rescale_normalize,
+    resize_hv,
+    text_only_image_embeds,
+)
+
+__all__ = ["PaliGemmaParams", "PaliGemmaPreprocessor", "TORCHVISION_MAX_LEVELS"]
+
+# Max |runtime - torchvision| in uint8 levels (measured: 1 downscaling, 2 upscaling; tests/test_colpali.py).
+TORCHVISION_MAX_LEVELS = 2
+
+
+@dataclass(frozen=True)
+class PaliGemmaParams(ManifestParams):
+    """Everything the ColPali processors need, as stored in a bundle manifest. No defaults on purpose.
+
+    A query is tokenized as ``bos_token + query_prefix + text + query_augmentation_token *
+    n_augmentation + query_suffix`` (engine: ``"<bos>" + "" + q + "<pad>"*10``; hf:
+    ``"<bos>Question: " + q + "<pad>"*10 + "\\n"``) with the bundle tokenizer, which adds no
+    BOS itself (the processors turn ``add_bos_token`` off).
+    """
+
+    image_size: int
+    resample: str
+    rescale_factor: float
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    image_seq_length: int
+    image_token_id: int
+    page_token_ids: tuple[int, ...]
+    bos_token: str
+    query_prefix: str
+    query_augmentation_token: str
+    n_augmentation: int
+    query_suffix: str
+    pad_token_id: int
+    padding_side: str
+    query_prefix_lm: bool
+
+    LIST_FIELDS = ("image_mean", "image_std", "page_token_ids")
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "page_token_ids", tuple(int(v) for v in self.page_token_ids))
+        if math.isqrt(self.image_seq_length) ** 2 != self.image_seq_length:
+            raise SapIndexError(f"preprocessing params: image_seq_length {self.image_seq_length} is not a square grid")
+        n_image = self.page_token_ids.count(self.image_token_id)
+        if n_image != self.image_seq_length:
+            raise SapIndexError(f"preprocessing params: page_token_ids hold {n_image} image tokens, "
+                                f"expected image_seq_length {self.image_seq_length}")
+
+    @property
+    def grid_side(self) -> int:
+        return math.isqrt(self.image_seq_length)
+
+
+class PaliGemmaPreprocessor:
+    """``process_images`` / ``process_queries`` of the ColPali processors, torch-free."""
+
+    def __init__(self, params: PaliGemmaParams, tokenizer_path):
+        self.params = params
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.image_positions = np.flatnonzero(np.asarray(params.page_token_ids) == params.image_token_id)
+
+    # -- pages -----------------------------------------------------------------------------
+
+    def visual_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of visual tokens: fixed, whatever the page size (it is squashed to a square)."""
+        if height <= 0 or width <= 0:
+            raise SapIndexError(f"image has no pixels ({width}x{height})")
+        return self.params.grid_side, self.params.grid_side
+
+    def pages(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """Model inputs for a batch of page images (any PIL mode; converted to RGB like colpali)."""
+        if not images:
+            raise SapIndexError("no page images to preprocess")
+        p = self.params
+        size, resample = p.image_size, RESAMPLE[p.resample]
+        pixels = [
+            rescale_normalize(resize_hv(image.convert("RGB"), size, size, resample), p.rescale_factor,
+                              p.image_mean, p.image_std).transpose(2, 0, 1)  # [3, size, size]
+            for image in images
+        ]
+        input_ids = np.tile(np.asarray(p.page_token_ids, np.int64), (len(images), 1))  # [B, S]
+        return {
+            "input_ids": input_ids,
+            "token_type_ids": np.zeros_like(input_ids),  # one bidirectional block
+            "attention_mask": np.ones_like(input_ids),  # same length for every page: no padding
+            "pixel_values": np.ascontiguousarray(np.stack(pixels)),  # [B, 3, size, size] float32
+            "prefix_mask": np.ones_like(input_ids),
+        }
+
+    def layouts(self, batch: Mapping[str, np.ndarray]) -> list[PageLayout]:
+        """The ``side x side`` grid of every page in a :meth:`pages` batch; token k at (k // side, k % side)."""
+        side = self.params.grid_side
+        return [PageLayout(side, side, self.image_positions.copy()) for _ in range(len(batch["input_ids"]))]
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def queries(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """``process_queries``: bos + prefix + text + augmentation tokens + suffix, padded to the longest."""
+        if not texts:
+            raise SapIndexError("no queries to preprocess")
+        p = self.params
+        suffix = p.query_augmentation_token * p.n_augmentation + p.query_suffix
+        input_ids, attention_mask = encode_padded(
+            self.tokenizer, [p.bos_token + p.query_prefix + t + suffix for t in texts], p.pad_token_id, p.padding_side
+        )
+        batch = {"input_ids": input_ids}
+        if p.query_prefix_lm:
+            batch["token_type_ids"] = np.zeros_like(input_ids)  # [B, M]: all in the prefix block
+        batch["attention_mask"] = attention_mask
+        batch["prefix_mask"] = np.full_like(input_ids, int(p.query_prefix_lm))  # [B, M]
+        return batch
+
+    def query_extras(self, batch: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
+        """Text-graph inputs a :meth:`queries` batch has no value for: zero image features
+        ``[B, 1, hidden]`` (a query has no ``<image>`` token; ``prefix_mask`` is already in the batch)."""
+        return {"image_embeds": text_only_image_embeds(len(batch["input_ids"]), hidden)}
