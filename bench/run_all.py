@@ -28,6 +28,11 @@ SECTIONS = [
      "ONNX Runtime includes the torch-free numpy preprocessing; PyTorch eager is colpali-engine's "
      "processor + forward on the same weights. The real-width model has Qwen2-VL-2B widths with few "
      "layers and random weights."),
+    ("Per family: ONNX Runtime vs PyTorch eager on the same weights (tiny models)",
+     ["family_speed.py"], ["--pages", "4", "--batch-sizes", "1,4", "--repeats", "1"],
+     "Every family sapindex builds offline (random weights), each calibrated, exported and validated in "
+     "the same process; ONNX Runtime includes the torch-free preprocessing and the in-graph SAP centrality, "
+     "PyTorch eager is the family's reference forward (colpali-engine / transformers) on its processor's outputs."),
     ("Export parity at real width",
      ["real_width_parity.py"], ["--families", "colqwen2", "--text-layers", "1", "--vision-blocks", "1"],
      "Random weights at the real checkpoints' layer widths; the numbers are the export's own validation "

@@ -120,7 +120,7 @@ def info(model_dir, base_model, providers, as_json):
 def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite, as_json):
     """Export the model to a self-contained ONNX bundle with in-graph SAP centrality.
 
-    The bundle is validated against PyTorch (pages of several sizes, batch sizes 1 and 3)
+    The bundle is validated against PyTorch (pages of several sizes, batch sizes 1 and 4)
     before it is written; a failed validation writes nothing and exits 2.
 
     \b
@@ -331,7 +331,7 @@ def inspect(target, as_json):
 @click.option("--pipeline", is_flag=True,
               help="Instead: calibrate, export, index and search a tiny random model (needs the export extra).")
 @click.option("--family", default="colqwen2", show_default=True,
-              type=click.Choice(["colqwen2", "colqwen2_5", "colpali", "colpali_hf"]),
+              type=click.Choice(["colqwen2", "colqwen2_5", "colpali", "colpali_hf", "colidefics3"]),
               help="With --pipeline: the tiny model's family.")
 def demo(out_dir, keep_ratio, pipeline, family):
     """Index the bundled example pages with the built-in micro model and answer example queries.
@@ -349,7 +349,7 @@ def demo(out_dir, keep_ratio, pipeline, family):
         return
     from sapindex.runtime.defaults import default_bundle_path, example_pages, example_queries
     from sapindex.runtime.indexer import open_for_search, run_index, search as run_search
-    from sapindex.runtime.overlay import write_overlay
+    from sapindex.runtime.overlay import global_cells, write_overlay
 
     bundle = default_bundle_path()
     summary = run_index(bundle, [str(p) for p in example_pages()], out_dir / "index", keep_ratio=keep_ratio)
@@ -372,9 +372,14 @@ def demo(out_dir, keep_ratio, pipeline, family):
         row = next(r for r in index.iter_rows() if r["path"] == top.path and r["page"] == top.page)
     from PIL import Image
 
+    grid, global_grid = (row["grid_rows"], row["grid_cols"]), (row["global_rows"], row["global_cols"])
     with Image.open(top.path) as page:
-        picture = write_overlay(out_dir / "kept-patches.png", page, (row["grid_rows"], row["grid_cols"]), row["positions"])
+        picture = write_overlay(out_dir / "kept-patches.png", page, grid, row["positions"], global_grid)
     click.echo(f"picture    {picture}: kept visual tokens of {Path(top.path).name} outlined")
+    extra = global_cells(grid, row["positions"], global_grid)
+    if extra:
+        click.echo(f"global     {len(extra)} kept global-tile tokens (not drawn), {global_grid[0]}x{global_grid[1]} "
+                   f"cells: {', '.join(f'({r},{c})' for r, c in extra)}")
 
 
 def _pipeline_demo(out_dir: Path, family: str) -> None:

@@ -105,18 +105,27 @@ def top_k(scores, ratio: float) -> np.ndarray:
     return np.sort(order[:k])
 
 
-def causal_correction(centrality) -> np.ndarray:
-    """In-degree per attending row for one contiguous run of ``V`` visual tokens under causal attention.
+def causal_correction(centrality, seq_rank=None) -> np.ndarray:
+    """In-degree per attending row for ``V`` visual tokens under causal attention.
 
-    With a causal decoder (Qwen2-VL family) visual token ``j`` can only be attended by the
-    ``V - j`` visual rows at or after it, so raw column sums favour early tokens. Dividing by that
-    count turns the sum into the mean attention per row that can see the token. Not in the SAP
+    With a causal decoder visual token ``j`` can only be attended by the visual rows at or
+    after it in the *sequence*, ``V - seq_rank[j]`` of them, so raw column sums favour early
+    tokens. Dividing by that count turns the sum into the mean attention per row that can see
+    the token. ``seq_rank [V]`` is each token's rank among the visual tokens in sequence order
+    (``TokenLayout.seq_rank``); it is needed whenever ``centrality`` is not in sequence order
+    (Idefics3 pages are stored tile-interleaved rows first and the global tile, last in the
+    sequence, at the end: dividing by ``V - spatial index`` would be wrong there). Omitted, the
+    tokens are taken to be in sequence order (one contiguous run, as Qwen2-VL). Not in the SAP
     paper: an option (``--position-correction``) to be measured, off by default.
     """
     centrality = np.asarray(centrality, dtype=np.float64)
     if centrality.ndim != 1 or centrality.size == 0:
         raise ValueError(f"centrality must be a non-empty 1-D array, got shape {centrality.shape}")
-    return centrality / np.arange(centrality.size, 0, -1)
+    n = centrality.size
+    rank = np.arange(n) if seq_rank is None else np.asarray(seq_rank, dtype=np.int64)
+    if rank.shape != (n,) or not np.array_equal(np.sort(rank), np.arange(n)):
+        raise ValueError(f"seq_rank must be a permutation of 0..{n - 1}, got shape {rank.shape}")
+    return centrality / (n - rank)
 
 
 def random_k(n: int, ratio: float, rng: np.random.Generator) -> np.ndarray:

@@ -49,14 +49,10 @@ def _pages():
 
 
 def _model_info(path):
-    """The checkpoint as the registry sees it; a stand-in spec until ``colidefics3`` is registered."""
-    from sapindex.models.registry import FamilySpec, ModelInfo, inspect_model_dir
+    """The checkpoint as the registry sees it."""
+    from sapindex.models.registry import inspect_model_dir
 
-    try:
-        info = inspect_model_dir(path)
-    except SapIndexError:  # registry not wired for idefics3 yet (being added separately)
-        spec = FamilySpec("colidefics3", "idefics3", "ColIdefics3", "ColIdefics3Processor", "tiles")
-        return ModelInfo(path=path, family=spec, n_layers=6, n_heads=4, n_kv_heads=2, hidden_size=64)
+    info = inspect_model_dir(path)
     assert info.family.name == "colidefics3"
     return info
 
@@ -380,3 +376,28 @@ def test_token_layout_refuses_inconsistent_input(runtime):
     dropped = np.delete(ids, np.flatnonzero(ids == image_id)[0])
     with pytest.raises(SapIndexError, match="111 image tokens"):
         tile_grid_from_ids(dropped, image_id, runtime.row_col_ids, 16)
+
+
+def test_prune_corrects_by_sequence_rank_not_spatial_index():
+    """A tiled page is stored in spatial order (local grid raster, then the global tile), which is
+    not its sequence order: the position correction must divide by ``V - seq_rank``."""
+    from sapindex import sap
+    from sapindex.runtime.encoder import PageVectors, prune
+
+    layout = TokenLayout.tiled(1, 2, 2)  # 2 tiles of 2x2 tokens -> 2x4 local grid, + 2x2 global: 12 tokens
+    assert not np.array_equal(layout.order, np.arange(12))
+    weight = np.ones(12)
+    weight[4] = 1.3  # sequence token 4 (spatial 2: tile 0, second token row) is the most central per row
+    seq_cent = weight * np.arange(12, 0, -1)  # raw in-degree: causal bias, in sequence order
+    emb = np.random.default_rng(3).standard_normal((12, 8)).astype(np.float32)
+    page = PageVectors(layout.to_spatial(emb, axis=0), layout.to_spatial(seq_cent), layout, layout.to_spatial(seq_cent))
+    assert prune(page, 0.05, position_correction=True).positions.tolist() == [2]
+    for ratio in (0.05, 0.25, 0.5):
+        corrected = prune(page, ratio, position_correction=True)
+        expected = np.sort(layout.spatial_index[sap.top_k(sap.causal_correction(seq_cent), ratio)])
+        assert corrected.positions.tolist() == expected.tolist()
+        np.testing.assert_array_equal(corrected.vectors, emb[layout.order[corrected.positions]])
+    naive = sap.top_k(page.centrality / np.arange(12, 0, -1), 0.05)  # dividing by V - spatial index
+    assert naive.tolist() == [5]  # sequence token 3, favoured only by its earlier spatial index
+    full = prune(page, 1.0)
+    assert full.global_grid == (2, 2) and full.grid == (2, 4) and full.positions.tolist() == list(range(12))

@@ -17,7 +17,7 @@ from sapindex.errors import SapIndexError
 from sapindex.runtime.paligemma import TORCHVISION_MAX_LEVELS, PaliGemmaParams, PaliGemmaPreprocessor
 
 FLAVOURS = {"colpali": False, "colpali_hf": True}
-SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))  # (height, width), as export.VALIDATION_SIZES
+SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))  # (height, width), export.VALIDATION_SIZES[:4]
 QUERIES = ["revenue", "What was the total revenue in 2021 compared with the year before?",
            "ünïcödé — 数字 123", "  spaces\tand\nnewlines ", " ".join(["annual report growth"] * 40)]
 
@@ -273,3 +273,44 @@ def test_graph_inputs_match_the_runtime(colpali_adapters, runtimes, name):
             np.testing.assert_array_equal(feed[key].numpy(), batch[key], err_msg=key)
     extras = runtime.query_extras(runtime.queries(QUERIES), hidden=64)
     assert list(extras) == ["image_embeds"] and extras["image_embeds"].shape == (len(QUERIES), 1, 64)
+
+
+def test_colpali_lora_over_a_local_base_merges(colpali_dirs, tmp_path):
+    """ColPali v1.x ships as a LoRA on ``colpaligemma-3b-pt-448-base``: the adapter (real ColPali's
+    target-module pattern, the projection included) merges into the local base given with
+    ``base_model`` and gives peft's own merged model's vectors."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    import colpali_engine.models as cm
+    from sapindex.models.base import load_adapter
+    from sapindex.models.loading import load_colpali
+    from sapindex.models.paligemma import _tie_lm_head
+    from sapindex.models.registry import inspect_model_dir
+
+    base = colpali_dirs["colpali"]
+    model = load_colpali(inspect_model_dir(base), cm.ColPali, torch.device("cpu"), torch.float32,
+                         fix=_tie_lm_head)
+    torch.manual_seed(3)
+    targets = r"(.*(language_model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$|.*(custom_text_proj).*$)"
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    adapter_dir = tmp_path / "colpali-v1.3"
+    peft_model.save_pretrained(adapter_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        if (base / name).exists():
+            shutil.copy(base / name, adapter_dir / name)
+    merged = peft_model.merge_and_unload()
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "vidore/colpaligemma-3b-pt-448-base"  # as published: a hub id
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(cfg))
+
+    adapter = load_adapter(adapter_dir, base_model=base)
+    assert adapter.info.is_lora and adapter.info.family.name == "colpali"
+    page = _page(300, 240)
+    inputs = adapter.page_inputs([page])
+    with torch.no_grad():
+        ref = merged(**inputs)[0][adapter.visual_mask(inputs)[0]].numpy()
+    np.testing.assert_allclose(adapter.encode_pages([page])[0].embeddings, ref, atol=1e-5)
+    plain = load_adapter(base).encode_pages([page])[0].embeddings
+    assert np.abs(plain - ref).max() > 1e-3, "the adapter must change the model"

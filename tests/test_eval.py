@@ -97,3 +97,31 @@ def test_bad_arguments():
         ev.parse_methods("sap,magic")
     with pytest.raises(SapIndexError, match=r"every ratio must be in \(0, 1\]"):
         ev.parse_ratios("0.1,1.5")
+
+
+def test_encoding_cache_keeps_token_layouts(tmp_path):
+    """Cached pages come back with their layout (a tiled page's sequence ranks drive sap-poscorr);
+    chunks written before layouts were cached read as raster grids."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sapindex.runtime.encoder import PageVectors
+    from sapindex.runtime.layout import TokenLayout
+
+    key = SimpleNamespace(fingerprint="fp")
+    cache = ev.EncodingCache(tmp_path / "cache", key, key)
+    rng = np.random.default_rng(0)
+    layouts = [TokenLayout.tiled(1, 2, 2), TokenLayout.raster(2, 3)]
+    pages = [PageVectors(rng.standard_normal((lay.n_tokens, 4)).astype(np.float32),
+                         rng.random(lay.n_tokens).astype(np.float32), lay, rng.random(lay.n_tokens).astype(np.float32))
+             for lay in layouts]
+    cache.save(["a", "b"], pages)
+    loaded = cache.load()
+    assert [loaded[i].layout for i in ("a", "b")] == layouts
+    np.testing.assert_array_equal(loaded["a"].embeddings, pages[0].embeddings)
+    (chunk,) = (tmp_path / "cache").glob("chunk-*.npz")
+    with np.load(chunk) as data:
+        old = {k: data[k] for k in data.files if k not in ("orders", "global_grids")}
+    np.savez(chunk, **old)
+    assert cache.load()["b"].layout == TokenLayout.raster(2, 3)

@@ -18,8 +18,11 @@ from sapindex.exporter.export import ExportConfig, export_bundle
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder, check_position_correction, prune
 
-FAMILIES = ["colqwen2", "colqwen2_5", "jina_v4", "colpali", "colpali_hf"]
+FAMILIES = ["colqwen2", "colqwen2_5", "jina_v4", "colpali", "colpali_hf", "colidefics3"]
 PREFIX_LM = {"colpali", "colpali_hf"}  # one fixed 8x8 grid (112 px pages), bidirectional image block
+TILED = {"colidefics3"}  # tiles + global tile: spatial order != sequence order
+# the text graph's family-specific last input (Idefics3 has none: its ids carry the tiling)
+LAST_TEXT_INPUT = {"colpali": "prefix_mask", "colpali_hf": "prefix_mask", "colidefics3": "image_embeds"}
 RATIOS = (0.05, 0.1, 0.2)
 
 
@@ -33,7 +36,11 @@ ODD = [(200, 150), (330, 300), (120, 421), (97, 233)]
 
 
 def _aligned(family):
-    """Pages the processor does not resample: ColPali squashes every page to 112x112."""
+    """Pages the processor does not resample: ColPali squashes every page to 112x112; Idefics3
+    pages of longest side 192 and multiples of the 64 px tile are cut as they are (only their
+    global tile is resampled)."""
+    if family in TILED:
+        return [(192, 128), (128, 192), (192, 192)]
     return [(112, 112)] * 3 if family in PREFIX_LM else ALIGNED
 
 
@@ -46,21 +53,27 @@ def test_manifest_and_validation(bundles, family):
     assert manifest["window"] == [calib["window"]["start"], calib["window"]["end"]]
     assert manifest["family"] == family and manifest["dim"] == 128 and manifest["format_version"] == 1
     assert manifest["attention"] == ("prefix-lm" if family in PREFIX_LM else "causal") == bundle.attention
-    assert manifest["graphs"]["text"]["inputs"][-1] == ("prefix_mask" if family in PREFIX_LM else "image_grid_thw")
+    assert manifest["graphs"]["text"]["inputs"][-1] == LAST_TEXT_INPUT.get(family, "image_grid_thw")
     assert manifest["source_model"]["fingerprint"] == calib["model"]["fingerprint"]["sha256"]
     v = manifest["validation"]
     assert v["max_abs_diff_embeddings"] < 1e-4 and v["max_abs_diff_query_embeddings"] < 1e-4
-    assert sorted(v["batch_sizes"]) == [1, 3] and not v["kept_set_mismatches"]
+    assert sorted(v["batch_sizes"]) == [1, 4] and not v["kept_set_mismatches"]
     if family in PREFIX_LM:  # fixed resolution: every validation page is the same grid
         assert v["visual_grids"] == [[8, 8]]
     else:
         assert len(v["visual_grids"]) >= 3
+    if family in TILED:  # local page grids of 3x3, 2x3 and 3x1 tiles of 4x4 tokens
+        assert v["visual_grids"] == [[8, 12], [12, 4], [12, 12]]
+        assert "global tile" in manifest["image_token_scheme"] and manifest["preprocessing"]["image_seq_len"] == 16
     assert {"vision.onnx", "vision.onnx.data", "text.onnx", "text.onnx.data", "tokenizer.json"} <= set(manifest["files"])
     for name in ("vision.onnx", "text.onnx"):
         graph = onnx.load(str(path / name), load_external_data=False).graph
         for tensor in graph.input:
             first = tensor.type.tensor_type.shape.dim[0]
             assert first.dim_param and not first.dim_value, f"{name}:{tensor.name} batch dim is static"
+            if family in TILED and tensor.name == "pixel_values":  # [B, N, 3, M, M]: the tile count varies
+                dims = tensor.type.tensor_type.shape.dim
+                assert dims[1].dim_param and [d.dim_value for d in dims[2:]] == [3, 64, 64]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -84,30 +97,56 @@ def test_graph_parity_on_identical_inputs(bundles, adapters, family):
                 assert np.array_equal(sap.top_k(cent[b][visual[b]], ratio), sap.top_k(page.centrality.mean(axis=0), ratio))
 
 
+def _pil_backend(adapter, request, monkeypatch):
+    """Idefics3 resamples every page's global tile: give the reference transformers' PIL backend
+    (horizontal-first, which the runtime is bit-identical to) instead of torchvision."""
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    request.getfixturevalue("pil_resize_horizontal_first")
+    pil = Idefics3ImageProcessorPil(**adapter.processor.image_processor.to_dict())
+    monkeypatch.setattr(adapter.processor, "image_processor", pil)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_runtime_end_to_end_parity(bundles, adapters, family):
-    """numpy preprocessing + ORT vs colpali-engine processor + PyTorch, from PIL images."""
+def test_runtime_end_to_end_parity(bundles, adapters, family, request, monkeypatch):
+    """numpy preprocessing + ORT vs colpali-engine processor + PyTorch, from PIL images.
+
+    The runtime returns pages in spatial order (``page.layout``), the torch side in sequence
+    order: references are mapped with the layout (the identity for grid families), and the
+    kept sets are compared as sets of spatial positions of the tokens torch would keep.
+    """
     encoder = Encoder(Bundle.open(bundles[family][1]))
     adapter = adapters[family]
     window = tuple(range(*encoder.bundle.window))
     images = _pages(_aligned(family))
+    if family in TILED:
+        _pil_backend(adapter, request, monkeypatch)
     for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):
-        assert page.grid == ref.grid
-        np.testing.assert_allclose(page.embeddings, ref.embeddings, atol=1e-4)
+        layout = page.layout
+        assert page.grid == ref.grid and layout.n_tokens == page.n_visual == len(ref.embeddings)
+        assert (layout.global_grid is not None) == (family in TILED)
+        np.testing.assert_allclose(page.embeddings, layout.to_spatial(ref.embeddings, axis=0), atol=1e-4)
+        ref_cent = ref.centrality.mean(axis=0)  # sequence order
+
+        def kept_by_torch(scores):
+            return np.sort(layout.spatial_index[sap.top_k(scores, ratio)])
+
         for ratio in RATIOS:
-            assert np.array_equal(prune(page, ratio).positions, sap.top_k(ref.centrality.mean(axis=0), ratio))
+            assert np.array_equal(prune(page, ratio).positions, kept_by_torch(ref_cent))
             if family in PREFIX_LM:
                 continue  # no causal bias to correct: refused below
             corrected = prune(page, ratio, position_correction=True).positions
-            assert np.array_equal(corrected, sap.top_k(sap.causal_correction(ref.centrality.mean(axis=0)), ratio))
+            assert np.array_equal(corrected, kept_by_torch(sap.causal_correction(ref_cent)))  # in sequence order
     if family in PREFIX_LM:
         with pytest.raises(SapIndexError, match="prefix-lm"):
             check_position_correction(encoder.bundle)
-    # resampled pages: PIL vs torchvision bicubic differ by <= 1 uint8 level; the effect stays small
+    monkeypatch.undo()  # back to the processor's own (torchvision) backend
+    # resampled pages: PIL vs torchvision bicubic differ by <= 1 uint8 level (Idefics3's three
+    # chained Lanczos passes: 2); the effect stays small
     images = _pages(ODD)
     for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):
         assert page.grid == ref.grid
-        assert np.abs(page.embeddings - ref.embeddings).max() < 5e-3
+        assert np.abs(page.embeddings - page.layout.to_spatial(ref.embeddings, axis=0)).max() < 5e-3
     queries = ["what was the total revenue in 2023", "chart"]
     for mine, ref in zip(encoder.encode_queries(queries), adapter.encode_queries(queries)):
         np.testing.assert_allclose(mine, ref, atol=1e-5)
@@ -161,7 +200,8 @@ def test_failed_validation_leaves_no_bundle(tiny_models, calibrations, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("family,n_visual", [("colqwen2", 7 * 9), ("colpali", 64), ("colpali_hf", 64)])
+@pytest.mark.parametrize("family,n_visual", [("colqwen2", 7 * 9), ("colpali", 64), ("colpali_hf", 64),
+                                             ("colidefics3", 9 * 16 + 16)])  # 3x3 tiles + global
 def test_encoder_runs_with_torch_and_transformers_blocked(bundles, tmp_path, family, n_visual):
     """The runtime path works in an interpreter where importing torch or transformers fails."""
     image = tmp_path / "page.png"

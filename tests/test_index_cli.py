@@ -31,7 +31,7 @@ def bundle(tiny_models, pairs_file, tmp_path_factory):
     out = cli("export", "--model", tiny_models["colqwen2"], "--calibration", calib / "calibration.json",
               "--out", root / "tiny.sap")
     assert out.returncode == 0, out.stderr
-    assert "validated  4 pages" in out.stdout
+    assert "validated  5 pages" in out.stdout
     return root / "tiny.sap"
 
 
@@ -167,7 +167,7 @@ def test_colpali_through_the_cli(tiny_models, pairs_file, tmp_path):
     bundle = tmp_path / "colpali.sap"
     out = cli("export", "--model", model, "--calibration", tmp_path / "calib" / "calibration.json", "--out", bundle)
     assert out.returncode == 0, out.stderr
-    assert "validated  4 pages" in out.stdout and "kept-set mismatches 0" in out.stdout
+    assert "validated  5 pages" in out.stdout and "kept-set mismatches 0" in out.stdout
     assert Bundle.open(bundle).attention == "prefix-lm"
 
     write_pairs(tmp_path / "docs", n=5, seed=11)
@@ -189,3 +189,44 @@ def test_colpali_through_the_cli(tiny_models, pairs_file, tmp_path):
     out = cli("eval", bundle, pairs_file, "--out", tmp_path / "rep", "--keep-ratios", "0.1", "--json")
     assert out.returncode == 0, out.stderr
     assert "sap-poscorr" not in json.loads(out.stdout)["methods"]  # the default skips what does not apply
+
+
+def test_colidefics3_through_the_cli(tiny_models, pairs_file, tmp_path):
+    """ColIdefics3 (tiles + a global tile, causal) end to end: info shows the scheme; calibrate,
+    export, index, search; rows record the global grid and spatial positions; the position
+    correction (which needs each token's sequence rank) runs and keeps what the encoder keeps."""
+    from PIL import Image
+
+    from sapindex.runtime.encoder import prune
+
+    model = tiny_models["colidefics3"]
+    out = cli("info", model)
+    assert out.returncode == 0, out.stderr
+    assert "family              colidefics3" in out.stdout and "attention           causal" in out.stdout
+    assert "global tile last" in out.stdout
+
+    assert cli("calibrate", "--model", model, "--pairs", pairs_file, "--out", tmp_path / "calib").returncode == 0
+    bundle = tmp_path / "colidefics3.sap"
+    out = cli("export", "--model", model, "--calibration", tmp_path / "calib" / "calibration.json", "--out", bundle)
+    assert out.returncode == 0, out.stderr
+    assert "validated  5 pages" in out.stdout and "kept-set mismatches 0" in out.stdout
+
+    write_pairs(tmp_path / "docs", n=5, seed=11)
+    pages = sorted((tmp_path / "docs" / "pages").glob("*.png"))
+    encoder = Encoder(Bundle.open(bundle))
+    encoded = {str(p): encoder.encode_pages([Image.open(p)])[0] for p in pages}
+    for flag, idx in (((), tmp_path / "idx"), (("--position-correction",), tmp_path / "idx-poscorr")):
+        out = cli("index", bundle, tmp_path / "docs" / "pages", "--out", idx, "--json", *flag)
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        assert summary["pages_indexed"] == 5
+        assert summary["vectors_before"] == sum(p.n_visual for p in encoded.values())
+        with Index.open(idx) as index:
+            for row in index.iter_rows():
+                page = encoded[row["path"]]
+                assert (row["grid_rows"], row["grid_cols"]) == page.grid
+                assert (row["global_rows"], row["global_cols"]) == page.layout.global_grid == (4, 4)
+                assert row["n_visual"] == page.grid[0] * page.grid[1] + 16
+                kept = prune(page, 0.1, position_correction=bool(flag))
+                assert row["positions"].tolist() == kept.positions.tolist()
+    _search_matches_exact_maxsim(bundle, tmp_path / "idx", "north river", 3)

@@ -69,6 +69,16 @@ def test_info_reads_colpali_checkpoints(tiny_models, family, model_type):
     assert type(load_adapter(tiny_models[family])).__name__ == "PaliGemmaAdapter"
 
 
+def test_info_reads_a_colidefics3_checkpoint(tiny_models):
+    """ColSmol (model_type idefics3) is detected from config.json alone: causal, tiles + global tile."""
+    summary = inspect_model_dir(tiny_models["colidefics3"]).summary()
+    assert (summary["family"], summary["model_type"], summary["attention"]) == ("colidefics3", "idefics3", "causal")
+    assert (summary["n_layers"], summary["n_heads"], summary["n_kv_heads"], summary["hidden_size"]) == (6, 4, 2, 64)
+    scheme = summary["image_token_scheme"]
+    assert "global tile" in scheme and "64 per 512 px tile" in scheme and "global tile last" in scheme
+    assert type(load_adapter(tiny_models["colidefics3"])).__name__ == "Idefics3Adapter"
+
+
 def test_colpali_hf_without_decoder_config_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "colpali", "vlm_config": {"text_config": {}}}))
     with pytest.raises(SapIndexError, match=r"config.json: missing or invalid text config field 'num_hidden_layers'"):
@@ -126,8 +136,7 @@ def test_checkpoint_missing_projection_is_refused(tiny_models, tmp_path):
 @pytest.mark.parametrize("config,reason", [
     ({"model_type": "qwen2", "num_hidden_layers": 2}, "text-only model has no visual tokens"),
     ({"model_type": "qwen3_5", "vision_config": {}}, "linear-attention layers"),
-    ({"model_type": "idefics3", "vision_config": {}}, "ColIdefics3/ColSmol is not supported yet"),
-    ({"model_type": "smolvlm", "vision_config": {}}, "ColSmol is not supported yet"),
+    ({"model_type": "smolvlm", "vision_config": {}}, "SmolVLM2 has no colpali-engine retrieval class"),
     ({"model_type": "llava", "vision_config": {}}, "unsupported architecture 'llava'; supported: colqwen2"),
 ])
 def test_unsupported_architectures(tmp_path, config, reason):

@@ -25,3 +25,19 @@ def test_large_pages_are_scaled_and_bad_grids_refused():
     assert max(out.size) == 1000
     with pytest.raises(ValueError, match="grid"):
         kept_patches_overlay(Image.new("RGB", (10, 10)), (0, 3), [])
+
+
+def test_global_tile_tokens_are_listed_not_drawn():
+    """Idefics3: positions >= rows*cols are global-tile tokens: checked and listed, never drawn."""
+    from sapindex.runtime.overlay import global_cells
+
+    page = Image.new("RGB", (400, 200), (0, 0, 0))
+    plain = np.asarray(kept_patches_overlay(page, (2, 4), [1]))
+    with_global = np.asarray(kept_patches_overlay(page, (2, 4), [1, 8, 11], global_grid=(2, 2)))
+    assert np.array_equal(plain, with_global)  # the global tokens change nothing on the picture
+    assert global_cells((2, 4), [1, 8, 11], (2, 2)) == [(0, 0), (1, 1)]
+    assert global_cells((2, 4), [1, 6], None) == []
+    with pytest.raises(ValueError, match="exceed grid"):
+        kept_patches_overlay(page, (2, 4), [1, 8], global_grid=None)
+    with pytest.raises(ValueError, match="exceed grid"):
+        global_cells((2, 4), [12], (2, 2))

@@ -372,3 +372,55 @@ def test_changing_one_copy_keeps_the_other_copys_pages(tmp_path):
         assert idx.indexed_paths() == {"q.pdf": {h(1)}, "p.pdf": {h(2)}}
     assert sorted((r["path"], r["content_hash"], r["page"]) for r in Index.open(tmp_path / "idx").iter_rows()) == [
         ("p.pdf", h(2), 1), ("q.pdf", h(1), 2), ("q.pdf", h(1), 3)]
+
+
+# --------------------------------------------------------------------------- global-tile pages
+
+
+def test_a_tiled_page_records_its_global_grid(index):
+    """A colidefics3 page (12x12 local grid + 4x4 global tile, 160 tokens) keeps its global grid;
+    grid-family rows read (0, 0)."""
+    from types import SimpleNamespace
+
+    from sapindex.runtime.encoder import EncodedPage
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3, DIM)).astype(np.float32)
+    encoded = EncodedPage(vectors, np.array([5, 143, 150], np.int32), (12, 12), 160, (4, 4))
+    source = SimpleNamespace(path="/d/tiled.pdf", content_hash=h(7), page=1, size=(300, 420))
+    assert index.add_pages([PageRow.from_encoded(source, encoded), make_row("/d/grid.pdf", h(8), 1, 4, 1)]) == 2
+    rows = {r["path"]: r for r in index.iter_rows()}
+    tiled, grid = rows["/d/tiled.pdf"], rows["/d/grid.pdf"]
+    assert (tiled["grid_rows"], tiled["grid_cols"], tiled["global_rows"], tiled["global_cols"]) == (12, 12, 4, 4)
+    assert tiled["positions"].tolist() == [5, 143, 150] and tiled["n_visual"] == 160
+    assert (grid["global_rows"], grid["global_cols"]) == (0, 0)
+
+
+def test_an_index_without_the_global_grid_columns_still_opens(tmp_path, monkeypatch):
+    """Indexes written before ``global_rows``/``global_cols`` existed: readable (0 for both),
+    searchable, appendable with grid-family pages; a tiled page is refused with the reason."""
+    from sapindex.runtime import store
+
+    new_schema = store.page_schema
+
+    def old_schema(dim, vector_dtype="float16"):
+        schema = new_schema(dim, vector_dtype)
+        return schema.remove(schema.get_field_index("global_cols")).remove(schema.get_field_index("global_rows"))
+
+    path = tmp_path / "old"
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "page_schema", old_schema)
+        with Index.create_or_open(path, "fp-A", DIM) as idx:
+            idx.add_pages([make_row("/d/a.pdf", h(1), 1, 4, 1)])
+    with Index.open(path) as idx:
+        assert "global_rows" not in idx._page_columns()
+        (row,) = list(idx.iter_rows())
+        assert (row["grid_rows"], row["global_rows"], row["global_cols"]) == (8, 0, 0)
+        assert idx.search(row["vectors"][:1], k=1)[0].path == "/d/a.pdf"
+    with Index.create_or_open(path, "fp-A", DIM) as idx:
+        assert idx.add_pages([make_row("/d/b.pdf", h(2), 1, 4, 2)]) == 1
+        tiled = make_row("/d/c.pdf", h(3), 1, 4, 3)
+        tiled.global_grid = (4, 4)
+        with pytest.raises(SapIndexError, match=r"old: this index predates global-tile pages"):
+            idx.add_pages([tiled])
+        assert sorted(r["path"] for r in idx.iter_rows()) == ["/d/a.pdf", "/d/b.pdf"]

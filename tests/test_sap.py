@@ -293,3 +293,15 @@ def test_causal_correction_divides_by_attending_rows():
     np.testing.assert_allclose(flat, np.ones(4))
     with pytest.raises(ValueError, match="non-empty 1-D"):
         sap.causal_correction(np.zeros((2, 2)))
+
+
+def test_causal_correction_divides_by_the_rows_that_see_each_token_in_sequence_order():
+    """Values in another order than the sequence (Idefics3 pages are stored spatially): the
+    divisor is ``V - seq_rank``, so the result is the sequence-order correction, permuted."""
+    seq_values = np.array([6.0, 5.0, 1.0, 3.0])  # sequence order: divisors 4, 3, 2, 1
+    order = np.array([2, 0, 3, 1])  # spatial position k holds sequence token order[k]
+    corrected = sap.causal_correction(seq_values[order], seq_rank=order)
+    np.testing.assert_allclose(corrected, sap.causal_correction(seq_values)[order])
+    np.testing.assert_allclose(corrected, [1 / 2, 6 / 4, 3 / 1, 5 / 3])
+    with pytest.raises(ValueError, match="permutation"):
+        sap.causal_correction(seq_values, seq_rank=[0, 0, 1, 2])

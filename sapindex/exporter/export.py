@@ -21,7 +21,12 @@ import numpy as np
 
 from sapindex import __version__, sap
 from sapindex.errors import SapIndexError
-from sapindex.exporter.preprocessing_params import paligemma_params, qwen2_vl_params, write_tokenizer_json
+from sapindex.exporter.preprocessing_params import (
+    idefics3_params,
+    paligemma_params,
+    qwen2_vl_params,
+    write_tokenizer_json,
+)
 from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, GRAPH_IO_BY_FAMILY, Bundle, seal_manifest
 
 EMBED_TOL_FP32 = 1e-4
@@ -44,6 +49,10 @@ _PALIGEMMA_AXES = {  # fixed image size: only the batch axis of the pixels varie
     "vision": {"pixel_values": {0: "batch"}},
     "text": {**_TEXT_AXES, "prefix_mask": {0: "batch", 1: "seq"}},
 }
+_IDEFICS3_AXES = {  # fixed tile size: the batch and the tile count (padded to the batch's largest page) vary
+    "vision": {"pixel_values": {0: "batch", 1: "tiles"}},
+    "text": _TEXT_AXES,
+}
 
 
 def _qwen2_vl_graphs(adapter, window):
@@ -60,6 +69,12 @@ def _paligemma_graphs(adapter, window):
     return VisionGraph(backbone), TextGraph(backbone, adapter.projection(), window)
 
 
+def _idefics3_graphs(adapter, window):
+    from sapindex.exporter.idefics3_graph import TextGraph, VisionGraph
+
+    return VisionGraph(adapter.model.model), TextGraph(adapter.model, window)
+
+
 @dataclass(frozen=True)
 class GraphFamily:
     """How one family's model becomes a bundle; graph input/output names: ``GRAPH_IO_BY_FAMILY``."""
@@ -72,10 +87,12 @@ class GraphFamily:
 _QWEN2_VL = GraphFamily(_qwen2_vl_graphs, qwen2_vl_params, _QWEN2_VL_AXES)
 _PALIGEMMA = GraphFamily(_paligemma_graphs, paligemma_params, _PALIGEMMA_AXES)
 GRAPH_FAMILIES = {"colqwen2": _QWEN2_VL, "colqwen2_5": _QWEN2_VL, "jina_v4": _QWEN2_VL,
-                  "colpali": _PALIGEMMA, "colpali_hf": _PALIGEMMA}
+                  "colpali": _PALIGEMMA, "colpali_hf": _PALIGEMMA,
+                  "colidefics3": GraphFamily(_idefics3_graphs, idefics3_params, _IDEFICS3_AXES)}
 DYNAMIC_AXES = {family: spec.dynamic_axes for family, spec in GRAPH_FAMILIES.items()}
-# (height, width) of validation pages: tall, wide, square-ish; three distinct visual grids at least
-VALIDATION_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))
+# (height, width) of validation pages: tall, wide, square-ish, a strip; three distinct visual grids at
+# least (Idefics3 tiles 420x300, 360x360 and 150x210 alike as 3x3; 230x520 as 2x3, 600x150 as 3x1)
+VALIDATION_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210), (600, 150))
 
 
 @dataclass
@@ -239,7 +256,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
     encoder = Encoder(bundle, device="cpu")  # the runtime's preprocessing and sessions, from the staged bundle
     sessions, runtime = encoder.sessions, encoder.preprocessor
     pages = _validation_pages(adapter, VALIDATION_SIZES)
-    batches = [pages[:1], pages[1:]]  # batch sizes 1 and 3, mixed sizes in one batch
+    batches = [pages[:1], pages[1:]]  # batch sizes 1 and 4, mixed sizes in one batch
     worst_emb = worst_cent = worst_eos = worst_pixels = 0.0
     mismatched = []
     overlap_at_01 = []

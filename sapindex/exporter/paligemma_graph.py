@@ -65,13 +65,5 @@ class TextGraph(DecoderGraph):
         prefix = prefix_mask.bool()
         block = prefix.unsqueeze(2) & prefix.unsqueeze(1)  # [B, S, S] both ends in the bidirectional block
         allowed = (causal | block) & attention_mask.bool().unsqueeze(1)  # [B, S, S]
-        cos, sin = self._rotary(i + 1, x.dtype)  # 1-based positions, padding ignored (as PaliGemma)
+        cos, sin = self._rope_1d(i + 1, x.dtype)  # 1-based positions, padding ignored (as PaliGemma)
         return self._decode(x, attention_mask, is_image, additive_mask(allowed), cos, sin)
-
-    def _rotary(self, positions, dtype):
-        """Plain RoPE tables ``[1, 1, S, hd]`` for ``positions [S]`` (default rope type: scaling 1)."""
-        inv = self.lm.rotary_emb.inv_freq  # [hd/2]
-        freqs = positions.float().unsqueeze(-1) * inv  # [S, hd/2]
-        emb = torch.cat([freqs, freqs], dim=-1).view(1, 1, positions.shape[0], -1)  # [1, 1, S, hd]
-        scale = self.lm.rotary_emb.attention_scaling
-        return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)

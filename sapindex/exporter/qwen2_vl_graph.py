@@ -16,7 +16,7 @@ and weights and re-express only that glue as plain batched tensor ops:
 Two graphs share no weight: ``vision`` (pixels -> merged image features) and ``text`` (ids +
 image features -> embeddings + centrality). Queries run the text graph alone.
 :class:`DecoderGraph` (feature placement, unrolled layers, in-graph centrality, head) is shared
-with the other families' text graphs (``paligemma_graph``).
+with the other families' text graphs (``paligemma_graph``, ``idefics3_graph``).
 """
 
 from __future__ import annotations
@@ -105,6 +105,13 @@ def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
     return torch.where(allowed, 0.0, NEG).unsqueeze(1)
 
 
+def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` attention mask -> ``[B, S, S]`` bool: query i may attend key j iff ``j <= i`` and j is valid."""
+    seq = attention_mask.shape[1]
+    i = torch.arange(seq, device=attention_mask.device)
+    return (i.view(1, seq, 1) >= i.view(1, 1, seq)) & attention_mask.bool().unsqueeze(1)
+
+
 class DecoderGraph(nn.Module):
     """What every family's text graph shares, given its attention mask and rotary tables.
 
@@ -143,6 +150,15 @@ class DecoderGraph(nn.Module):
         embed = self.lm.embed_tokens
         x = torch.where(is_image.unsqueeze(-1), gathered.to(embed.weight.dtype), embed(text_ids))
         return x, is_image, img_rank
+
+    def _rope_1d(self, positions, dtype):
+        """Plain RoPE tables ``[1, 1, S, hd]`` for ``positions [S]``, times the rotary module's
+        ``attention_scaling`` (1 for the default rope type, not for Llama-3-style scaled ropes)."""
+        inv = self.lm.rotary_emb.inv_freq  # [hd/2]
+        freqs = positions.float().unsqueeze(-1) * inv  # [S, hd/2]
+        emb = torch.cat([freqs, freqs], dim=-1).view(1, 1, positions.shape[0], -1)  # [1, 1, S, hd]
+        scale = self.lm.rotary_emb.attention_scaling
+        return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
 
     def _decode(self, x, attention_mask, is_image, mask, cos, sin):
         """Decoder layers + head: ``(embeddings [B, S, dim], centrality [B, S], eos_attention [B, S])``."""
@@ -206,14 +222,12 @@ class TextGraph(DecoderGraph):
         self.mrope_section = list(self.lm.rotary_emb.mrope_section)
 
     def forward(self, input_ids, attention_mask, image_embeds, image_grid_thw):
-        seq = input_ids.shape[1]
         valid = attention_mask.bool()  # [B, S]
         x, is_image, img_rank = self._merge_image_features(input_ids, image_embeds)
         position_ids = self._positions(valid, is_image, img_rank, image_grid_thw)  # [3, B, S]
         cos, sin = self._rotary(position_ids, x.dtype)  # [B, 1, S, hd]
-        i = torch.arange(seq, device=input_ids.device)
-        allowed = (i.view(1, seq, 1) >= i.view(1, 1, seq)) & valid.unsqueeze(1)  # [B, S, S] causal + padding
-        return self._decode(x, attention_mask, is_image, additive_mask(allowed), cos, sin)
+        mask = additive_mask(causal_padding_mask(attention_mask))  # causal + padding
+        return self._decode(x, attention_mask, is_image, mask, cos, sin)
 
     def _positions(self, valid, is_image, img_rank, image_grid_thw):
         """M-RoPE position ids ``[3, B, S]``, closed form of transformers' ``get_rope_index`` for one image per row."""

@@ -178,9 +178,9 @@ def load_adapter(model_dir: str | Path, *, base_model=None, device: str = "cpu",
     from sapindex.models.registry import inspect_model_dir
 
     info = inspect_model_dir(model_dir, base_model)
-    from sapindex.models import jina_v4, paligemma, qwen2_vl
+    from sapindex.models import idefics3, jina_v4, paligemma, qwen2_vl
 
     adapters = {"colqwen2": qwen2_vl.Qwen2VLAdapter, "colqwen2_5": qwen2_vl.Qwen2VLAdapter,
                 "jina_v4": jina_v4.JinaV4Adapter, "colpali": paligemma.PaliGemmaAdapter,
-                "colpali_hf": paligemma.PaliGemmaAdapter}
+                "colpali_hf": paligemma.PaliGemmaAdapter, "colidefics3": idefics3.Idefics3Adapter}
     return adapters[info.family.name].load(info, device=resolve_device(device), dtype=resolve_dtype(dtype))

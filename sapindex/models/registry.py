@@ -41,6 +41,13 @@ PALIGEMMA_SCHEME = (
     "prefix-LM: image and prompt attend each other bidirectionally"
 )
 
+IDEFICS3_SCHEME = (
+    "tiles + global tile: page longest side scaled to longest_edge, stretched onto R x C tiles of M px "
+    "(512 px in ColSmol) plus the whole page at M x M as a global tile; SigLIP patches pixel-shuffled to "
+    "(M/64)^2 tokens per tile (64 per 512 px tile), tile by tile in row-major order, global tile last; "
+    "stored positions are spatial: the (8R x 8C) page grid in raster order, then the 8x8 global grid"
+)
+
 FAMILIES: dict[str, FamilySpec] = {
     spec.name: spec
     for spec in (
@@ -52,6 +59,8 @@ FAMILIES: dict[str, FamilySpec] = {
         FamilySpec("colpali", "paligemma", "ColPali", "ColPaliProcessor", PALIGEMMA_SCHEME, attention="prefix-lm"),
         FamilySpec("colpali_hf", "colpali", "ColPaliForRetrieval", "ColPaliProcessor", PALIGEMMA_SCHEME,
                    attention="prefix-lm"),
+        # colpali-engine ColIdefics3 (ColSmol): Idefics3 = SigLIP + pixel shuffle + Llama, causal
+        FamilySpec("colidefics3", "idefics3", "ColIdefics3", "ColIdefics3Processor", IDEFICS3_SCHEME),
     )
 }
 
@@ -60,8 +69,7 @@ JINA_V4_KEYS = ("task_names", "multi_vector_projector_dim", "single_vector_pool_
 
 # Backbones we recognise but cannot (yet) serve, with the reason a user sees.
 _KNOWN_UNSUPPORTED = {
-    "idefics3": "ColIdefics3/ColSmol is not supported yet",
-    "smolvlm": "ColSmol is not supported yet",
+    "smolvlm": "SmolVLM2 has no colpali-engine retrieval class (ColSmol checkpoints are idefics3)",
     "qwen3_5": "Qwen3.5 hybrid models have linear-attention layers that expose no attention matrix",
 }
 

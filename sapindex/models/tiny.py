@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sapindex.models._compat import prepare_torch_side
+from sapindex.models.tiny_idefics3 import build_tiny_colidefics3
 from sapindex.synthetic import WORDS
 
 SPECIAL_TOKENS = [
@@ -245,11 +246,13 @@ def build_tiny_colpali(out_dir: str | Path, hf: bool = False, seed: int = 0) -> 
 
 
 COLPALI_FLAVOURS = {"colpali": False, "colpali_hf": True}  # family -> transformers' ColPaliForRetrieval
-TINY_FAMILIES = (*DEFAULTS, *COLPALI_FLAVOURS)
+TINY_FAMILIES = (*DEFAULTS, *COLPALI_FLAVOURS, "colidefics3")
 
 
 def build_tiny(out_dir: str | Path, family: str) -> Path:
     """A tiny checkpoint of any family in :data:`TINY_FAMILIES`, with its default sizes."""
     if family in COLPALI_FLAVOURS:
         return build_tiny_colpali(out_dir, hf=COLPALI_FLAVOURS[family])
+    if family == "colidefics3":
+        return build_tiny_colidefics3(out_dir)
     return build_tiny_model(out_dir, family)

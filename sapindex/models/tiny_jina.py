@@ -32,11 +32,12 @@ REMOTE_CODE = "raise ImportError('sapindex must never execute a checkpoint's own
 
 
 def build_tiny_jina(out_dir: str | Path, config_layout: str = "nested", key_layout: str = "new",
-                    rank: int = 4, alpha: float = 8.0, seed: int = 0) -> Path:
+                    rank: int = 4, alpha: float = 8.0, seed: int = 0, **sizes) -> Path:
+    """``sizes`` override the backbone's :class:`~sapindex.models.tiny.TinySpec` (e.g. real widths)."""
     import torch
     from safetensors.torch import save_file
 
-    model, processor = make_tiny(tiny_spec("colqwen2_5", seed=seed))
+    model, processor = make_tiny(tiny_spec("colqwen2_5", seed=seed, **sizes))
     out = Path(out_dir)
     (out / "adapters").mkdir(parents=True, exist_ok=True)
     rename = _KEY_LAYOUTS[key_layout]

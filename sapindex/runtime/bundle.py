@@ -36,10 +36,13 @@ _QWEN2_VL_INPUTS = {"vision": ["pixel_values", "image_grid_thw"],
 # PaliGemma: one fixed grid (no grid input); prefix_mask marks the bidirectional prefix-LM block
 _PALIGEMMA_INPUTS = {"vision": ["pixel_values"],
                      "text": ["input_ids", "attention_mask", "image_embeds", "prefix_mask"]}
+# Idefics3: tiles of a fixed size (pixel_values [B, N, 3, M, M]); the ids carry the tiling
+_IDEFICS3_INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask", "image_embeds"]}
 GRAPH_IO_BY_FAMILY = {
     family: {name: {"inputs": inputs[name], "outputs": GRAPH_OUTPUTS[name]} for name in GRAPH_OUTPUTS}
     for families, inputs in ((("colqwen2", "colqwen2_5", "jina_v4"), _QWEN2_VL_INPUTS),
-                             (("colpali", "colpali_hf"), _PALIGEMMA_INPUTS))
+                             (("colpali", "colpali_hf"), _PALIGEMMA_INPUTS),
+                             (("colidefics3",), _IDEFICS3_INPUTS))
     for family in families
 }
 ATTENTION_KINDS = ("causal", "prefix-lm")

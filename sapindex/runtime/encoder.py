@@ -2,7 +2,8 @@
 
 The family's numpy preprocessing (``runtime/<family>.py``) builds the graph inputs; the
 graphs return every token's final embedding and the window centrality; SAP keeps the
-``keep_count`` most central visual tokens (``sapindex.sap.top_k``), in positional order.
+``keep_count`` most central visual tokens (``sapindex.sap.top_k``), in spatial order
+(``sapindex.runtime.layout``: for Idefics3 the local page grid, then the global tile).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 from sapindex import sap
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.idefics3 import Idefics3Params, Idefics3Preprocessor
+from sapindex.runtime.layout import TokenLayout
 from sapindex.runtime.paligemma import PaliGemmaParams, PaliGemmaPreprocessor
 from sapindex.runtime.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
 from sapindex.runtime.session import BundleSessions
@@ -24,21 +27,32 @@ PREPROCESSORS = {
     "jina_v4": (Qwen2VLParams, Qwen2VLPreprocessor),  # Qwen2.5-VL with jina's prompts (in the params)
     "colpali": (PaliGemmaParams, PaliGemmaPreprocessor),
     "colpali_hf": (PaliGemmaParams, PaliGemmaPreprocessor),  # the flavour differences live in the params
+    "colidefics3": (Idefics3Params, Idefics3Preprocessor),
 }
 
 
 @dataclass
 class PageVectors:
-    """All visual tokens of one page, before pruning."""
+    """All visual tokens of one page, before pruning, in *spatial* order (``layout``).
+
+    Spatial order is what the index stores positions in (the overlay draws them without knowing
+    the family); for the grid families it is the sequence order. ``layout.seq_rank`` keeps the
+    sequence order the causal position correction needs.
+    """
 
     embeddings: np.ndarray  # [V, dim] float32, L2-normalised
     centrality: np.ndarray  # [V] float32, SAP window in-degree
-    grid: tuple[int, int]  # (rows, cols); token k sits at (k // cols, k % cols)
+    layout: TokenLayout  # where spatial token k sits (grid, then global grid) and its sequence rank
     eos: np.ndarray  # [V] float32, final-layer attention from the last token (baselines only)
 
     @property
     def n_visual(self) -> int:
         return int(self.embeddings.shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the local grid; token k < rows*cols sits at (k // cols, k % cols)."""
+        return self.layout.grid
 
 
 @dataclass
@@ -46,20 +60,43 @@ class EncodedPage:
     """The kept vectors of one page, what the index stores."""
 
     vectors: np.ndarray  # [k, dim] float32
-    positions: np.ndarray  # [k] int32, ascending visual-token indices
+    positions: np.ndarray  # [k] int32, ascending spatial visual-token indices
     grid: tuple[int, int]
     n_visual: int
+    global_grid: tuple[int, int] | None = None  # tokens >= rows*cols: cells of this whole-page grid
 
 
 def prune(page: PageVectors, keep_ratio: float, position_correction: bool = False) -> EncodedPage:
     """SAP selection: the most central ``keep_count(V, ratio)`` tokens; ratio 1.0 keeps every token.
 
     ``position_correction`` ranks by :func:`sapindex.sap.causal_correction` of the centrality
-    (causal decoders only; see there).
+    with each token's sequence rank (causal decoders only; see there).
     """
-    scores = sap.causal_correction(page.centrality) if position_correction else page.centrality
+    scores = (sap.causal_correction(page.centrality, page.layout.seq_rank) if position_correction
+              else page.centrality)
     kept = sap.top_k(scores, keep_ratio)
-    return EncodedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual)
+    return EncodedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual,
+                       page.layout.global_grid)
+
+
+def page_tokens(preprocessor, batch) -> list[tuple[np.ndarray, TokenLayout]]:
+    """Per page of a preprocessed batch: the sequence positions of its visual tokens (in
+    sequence order) and their :class:`TokenLayout`.
+
+    Grid-family preprocessors give a ``PageLayout`` (rows, cols, positions; sequence order is
+    raster order); Idefics3's gives the ``TokenLayout`` itself, its tokens being every
+    ``<image>`` of the row.
+    """
+    out = []
+    for ids, layout in zip(batch["input_ids"], preprocessor.layouts(batch)):
+        if isinstance(layout, TokenLayout):
+            positions = np.flatnonzero(ids == preprocessor.image_token_id)
+            if len(positions) != layout.n_tokens:
+                raise SapIndexError(f"page has {len(positions)} image tokens, its layout {layout.n_tokens}")
+        else:
+            positions, layout = layout.positions, TokenLayout.raster(layout.rows, layout.cols)
+        out.append((positions, layout))
+    return out
 
 
 def check_position_correction(bundle: Bundle) -> None:
@@ -92,9 +129,10 @@ class Encoder:
         batch = self.preprocessor.pages(images)
         emb, cent, eos = self.sessions.encode_pages(batch)  # [B, S, dim], [B, S], [B, S]
         pages = []
-        for b, layout in enumerate(self.preprocessor.layouts(batch)):
-            pos = layout.positions
-            pages.append(PageVectors(emb[b, pos], cent[b, pos], (layout.rows, layout.cols), eos[b, pos]))
+        for b, (pos, layout) in enumerate(page_tokens(self.preprocessor, batch)):
+            # sequence order (graph outputs at the visual positions) -> spatial order
+            pages.append(PageVectors(layout.to_spatial(emb[b, pos], axis=0), layout.to_spatial(cent[b, pos]),
+                                     layout, layout.to_spatial(eos[b, pos])))
         return pages
 
     def encode_queries(self, texts: list[str]) -> list[np.ndarray]:

@@ -24,6 +24,7 @@ from sapindex.runtime import baselines
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.datasets import EvalDataset, load_dataset
 from sapindex.runtime.encoder import Encoder, PageVectors, check_position_correction, prune
+from sapindex.runtime.layout import TokenLayout
 from sapindex.runtime.metrics import evaluate, maxsim_matrix
 
 METHODS = ("full", "sap", "sap-poscorr", "random", "eos", "adaptive-eos", "pooling", "cluster")
@@ -94,7 +95,7 @@ class EncodingCache:
                 for i, page_id in enumerate(data["ids"]):
                     a, b = offsets[i], offsets[i + 1]
                     pages[str(page_id)] = PageVectors(data["embeddings"][a:b], data["centrality"][a:b],
-                                                      tuple(int(x) for x in data["grids"][i]), data["eos"][a:b])
+                                                      _cached_layout(data, i, a, b), data["eos"][a:b])
         return pages
 
     def save(self, ids: list[str], pages: list[PageVectors]) -> None:
@@ -105,8 +106,20 @@ class EncodingCache:
                  embeddings=np.concatenate([p.embeddings for p in pages]).astype(np.float32),
                  centrality=np.concatenate([p.centrality for p in pages]).astype(np.float32),
                  eos=np.concatenate([p.eos for p in pages]).astype(np.float32),
-                 grids=np.array([p.grid for p in pages], dtype=np.int64))
+                 grids=np.array([p.grid for p in pages], dtype=np.int64),
+                 global_grids=np.array([p.layout.global_grid or (0, 0) for p in pages], dtype=np.int64),
+                 orders=np.concatenate([p.layout.order for p in pages]))
         os.replace(tmp, self.dir / f"chunk-{n:06d}.npz")
+
+
+def _cached_layout(data, i: int, a: int, b: int) -> TokenLayout:
+    """Page ``i``'s token layout from a cache chunk; chunks written before layouts were cached
+    (grid families only then) have no ``orders``: raster order."""
+    rows, cols = (int(x) for x in data["grids"][i])
+    if "orders" not in data.files:
+        return TokenLayout.raster(rows, cols)
+    global_grid = tuple(int(x) for x in data["global_grids"][i])
+    return TokenLayout((rows, cols), global_grid if global_grid != (0, 0) else None, data["orders"][a:b])
 
 
 def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache, batch_size: int,

@@ -4,6 +4,11 @@ Why: pruning is only trustworthy if a user can see where the surviving vectors s
 table cells, chart labels, or on blank margins). The index stores each page's visual grid
 (rows x cols of visual tokens) and the row-major positions of the kept tokens; that is all the
 overlay needs besides the page image.
+
+Idefics3 pages also encode a downscaled copy of the whole page (the global tile): its tokens
+follow the page grid's in the stored positions (``k >= rows*cols``, cells of ``global_grid``).
+They are not drawn, since each covers a region that the page grid already tiles and outlining
+both would hide which of the two kept a spot; :func:`global_cells` lists them instead.
 """
 
 from __future__ import annotations
@@ -14,21 +19,39 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["kept_patches_overlay", "write_overlay"]
+__all__ = ["kept_patches_overlay", "global_cells", "write_overlay"]
+
+
+def global_cells(grid: tuple[int, int], positions: Sequence[int],
+                 global_grid: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """(row, col) in ``global_grid`` of every kept global-tile token (positions ``>= rows*cols``)."""
+    rows, cols = grid
+    extra = np.asarray(positions, dtype=np.int64)
+    extra = extra[extra >= rows * cols] - rows * cols
+    if extra.size == 0:
+        return []
+    g_rows, g_cols = global_grid or (0, 0)
+    if g_rows < 1 or g_cols < 1 or extra.max() >= g_rows * g_cols:
+        raise ValueError(f"positions up to {int(extra.max()) + rows * cols} exceed grid {grid} "
+                         f"and global grid {global_grid}")
+    return [(int(k) // g_cols, int(k) % g_cols) for k in extra]
 
 
 def kept_patches_overlay(page: Image.Image, grid: tuple[int, int], positions: Sequence[int],
-                         max_side: int = 1000) -> Image.Image:
+                         max_side: int = 1000, global_grid: tuple[int, int] | None = None) -> Image.Image:
     """``page`` (scaled to at most ``max_side``) with kept cells outlined in red, others dimmed.
 
     ``grid`` is (rows, cols) of visual tokens covering the whole page; ``positions`` are the kept
-    tokens' row-major indices in that grid.
+    tokens' row-major indices in that grid, then (``>= rows*cols``) global-tile tokens of
+    ``global_grid``, which are checked but not drawn (module doc).
     """
     rows, cols = grid
     if rows < 1 or cols < 1:
         raise ValueError(f"grid must be positive, got {grid}")
+    positions = np.asarray(positions, dtype=np.int64)
+    global_cells(grid, positions, global_grid)  # refuses positions beyond both grids
     kept = np.zeros(rows * cols, dtype=bool)
-    kept[np.asarray(positions, dtype=np.int64)] = True
+    kept[positions[positions < rows * cols]] = True
     image = page.convert("RGB")
     scale = min(1.0, max_side / max(image.size))
     if scale < 1.0:
@@ -49,9 +72,10 @@ def kept_patches_overlay(page: Image.Image, grid: tuple[int, int], positions: Se
     return out
 
 
-def write_overlay(path: str | Path, page: Image.Image, grid: tuple[int, int], positions: Sequence[int]) -> Path:
+def write_overlay(path: str | Path, page: Image.Image, grid: tuple[int, int], positions: Sequence[int],
+                  global_grid: tuple[int, int] | None = None) -> Path:
     """Write :func:`kept_patches_overlay` as PNG and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept_patches_overlay(page, grid, positions).save(path)
+    kept_patches_overlay(page, grid, positions, global_grid=global_grid).save(path)
     return path

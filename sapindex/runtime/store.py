@@ -13,8 +13,15 @@ On-disk layout of an index directory::
 A page row stores the kept, L2-normalised vectors of one page as
 ``list<fixed_size_list<float16, dim>>`` (``float32`` on request), their visual-token positions
 (``list<int32>``), and what is needed to trace it: path, content_hash (sha256 of the file),
-page (1-based), width, height, grid_rows, grid_cols, n_visual (visual tokens before pruning),
-n_kept, keep_ratio, method, bundle_fingerprint, indexed_at.
+page (1-based), width, height, grid_rows, grid_cols, global_rows, global_cols, n_visual (visual
+tokens before pruning), n_kept, keep_ratio, method, bundle_fingerprint, indexed_at.
+
+Positions are spatial (``sapindex.runtime.layout``): position ``k < grid_rows*grid_cols`` is cell
+``(k // grid_cols, k % grid_cols)`` of the page grid; Idefics3 pages also encode a downscaled copy
+of the whole page (the global tile), whose tokens follow as cells of a ``global_rows x
+global_cols`` grid. Grid families store 0 there. ``global_rows``/``global_cols`` came after the
+first indexes were written: an index without them still opens, reads 0 for them, and accepts
+pages without a global grid.
 
 Identity and resume: a page is identified by ``(content_hash, page)``. :meth:`Index.add_pages`
 stores a key once (a byte-identical copy of an indexed file at another path is not stored
@@ -89,6 +96,8 @@ def page_schema(dim: int, vector_dtype: str = "float16") -> pa.Schema:
         ("height", pa.int32()),
         ("grid_rows", pa.int32()),
         ("grid_cols", pa.int32()),
+        ("global_rows", pa.int32()),  # 0: no global tile (grid families); absent in older indexes
+        ("global_cols", pa.int32()),
         ("n_visual", pa.int32()),
         ("n_kept", pa.int32()),
         ("keep_ratio", pa.float64()),
@@ -147,12 +156,13 @@ class PageRow:
     vectors: Any
     keep_ratio: float
     method: str = "sap"
+    global_grid: tuple[int, int] = (0, 0)  # (rows, cols) of the global tile's grid; (0, 0): none
 
     @classmethod
     def from_encoded(cls, page: Any, encoded: Any, keep_ratio: float | None = None,
                      method: str = "sap") -> "PageRow":
         """From an inputs.Page-like (path, page, content_hash, size) and an EncodedPage-like
-        (vectors, positions, grid, n_visual). ``keep_ratio`` defaults to n_kept / n_visual."""
+        (vectors, positions, grid, n_visual[, global_grid]). ``keep_ratio`` defaults to n_kept / n_visual."""
         n_kept = len(encoded.positions)
         if keep_ratio is None:
             keep_ratio = n_kept / encoded.n_visual if encoded.n_visual else 1.0
@@ -160,7 +170,8 @@ class PageRow:
         return cls(path=page.path, content_hash=page.content_hash, page=page.page, width=width,
                    height=height, grid=tuple(encoded.grid), n_visual=encoded.n_visual,
                    positions=encoded.positions, vectors=encoded.vectors,
-                   keep_ratio=float(keep_ratio), method=method)
+                   keep_ratio=float(keep_ratio), method=method,
+                   global_grid=tuple(getattr(encoded, "global_grid", None) or (0, 0)))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -258,6 +269,8 @@ def _as_row(row: PageRow | Mapping) -> PageRow:
     data = dict(row)
     if "grid" not in data and "grid_rows" in data:
         data["grid"] = (data.pop("grid_rows"), data.pop("grid_cols"))
+    if "global_grid" not in data and "global_rows" in data:
+        data["global_grid"] = (data.pop("global_rows") or 0, data.pop("global_cols") or 0)
     data.pop("n_kept", None)
     return PageRow(**data)
 
@@ -567,6 +580,8 @@ class Index:
             "height": pa.array([int(r.height) for r in rows], pa.int32()),
             "grid_rows": pa.array([int(r.grid[0]) for r in rows], pa.int32()),
             "grid_cols": pa.array([int(r.grid[1]) for r in rows], pa.int32()),
+            "global_rows": pa.array([int(r.global_grid[0]) for r in rows], pa.int32()),
+            "global_cols": pa.array([int(r.global_grid[1]) for r in rows], pa.int32()),
             "n_visual": pa.array([int(r.n_visual) for r in rows], pa.int32()),
             "n_kept": pa.array(counts_np.astype(np.int32), pa.int32()),
             "keep_ratio": pa.array([float(r.keep_ratio) for r in rows], pa.float64()),
@@ -576,7 +591,22 @@ class Index:
             "vectors": vectors,
             "indexed_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
-        return pa.Table.from_pydict(columns, schema=page_schema(dim, self.vector_dtype))
+        schema = page_schema(dim, self.vector_dtype)
+        missing = [name for name in schema.names if name not in self._page_columns()]
+        if missing:  # an index from before these columns: store what it has, refuse what it cannot hold
+            if any(tuple(r.global_grid) != (0, 0) for r in rows):
+                raise SapIndexError(f"{self.path}: this index predates global-tile pages (no {', '.join(missing)} "
+                                    "columns); index this bundle into a new index")
+            for name in missing:
+                del columns[name]
+            schema = pa.schema([schema.field(name) for name in columns])
+        return pa.Table.from_pydict(columns, schema=schema)
+
+    def _page_columns(self) -> set[str]:
+        """Column names of the pages table as stored (older indexes lack the global-grid ones)."""
+        if self._pages is None:
+            return set(page_schema(self.dim, self.vector_dtype).names)
+        return set(self._pages.schema.names)
 
     def add_pages(self, rows: Iterable[PageRow | Mapping]) -> int:
         """Append one batch of pages in one commit; return how many rows were stored.
@@ -749,14 +779,16 @@ class Index:
 
     def iter_rows(self, chunk_pages: int = DEFAULT_CHUNK_PAGES) -> Iterator[dict]:
         """Every stored row as a dict; ``positions`` int32 and ``vectors`` [n_kept, dim] float32."""
-        schema = page_schema(self.dim, self.vector_dtype)
-        for batch in self._scan(self._pages, schema.names, batch_size=chunk_pages):
+        stored = self._page_columns()
+        names = [c for c in page_schema(self.dim, self.vector_dtype).names if c in stored]
+        for batch in self._scan(self._pages, names, batch_size=chunk_pages):
             vecs, voff = _vectors_from_list(batch.column("vectors"), self.dim)
             pos, poff = _ints_from_list(batch.column("positions"))
-            scalars = {c: batch.column(c).to_pylist() for c in schema.names
-                       if c not in ("vectors", "positions")}
+            scalars = {c: batch.column(c).to_pylist() for c in names if c not in ("vectors", "positions")}
             for i in range(batch.num_rows):
                 row = {c: scalars[c][i] for c in scalars}
+                row["global_rows"] = row.get("global_rows") or 0  # missing column or null: no global tile
+                row["global_cols"] = row.get("global_cols") or 0
                 row["positions"] = pos[poff[i]:poff[i + 1]]
                 row["vectors"] = vecs[voff[i]:voff[i + 1]]
                 yield row

@@ -1,0 +1,117 @@
+"""Per-family page encoding speed: the torch-free runtime vs PyTorch eager on the same weights, one process.
+
+For every family with a tiny offline builder (random weights: speed and parity only), the
+script calibrates and exports a bundle, then encodes the same pages with (a) sapindex's runtime
+(numpy preprocessing + ONNX Runtime graphs, SAP centrality in the graph) and (b) the family's
+PyTorch reference forward (colpali-engine / transformers ``model(**processor_outputs)``, which
+computes no centrality), best of ``--repeats``.
+Usage: python bench/family_speed.py [--pages 16 --batch-sizes 1,8 --families colpali,jina_v4]
+       python bench/family_speed.py --real-width --text-layers 2 --vision-blocks 2 --pages 4 --batch-sizes 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime_speed import best_of, page_images
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def builders(real_width: bool, text_layers: int, vision_blocks: int) -> dict:
+    """{family: builder(out_dir) -> checkpoint dir}: tiny models, or real layer widths at reduced depth."""
+    from real_width_parity import WIDTHS
+
+    from sapindex.models import tiny
+    from sapindex.models.tiny_jina import build_tiny_jina
+
+    if not real_width:
+        found = {family: (lambda out, f=family: tiny.build_tiny(out, f)) for family in tiny.TINY_FAMILIES}
+        found["jina_v4"] = build_tiny_jina
+        return found
+    depth = dict(n_layers=text_layers, vision_depth=vision_blocks, max_visual_tokens=768)
+    found = {family: (lambda out, f=family: tiny.build_tiny_model(out, f, **depth, **WIDTHS[f])) for family in WIDTHS}
+    found["jina_v4"] = lambda out: build_tiny_jina(out, **depth, **WIDTHS["colqwen2_5"])
+    return found
+
+
+def bench_family(family, build, work: Path, n_pages: int, batch_sizes, repeats: int) -> list[str]:
+    import torch
+
+    from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
+    from sapindex.exporter.export import ExportConfig, export_bundle
+    from sapindex.models.base import load_adapter
+    from sapindex.runtime.bundle import Bundle
+    from sapindex.runtime.encoder import Encoder
+    from sapindex.synthetic import write_pairs
+
+    model_dir = build(work / family)
+    pairs = write_pairs(work / f"{family}-pairs", n=4)
+    calib = write_calibration(calibrate(CalibrationConfig(model=str(model_dir), pairs=str(pairs))), work / f"{family}-calib")[0]
+    t0 = time.perf_counter()
+    export_bundle(ExportConfig(model=str(model_dir), calibration=str(calib), out=str(work / f"{family}.sap")))
+    export_s = time.perf_counter() - t0
+    encoder = Encoder(Bundle.open(work / f"{family}.sap"))
+    adapter = load_adapter(model_dir)
+    images = page_images(n_pages)
+    n_visual = np.mean([p.n_visual for p in encoder.encode_pages(images[:2])])
+    rows = []
+    for bs in batch_sizes:
+        def run_ort():
+            for i in range(0, n_pages, bs):
+                encoder.encode_pages(images[i:i + bs])
+
+        def run_torch():
+            with torch.no_grad():
+                for i in range(0, n_pages, bs):
+                    adapter.model(**adapter.page_inputs(images[i:i + bs]))
+
+        ort = n_pages / best_of(run_ort, repeats)
+        ref = n_pages / best_of(run_torch, repeats)
+        rows.append(f"| {family} | {adapter.info.parameter_count() / 1e6:.2f} M | {adapter.n_layers} | {n_visual:.0f} | "
+                    f"{export_s:.0f} s | {bs} | {ort:.1f} | {ref:.1f} | {ort / ref:.2f}x |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", type=int, default=16)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--families", default="", help="comma-separated subset (default: every family)")
+    parser.add_argument("--real-width", action="store_true",
+                        help="the real checkpoints' layer widths with --text-layers / --vision-blocks layers")
+    parser.add_argument("--text-layers", type=int, default=2)
+    parser.add_argument("--vision-blocks", type=int, default=2)
+    args = parser.parse_args()
+
+    import onnxruntime
+    import torch
+
+    found = builders(args.real_width, args.text_layers, args.vision_blocks)
+    families = args.families.split(",") if args.families else list(found)
+    kind = (f"real layer widths, {args.text_layers} decoder layers and {args.vision_blocks} vision blocks"
+            if args.real_width else "tiny models")
+    print(f"# per-family runtime speed ({kind}): {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, python {sys.version.split()[0]}, "
+          f"{time.strftime('%Y-%m-%d')}, {args.pages} pages of ~300-420 x 380-520 px, best of {args.repeats}\n")
+    print("| family | parameters | decoder layers | visual tokens/page | export + validation | batch | "
+          "ONNX Runtime pages/s (torch-free, incl. preprocessing) | PyTorch eager pages/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in families:
+            for row in bench_family(family, found[family], Path(tmp), args.pages,
+                                    [int(b) for b in args.batch_sizes.split(",")], args.repeats):
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
