@@ -18,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# (title, [script, always-args...], extra args for --quick, note)
 SECTIONS = [
     ("Calibration throughput: batch size 1 vs batched",
      ["calibration_throughput.py"], ["--pairs", "16", "--batch-sizes", "1,4"],
@@ -33,6 +34,12 @@ SECTIONS = [
      "Every family sapindex builds offline (random weights), each calibrated, exported and validated in "
      "the same process; ONNX Runtime includes the torch-free preprocessing and the in-graph SAP centrality, "
      "PyTorch eager is the family's reference forward (colpali-engine / transformers) on its processor's outputs."),
+    ("Per family at real layer widths (reduced depth): ONNX Runtime vs PyTorch eager",
+     ["family_speed.py", "--real-width", "--text-layers", "1", "--vision-blocks", "1", "--pages", "4",
+      "--batch-sizes", "1,2", "--families", "colqwen2,colqwen2_5,jina_v4,colpali,colidefics3"], ["--pages", "2", "--batch-sizes", "1"],
+     "Random weights at the real checkpoints' widths (ColQwen2: Qwen2-VL-2B; ColQwen2.5 and jina-v4: Qwen2.5-VL-3B; "
+     "ColPali: PaliGemma-3B-448; ColSmol: ColSmol-256M, 512 px tiles) with one decoder layer and one vision block, "
+     "so the numbers show the per-layer cost and the runtime's overheads, not a full model's speed."),
     ("Export parity at real width",
      ["real_width_parity.py"], ["--families", "colqwen2", "--text-layers", "1", "--vision-blocks", "1"],
      "Random weights at the real checkpoints' layer widths; the numbers are the export's own validation "
@@ -75,12 +82,12 @@ def main() -> None:
                 sys.exit(f"{args.out} has no section {title!r} to keep; run without --only")
             parts += ["", kept[title]]
             continue
-        cmd = [sys.executable, str(HERE / script[0]), *(quick_args if args.quick else [])]
+        cmd = [sys.executable, str(HERE / script[0]), *script[1:], *(quick_args if args.quick else [])]
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"{script[0]} failed:\n{out.stderr[-3000:]}")
-        shown = " ".join(["python", f"bench/{script[0]}", *(quick_args if args.quick else [])])
+        shown = " ".join(["python", f"bench/{script[0]}", *script[1:], *(quick_args if args.quick else [])])
         body = [line for line in out.stdout.splitlines() if line.strip()]
         parts += ["", f"## {title}", "",
                   f"- command: `{shown}` ({time.perf_counter() - started:.0f} s, {time.strftime('%Y-%m-%d')})",

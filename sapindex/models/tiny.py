@@ -177,12 +177,14 @@ def build_gemma_tokenizer():
     return GemmaTokenizer(vocab=bpe["vocab"], merges=[tuple(m) for m in bpe["merges"]], add_bos_token=True)
 
 
-def make_tiny_colpali(hf: bool, seed: int = 0):
+def make_tiny_colpali(hf: bool, seed: int = 0, image_size: int = 112, text: dict | None = None,
+                      vision: dict | None = None):
     """A random-weight ColPali (colpali-engine ``ColPali``, or transformers ``ColPaliForRetrieval``
     when ``hf``) and its processor, in memory.
 
     SigLIP 112 px / patch 14 -> 8x8 = 64 image tokens; Gemma 6 layers, hidden 64, 4 heads, one
-    KV head (MQA, as PaliGemma-3B), head_dim 16. The processor is built first because it grows
+    KV head (MQA, as PaliGemma-3B), head_dim 16; ``image_size``, ``text`` and ``vision`` (config
+    fields) override those sizes, e.g. for real widths. The processor is built first because it grows
     the vocabulary (``<image>`` plus 1,152 ``<locNNNN>``/``<segNNN>`` tokens) and the embedding
     table must cover it.
     """
@@ -193,19 +195,20 @@ def make_tiny_colpali(hf: bool, seed: int = 0):
     from transformers import ColPaliConfig, ColPaliForRetrieval, PaliGemmaConfig, SiglipImageProcessor
 
     tokenizer = build_gemma_tokenizer()
-    image_processor = SiglipImageProcessor(size={"height": 112, "width": 112}, resample=3, image_mean=[0.5] * 3,
-                                           image_std=[0.5] * 3, image_seq_length=64)
+    n_image_tokens = (image_size // 14) ** 2
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size}, resample=3,
+                                           image_mean=[0.5] * 3, image_std=[0.5] * 3, image_seq_length=n_image_tokens)
     processor_cls = transformers.ColPaliProcessor if hf else cm.ColPaliProcessor
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer)
-    config = PaliGemmaConfig(
-        text_config=dict(model_type="gemma", hidden_size=64, num_hidden_layers=6, intermediate_size=128,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                         hidden_act="gelu_pytorch_tanh", vocab_size=len(tokenizer)),
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=112,
-                           vision_use_head=False),
-        projection_dim=64, hidden_size=64, image_token_index=processor.image_token_id, vocab_size=len(tokenizer),
-    )
+    text_config = dict(model_type="gemma", hidden_size=64, num_hidden_layers=6, intermediate_size=128,
+                       num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                       hidden_act="gelu_pytorch_tanh", vocab_size=len(tokenizer)) | (text or {})
+    vision_config = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=image_size,
+                         vision_use_head=False) | (vision or {})
+    hidden = text_config["hidden_size"]
+    config = PaliGemmaConfig(text_config=text_config, vision_config=vision_config, projection_dim=hidden,
+                             hidden_size=hidden, image_token_index=processor.image_token_id, vocab_size=len(tokenizer))
     torch.manual_seed(seed)
     if hf:
         model = ColPaliForRetrieval(ColPaliConfig(vlm_config=config, embedding_dim=128))
@@ -214,17 +217,18 @@ def make_tiny_colpali(hf: bool, seed: int = 0):
     return model.eval(), processor
 
 
-def build_tiny_colpali(out_dir: str | Path, hf: bool = False, seed: int = 0) -> Path:
+def build_tiny_colpali(out_dir: str | Path, hf: bool = False, seed: int = 0, **sizes) -> Path:
     """Write a loadable tiny ColPali checkpoint (weights, config, tokenizer, processor) to ``out_dir``.
 
     The tokenizer files are then made to look like a real PaliGemma checkpoint's, which says
     ``add_bos_token: true`` and whose ``tokenizer.json`` post-processor prepends ``<bos>``
     (the processor turns both off when it loads): a runtime that tokenized with the
     checkpoint's file instead of the exported one would put a second ``<bos>`` on every query.
+    ``sizes``: :func:`make_tiny_colpali`'s ``image_size``, ``text`` and ``vision``.
     """
     import json
 
-    model, processor = make_tiny_colpali(hf, seed)
+    model, processor = make_tiny_colpali(hf, seed, **sizes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -30,7 +30,6 @@ TILE = 64  # px, vision_config.image_size == max_image_size["longest_edge"]
 LONGEST_EDGE = 192  # px: at most 3x3 tiles
 PATCH = 4
 SCALE_FACTOR = 4  # pixel shuffle: (64/4)^2 / 4^2 = 16 tokens per tile
-IMAGE_SEQ_LEN = (TILE // PATCH) ** 2 // SCALE_FACTOR**2
 
 
 def build_idefics3_tokenizer():
@@ -51,11 +50,13 @@ def build_idefics3_tokenizer():
                                    additional_special_tokens=SPECIAL_TOKENS[1:])
 
 
-def make_tiny_colidefics3(seed: int = 0):
+def make_tiny_colidefics3(seed: int = 0, tile: int = TILE, longest_edge: int = LONGEST_EDGE, patch: int = PATCH,
+                          text: dict | None = None, vision: dict | None = None):
     """A random-weight colpali-engine ``ColIdefics3`` (eval mode) and its ``ColIdefics3Processor``, in memory.
 
     The processor is built first: it registers ``<image>`` & co. and the embedding table must
-    cover ``len(tokenizer)`` afterwards.
+    cover ``len(tokenizer)`` afterwards. ``tile``, ``longest_edge``, ``patch``, ``text`` and
+    ``vision`` (config fields) override the sizes, e.g. ColSmol's 512 px tiles of 16 px patches.
     """
     prepare_torch_side()
     import torch
@@ -65,25 +66,27 @@ def make_tiny_colidefics3(seed: int = 0):
 
     tokenizer = build_idefics3_tokenizer()
     image_processor = Idefics3ImageProcessor(
-        size={"longest_edge": LONGEST_EDGE}, max_image_size={"longest_edge": TILE}, resample=1,  # LANCZOS
+        size={"longest_edge": longest_edge}, max_image_size={"longest_edge": tile}, resample=1,  # LANCZOS
         image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )
-    processor = ColIdefics3Processor(image_processor, tokenizer, image_seq_len=IMAGE_SEQ_LEN)
+    processor = ColIdefics3Processor(image_processor, tokenizer, image_seq_len=(tile // patch) ** 2 // SCALE_FACTOR**2)
     config = Idefics3Config(
         text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=6,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer), rms_norm_eps=1e-5,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id) | (text or {}),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=TILE, patch_size=PATCH),
+                           image_size=tile, patch_size=patch) | (vision or {}),
         scale_factor=SCALE_FACTOR, image_token_id=processor.image_token_id,
     )
     torch.manual_seed(seed)
     return ColIdefics3(config).eval(), processor
 
 
-def build_tiny_colidefics3(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a loadable tiny ColIdefics3 checkpoint (weights, config, tokenizer, processor) to ``out_dir``."""
-    model, processor = make_tiny_colidefics3(seed)
+def build_tiny_colidefics3(out_dir: str | Path, seed: int = 0, **sizes) -> Path:
+    """Write a loadable tiny ColIdefics3 checkpoint (weights, config, tokenizer, processor) to ``out_dir``.
+
+    ``sizes``: :func:`make_tiny_colidefics3`'s size overrides."""
+    model, processor = make_tiny_colidefics3(seed, **sizes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
