@@ -30,6 +30,24 @@ def cli() -> None:
     """
 
 
+def _print_families(as_json: bool) -> None:
+    from sapindex.models.registry import FAMILIES
+
+    rows = [{"family": f.name, "model_type": f.model_type, "class": f.colpali_class, "attention": f.attention,
+             "checkpoints": list(f.checkpoints), "billion_parameters": list(f.billions),
+             "bundle_gb_fp32": list(f.bundle_gb("fp32")), "bundle_gb_fp16": list(f.bundle_gb("fp16")),
+             "image_token_scheme": f.image_token_scheme} for f in FAMILIES.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['family']}  ({row['class']}, model_type {row['model_type']}, {row['attention']} attention)")
+        for name, b, fp32, fp16 in zip(row["checkpoints"], row["billion_parameters"], row["bundle_gb_fp32"],
+                                       row["bundle_gb_fp16"]):
+            click.echo(f"    {name:<30} {b:.2f} B parameters, bundle ~{fp32} GB fp32 / ~{fp16} GB fp16")
+        click.echo(f"    image tokens: {row['image_token_scheme']}")
+
+
 @cli.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Local checkpoint directory (merged, or a LoRA adapter with --base-model).")
@@ -74,16 +92,22 @@ def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, 
 @click.argument("model_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--base-model", type=click.Path(path_type=Path), default=None, help="Local base of a LoRA adapter.")
 @click.option("--providers", is_flag=True, help="List the ONNX Runtime execution providers of this machine.")
+@click.option("--families", is_flag=True, help="List the supported families, their checkpoints and bundle sizes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(model_dir, base_model, providers, as_json):
+def info(model_dir, base_model, providers, families, as_json):
     """Describe a checkpoint (family, layers, heads, image-token scheme, parameters; no weights
-    loaded), or with --providers what ONNX Runtime offers on this machine.
+    loaded), or with --providers what ONNX Runtime offers on this machine, or with --families
+    every supported family.
 
     \b
     Example:
       sapindex info /models/colqwen2-v1.0-merged
       sapindex info --providers
+      sapindex info --families
     """
+    if families:
+        _print_families(as_json)
+        return
     if providers:
         import onnxruntime as ort
 
@@ -95,7 +119,7 @@ def info(model_dir, base_model, providers, as_json):
                    f"onnxruntime {data['onnxruntime']}\nproviders   {', '.join(found)}\ncuda        {data['cuda']}")
         return
     if model_dir is None:
-        raise click.UsageError("give MODEL_DIR or --providers")
+        raise click.UsageError("give MODEL_DIR, --families or --providers")
     from sapindex.models.registry import inspect_model_dir
 
     summary = inspect_model_dir(model_dir, base_model).summary()
@@ -106,6 +130,24 @@ def info(model_dir, base_model, providers, as_json):
                 "lora", "base_model", "image_token_scheme", "attention"):
         click.echo(f"{key:<19} {summary[key]}")
     click.echo(f"{'fingerprint':<19} {summary['fingerprint']['sha256'][:16]}")
+
+
+def _print_families(as_json: bool) -> None:
+    from sapindex.models.registry import FAMILIES
+
+    rows = [{"family": f.name, "model_type": f.model_type, "class": f.colpali_class, "attention": f.attention,
+             "checkpoints": list(f.checkpoints), "billion_parameters": list(f.billions),
+             "bundle_gb_fp32": list(f.bundle_gb("fp32")), "bundle_gb_fp16": list(f.bundle_gb("fp16")),
+             "image_token_scheme": f.image_token_scheme} for f in FAMILIES.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['family']}  ({row['class']}, model_type {row['model_type']}, {row['attention']} attention)")
+        for name, b, fp32, fp16 in zip(row["checkpoints"], row["billion_parameters"], row["bundle_gb_fp32"],
+                                       row["bundle_gb_fp16"]):
+            click.echo(f"    {name:<30} {b:.2f} B parameters, bundle ~{fp32} GB fp32 / ~{fp16} GB fp16")
+        click.echo(f"    image tokens: {row['image_token_scheme']}")
 
 
 @cli.command()

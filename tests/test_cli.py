@@ -64,6 +64,22 @@ def test_info_prints_family_and_layers(tiny_models):
     assert data["n_heads"] == 4 and data["parameters"] > 100_000
 
 
+def test_info_lists_every_family_with_checkpoints_and_sizes():
+    from sapindex.models.registry import FAMILIES
+
+    rows = json.loads(run_cli("info", "--families", "--json").stdout)
+    assert [r["family"] for r in rows] == list(FAMILIES)
+    for row in rows:
+        assert row["checkpoints"] and len(row["checkpoints"]) == len(row["billion_parameters"])
+        assert row["bundle_gb_fp32"] == [round(b * 4, 1) for b in row["billion_parameters"]]
+        assert row["bundle_gb_fp16"] == [round(b * 2, 1) for b in row["billion_parameters"]]
+    names = {c for r in rows for c in r["checkpoints"]}
+    assert {"vidore/colpali-v1.3", "vidore/colpali-v1.3-hf", "vidore/colqwen2-v1.0", "vidore/colqwen2.5-v0.2",
+            "jinaai/jina-embeddings-v4", "vidore/colSmol-256M", "vidore/colSmol-500M"} <= names
+    text = run_cli("info", "--families").stdout
+    assert "colidefics3" in text and "prefix-lm attention" in text and "GB fp16" in text
+
+
 def test_demo_runs_the_whole_pipeline(tmp_path):
     """The README's first command, on a smaller page count."""
     out = run_cli("demo", "--pipeline", "--out", tmp_path / "demo")

@@ -200,8 +200,8 @@ def test_failed_validation_leaves_no_bundle(tiny_models, calibrations, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("family,n_visual", [("colqwen2", 7 * 9), ("colpali", 64), ("colpali_hf", 64),
-                                             ("colidefics3", 9 * 16 + 16)])  # 3x3 tiles + global
+@pytest.mark.parametrize("family,n_visual", [("colqwen2", 7 * 9), ("jina_v4", 7 * 9), ("colpali", 64),
+                                             ("colpali_hf", 64), ("colidefics3", 9 * 16 + 16)])  # 3x3 tiles + global
 def test_encoder_runs_with_torch_and_transformers_blocked(bundles, tmp_path, family, n_visual):
     """The runtime path works in an interpreter where importing torch or transformers fails."""
     image = tmp_path / "page.png"

@@ -150,6 +150,24 @@ def test_jina_prompts(jina_adapter):
     assert tok.decode(q["input_ids"][0]) == "Query: hello world"  # no augmentation tokens
 
 
+def test_runtime_preprocessing_matches_the_jina_processor(jina_adapter, tmp_path):
+    """The torch-free Qwen2-VL preprocessor, fed the params and tokenizer the exporter extracts
+    from jina's processor, builds the same ids and masks for pages and queries."""
+    from sapindex.exporter.preprocessing_params import qwen2_vl_params, write_tokenizer_json
+    from sapindex.runtime.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
+
+    proc = jina_adapter.processor
+    runtime = Qwen2VLPreprocessor(Qwen2VLParams.from_dict(qwen2_vl_params(proc)),
+                                  write_tokenizer_json(proc, tmp_path / "tokenizer.json"))
+    pages = _pages()
+    ref, got = proc.process_images(pages), runtime.pages(pages)
+    for key in ("input_ids", "attention_mask", "image_grid_thw"):
+        np.testing.assert_array_equal(got[key], ref[key].numpy(), err_msg=key)
+    ref, got = proc.process_queries(QUERIES), runtime.queries(QUERIES)
+    for key in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(got[key], ref[key].numpy(), err_msg=key)
+
+
 def test_unknown_weights_and_adapters_are_refused(jina, tmp_path):
     bad = tmp_path / "bad-weights"
     shutil.copytree(jina, bad)

@@ -28,6 +28,14 @@ class FamilySpec:
     # "causal", or "prefix-lm" where the page (image + prompt) is one bidirectional block: then
     # in-degree has no causal position bias, and `--position-correction` is refused.
     attention: str = "causal"
+    # published checkpoints of this family (what users download) and their parameter counts in
+    # billions, for `sapindex info` and the README's bundle-size table (fp32 = 4 bytes/parameter)
+    checkpoints: tuple[str, ...] = ()
+    billions: tuple[float, ...] = ()
+
+    def bundle_gb(self, dtype: str) -> tuple[float, ...]:
+        """Estimated bundle size per checkpoint: every weight once, 4 (fp32) or 2 (fp16) bytes."""
+        return tuple(round(b * (4 if dtype == "fp32" else 2), 1) for b in self.billions)
 
 
 QWEN2_VL_SCHEME = (
@@ -51,16 +59,22 @@ IDEFICS3_SCHEME = (
 FAMILIES: dict[str, FamilySpec] = {
     spec.name: spec
     for spec in (
-        FamilySpec("colqwen2", "qwen2_vl", "ColQwen2", "ColQwen2Processor", QWEN2_VL_SCHEME),
-        FamilySpec("colqwen2_5", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME),
+        FamilySpec("colqwen2", "qwen2_vl", "ColQwen2", "ColQwen2Processor", QWEN2_VL_SCHEME,
+                   checkpoints=("vidore/colqwen2-v1.0",), billions=(2.21,)),
+        FamilySpec("colqwen2_5", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME,
+                   checkpoints=("vidore/colqwen2.5-v0.2",), billions=(3.75,)),
         # jina-embeddings-v4 declares model_type qwen2_5_vl too: told apart by _is_jina_v4 first
-        FamilySpec("jina_v4", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME),
+        FamilySpec("jina_v4", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME,
+                   checkpoints=("jinaai/jina-embeddings-v4",), billions=(3.75,)),
         # colpali-engine ColPali (PaliGemma + custom_text_proj), and transformers' "-hf" conversion
-        FamilySpec("colpali", "paligemma", "ColPali", "ColPaliProcessor", PALIGEMMA_SCHEME, attention="prefix-lm"),
+        FamilySpec("colpali", "paligemma", "ColPali", "ColPaliProcessor", PALIGEMMA_SCHEME, attention="prefix-lm",
+                   checkpoints=("vidore/colpali-v1.2", "vidore/colpali-v1.3"), billions=(2.92, 2.92)),
         FamilySpec("colpali_hf", "colpali", "ColPaliForRetrieval", "ColPaliProcessor", PALIGEMMA_SCHEME,
-                   attention="prefix-lm"),
+                   attention="prefix-lm", checkpoints=("vidore/colpali-v1.2-hf", "vidore/colpali-v1.3-hf"),
+                   billions=(2.92, 2.92)),
         # colpali-engine ColIdefics3 (ColSmol): Idefics3 = SigLIP + pixel shuffle + Llama, causal
-        FamilySpec("colidefics3", "idefics3", "ColIdefics3", "ColIdefics3Processor", IDEFICS3_SCHEME),
+        FamilySpec("colidefics3", "idefics3", "ColIdefics3", "ColIdefics3Processor", IDEFICS3_SCHEME,
+                   checkpoints=("vidore/colSmol-256M", "vidore/colSmol-500M"), billions=(0.26, 0.51)),
     )
 }
 
