@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime_speed import best_of, page_images
+from runtime_speed import page_images, page_rates
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -57,8 +57,6 @@ def builders(real_width: bool, text_layers: int, vision_blocks: int) -> dict:
 
 
 def bench_family(family, build, work: Path, n_pages: int, batch_sizes, repeats: int) -> list[str]:
-    import torch
-
     from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
     from sapindex.exporter.export import ExportConfig, export_bundle
     from sapindex.models.base import load_adapter
@@ -78,17 +76,7 @@ def bench_family(family, build, work: Path, n_pages: int, batch_sizes, repeats: 
     n_visual = np.mean([p.n_visual for p in encoder.encode_pages(images[:2])])
     rows = []
     for bs in batch_sizes:
-        def run_ort():
-            for i in range(0, n_pages, bs):
-                encoder.encode_pages(images[i:i + bs])
-
-        def run_torch():
-            with torch.no_grad():
-                for i in range(0, n_pages, bs):
-                    adapter.model(**adapter.page_inputs(images[i:i + bs]))
-
-        ort = n_pages / best_of(run_ort, repeats)
-        ref = n_pages / best_of(run_torch, repeats)
+        ort, ref = page_rates(encoder, adapter, images, bs, repeats)
         rows.append(f"| {family} | {adapter.info.parameter_count() / 1e6:.2f} M | {adapter.n_layers} | {n_visual:.0f} | "
                     f"{export_s:.0f} s | {bs} | {ort:.1f} | {ref:.1f} | {ort / ref:.2f}x |")
     return rows

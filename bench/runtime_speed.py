@@ -41,6 +41,22 @@ def page_images(n, seed=0):
                         rng) for _ in range(n)]
 
 
+def page_rates(encoder, adapter, images, batch_size: int, repeats: int) -> tuple[float, float]:
+    """Pages/s of the torch-free runtime and of the PyTorch reference forward, same pages and batches."""
+    import torch
+
+    def run_ort():
+        for i in range(0, len(images), batch_size):
+            encoder.encode_pages(images[i:i + batch_size])
+
+    def run_torch():
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                adapter.model(**adapter.page_inputs(images[i:i + batch_size]))
+
+    return len(images) / best_of(run_ort, repeats), len(images) / best_of(run_torch, repeats)
+
+
 def export_text_variant(adapter, window, path, centrality):
     import torch
 
@@ -57,8 +73,6 @@ def export_text_variant(adapter, window, path, centrality):
 
 
 def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
-    import torch
-
     from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
     from sapindex.exporter.export import ExportConfig, export_bundle
     from sapindex.models.base import load_adapter
@@ -83,17 +97,7 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
     print("| batch size | ONNX Runtime pages/s (torch-free, incl. preprocessing) | PyTorch eager pages/s (colpali-engine) | ratio |")
     print("|---|---|---|---|")
     for bs in batch_sizes:
-        def run_ort():
-            for i in range(0, n_pages, bs):
-                encoder.encode_pages(images[i:i + bs])
-
-        def run_torch():
-            with torch.no_grad():
-                for i in range(0, n_pages, bs):
-                    adapter.model(**adapter.page_inputs(images[i:i + bs]))
-
-        ort_rate = n_pages / best_of(run_ort, repeats)
-        torch_rate = n_pages / best_of(run_torch, repeats)
+        ort_rate, torch_rate = page_rates(encoder, adapter, images, bs, repeats)
         print(f"| {bs} | {ort_rate:.2f} | {torch_rate:.2f} | {ort_rate / torch_rate:.2f}x |")
 
     feats = export_text_variant(adapter, bundle.window, work / f"{label}-plain-text.onnx", centrality=False)

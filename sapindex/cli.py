@@ -30,24 +30,6 @@ def cli() -> None:
     """
 
 
-def _print_families(as_json: bool) -> None:
-    from sapindex.models.registry import FAMILIES
-
-    rows = [{"family": f.name, "model_type": f.model_type, "class": f.colpali_class, "attention": f.attention,
-             "checkpoints": list(f.checkpoints), "billion_parameters": list(f.billions),
-             "bundle_gb_fp32": list(f.bundle_gb("fp32")), "bundle_gb_fp16": list(f.bundle_gb("fp16")),
-             "image_token_scheme": f.image_token_scheme} for f in FAMILIES.values()]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        click.echo(f"{row['family']}  ({row['class']}, model_type {row['model_type']}, {row['attention']} attention)")
-        for name, b, fp32, fp16 in zip(row["checkpoints"], row["billion_parameters"], row["bundle_gb_fp32"],
-                                       row["bundle_gb_fp16"]):
-            click.echo(f"    {name:<30} {b:.2f} B parameters, bundle ~{fp32} GB fp32 / ~{fp16} GB fp16")
-        click.echo(f"    image tokens: {row['image_token_scheme']}")
-
-
 @cli.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Local checkpoint directory (merged, or a LoRA adapter with --base-model).")
