@@ -154,13 +154,15 @@ def test_cuda_without_the_cuda_provider_is_a_clear_error(bundle, tmp_path):
     assert info["cuda"] is False and "CPUExecutionProvider" in info["providers"]
 
 
-def test_colpali_through_the_cli(tiny_models, pairs_file, tmp_path):
-    """ColPali (prefix-LM) end to end: info, calibrate, export, index, search, eval; and the causal
-    position correction refused with exit 2 before anything is written."""
-    model = tiny_models["colpali"]
+@pytest.mark.parametrize("family", ["colpali", "colpali_hf"])
+def test_colpali_through_the_cli(tiny_models, pairs_file, tmp_path, family):
+    """ColPali (prefix-LM; colpali-engine and transformers' -hf flavour) end to end: info, calibrate,
+    export, index, search, eval; and the causal position correction refused with exit 2 before
+    anything is written."""
+    model = tiny_models[family]
     out = cli("info", model)
     assert out.returncode == 0, out.stderr
-    assert "family              colpali" in out.stdout and "n_layers            6" in out.stdout
+    assert f"family              {family}\n" in out.stdout and "n_layers            6" in out.stdout
     assert "1024 image tokens" in out.stdout and "attention           prefix-lm" in out.stdout
 
     assert cli("calibrate", "--model", model, "--pairs", pairs_file, "--out", tmp_path / "calib").returncode == 0
