@@ -227,9 +227,10 @@ print(page.vectors.shape[0], page.n_visual, q.shape[1])
     assert visual == n_visual and kept == sap.keep_count(n_visual, 0.1) and dim == 128
 
 
-def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path):
+@pytest.mark.parametrize("family", ["colqwen2", "jina_v4", "colpali", "colidefics3"])
+def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path, family):
     """fp16 weights for the CUDA provider; outputs stay fp32; validated against fp32 PyTorch."""
-    manifest = export_bundle(ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]),
+    manifest = export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
                                           out=str(tmp_path / "half.sap"), dtype="fp16"))
     assert manifest["dtype"] == "fp16" and manifest["validation"]["dtype"] == "fp16"
     assert manifest["validation"]["max_abs_diff_embeddings"] < export_mod.EMBED_TOL_FP16
@@ -238,11 +239,11 @@ def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path):
     weights = [t for t in graph.graph.initializer if len(t.dims) == 2]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in graph.graph.output)
-    fp32_manifest = bundles["colqwen2"][0]
+    fp32_manifest = bundles[family][0]
     half_bytes = manifest["files"]["text.onnx.data"]["size"]
     assert half_bytes < 0.6 * fp32_manifest["files"]["text.onnx.data"]["size"]
     half = Encoder(Bundle.open(tmp_path / "half.sap"))  # runs on the CPU provider too
-    full = Encoder(Bundle.open(bundles["colqwen2"][1]))
+    full = Encoder(Bundle.open(bundles[family][1]))
     images = _pages(ALIGNED)
     for a, b in zip(half.encode_pages(images), full.encode_pages(images)):
         assert a.embeddings.dtype == np.float32
