@@ -80,6 +80,25 @@ def test_cross_page_cosine_detects_collapse():
 
 
 @pytest.mark.slow
+def test_validation_scores_the_query_words_without_prefix_and_augmentation():
+    """The words-only validation number slices each right-padded query to exactly its words."""
+    from sapindex.benchdata.render import vocabulary
+    from sapindex.models.tiny import make_tiny, tiny_spec
+    from sapindex.models.train_micro import Batches
+
+    words = vocabulary()
+    tokenizer = build_word_tokenizer(words)
+    model, processor = make_tiny(tiny_spec("colqwen2"), tokenizer)
+    batches = Batches(model, processor)
+    texts = [" ".join(words[3:6]), words[10]]
+    inputs = batches.queries(texts)
+    assert batches.query_suffix_len == 10
+    for ids, mask, text in zip(inputs["input_ids"], inputs["attention_mask"], texts):
+        valid = ids[mask.bool()].tolist()
+        kept = valid[batches.query_offset: len(valid) - batches.query_suffix_len]
+        assert tokenizer.convert_ids_to_tokens(kept) == text.split()
+
+
 def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     """CI proof that the script runs: a few steps on a tiny model, twice, same seed -> same weights."""
     from safetensors.numpy import load_file
@@ -91,6 +110,7 @@ def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     train(config, tmp_path / "b", log=lambda m: None)
     assert [h["step"] for h in report["history"]] == [2, 4]
     assert all(np.isfinite(h["dense"]) and np.isfinite(h["read"]) for h in report["history"])
+    assert all(0 <= h["ndcg5_query_words_only"] <= 1 for h in report["history"])
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert log["config"]["seed"] == 0 and log["parameters"] == report["parameters"]
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
