@@ -67,41 +67,39 @@ def backbone_config(config: dict):
     return Qwen2_5_VLConfig(**clean)
 
 
-class JinaV4Processor:
-    """Factory for jina's page/query processing on top of colpali-engine's ColQwen2.5 processor.
+def jina_processor(path: Path):
+    """jina's page/query processing on top of colpali-engine's ColQwen2.5 processor, from the
+    checkpoint's tokenizer and ``preprocessor_config.json`` only (its ``auto_map`` is ignored).
 
-    A subclass is made lazily so that importing this module does not import colpali-engine.
+    The subclass is made here so that importing this module does not import colpali-engine.
     """
+    prepare_torch_side()
+    from colpali_engine.models import ColQwen2_5_Processor
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    @staticmethod
-    def from_checkpoint(path: Path):
-        prepare_torch_side()
-        from colpali_engine.models import ColQwen2_5_Processor
-        from transformers import AutoTokenizer
-        from transformers.models.qwen2_vl import Qwen2VLImageProcessor
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    class _JinaProcessor(ColQwen2_5_Processor):
+        visual_prompt_prefix = PAGE_PROMPT
+        query_prefix = QUERY_PREFIX
+        query_augmentation_token = ""  # jina appends nothing to queries
 
-        class _JinaProcessor(ColQwen2_5_Processor):
-            visual_prompt_prefix = PAGE_PROMPT
-            query_prefix = QUERY_PREFIX
-            query_augmentation_token = ""  # jina appends nothing to queries
-
-        try:
-            image_processor = Qwen2VLImageProcessor.from_pretrained(str(path), local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise SapIndexError(f"{path}: cannot read the jina-embeddings-v4 processor files: {exc}") from None
-        processor = _JinaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   video_processor=Qwen2VLVideoProcessor())
-        processor.n_augmentation = 0
-        return processor
+    try:
+        image_processor = Qwen2VLImageProcessor.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise SapIndexError(f"{path}: cannot read the jina-embeddings-v4 processor files: {exc}") from None
+    processor = _JinaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               video_processor=Qwen2VLVideoProcessor())
+    processor.n_augmentation = 0
+    return processor
 
 
 class JinaV4Adapter(Qwen2VLAdapter):
     @classmethod
     def load(cls, info: ModelInfo, *, device: torch.device, dtype: torch.dtype) -> "JinaV4Adapter":
         model = load_jina_v4(info.path, task=TASK, dtype=dtype).to(device)
-        processor = JinaV4Processor.from_checkpoint(info.path)
+        processor = jina_processor(info.path)
         adapter = cls(info, model, processor, device, dtype)
         adapter.check_eager()
         return adapter
