@@ -104,12 +104,16 @@ def main() -> None:
 
     log = json.loads((model / "train_log.json").read_text())
     curve = ", ".join(f"{h['step']}: {h['ndcg5']:.3f}" for h in log["history"])
+    words_only = ", ".join(f"{h['step']}: {h['ndcg5_query_words_only']:.3f}" for h in log["history"]
+                           if "ndcg5_query_words_only" in h)
     print("### Training")
     print()
     print(f"`python -m sapindex.models.train_micro` (seed {log['config']['seed']}): {log['parameters'] / 1e6:.2f} M "
           f"parameters, {log['train_seconds'] / 60:.0f} min of training + {log['render_seconds']:.0f} s of page "
           f"rendering on {log['threads']} threads ({log['machine']}, torch {log['torch']}). Validation NDCG@5 "
-          f"(200 held-out pages, chance ~0.02) by step: {curve}; best {log['best_val_ndcg5']:.3f} (shipped).")
+          f"({log['config']['val_pages']} held-out pages, chance ~{2 / log['config']['val_pages']:.2f}) by step: "
+          f"{curve}; best {log['best_val_ndcg5']:.3f} (shipped). Scored with the query's own words only (no prefix, "
+          f"no augmentation tokens) by step: {words_only or 'not logged'}.")
     print()
     sr = calibration["sr"]["mean"]
     window = calibration["window"]

@@ -2,7 +2,8 @@
 
 The micro model was trained by ``python -m sapindex.models.train_micro`` (see README); these
 tests use held-out pages it never saw (synthetic test split, their own seed). They check the
-mechanics on a real trained checkpoint; retrieval quality is a benchmark (bench/RESULTS.md).
+mechanics on a real trained checkpoint and that search finds the page a query was read off;
+retrieval quality over hundreds of pages is a benchmark (bench/RESULTS.md).
 """
 
 import io
@@ -52,7 +53,7 @@ def test_demo_answers_every_example_query_and_draws_the_kept_patches(tmp_path):
 
 @pytest.fixture(scope="module")
 def held_out_docs(tmp_path_factory):
-    """Six unseen pages: two PNG, one JPEG, and three in one PDF; a query read off each."""
+    """Six unseen pages: two PNG, one JPEG, and three in one PDF; 24 queries read off them."""
     from sapindex.benchdata.synthetic import build_benchmark
 
     root = tmp_path_factory.mktemp("docs")
@@ -71,17 +72,34 @@ def held_out_docs(tmp_path_factory):
     images[3].save(docs / "d.pdf", save_all=True, append_images=images[4:6], resolution=72)
     for i in range(3, 6):
         where[corpus[i]["corpus-id"]] = (str(docs / "d.pdf"), i - 2)
-    chosen = {}
-    for q in queries:  # one query per page, the first the generator listed
-        chosen.setdefault(qrels[q["query-id"]], q["query"])
-    return docs, [(text, where[page]) for page, text in chosen.items()]
+    return docs, [(q["query"], where[qrels[q["query-id"]]]) for q in queries]
+
+
+def ranks_of_the_source_pages(index_dir, cases) -> list[int]:
+    """For each (query, (path, page)) case, the rank ``sapindex search`` gives that page (1 = first)."""
+    ranks = []
+    for text, where in cases:
+        out = cli("search", index_dir, text, "-k", 6, "--json")
+        assert out.returncode == 0, out.stderr
+        ranks.append([(hit["path"], hit["page"]) for hit in json.loads(out.stdout)].index(where) + 1)
+    return ranks
+
+
+def test_search_finds_the_page_each_query_came_from(held_out_docs, tmp_path):
+    """PDFs and images -> index (built-in model) -> search ranks the query's own page first
+    for at least half of 24 queries on 6 unseen pages (chance: 1 in 6 each)."""
+    docs, cases = held_out_docs
+    out = cli("index", docs, "--out", tmp_path / "idx", "--dpi", 72, "--json")
+    assert out.returncode == 0, out.stderr
+    ranks = ranks_of_the_source_pages(tmp_path / "idx", cases)
+    assert sum(rank == 1 for rank in ranks) >= len(ranks) // 2, ranks  # measured: 16 of 24
 
 
 @pytest.mark.slow
 def test_export_of_the_shipped_weights_indexes_pdfs_and_images(held_out_docs, tmp_path):
     """Generated PDFs and images -> export (the micro model's own config and word-level tokenizer,
-    not the tiny models') -> index -> search: validated parity, every page indexed once, and each
-    query's results are exact MaxSim over the stored vectors."""
+    not the tiny models') -> index -> search: validated parity, every page indexed once, each
+    query's results are exact MaxSim over the stored vectors, and the page it came from ranks first."""
 
     from sapindex.runtime.encoder import Encoder
     from sapindex.runtime.store import Index
@@ -99,12 +117,15 @@ def test_export_of_the_shipped_weights_indexes_pdfs_and_images(held_out_docs, tm
         rows = {(r["path"], int(r["page"])): r["vectors"] for r in index.iter_rows()}
     assert set(rows) == {where for _, where in cases}
     encoder = Encoder(Bundle.open(bundle))
-    for text, _ in cases:
+    first = 0
+    for text, where in cases:
         hits = json.loads(cli("search", tmp_path / "idx", text, "-k", 6, "--json").stdout)
         q = encoder.encode_queries([text])[0]
         for hit in hits:
             want = float((q @ rows[(hit["path"], hit["page"])].T).max(1).sum())
             assert abs(hit["score"] - want) < 1e-3 * max(1.0, abs(want))
+        first += (hits[0]["path"], hits[0]["page"]) == where
+    assert first >= len(cases) // 2
 
 
 def test_index_and_search_without_a_bundle_use_the_builtin_model(tmp_path):

@@ -109,6 +109,8 @@ def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     report = train(config, tmp_path / "a", log=lambda m: None)
     train(config, tmp_path / "b", log=lambda m: None)
     assert [h["step"] for h in report["history"]] == [2, 4]
+    seconds = [h["seconds"] for h in report["history"]]  # training time adds up across the two calls
+    assert seconds[0] < seconds[1] <= report["train_seconds"]
     assert all(np.isfinite(h["dense"]) and np.isfinite(h["read"]) for h in report["history"])
     assert all(0 <= h["ndcg5_query_words_only"] <= 1 for h in report["history"])
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
@@ -130,6 +132,8 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     assert not (tmp_path / "split" / "model.safetensors").exists()
     report = train(config, tmp_path / "split", log=lambda m: None, resume=True)
     assert [h["step"] for h in report["history"]] == [2, 4]
+    seconds = [h["seconds"] for h in report["history"]]  # training time adds up across the two calls
+    assert seconds[0] < seconds[1] <= report["train_seconds"]
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "split" / "model.safetensors")
     assert all(np.array_equal(a[k], b[k]) for k in a)
