@@ -99,6 +99,7 @@ def test_validation_scores_the_query_words_without_prefix_and_augmentation():
         assert tokenizer.convert_ids_to_tokens(kept) == text.split()
 
 
+@pytest.mark.slow
 def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     """CI proof that the script runs: a few steps on a tiny model, twice, same seed -> same weights."""
     from safetensors.numpy import load_file
@@ -109,7 +110,7 @@ def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     report = train(config, tmp_path / "a", log=lambda m: None)
     train(config, tmp_path / "b", log=lambda m: None)
     assert [h["step"] for h in report["history"]] == [2, 4]
-    seconds = [h["seconds"] for h in report["history"]]  # training time adds up across the two calls
+    seconds = [h["seconds"] for h in report["history"]]  # cumulative training time
     assert seconds[0] < seconds[1] <= report["train_seconds"]
     assert all(np.isfinite(h["dense"]) and np.isfinite(h["read"]) for h in report["history"])
     assert all(0 <= h["ndcg5_query_words_only"] <= 1 for h in report["history"])

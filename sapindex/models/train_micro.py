@@ -367,6 +367,10 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
         spent_before = history[-1]["seconds"] if history else 0.0
         log(f"resumed at step {first} from {state_path}")
     train_started = time.time()
+
+    def trained_seconds() -> float:  # cumulative over resumed runs
+        return spent_before + time.time() - train_started
+
     last = config.steps if max_steps is None else min(config.steps, first + max_steps)
     for step in range(first, last):
         stage, step_in_stage = _stage_at(config, step)
@@ -429,7 +433,7 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
             log(f"  step {step + 1}: " + "  ".join(f"{k} {v:.3f}" for k, v in smoothed.items()))
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             ndcg, ndcg_words = validation.ndcg5(model, batches, 4)  # whole pages: small batches bound memory
-            elapsed = spent_before + time.time() - train_started  # cumulative over resumed runs
+            elapsed = trained_seconds()
             history.append(dict(step=step + 1, seconds=round(elapsed, 1), ndcg5=round(ndcg, 4),
                                 ndcg5_query_words_only=round(ndcg_words, 4),
                                 **{k: round(v, 4) for k, v in smoothed.items()}, maxsim_weight=round(weight, 3)))
@@ -452,7 +456,7 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
     model.save_pretrained(out)
     processor.save_pretrained(out)
     report = dict(config=_jsonable(asdict(config)), parameters=n_params, best_val_ndcg5=best, history=history,
-                  render_seconds=round(render_s, 1), train_seconds=round(spent_before + time.time() - train_started, 1),
+                  render_seconds=round(render_s, 1), train_seconds=round(trained_seconds(), 1),
                   machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=config.threads,
                   torch=torch.__version__)
     (out / "train_log.json").write_text(json.dumps(report, indent=1))
