@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from sapindex.models.micro_data import CELL, word_cells
-from sapindex.models.train_micro import (SMOKE, build_word_tokenizer, cross_page_cosine, dense_loss,
-                                         maxsim_scores, reading_loss, train)
+from sapindex.models.train_micro import (SMOKE, TrainConfig, _learning_rate, build_word_tokenizer, cross_page_cosine,
+                                         dense_loss, maxsim_scores, reading_loss, train)
 
 
 def test_word_cells_cover_the_ink_box():
@@ -97,6 +97,20 @@ def test_validation_scores_the_query_words_without_prefix_and_augmentation():
         valid = ids[mask.bool()].tolist()
         kept = valid[batches.query_offset: len(valid) - batches.query_suffix_len]
         assert tokenizer.convert_ids_to_tokens(kept) == text.split()
+
+
+def test_a_longer_last_stage_leaves_earlier_learning_rates_unchanged():
+    """The decay length is fixed, so growing the whole-page stage only adds steps at the floor."""
+    shipped = TrainConfig()
+    last = shipped.stages[-1]
+    longer = replace(shipped, stages=shipped.stages[:-1] + (replace(last, steps=last.steps + 500),))
+    rates = [_learning_rate(shipped, s) for s in range(shipped.steps)]
+    assert rates == [_learning_rate(longer, s) for s in range(shipped.steps)]
+    assert max(rates) == pytest.approx(shipped.lr)
+    assert rates[shipped.decay_steps - 1] == pytest.approx(shipped.lr / 10, rel=1e-3)
+    assert all(_learning_rate(longer, s) == pytest.approx(shipped.lr / 10) for s in range(shipped.decay_steps, longer.steps))
+    # without a fixed length the cosine stretches over all steps, as the smoke preset does
+    assert _learning_rate(replace(longer, decay_steps=None), shipped.decay_steps) > shipped.lr / 10
 
 
 @pytest.mark.slow
