@@ -108,7 +108,8 @@ def test_a_longer_last_stage_leaves_earlier_learning_rates_unchanged():
     assert rates == [_learning_rate(longer, s) for s in range(shipped.steps)]
     assert max(rates) == pytest.approx(shipped.lr)
     assert rates[shipped.decay_steps - 1] == pytest.approx(shipped.lr / 10, rel=1e-3)
-    assert all(_learning_rate(longer, s) == pytest.approx(shipped.lr / 10) for s in range(shipped.decay_steps, longer.steps))
+    assert all(_learning_rate(longer, s) == pytest.approx(shipped.lr / 10)
+               for s in range(shipped.decay_steps, longer.steps))
     # without a fixed length the cosine stretches over all steps, as the smoke preset does
     assert _learning_rate(replace(longer, decay_steps=None), shipped.decay_steps) > shipped.lr / 10
 
