@@ -11,7 +11,10 @@ Steps (each a CLI command a user can run, printed as it runs):
 2. ``sapindex calibrate`` on the calibration set (SR curve, window) and ``sapindex export``;
 3. ``sapindex eval`` of the bundle on the synthetic set and, when given, the Debian PDF set;
 4. positional bias: Pearson r between each page's in-graph SAP centrality and the token index,
-   raw and with the causal correction (read from the eval caches).
+   raw and with the causal correction (read from the eval caches);
+5. the window: Algorithm 1's window against the same-width window of highest calibration SR
+   (``sapindex export --window``), both scored by ``sapindex eval --methods full,sap`` on the
+   synthetic set.
 ``--ship`` first copies the checkpoint into ``sapindex/assets`` (then calibrates and exports that
 copy), and at the end puts the bundle, calibration.json and sr_curve.png there (the built-in default).
 Prints markdown (the RESULTS.md section).
@@ -68,6 +71,26 @@ def positional_bias(eval_dir: Path, bundle: Path, dataset: Path) -> dict:
     return {"pages": len(raw), "r_raw": float(np.mean(raw)), "r_corrected": float(np.mean(corrected))}
 
 
+def sr_peak_window(sr: list[float], width: int) -> tuple[int, int]:
+    """The ``width``-layer window with the highest mean calibration SR. Algorithm 1 instead takes
+    the window just before the trailing below-median run, which can skip an early peak."""
+    means = [float(np.mean(sr[start:start + width])) for start in range(len(sr) - width + 1)]
+    start = int(np.argmax(means))
+    return start, start + width
+
+
+def window_rows(calibration: dict, reports: dict[str, dict]) -> list[str]:
+    """Markdown rows: window, how it was picked, mean calibration SR, SAP NDCG@5 (retention) by keep ratio."""
+    sr, rows = calibration["sr"]["mean"], []
+    for how, report in reports.items():
+        start, end = report["bundle"]["window"]
+        sap = report["results"]["sap"]
+        keeps = sorted(sap, key=float, reverse=True)
+        cells = [f"{sap[k]['metrics']['ndcg@5']:.3f} ({sap[k]['retention']['ndcg@5']:.0%})" for k in keeps]
+        rows.append(f"| [{start}, {end}) | {how} | {np.mean(sr[start:end]):.3f} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(ROOT / "sapindex" / "assets" / "micro-colqwen2"))
@@ -102,6 +125,16 @@ def main() -> None:
         reports[name] = (json.loads((out / "report.json").read_text()), (out / "report.md").read_text(),
                          positional_bias(out, bundle, path))
 
+    window = calibration["window"]
+    window_reports = {"Algorithm 1 (calibrated)": reports["synthetic (500 pages, 500 queries)"][0]}
+    peak = sr_peak_window(calibration["sr"]["mean"], window["end"] - window["start"])
+    if peak != (window["start"], window["end"]):
+        peak_bundle, out = work / "micro-colqwen2-sr-peak.sap", work / "eval-sr-peak-window"
+        run(sapindex + ["export", "--model", str(model), "--calibration", str(work / "calib" / "calibration.json"),
+                        "--out", str(peak_bundle), "--overwrite", "--window", f"{peak[0]}:{peak[1]}"])
+        run(sapindex + ["eval", str(peak_bundle), str(test_set), "--methods", "full,sap", "--out", str(out)])
+        window_reports["highest mean SR (--window)"] = json.loads((out / "report.json").read_text())
+
     log = json.loads((model / "train_log.json").read_text())
     curve = ", ".join(f"{h['step']}: {h['ndcg5']:.3f}" for h in log["history"])
     words_only = ", ".join(f"{h['step']}: {h['ndcg5_query_words_only']:.3f}" for h in log["history"]
@@ -116,7 +149,6 @@ def main() -> None:
           f"no augmentation tokens) by step: {words_only or 'not logged'}.")
     print()
     sr = calibration["sr"]["mean"]
-    window = calibration["window"]
     print("### SR curve and window")
     print()
     print(f"Calibrated on {calibration['pairs']['used']} train-split pairs (`sapindex calibrate --pairs "
@@ -129,6 +161,13 @@ def main() -> None:
     shutil.copy(work / "calib" / "sr_curve.png", ROOT / "bench" / "micro_sr_curve.png")
     print()
     print("Picture: bench/micro_sr_curve.png (the SR curve with its std band, random floor and window).")
+    print()
+    keeps = sorted(window_reports[next(iter(window_reports))]["results"]["sap"], key=float, reverse=True)
+    print("SAP on the synthetic set by window (NDCG@5, retention of full in brackets):")
+    print()
+    print("| window | picked by | mean SR | " + " | ".join(f"keep {k}" for k in keeps) + " |")
+    print("|---|---|---|" + "---|" * len(keeps))
+    print("\n".join(window_rows(calibration, window_reports)))
     for name, (report, table, bias) in reports.items():
         print()
         print(f"### Eval: {name}")

@@ -140,8 +140,10 @@ def _print_families(as_json: bool) -> None:
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
 @click.option("--opset", default=18, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--window", "window_text", default=None, metavar="START:END",
+              help="SAP layers to export instead of the calibrated window (0-indexed, END exclusive).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest.")
-def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite, as_json):
+def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite, window_text, as_json):
     """Export the model to a self-contained ONNX bundle with in-graph SAP centrality.
 
     The bundle is validated against PyTorch (pages of several sizes, batch sizes 1 and 4)
@@ -150,12 +152,13 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
     \b
     Example:
       sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out colqwen2.sap
+      sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out w.sap --window 12:17
     """
-    from sapindex.exporter.export import ExportConfig, export_bundle
+    from sapindex.exporter.export import ExportConfig, export_bundle, parse_window
 
     cfg = ExportConfig(model=str(model_dir), calibration=str(calibration), out=str(out_dir),
                        base_model=str(base_model) if base_model else None, dtype=dtype, opset=opset,
-                       overwrite=overwrite)
+                       overwrite=overwrite, window=parse_window(window_text) if window_text else None)
     manifest = export_bundle(cfg, log=lambda msg: None if as_json else click.echo(msg, err=True))
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
@@ -163,7 +166,8 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
     v = manifest["validation"]
     size = sum(f["size"] for f in manifest["files"].values())
     click.echo(f"bundle     {out_dir} ({_size(size)}, fingerprint {manifest['fingerprint'][:16]})")
-    click.echo(f"window     layers [{manifest['window'][0]}, {manifest['window'][1]}) of {manifest['n_layers']}")
+    click.echo(f"window     layers [{manifest['window'][0]}, {manifest['window'][1]}) of {manifest['n_layers']} "
+               f"(from {manifest['window_source']})")
     click.echo(f"validated  {v['pages']} pages, batch sizes {v['batch_sizes']}: max |diff| embeddings "
                f"{v['max_abs_diff_embeddings']:.1e}, centrality {v['max_abs_diff_centrality']:.1e}, "
                f"kept-set mismatches {len(v['kept_set_mismatches'])}")
@@ -342,8 +346,8 @@ def inspect(target, as_json):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    for key in ("path", "family", "attention", "n_layers", "window", "dim", "dtype", "bytes", "fingerprint",
-                "source_fingerprint"):
+    for key in ("path", "family", "attention", "n_layers", "window", "window_source", "dim", "dtype", "bytes",
+                "fingerprint", "source_fingerprint"):
         click.echo(f"{key:<19} {summary[key]}")
     v = summary["validation"]
     click.echo(f"{'validation':<19} max |diff| embeddings {v['max_abs_diff_embeddings']:.1e} over {v['pages']} pages")

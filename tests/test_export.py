@@ -152,6 +152,28 @@ def test_runtime_end_to_end_parity(bundles, adapters, family, request, monkeypat
         np.testing.assert_allclose(mine, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["colqwen2", "colpali", "colidefics3"])
+def test_vision_graph_sees_one_page_per_call(bundles, family):
+    """A batch of differently sized pages runs the vision graph once per page (its attention memory
+    is quadratic in a page's patches) and gives what each page encoded alone gives."""
+    encoder = Encoder(Bundle.open(bundles[family][1]))
+    vision, seen = encoder.sessions.vision, []
+
+    class Recording:
+        def run(self, names, feed):
+            seen.append({len(v) for v in feed.values()})
+            return vision.run(names, feed)
+
+    encoder.sessions.vision = Recording()
+    images = _pages(ODD)
+    batched = encoder.encode_pages(images)
+    assert seen == [{1}] * len(images)
+    for page, image in zip(batched, images):
+        (alone,) = encoder.encode_pages([image])
+        np.testing.assert_allclose(page.embeddings, alone.embeddings, atol=1e-5)
+        np.testing.assert_allclose(page.centrality, alone.centrality, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_scores_match_colpali_score_multi_vector(bundles, adapters, family):
     encoder = Encoder(Bundle.open(bundles[family][1]))
@@ -280,3 +302,41 @@ def test_manifest_graph_io_is_the_source_of_truth(bundles):
     del batch["prefix_mask"]
     with pytest.raises(SapIndexError, match=r"text.onnx: no value for graph input\(s\) prefix_mask"):
         encoder.sessions.encode_pages(batch)
+
+
+def test_window_override_is_exported_validated_and_recorded(tiny_models, calibrations, bundles, tmp_path):
+    """``--window`` exports other layers than the calibrated ones: the manifest says which and from
+    where, ONNX keeps the tokens PyTorch keeps on those layers, and the calibrated bundle differs."""
+    from test_cli import run_cli
+
+    calibrated = bundles["colqwen2"][0]["window"]
+    override = [0, 2] if calibrated != [0, 2] else [1, 3]
+    out = run_cli("export", "--model", tiny_models["colqwen2"], "--calibration", calibrations["colqwen2"],
+                  "--out", tmp_path / "w.sap", "--window", f"{override[0]}:{override[1]}")
+    assert out.returncode == 0, out.stderr
+    assert f"window     layers [{override[0]}, {override[1]}) of 6 (from --window)" in out.stdout
+    bundle = Bundle.open(tmp_path / "w.sap")
+    assert bundle.manifest["window"] == override and bundle.summary()["window_source"] == "--window"
+    assert bundle.manifest["calibration"]["window"]["start"] == calibrated[0]  # the calibration is kept as it was
+    assert not bundle.manifest["validation"]["kept_set_mismatches"]
+    images = _pages(ALIGNED)
+    mine = Encoder(bundle).encode_pages(images)
+    theirs = Encoder(Bundle.open(bundles["colqwen2"][1])).encode_pages(images)
+    assert any(not np.allclose(a.centrality, b.centrality) for a, b in zip(mine, theirs))
+    assert Bundle.open(bundles["colqwen2"][1]).summary()["window_source"] == "calibration"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("3", "--window 3: write it as START:END, e.g. 1:3 (layers 1 and 2)"),
+    ("a:b", "--window a:b: write it as START:END, e.g. 1:3 (layers 1 and 2)"),
+    ("2:2", "--window 2:2: need 0 <= START < END <= 6 (the model's layers)"),
+    ("4:9", "--window 4:9: need 0 <= START < END <= 6 (the model's layers)"),
+])
+def test_a_bad_window_is_one_line_and_writes_nothing(tiny_models, calibrations, tmp_path, text, message):
+    from test_cli import run_cli
+
+    out = run_cli("export", "--model", tiny_models["colqwen2"], "--calibration", calibrations["colqwen2"],
+                  "--out", tmp_path / "w.sap", "--window", text)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "w.sap").exists()

@@ -104,6 +104,30 @@ class ExportConfig:
     dtype: str = "fp32"
     opset: int = 18
     overwrite: bool = False
+    window: tuple[int, int] | None = None  # (start, end) overriding the calibrated window
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``START:END`` (0-indexed decoder layers, end exclusive) -> (start, end)."""
+    try:
+        start, end = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise SapIndexError(f"--window {text}: write it as START:END, e.g. 1:3 (layers 1 and 2)") from None
+    return start, end
+
+
+def _window(cfg: ExportConfig, calibration: dict, n_layers: int) -> tuple[tuple[int, int], str]:
+    """The window to export and where it came from ("calibration" or "--window").
+
+    The calibrated window is Algorithm 1's pick; an override lets a user export the window their
+    own SR curve or eval favours (e.g. a peak the rule skips) without re-calibrating.
+    """
+    if cfg.window is None:
+        return (int(calibration["window"]["start"]), int(calibration["window"]["end"])), "calibration"
+    start, end = cfg.window
+    if not 0 <= start < end <= n_layers:
+        raise SapIndexError(f"--window {start}:{end}: need 0 <= START < END <= {n_layers} (the model's layers)")
+    return (start, end), "--window"
 
 
 def load_calibration(path: str | Path) -> dict:
@@ -134,13 +158,14 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
 
     adapter = load_adapter(cfg.model, base_model=cfg.base_model)
     _check_calibration_matches(calibration, adapter, cfg.calibration)
-    window = (int(calibration["window"]["start"]), int(calibration["window"]["end"]))
+    window, source = _window(cfg, calibration, adapter.n_layers)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        log(f"exporting {adapter.info.family.name} with SAP window [{window[0]}, {window[1]})")
+        log(f"exporting {adapter.info.family.name} with SAP window [{window[0]}, {window[1]}) (from {source})")
         manifest = _write_graphs(adapter, window, staging, cfg.opset, cfg.dtype)
+        manifest["window_source"] = source
         log("validating ONNX Runtime against PyTorch")
         manifest["validation"] = validate(adapter, window, Bundle(staging, manifest), cfg.dtype)
         manifest["calibration"] = _calibration_summary(calibration)

@@ -169,6 +169,7 @@ class Bundle:
             "attention": self.attention,
             "n_layers": m["n_layers"],
             "window": m["window"],
+            "window_source": m.get("window_source", "calibration"),  # bundles before --window had no key
             "dim": m["dim"],
             "dtype": m.get("dtype"),
             "fingerprint": m["fingerprint"],

@@ -66,8 +66,18 @@ class BundleSessions:
         self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
 
     def encode_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``[B, S, dim]`` embeddings, ``[B, S]`` centrality and ``[B, S]`` EOS attention for a page batch."""
-        (image_embeds,) = self.vision.run(None, self._feed("vision", feed))
+        """``[B, S, dim]`` embeddings, ``[B, S]`` centrality and ``[B, S]`` EOS attention for a page batch.
+
+        The vision graph runs one page at a time: its attention is quadratic in a page's patches
+        (``[B, heads, P, P]`` fp32, P ~ 3,000 for a ColQwen2 page), so a batch multiplies peak
+        memory by B for no speed-up (measured in bench/runtime_speed.py). Pages are independent
+        in the vision tower, and every page of a batch is padded to the same patch count, so the
+        per-page outputs stack into the batch's ``[B, T, hidden]``.
+        """
+        vision_feed = self._feed("vision", feed)
+        n_pages = len(next(iter(vision_feed.values())))
+        image_embeds = np.concatenate([self.vision.run(None, {k: v[i:i + 1] for k, v in vision_feed.items()})[0]
+                                       for i in range(n_pages)])  # [B, T, hidden]
         emb, cent, eos = self.text.run(None, self._feed("text", {**feed, "image_embeds": image_embeds}))
         return emb, cent, eos
 
