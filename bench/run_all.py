@@ -1,8 +1,9 @@
 """Regenerate every number in bench/RESULTS.md: runs each benchmark script and rewrites the file.
 
-Usage: python bench/run_all.py [--quick] [--only SCRIPT[,SCRIPT]]
+Usage: python bench/run_all.py [--quick] [--only SCRIPT[,SCRIPT]] [--ship]
   --quick: smaller sizes, for a smoke run; --only: rerun just those scripts' sections and keep the
-  others as they are in the file.
+  others as they are in the file; --ship: micro_model.py ships the checkpoint and its bundle as the
+  built-in default (its own --ship), so a new model's numbers and its shipped bundle come from one run.
 Each section records the exact command and its date, and the file header records the machine.
 """
 
@@ -50,6 +51,10 @@ SECTIONS = [
      "eval by `sapindex eval` on the synthetic test split (500 pages, 500 queries, seed 1234, vocabulary 1,000 "
      "words, fonts >= 22 px) and on 500 pages of Debian *-doc PDF manuals (bench/debian_docs.py). "
      "S.Ret = pruned score / full score on the relevant page."),
+    ("Runtime memory: the vision graph per page vs per batch",
+     ["vision_batching.py"], ["--pages", "8", "--repeats", "1"],
+     "The built-in micro bundle on synthetic pages; each mode in its own process (peak RSS is the process's). "
+     "The runtime feeds the vision graph one page per call; `batched` is one call for the whole batch."),
     ("Eval scoring speed: exact masked MaxSim, 1,000 queries x 1,000 pages",
      ["maxsim_speed.py"], ["--queries", "100", "--pages", "100"],
      "What `sapindex eval` spends on scoring; compare with page encoding above."),
@@ -61,6 +66,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--only", default="", help="comma-separated script names, e.g. micro_model.py")
+    parser.add_argument("--ship", action="store_true", help="micro_model.py --ship (the built-in default)")
     args = parser.parse_args()
     only = {name for name in args.only.split(",") if name}
     unknown = only - {script[0] for _, script, _, _ in SECTIONS}
@@ -82,12 +88,14 @@ def main() -> None:
                 sys.exit(f"{args.out} has no section {title!r} to keep; run without --only")
             parts += ["", kept[title]]
             continue
-        cmd = [sys.executable, str(HERE / script[0]), *script[1:], *(quick_args if args.quick else [])]
+        extra = [*(quick_args if args.quick else []),
+                 *(["--ship"] if args.ship and script[0] == "micro_model.py" else [])]
+        cmd = [sys.executable, str(HERE / script[0]), *script[1:], *extra]
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"{script[0]} failed:\n{out.stderr[-3000:]}")
-        shown = " ".join(["python", f"bench/{script[0]}", *script[1:], *(quick_args if args.quick else [])])
+        shown = " ".join(["python", f"bench/{script[0]}", *script[1:], *extra])
         body = [line for line in out.stdout.splitlines() if line.strip()]
         parts += ["", f"## {title}", "",
                   f"- command: `{shown}` ({time.perf_counter() - started:.0f} s, {time.strftime('%Y-%m-%d')})",

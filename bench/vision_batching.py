@@ -76,7 +76,7 @@ def main() -> None:
                                  check=True, capture_output=True, text=True)
             rows[mode] = json.loads(out.stdout)
         diff = float(np.abs(np.load(Path(tmp, "batched.npy")) - np.load(Path(tmp, "per-page.npy"))).max())
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads; bundle {args.bundle}; "
+    print(f"{platform.processor() or platform.machine()}, {args.threads} threads; bundle {Path(args.bundle).name}; "
           f"{args.pages} synthetic pages (~{rows['batched']['visual_tokens_per_page']:.0f} visual tokens each), "
           f"batch size {args.batch_size}")
     print()
