@@ -45,8 +45,11 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for the pair sample and the random floor.")
 @click.option("--keep-ratio", default=0.10, show_default=True, help="Calibration keep ratio gamma_cal.")
 @click.option("--rho", default=0.2, show_default=True, help="Window width as a fraction of the layer count.")
+@click.option("--window-rule", default="algorithm1", show_default=True, type=click.Choice(["algorithm1", "sr-peak"]),
+              help="algorithm1: the paper's rule; sr-peak: the same-width window of highest mean SR.")
 @click.option("--json", "as_json", is_flag=True, help="Print calibration.json instead of the summary.")
-def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, dtype, seed, keep_ratio, rho, as_json):
+def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, dtype, seed, keep_ratio, rho,
+              window_rule, as_json):
     """Run the per-layer Score Retention analysis and pick the SAP layer window.
 
     Writes OUT/calibration.json and OUT/sr_curve.png.
@@ -59,7 +62,7 @@ def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, 
 
     cfg = CalibrationConfig(model=str(model_dir), pairs=str(pairs), base_model=str(base_model) if base_model else None,
                             limit=limit, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
-                            keep_ratio=keep_ratio, rho=rho)
+                            keep_ratio=keep_ratio, rho=rho, window_rule=window_rule)
     record, json_path, png_path = _calibrate_and_write(cfg, out_dir, quiet=as_json)
     if as_json:
         click.echo(json.dumps(record, indent=2))

@@ -85,6 +85,25 @@ def select_window(sr, rho: float = 0.2) -> tuple[int, int]:
     return start, end
 
 
+def peak_window(sr, rho: float = 0.2) -> tuple[int, int]:
+    """The ``w = ceil(rho * L)`` consecutive layers of highest mean SR (earliest on ties).
+
+    Not in the paper: Algorithm 1 takes the layers just before the trailing below-median run, or
+    the last ``w`` when there is none, which can pass over an early peak (the built-in micro model
+    peaks at layer 1 of 6; bench/RESULTS.md compares both windows).
+    """
+    sr = _as_curve(sr)
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    width = window_width(len(sr), rho)
+    means = np.convolve(sr, np.full(width, 1.0 / width), mode="valid")  # [L - w + 1]
+    start = int(np.argmax(means))
+    return start, start + width
+
+
+WINDOW_RULES = {"algorithm1": select_window, "sr-peak": peak_window}
+
+
 def keep_count(n: int, ratio: float) -> int:
     """Number of vectors kept out of ``n`` at keep ratio ``ratio``: ``min(n, max(1, round(n * ratio)))``."""
     _check_ratio(ratio)

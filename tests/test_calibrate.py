@@ -76,6 +76,9 @@ def test_calibration_end_to_end(tiny_models, adapters, pairs_file, tmp_path, fam
     start, end = sap.select_window(record["sr"]["mean"], record["settings"]["rho"])
     assert (record["window"]["start"], record["window"]["end"]) == (start, end)
     assert record["window"]["median"] == pytest.approx(float(np.median(record["sr"]["mean"])))
+    assert record["window"]["rule"] == "algorithm1"
+    assert record["window"]["candidates"] == {"algorithm1": [start, end],
+                                              "sr-peak": list(sap.peak_window(record["sr"]["mean"], 0.2))}
     assert len(record["random_floor"]["per_seed"]) == 5
     assert len(record["model"]["fingerprint"]["sha256"]) == 64
 

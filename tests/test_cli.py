@@ -56,6 +56,20 @@ def test_calibrate_human_summary(tiny_models, pairs_file, tmp_path):
     assert "6 used, 0 skipped" in out.stdout
 
 
+def test_calibrate_window_rule_sr_peak(tiny_models, pairs_file, tmp_path):
+    out = run_cli("calibrate", "--model", tiny_models["colqwen2"], "--pairs", pairs_file, "--out", tmp_path / "c",
+                  "--window-rule", "sr-peak", "--rho", "0.34")
+    assert out.returncode == 0, out.stderr
+    w = json.loads((tmp_path / "c" / "calibration.json").read_text())["window"]
+    assert w["rule"] == "sr-peak" and [w["start"], w["end"]] == w["candidates"]["sr-peak"]
+    assert f"window     layers [{w['start']}, {w['end']}) by sr-peak" in out.stdout
+    a, b = w["candidates"]["algorithm1"]
+    assert f"algorithm1 [{a}, {b})" in out.stdout
+    bad = run_cli("calibrate", "--model", tiny_models["colqwen2"], "--pairs", pairs_file, "--out", tmp_path / "d",
+                  "--window-rule", "middle")
+    assert bad.returncode == 2 and "'middle' is not one of 'algorithm1', 'sr-peak'" in bad.stderr
+
+
 def test_info_prints_family_and_layers(tiny_models):
     out = run_cli("info", tiny_models["colqwen2"])
     assert out.returncode == 0

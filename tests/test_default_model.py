@@ -35,7 +35,8 @@ def test_shipped_bundle_verifies_and_comes_from_the_shipped_weights():
     assert bundle.manifest["validation"]["max_abs_diff_embeddings"] <= 1e-4
     weights = default_weights_path() / "model.safetensors"
     assert weights.stat().st_size <= 25_000_000
-    assert json.loads((default_weights_path() / "calibration.json").read_text())["window"]["width"] >= 1
+    window = json.loads((default_weights_path() / "calibration.json").read_text())["window"]
+    assert bundle.manifest["window"] == [window["start"], window["end"]] and window["width"] >= 1  # shipped together
 
 
 def test_demo_answers_every_example_query_and_draws_the_kept_patches(tmp_path):

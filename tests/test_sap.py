@@ -139,6 +139,28 @@ def test_select_window_clips_at_zero_and_tiny_curves():
     assert sap.select_window([2.0, 1.0]) == (0, 1)  # median 1.5 -> l* = 1, w = 1
 
 
+def test_peak_window_finds_the_early_peak_algorithm1_passes_over():
+    micro = [0.691, 0.835, 0.685, 0.579, 0.553, 0.754]  # the built-in micro model's SR curve
+    assert sap.select_window(micro) == (4, 6)  # last layer above the median: the last w = 2 layers
+    assert sap.peak_window(micro) == (0, 2)  # means 0.763, 0.760, 0.632, 0.566, 0.654
+    assert sap.peak_window(paper_curve(28, 24)) == (18, 24)  # a curve peaking before l*: both agree
+    assert sap.peak_window([1.0, 3.0, 1.0, 3.0], rho=0.25) == (1, 2)  # ties: the earliest
+    assert sap.peak_window([0.3]) == (0, 1)
+    assert set(sap.WINDOW_RULES) == {"algorithm1", "sr-peak"}
+    with pytest.raises(ValueError, match="rho"):
+        sap.peak_window(micro, rho=0.0)
+
+
+@FAST
+@given(arrays(np.float64, st.integers(1, 40), elements=st.floats(-5, 5)), st.floats(0.01, 1.0))
+def test_peak_window_has_the_highest_mean_of_its_width(sr, rho):
+    start, end = sap.peak_window(sr, rho)
+    w = sap.window_width(len(sr), rho)
+    assert end - start == min(w, len(sr)) and 0 <= start and end <= len(sr)
+    best = max(np.mean(sr[i:i + w]) for i in range(len(sr) - w + 1))
+    assert np.mean(sr[start:end]) >= best - 1e-9
+
+
 @FAST
 @given(arrays(np.float64, st.integers(1, 40), elements=st.floats(-5, 5)), st.floats(0.01, 1.0))
 def test_select_window_invariants(sr, rho):

@@ -4,7 +4,9 @@ For every calibration pair (query, relevant page) one batched forward pass gives
 final visual vectors and every decoder layer's visual in-degree centrality. Per layer l, the
 page keeps the top ``keep_ratio`` tokens ranked by that layer's centrality alone, and SR is
 MaxSim(query, kept) / MaxSim(query, all visual tokens). The curve is the mean over pairs; the
-window is Algorithm 1 (``sapindex.sap.select_window``) on that curve. All SAP math comes from
+window is Algorithm 1 (``sapindex.sap.select_window``) on that curve, or with ``window_rule``
+"sr-peak" the same-width window of highest mean SR (``sapindex.sap.peak_window``); both picks
+are recorded. All SAP math comes from
 ``sapindex.sap``, the same code the runtime uses.
 """
 
@@ -40,6 +42,7 @@ class CalibrationConfig:
     keep_ratio: float = 0.10
     rho: float = 0.2
     min_pairs: int = 1
+    window_rule: str = "algorithm1"  # a key of sap.WINDOW_RULES
 
 
 def pair_retention(query: np.ndarray, page, keep_ratio: float, seed: int, pair_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +61,8 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = N
     """Run the SR analysis and return the calibration record (see README, "calibration.json")."""
     if not 0.0 < cfg.keep_ratio <= 1.0:
         raise SapIndexError(f"--keep-ratio must be in (0, 1], got {cfg.keep_ratio}")
+    if cfg.window_rule not in sap.WINDOW_RULES:
+        raise SapIndexError(f"--window-rule {cfg.window_rule}: choose {' or '.join(sap.WINDOW_RULES)}")
     if cfg.limit < 1 or cfg.batch_size < 1:
         raise SapIndexError("--limit and --batch-size must be at least 1")
     from sapindex.models.base import load_adapter
@@ -96,7 +101,8 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = N
     sr = np.vstack(sr_rows)  # [P, L]
     rand = np.vstack(rand_rows)  # [P, seeds]
     mean = sr.mean(axis=0)
-    start, end = sap.select_window(mean, cfg.rho)
+    candidates = {rule: sap.WINDOW_RULES[rule](mean, cfg.rho) for rule in sap.WINDOW_RULES}
+    start, end = candidates[cfg.window_rule]
     info = adapter.info
     return {
         "format": CALIBRATION_FORMAT,
@@ -128,6 +134,8 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = N
         "window": {
             "start": start,
             "end": end,
+            "rule": cfg.window_rule,
+            "candidates": {rule: list(window) for rule, window in candidates.items()},  # every rule's pick
             "median": float(np.median(mean)),
             "alignment_region": [sap.alignment_start(mean), adapter.n_layers],
             "width": sap.window_width(adapter.n_layers, cfg.rho),
@@ -161,8 +169,9 @@ def summary_text(record: dict) -> str:
         f"pairs      {p['used']} used, {p['skipped']} skipped; {p['visual_tokens']['mean']:.0f} visual tokens/page on average",
         f"SR@{record['settings']['keep_ratio']:g}    best layer {int(sr.argmax())} ({sr.max():.3f}), "
         f"last layer {sr[-1]:.3f}, random floor {record['random_floor']['mean']:.3f}",
-        f"window     layers [{w['start']}, {w['end']}) (median {w['median']:.3f}, alignment region from layer "
-        f"{w['alignment_region'][0]}, width {w['width']})",
+        f"window     layers [{w['start']}, {w['end']}) by {w.get('rule', 'algorithm1')} (median {w['median']:.3f}, "
+        f"alignment region from layer {w['alignment_region'][0]}, width {w['width']}; "
+        + ", ".join(f"{rule} [{a}, {b})" for rule, (a, b) in w.get("candidates", {}).items()) + ")",
     ]
     return "\n".join(lines)
 

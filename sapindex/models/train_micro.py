@@ -57,7 +57,7 @@ class TrainConfig:
                                  Stage(vocab_size=1000, min_font_px=22, pages=1600, steps=4000, crop=(8, 8)),
                                  Stage(vocab_size=1000, min_font_px=22, pages=1600, steps=500, crop=(16, 16),
                                        batch_size=8),
-                                 Stage(vocab_size=1000, min_font_px=22, pages=1600, steps=2000, batch_size=4))
+                                 Stage(vocab_size=1000, min_font_px=22, pages=1600, steps=3000, batch_size=4))
     batch_size: int = 16
     words_per_page: int = 48  # dense-loss words drawn per page and step (all of most pages)
     lr: float = 1e-3
