@@ -74,16 +74,18 @@ def positional_bias(eval_dir: Path, bundle: Path, dataset: Path) -> dict:
     return {"pages": len(raw), "r_raw": float(np.mean(raw)), "r_corrected": float(np.mean(corrected))}
 
 
-def window_rows(calibration: dict, reports: dict[str, dict]) -> list[str]:
-    """Markdown rows: window, how it was picked, mean calibration SR, SAP NDCG@5 (retention) by keep ratio."""
-    sr, rows = calibration["sr"]["mean"], []
+def window_table(calibration: dict, reports: dict[str, dict]) -> list[str]:
+    """Markdown table: window, how it was picked, mean calibration SR, SAP NDCG@5 (retention) by keep ratio."""
+    sr = calibration["sr"]["mean"]
+    keeps = sorted(next(iter(reports.values()))["results"]["sap"], key=float, reverse=True)
+    lines = ["| window | picked by | mean SR | " + " | ".join(f"keep {k}" for k in keeps) + " |",
+             "|---|---|---|" + "---|" * len(keeps)]
     for how, report in reports.items():
         start, end = report["bundle"]["window"]
         sap = report["results"]["sap"]
-        keeps = sorted(sap, key=float, reverse=True)
         cells = [f"{sap[k]['metrics']['ndcg@5']:.3f} ({sap[k]['retention']['ndcg@5']:.0%})" for k in keeps]
-        rows.append(f"| [{start}, {end}) | {how} | {np.mean(sr[start:end]):.3f} | " + " | ".join(cells) + " |")
-    return rows
+        lines.append(f"| [{start}, {end}) | {how} | {np.mean(sr[start:end]):.3f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -160,12 +162,9 @@ def main() -> None:
     print()
     print("Picture: bench/micro_sr_curve.png (the SR curve with its std band, random floor and window).")
     print()
-    keeps = sorted(window_reports[next(iter(window_reports))]["results"]["sap"], key=float, reverse=True)
     print("SAP on the synthetic set by window (NDCG@5, retention of full in brackets):")
     print()
-    print("| window | picked by | mean SR | " + " | ".join(f"keep {k}" for k in keeps) + " |")
-    print("|---|---|---|" + "---|" * len(keeps))
-    print("\n".join(window_rows(calibration, window_reports)))
+    print("\n".join(window_table(calibration, window_reports)))
     for name, (report, table, bias) in reports.items():
         print()
         print(f"### Eval: {name}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from sapindex import __version__
+from sapindex.sap import WINDOW_RULES
 from sapindex.errors import EXIT_INTERNAL, SapIndexError
 
 
@@ -45,7 +46,7 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for the pair sample and the random floor.")
 @click.option("--keep-ratio", default=0.10, show_default=True, help="Calibration keep ratio gamma_cal.")
 @click.option("--rho", default=0.2, show_default=True, help="Window width as a fraction of the layer count.")
-@click.option("--window-rule", default="algorithm1", show_default=True, type=click.Choice(["algorithm1", "sr-peak"]),
+@click.option("--window-rule", default="algorithm1", show_default=True, type=click.Choice(list(WINDOW_RULES)),
               help="algorithm1: the paper's rule; sr-peak: the same-width window of highest mean SR.")
 @click.option("--json", "as_json", is_flag=True, help="Print calibration.json instead of the summary.")
 def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, dtype, seed, keep_ratio, rho,

@@ -119,8 +119,8 @@ def parse_window(text: str) -> tuple[int, int]:
 def _window(cfg: ExportConfig, calibration: dict, n_layers: int) -> tuple[tuple[int, int], str]:
     """The window to export and where it came from ("calibration" or "--window").
 
-    The calibrated window is Algorithm 1's pick; an override lets a user export the window their
-    own SR curve or eval favours (e.g. a peak the rule skips) without re-calibrating.
+    The calibrated window is the pick of the calibration's window rule; an override lets a user
+    export another window (the other rule's pick, one their eval favours) without re-calibrating.
     """
     if cfg.window is None:
         return (int(calibration["window"]["start"]), int(calibration["window"]["end"])), "calibration"

@@ -483,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="micro",
-                        help="micro: the shipped model's recipe (about 6 h on 2 cores); "
+                        help="micro: the shipped model's recipe (about 7.7 h on 2 cores); "
                              "smoke: seconds on a tiny model (CI)")
     parser.add_argument("--smoke", action="store_true", help="same as --preset smoke")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")

@@ -70,7 +70,7 @@ class BundleSessions:
 
         The vision graph runs one page at a time: its attention is quadratic in a page's patches
         (``[B, heads, P, P]`` fp32, P ~ 3,000 for a ColQwen2 page), so a batch multiplies peak
-        memory by B for no speed-up (measured in bench/runtime_speed.py). Pages are independent
+        memory by B for no speed-up (measured in bench/vision_batching.py). Pages are independent
         in the vision tower, and every page of a batch is padded to the same patch count, so the
         per-page outputs stack into the batch's ``[B, T, hidden]``.
         """
