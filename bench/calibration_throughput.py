@@ -28,9 +28,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from sapindex.exporter.calibrate import CalibrationConfig, calibrate
-    from sapindex.models.tiny import build_tiny_model
-    from sapindex.synthetic import write_pairs
+    from sapindex.calibration.calibrate import CalibrationConfig, calibrate
+    from sapindex.testing.tiny import build_tiny_model
+    from sapindex.testing.toy_pages import write_pairs
 
     import torch
 

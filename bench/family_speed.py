@@ -30,9 +30,9 @@ def builders(real_width: bool, text_layers: int, vision_blocks: int) -> dict:
     """{family: builder(out_dir) -> checkpoint dir}: tiny models, or real layer widths at reduced depth."""
     from real_width_parity import WIDTHS
 
-    from sapindex.models import tiny
-    from sapindex.models.tiny_idefics3 import build_tiny_colidefics3
-    from sapindex.models.tiny_jina import build_tiny_jina
+    from sapindex.testing import tiny
+    from sapindex.testing.tiny_idefics3 import build_tiny_colidefics3
+    from sapindex.testing.tiny_jina import build_tiny_jina
 
     if not real_width:
         found = {family: (lambda out, f=family: tiny.build_tiny(out, f)) for family in tiny.TINY_FAMILIES}
@@ -57,12 +57,12 @@ def builders(real_width: bool, text_layers: int, vision_blocks: int) -> dict:
 
 
 def bench_family(family, build, work: Path, n_pages: int, batch_sizes, repeats: int) -> list[str]:
-    from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
+    from sapindex.calibration.calibrate import CalibrationConfig, calibrate, write_calibration
     from sapindex.exporter.export import ExportConfig, export_bundle
     from sapindex.models.base import load_adapter
     from sapindex.runtime.bundle import Bundle
     from sapindex.runtime.encoder import Encoder
-    from sapindex.synthetic import write_pairs
+    from sapindex.testing.toy_pages import write_pairs
 
     model_dir = build(work / family)
     pairs = write_pairs(work / f"{family}-pairs", n=4)

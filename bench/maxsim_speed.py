@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sapindex import sap
-    from sapindex.runtime.metrics import maxsim_matrix
+    from sapindex.eval.metrics import maxsim_matrix
 
     rng = np.random.default_rng(0)
 

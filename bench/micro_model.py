@@ -59,8 +59,8 @@ def positional_bias(eval_dir: Path, bundle: Path, dataset: Path) -> dict:
     """Mean over pages of Pearson r(centrality, token index), raw and causally corrected."""
     from sapindex import sap
     from sapindex.runtime.bundle import Bundle
-    from sapindex.runtime.datasets import load_dataset
-    from sapindex.runtime.evaluate import EncodingCache
+    from sapindex.eval.datasets import load_dataset
+    from sapindex.eval.runner import EncodingCache
 
     pages = EncodingCache(eval_dir / "cache", Bundle.open(bundle, verify=False), load_dataset(dataset)).load()
     raw, corrected = [], []
@@ -139,7 +139,7 @@ def main() -> None:
                            if "ndcg5_query_words_only" in h)
     print("### Training")
     print()
-    print(f"`python -m sapindex.models.train_micro` (seed {log['config']['seed']}): {log['parameters'] / 1e6:.2f} M "
+    print(f"`python -m sapindex.micro.train` (seed {log['config']['seed']}): {log['parameters'] / 1e6:.2f} M "
           f"parameters, {log['train_seconds'] / 60:.0f} min of training + {log['render_seconds']:.0f} s of page "
           f"rendering on {log['threads']} threads ({log['machine']}, torch {log['torch']}). Validation NDCG@5 "
           f"({log['config']['val_pages']} held-out pages, chance ~{2 / log['config']['val_pages']:.2f}) by step: "

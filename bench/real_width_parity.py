@@ -32,9 +32,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import sapindex.exporter.export as export
-    from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
-    from sapindex.models.tiny import build_tiny_model
-    from sapindex.synthetic import write_pairs
+    from sapindex.calibration.calibrate import CalibrationConfig, calibrate, write_calibration
+    from sapindex.testing.tiny import build_tiny_model
+    from sapindex.testing.toy_pages import write_pairs
 
     export.VALIDATION_SIZES = PAGE_SIZES
     print(f"# export parity at real width: {args.text_layers} decoder layers, {args.vision_blocks} vision blocks, "

@@ -34,7 +34,7 @@ def best_of(fn, repeats):
 
 
 def page_images(n, seed=0):
-    from sapindex.synthetic import WORDS, render_page
+    from sapindex.testing.toy_pages import WORDS, render_page
 
     rng = np.random.default_rng(seed)
     return [render_page([str(w) for w in rng.choice(WORDS, 24)], (int(rng.integers(300, 420)), int(rng.integers(380, 520))),
@@ -61,7 +61,7 @@ def export_text_variant(adapter, window, path, centrality):
     import torch
 
     from sapindex.exporter.export import export_graph
-    from sapindex.exporter.qwen2_vl_graph import TextGraph, VisionGraph
+    from sapindex.exporter.graphs.qwen2_vl import TextGraph, VisionGraph
 
     inputs = adapter.page_inputs(page_images(2, seed=9))
     with torch.no_grad():
@@ -73,13 +73,13 @@ def export_text_variant(adapter, window, path, centrality):
 
 
 def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
-    from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
+    from sapindex.calibration.calibrate import CalibrationConfig, calibrate, write_calibration
     from sapindex.exporter.export import ExportConfig, export_bundle
     from sapindex.models.base import load_adapter
     from sapindex.runtime.bundle import Bundle
     from sapindex.runtime.encoder import Encoder
     from sapindex.runtime.session import make_session
-    from sapindex.synthetic import write_pairs
+    from sapindex.testing.toy_pages import write_pairs
 
     pairs = write_pairs(work / f"{label}-pairs", n=4)
     calib = write_calibration(calibrate(CalibrationConfig(model=str(model_dir), pairs=str(pairs))), work / f"{label}-calib")[0]
@@ -125,7 +125,7 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
 
 def bench_index(encoder, bundle, work, n_pages, repeats):
     from sapindex.runtime.encoder import prune
-    from sapindex.runtime.store import Index, PageRow
+    from sapindex.index.store import Index, PageRow
 
     images = page_images(n_pages, seed=3)
     pages = []
@@ -165,7 +165,7 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from sapindex.models.tiny import build_tiny_model
+    from sapindex.testing.tiny import build_tiny_model
 
     print(f"# runtime benchmarks: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, python {sys.version.split()[0]}, "

@@ -25,16 +25,16 @@ import numpy as np
 
 def encode(bundle: str, dataset: str, mode: str, batch_size: int, threads: int, repeats: int, out: str) -> dict:
     from sapindex.runtime.bundle import Bundle
-    from sapindex.runtime.datasets import load_dataset
+    from sapindex.eval.datasets import load_dataset
     from sapindex.runtime.encoder import Encoder
 
     encoder = Encoder(Bundle.open(bundle, verify=False), threads=threads)
     sessions = encoder.sessions
     if mode == "batched":  # the whole batch through the vision graph in one call
-        def encode_pages(feed):
+        def run_pages(feed):
             (image_embeds,) = sessions.vision.run(None, sessions._feed("vision", feed))
             return tuple(sessions.text.run(None, sessions._feed("text", {**feed, "image_embeds": image_embeds})))
-        sessions.encode_pages = encode_pages
+        sessions.run_pages = run_pages
     images = [page.load() for page in load_dataset(dataset).pages]
     best, pages = float("inf"), []
     for _ in range(repeats):

@@ -59,7 +59,7 @@ def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, 
     Example:
       sapindex calibrate --model /models/colqwen2-v1.0-merged --pairs calib.jsonl --out calib/
     """
-    from sapindex.exporter.calibrate import CalibrationConfig, summary_text
+    from sapindex.calibration.calibrate import CalibrationConfig, summary_text
 
     cfg = CalibrationConfig(model=str(model_dir), pairs=str(pairs), base_model=str(base_model) if base_model else None,
                             limit=limit, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
@@ -106,7 +106,7 @@ def info(model_dir, base_model, providers, families, as_json):
         return
     if model_dir is None:
         raise click.UsageError("give MODEL_DIR, --families or --providers")
-    from sapindex.models.registry import inspect_model_dir
+    from sapindex.families import inspect_model_dir
 
     summary = inspect_model_dir(model_dir, base_model).summary()
     if as_json:
@@ -119,7 +119,7 @@ def info(model_dir, base_model, providers, families, as_json):
 
 
 def _print_families(as_json: bool) -> None:
-    from sapindex.models.registry import FAMILIES
+    from sapindex.families import FAMILIES
 
     rows = [{"family": f.name, "model_type": f.model_type, "class": f.colpali_class, "attention": f.attention,
              "checkpoints": list(f.checkpoints), "billion_parameters": list(f.billions),
@@ -209,7 +209,7 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
 
     from sapindex.runtime.bundle import is_bundle_dir
     from sapindex.runtime.defaults import default_bundle_path
-    from sapindex.runtime.indexer import EXIT_PARTIAL, run_index
+    from sapindex.index.indexer import EXIT_PARTIAL, run_index
 
     inputs = list(inputs)
     if bundle_option is not None:
@@ -263,7 +263,7 @@ def search(index_dir, query, k, bundle, device, as_json):
     Example:
       sapindex search myindex "what was the 2023 revenue?" -k 5
     """
-    from sapindex.runtime.indexer import open_for_search, search as run_search
+    from sapindex.index.indexer import open_for_search, search as run_search
 
     text = " ".join(query)
     idx, encoder = open_for_search(index_dir, bundle, device)
@@ -300,7 +300,7 @@ def eval_command(bundle, dataset, keep_ratios, methods, out_dir, batch_size, dev
     Example:
       sapindex eval colqwen2.sap vidore_v2/esg --keep-ratios 0.2,0.1,0.05 --out report/
     """
-    from sapindex.runtime.evaluate import EvalConfig, parse_methods, parse_ratios, run_eval, write_reports
+    from sapindex.eval.runner import EvalConfig, parse_methods, parse_ratios, run_eval, write_reports
 
     cfg = EvalConfig(bundle=str(bundle), dataset=str(dataset), out=str(out_dir), keep_ratios=parse_ratios(keep_ratios),
                      methods=parse_methods(methods) if methods is not None else None, batch_size=batch_size,
@@ -327,7 +327,7 @@ def inspect(target, as_json):
       sapindex inspect colqwen2.sap
       sapindex inspect myindex
     """
-    from sapindex.runtime.store import META_FILE, Index
+    from sapindex.index.store import META_FILE, Index
 
     if (Path(target) / META_FILE).is_file():
         with Index.open(target) as idx:
@@ -380,8 +380,8 @@ def demo(out_dir, keep_ratio, pipeline, family):
         _pipeline_demo(out_dir, family)
         return
     from sapindex.runtime.defaults import default_bundle_path, example_pages, example_queries
-    from sapindex.runtime.indexer import open_for_search, run_index, search as run_search
-    from sapindex.runtime.overlay import global_cells, write_overlay
+    from sapindex.index.indexer import open_for_search, run_index, search as run_search
+    from sapindex.index.overlay import global_cells, write_overlay
 
     bundle = default_bundle_path()
     summary = run_index(bundle, [str(p) for p in example_pages()], out_dir / "index", keep_ratio=keep_ratio)
@@ -415,11 +415,11 @@ def demo(out_dir, keep_ratio, pipeline, family):
 
 
 def _pipeline_demo(out_dir: Path, family: str) -> None:
-    from sapindex.exporter.calibrate import CalibrationConfig, summary_text
+    from sapindex.calibration.calibrate import CalibrationConfig, summary_text
     from sapindex.exporter.export import ExportConfig, export_bundle
-    from sapindex.models.tiny import build_tiny
-    from sapindex.runtime.indexer import open_for_search, run_index, search as run_search
-    from sapindex.synthetic import write_pairs
+    from sapindex.testing.tiny import build_tiny
+    from sapindex.index.indexer import open_for_search, run_index, search as run_search
+    from sapindex.testing.toy_pages import write_pairs
 
     model_dir = build_tiny(out_dir / f"tiny-{family}", family)
     pairs = write_pairs(out_dir / "pairs", n=16)
@@ -457,7 +457,7 @@ def _size(n: float) -> str:
 
 def _calibrate_and_write(cfg, out_dir: Path, quiet: bool = False):
     """Calibrate under a progress bar and write calibration.json + sr_curve.png; (record, json, png)."""
-    from sapindex.exporter.calibrate import calibrate, write_calibration
+    from sapindex.calibration.calibrate import calibrate, write_calibration
 
     record = _with_progress("calibrating", lambda progress, total: calibrate(cfg, progress=progress, on_total=total),
                             quiet=quiet)

@@ -6,8 +6,10 @@ wrong thing raises this, not a library exception.
 """
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1  # a bug: the CLI says how to get the traceback
+EXIT_BAD_INPUT = 2  # a SapIndexError: the message names the file or row and the reason
+EXIT_PARTIAL = 3  # `index` stored what it could and names the inputs it could not read
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 
 class SapIndexError(Exception):

@@ -1,11 +1,12 @@
 """The Structural Anchor Pruning math, in plain numpy.
 
-This module is the single definition of SAP that every other part of sapindex uses:
-calibration (torch side) converts its tensors to numpy and calls these functions, and the
-torch-free runtime calls them on ONNX Runtime outputs. It must never import torch or
-transformers (a test checks this in a subprocess).
+This module is the *reference* definition of SAP (docs/SAP_METHOD.md is the method). Calibration
+(torch side) and the torch-free runtime call its selection functions directly; the two other
+computations of in-degree (the torch hook ``sapindex.models.base.in_degree_batch`` and the
+in-graph centrality of the exported text graphs) are tested against :func:`in_degree`. It must
+never import torch or transformers (a test checks this in a subprocess).
 
-Conventions (see ../shared/SAP_METHOD.md):
+Conventions:
 - attention probabilities are ``[H, S, S]`` (one layer) or ``[L, H, S, S]`` (a window of
   layers), indexed ``[head, query position i, key position j]``;
 - ``visual`` is a boolean mask ``[S]`` of the visual-token positions;
@@ -18,7 +19,16 @@ import math
 
 import numpy as np
 
+# The paper's operating point: keep 10 % of a page's visual tokens (gamma_cal of calibration and
+# the default of index, demo and export validation).
+DEFAULT_KEEP_RATIO = 0.10
+# Seeds of the random-selection floor (calibration) and of the random baseline (eval): the paper
+# averages five.
+RANDOM_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+
 __all__ = [
+    "DEFAULT_KEEP_RATIO",
+    "RANDOM_SEEDS",
     "in_degree",
     "select_window",
     "alignment_start",

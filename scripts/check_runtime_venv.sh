@@ -18,7 +18,7 @@ test -s demo/kept-patches.png
 mkdir -p docs
 "$work/venv/bin/python" - docs <<'PY'
 import sys
-from sapindex.synthetic import write_pairs
+from sapindex.testing.toy_pages import write_pairs
 write_pairs(sys.argv[1], n=3, seed=2)
 PY
 "$work/venv/bin/sapindex" index docs/pages --out idx --json > index.json

@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """{family: checkpoint dir} for every family with a tiny factory."""
-    from sapindex.models.tiny import TINY_FAMILIES, build_tiny
-    from sapindex.models.tiny_jina import build_tiny_jina
+    from sapindex.testing.tiny import TINY_FAMILIES, build_tiny
+    from sapindex.testing.tiny_jina import build_tiny_jina
 
     root = tmp_path_factory.mktemp("tiny")
     models = {family: build_tiny(root / family, family) for family in TINY_FAMILIES}
@@ -22,7 +22,7 @@ def tiny_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pairs_file(tmp_path_factory):
-    from sapindex.synthetic import write_pairs
+    from sapindex.testing.toy_pages import write_pairs
 
     return write_pairs(tmp_path_factory.mktemp("pairs"), n=6, seed=1)
 
@@ -36,7 +36,7 @@ def adapters(tiny_models):
 
 @pytest.fixture(scope="session")
 def calibrations(tiny_models, pairs_file, tmp_path_factory):
-    from sapindex.exporter.calibrate import CalibrationConfig, calibrate, write_calibration
+    from sapindex.calibration.calibrate import CalibrationConfig, calibrate, write_calibration
 
     out = {}
     for family, model in tiny_models.items():

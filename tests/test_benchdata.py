@@ -15,7 +15,7 @@ from PIL import Image
 
 from sapindex.benchdata.render import FORMATS, LAYOUTS, ROLES, is_test_pair, normalize, vocabulary
 from sapindex.benchdata.synthetic import QUERY_KINDS, build_benchmark, iter_training_pages, main
-from sapindex.runtime.datasets import load_dataset
+from sapindex.eval.datasets import load_dataset
 
 SEED = 11
 N_PAGES = 60
@@ -175,7 +175,7 @@ def test_benchdata_imports_no_torch():
 
 def test_benchmark_directory_is_a_calibration_pairs_source(test_split):
     """`sapindex calibrate --pairs BENCH_DIR`: each query with its relevant page, images decodable."""
-    from sapindex.exporter.pairs import load_pairs
+    from sapindex.calibration.pairs import load_pairs
 
     out, manifest = test_split
     pairs = load_pairs(out)

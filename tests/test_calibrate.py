@@ -9,8 +9,8 @@ from PIL import Image
 
 from sapindex import sap
 from sapindex.errors import SapIndexError
-from sapindex.exporter.calibrate import CalibrationConfig, calibrate, pair_retention, write_calibration
-from sapindex.exporter.pairs import load_pairs
+from sapindex.calibration.calibrate import CalibrationConfig, calibrate, pair_retention, write_calibration
+from sapindex.calibration.pairs import load_pairs
 
 FAMILIES = ["colqwen2", "colqwen2_5"]
 
@@ -158,7 +158,7 @@ def test_parquet_pairs_in_vidore_layout(tmp_path, pairs_file):
 
 
 def test_limit_takes_a_seeded_sample(tiny_models, tmp_path):
-    from sapindex.synthetic import write_pairs
+    from sapindex.testing.toy_pages import write_pairs
 
     many = write_pairs(tmp_path, n=9, seed=3)
     cfg = CalibrationConfig(model=str(tiny_models["colqwen2"]), pairs=str(many), limit=4, seed=7)

@@ -79,7 +79,7 @@ def test_info_prints_family_and_layers(tiny_models):
 
 
 def test_info_lists_every_family_with_checkpoints_and_sizes():
-    from sapindex.models.registry import FAMILIES
+    from sapindex.families import FAMILIES
 
     rows = json.loads(run_cli("info", "--families", "--json").stdout)
     assert [r["family"] for r in rows] == list(FAMILIES)

@@ -15,14 +15,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.idefics3 import (
+from sapindex.runtime.preprocess.idefics3 import (
     TORCHVISION_MAX_LEVELS,
     Idefics3Params,
     Idefics3Preprocessor,
     tile_grid_from_ids,
 )
 from sapindex.runtime.layout import TokenLayout
-from sapindex.synthetic import WORDS, render_page
+from sapindex.testing.toy_pages import WORDS, render_page
 
 # (height, width) -> (R, C) local tiles: export.VALIDATION_SIZES plus the tall strip
 TILES = {(420, 300): (3, 3), (230, 520): (2, 3), (360, 360): (3, 3), (150, 210): (3, 3), (600, 150): (3, 1)}
@@ -50,7 +50,7 @@ def _pages():
 
 def _model_info(path):
     """The checkpoint as the registry sees it."""
-    from sapindex.models.registry import inspect_model_dir
+    from sapindex.families import inspect_model_dir
 
     info = inspect_model_dir(path)
     assert info.family.name == "colidefics3"
@@ -59,7 +59,7 @@ def _model_info(path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from sapindex.models.tiny_idefics3 import build_tiny_colidefics3
+    from sapindex.testing.tiny_idefics3 import build_tiny_colidefics3
 
     return build_tiny_colidefics3(tmp_path_factory.mktemp("tiny") / "colidefics3")
 
@@ -382,7 +382,7 @@ def test_prune_corrects_by_sequence_rank_not_spatial_index():
     """A tiled page is stored in spatial order (local grid raster, then the global tile), which is
     not its sequence order: the position correction must divide by ``V - seq_rank``."""
     from sapindex import sap
-    from sapindex.runtime.encoder import PageVectors, prune
+    from sapindex.runtime.encoder import PageTokens, prune
 
     layout = TokenLayout.tiled(1, 2, 2)  # 2 tiles of 2x2 tokens -> 2x4 local grid, + 2x2 global: 12 tokens
     assert not np.array_equal(layout.order, np.arange(12))
@@ -390,7 +390,7 @@ def test_prune_corrects_by_sequence_rank_not_spatial_index():
     weight[4] = 1.3  # sequence token 4 (spatial 2: tile 0, second token row) is the most central per row
     seq_cent = weight * np.arange(12, 0, -1)  # raw in-degree: causal bias, in sequence order
     emb = np.random.default_rng(3).standard_normal((12, 8)).astype(np.float32)
-    page = PageVectors(layout.to_spatial(emb, axis=0), layout.to_spatial(seq_cent), layout, layout.to_spatial(seq_cent))
+    page = PageTokens(layout.to_spatial(emb, axis=0), layout.to_spatial(seq_cent), layout, layout.to_spatial(seq_cent))
     assert prune(page, 0.05, position_correction=True).positions.tolist() == [2]
     for ratio in (0.05, 0.25, 0.5):
         corrected = prune(page, ratio, position_correction=True)

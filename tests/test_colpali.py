@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.paligemma import TORCHVISION_MAX_LEVELS, PaliGemmaParams, PaliGemmaPreprocessor
+from sapindex.runtime.preprocess.paligemma import TORCHVISION_MAX_LEVELS, PaliGemmaParams, PaliGemmaPreprocessor
 
 FLAVOURS = {"colpali": False, "colpali_hf": True}
 SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))  # (height, width), export.VALIDATION_SIZES[:4]
@@ -287,7 +287,7 @@ def test_colpali_lora_over_a_local_base_merges(colpali_dirs, tmp_path):
     from sapindex.models.base import load_adapter
     from sapindex.models.loading import load_colpali
     from sapindex.models.paligemma import _tie_lm_head
-    from sapindex.models.registry import inspect_model_dir
+    from sapindex.families import inspect_model_dir
 
     base = colpali_dirs["colpali"]
     model = load_colpali(inspect_model_dir(base), cm.ColPali, torch.device("cpu"), torch.float32,

@@ -1,6 +1,6 @@
 """The built-in micro retriever: shipped files, its demo, export -> index -> search on its config.
 
-The micro model was trained by ``python -m sapindex.models.train_micro`` (see README); these
+The micro model was trained by ``python -m sapindex.micro.train`` (see README); these
 tests use held-out pages it never saw (synthetic test split, their own seed). They check the
 mechanics on a real trained checkpoint and that search finds the page a query was read off;
 retrieval quality over hundreds of pages is a benchmark (bench/RESULTS.md).
@@ -103,7 +103,7 @@ def test_export_of_the_shipped_weights_indexes_pdfs_and_images(held_out_docs, tm
     query's results are exact MaxSim over the stored vectors, and the page it came from ranks first."""
 
     from sapindex.runtime.encoder import Encoder
-    from sapindex.runtime.store import Index
+    from sapindex.index.store import Index
 
     docs, cases = held_out_docs
     bundle = tmp_path / "micro.sap"
@@ -130,8 +130,8 @@ def test_export_of_the_shipped_weights_indexes_pdfs_and_images(held_out_docs, tm
 
 
 def test_index_and_search_without_a_bundle_use_the_builtin_model(tmp_path):
-    from sapindex.runtime.store import Index
-    from sapindex.synthetic import write_pairs
+    from sapindex.index.store import Index
+    from sapindex.testing.toy_pages import write_pairs
 
     write_pairs(tmp_path / "docs", n=2, seed=5)
     out = cli("index", tmp_path / "docs" / "pages", "--out", tmp_path / "idx", "--json")

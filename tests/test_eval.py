@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sapindex import sap
-from sapindex.runtime import evaluate as ev
-from sapindex.runtime.datasets import load_dataset
-from sapindex.runtime.metrics import evaluate, maxsim_matrix
-from sapindex.synthetic import write_pairs
+from sapindex.eval import runner as ev
+from sapindex.eval.datasets import load_dataset
+from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
+from sapindex.testing.toy_pages import write_pairs
 
 RATIOS = (0.2, 0.1, 0.05)
 
@@ -79,7 +79,7 @@ def test_matched_counts_and_sap_cell_is_a_direct_computation(bundles, beir, tmp_
     queries = [q for q in dataset.queries]
     q_vecs = encoder.encode_queries([q.text for q in queries])
     scores = maxsim_matrix(q_vecs, [pages[i].embeddings[sap.top_k(pages[i].centrality, 0.1)] for i in ids])
-    direct = evaluate(scores, [q.id for q in queries], ids, dataset.qrels)
+    direct = retrieval_metrics(scores, [q.id for q in queries], ids, dataset.qrels)
     assert report["results"]["sap"]["0.1"]["metrics"]["ndcg@5"] == pytest.approx(direct["ndcg@5"])
     assert report["results"]["full"]["1.0"]["s_ret"] == 1.0
 
@@ -106,14 +106,14 @@ def test_encoding_cache_keeps_token_layouts(tmp_path):
 
     import numpy as np
 
-    from sapindex.runtime.encoder import PageVectors
+    from sapindex.runtime.encoder import PageTokens
     from sapindex.runtime.layout import TokenLayout
 
     key = SimpleNamespace(fingerprint="fp")
     cache = ev.EncodingCache(tmp_path / "cache", key, key)
     rng = np.random.default_rng(0)
     layouts = [TokenLayout.tiled(1, 2, 2), TokenLayout.raster(2, 3)]
-    pages = [PageVectors(rng.standard_normal((lay.n_tokens, 4)).astype(np.float32),
+    pages = [PageTokens(rng.standard_normal((lay.n_tokens, 4)).astype(np.float32),
                          rng.random(lay.n_tokens).astype(np.float32), lay, rng.random(lay.n_tokens).astype(np.float32))
              for lay in layouts]
     cache.save(["a", "b"], pages)

@@ -86,7 +86,7 @@ def test_graph_parity_on_identical_inputs(bundles, adapters, family):
         images = _pages(sizes, seed=len(sizes))
         inputs = adapter.page_inputs(images)
         feed = {k: v.numpy() for k, v in adapter.graph_inputs(inputs).items()}  # + prefix_mask for ColPali
-        emb, cent, eos = encoder.sessions.encode_pages(feed)
+        emb, cent, eos = encoder.sessions.run_pages(feed)
         ref = adapter.encode_pages(images, layers=tuple(range(*bundle.window)))
         visual = adapter.visual_mask(inputs).numpy()
         for b, page in enumerate(ref):
@@ -301,7 +301,7 @@ def test_manifest_graph_io_is_the_source_of_truth(bundles):
     batch = encoder.preprocessor.pages(_pages([(112, 112)]))
     del batch["prefix_mask"]
     with pytest.raises(SapIndexError, match=r"text.onnx: no value for graph input\(s\) prefix_mask"):
-        encoder.sessions.encode_pages(batch)
+        encoder.sessions.run_pages(batch)
 
 
 def test_window_override_is_exported_validated_and_recorded(tiny_models, calibrations, bundles, tmp_path):

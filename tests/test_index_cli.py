@@ -14,8 +14,8 @@ from PIL import Image
 from sapindex import sap
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder
-from sapindex.runtime.store import Index
-from sapindex.synthetic import write_pairs
+from sapindex.index.store import Index
+from sapindex.testing.toy_pages import write_pairs
 
 
 def cli(*args, stdin=None):

@@ -22,8 +22,8 @@ from sapindex.cli import cli
 from sapindex.errors import SapIndexError
 from sapindex.models.base import load_adapter
 from sapindex.models.jina_v4 import PAGE_PROMPT, load_jina_v4
-from sapindex.models.registry import inspect_model_dir
-from sapindex.models.tiny_jina import build_tiny_jina
+from sapindex.families import inspect_model_dir
+from sapindex.testing.tiny_jina import build_tiny_jina
 
 
 def _pages():
@@ -154,7 +154,7 @@ def test_runtime_preprocessing_matches_the_jina_processor(jina_adapter, tmp_path
     """The torch-free Qwen2-VL preprocessor, fed the params and tokenizer the exporter extracts
     from jina's processor, builds the same ids and masks for pages and queries."""
     from sapindex.exporter.preprocessing_params import qwen2_vl_params, write_tokenizer_json
-    from sapindex.runtime.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
+    from sapindex.runtime.preprocess.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
 
     proc = jina_adapter.processor
     runtime = Qwen2VLPreprocessor(Qwen2VLParams.from_dict(qwen2_vl_params(proc)),

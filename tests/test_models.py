@@ -10,7 +10,7 @@ from PIL import Image
 
 from sapindex.errors import SapIndexError
 from sapindex.models.base import load_adapter
-from sapindex.models.registry import inspect_model_dir
+from sapindex.families import inspect_model_dir
 
 
 def _page():
@@ -23,7 +23,7 @@ def lora_dir(tiny_models, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
 
     from sapindex.models.loading import load_colpali
-    from sapindex.models.registry import inspect_model_dir as inspect
+    from sapindex.families import inspect_model_dir as inspect
 
     base = tiny_models["colqwen2"]
     import colpali_engine.models as cm

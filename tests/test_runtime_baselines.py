@@ -1,4 +1,4 @@
-"""The index-time baselines of ``sapindex eval`` (sapindex.runtime.baselines) against direct computations."""
+"""The index-time baselines of ``sapindex eval`` (sapindex.eval.baselines) against direct computations."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sapindex import sap
-from sapindex.runtime import baselines as B
+from sapindex.eval import baselines as B
 
 NS = (1, 2, 3, 7, 50, 257)
 RATIOS = (0.01, 0.1, 1 / 3, 0.5, 0.9, 1.0)
@@ -306,7 +306,7 @@ def test_registry_dispatches_to_the_methods():
 def test_running_every_baseline_imports_no_torch():
     code = (
         "import sys, numpy as np\n"
-        "from sapindex.runtime import baselines as B\n"
+        "from sapindex.eval import baselines as B\n"
         "v = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)\n"
         "v /= np.linalg.norm(v, axis=1, keepdims=True); e = np.random.default_rng(1).random(40)\n"
         "k = B.calibrate_adaptive_eos([e], 0.2)\n"

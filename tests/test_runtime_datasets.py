@@ -1,4 +1,4 @@
-"""sapindex.runtime.datasets: ViDoRe v1 QA, BEIR (ViDoRe v2) and JSONL pairs, in the exact layouts
+"""sapindex.eval.datasets: ViDoRe v1 QA, BEIR (ViDoRe v2) and JSONL pairs, in the exact layouts
 the public datasets use, with every kind of bad row counted and skipped, never raised."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.datasets import load_dataset
+from sapindex.eval.datasets import load_dataset
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets' Image feature
 

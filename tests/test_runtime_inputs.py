@@ -1,4 +1,4 @@
-"""sapindex.runtime.inputs: sources, page rendering, and every way a file can be unusable."""
+"""sapindex.index.inputs: sources, page rendering, and every way a file can be unusable."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime import inputs
-from sapindex.runtime.inputs import Failure, FileInfo, Page, describe, iter_pages, iter_sources
+from sapindex.index import inputs
+from sapindex.index.inputs import Failure, FileInfo, Page, describe, iter_pages, iter_sources
 
 # --------------------------------------------------------------------------- builders
 

@@ -1,4 +1,4 @@
-"""sapindex.runtime.metrics: exact MaxSim scores and pytrec_eval-style ranking metrics.
+"""sapindex.eval.metrics: exact MaxSim scores and pytrec_eval-style ranking metrics.
 
 Timing (measured by hand, not asserted): ``maxsim_matrix`` for 1000 queries x 1000 pages,
 M = 20 query tokens, k = 80 page vectors, dim = 128, float32, default chunking (64 pages, 4 Mi
@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from sapindex.runtime.metrics import (evaluate, maxsim_matrix, mrr_at_k, ndcg_at_k, rank_of_relevant,
+from sapindex.eval.metrics import (retrieval_metrics, maxsim_matrix, mrr_at_k, ndcg_at_k, rank_of_relevant,
                                       recall_at_k)
 
 # --------------------------------------------------------------------------- maxsim_matrix
@@ -155,7 +155,7 @@ def test_evaluate_means_and_per_query():
                        [0.9, 0.8, 0.7, 0.6],   # q2: d2 and d3 relevant, ranks 3 and 4
                        [0.5, 0.5, 0.5, 0.5]])  # q3: nothing relevant among the pages
     qrels = {"q1": {"d0": 1, "d1": 0}, "q2": {"d2": 2, "d3": 1}, "q3": {"elsewhere": 1}}
-    result = evaluate(scores, query_ids, page_ids, qrels)
+    result = retrieval_metrics(scores, query_ids, page_ids, qrels)
     assert result["n_queries"] == 2 and result["excluded_queries"] == ["q3"]
     assert result["query_ids"] == query_ids
     q2_ndcg5 = (1 / math.log2(4) + 1 / math.log2(5)) / (1 + 1 / math.log2(3))
@@ -169,9 +169,9 @@ def test_evaluate_means_and_per_query():
     for name in ("ndcg@1", "recall@10", "mrr@5"):
         assert name in result and result["per_query"][name].shape == (3,)
     with pytest.raises(ValueError, match="queries"):
-        evaluate(scores[:2], query_ids, page_ids, qrels)
+        retrieval_metrics(scores[:2], query_ids, page_ids, qrels)
 
 
 def test_evaluate_rejects_nan_scores():
     with pytest.raises(ValueError, match="NaN"):
-        evaluate(np.array([[np.nan, 1.0]]), ["q"], ["a", "b"], {"q": {"a": 1}})
+        retrieval_metrics(np.array([[np.nan, 1.0]]), ["q"], ["a", "b"], {"q": {"a": 1}})

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.qwen2_vl import (
+from sapindex.runtime.preprocess.qwen2_vl import (
     TORCHVISION_MAX_LEVELS,
     Qwen2VLParams,
     Qwen2VLPreprocessor,

@@ -1,4 +1,4 @@
-"""sapindex.runtime.store: the LanceDB index (refusals, resume, crash safety, exact MaxSim search)."""
+"""sapindex.index.store: the LanceDB index (refusals, resume, crash safety, exact MaxSim search)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.inputs import Failure
-from sapindex.runtime.store import META_FILE, Hit, Index, PageRow
+from sapindex.index.inputs import Failure
+from sapindex.index.store import META_FILE, Hit, Index, PageRow
 
 DIM = 16
 
@@ -263,7 +263,7 @@ def test_search_ties_are_broken_by_path_then_page(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    from sapindex.runtime.store import Index, PageRow
+    from sapindex.index.store import Index, PageRow
 
     def rows_for(f, dim):
         rng = np.random.default_rng(f)
@@ -345,8 +345,8 @@ def test_store_and_inputs_in_use_import_no_torch(tmp_path):
     code = textwrap.dedent(f"""
         import sys, numpy as np
         from PIL import Image
-        from sapindex.runtime.inputs import iter_pages, iter_sources
-        from sapindex.runtime.store import Index, PageRow
+        from sapindex.index.inputs import iter_pages, iter_sources
+        from sapindex.index.store import Index, PageRow
         Image.new("RGB", (20, 30), (1, 2, 3)).save({str(tmp_path / 'p.pdf')!r}, "PDF")
         pages = list(iter_pages(iter_sources([{str(tmp_path)!r}])))
         with Index.create_or_open({str(tmp_path / 'idx')!r}, "fp", 4) as idx:
@@ -382,11 +382,11 @@ def test_a_tiled_page_records_its_global_grid(index):
     grid-family rows read (0, 0)."""
     from types import SimpleNamespace
 
-    from sapindex.runtime.encoder import EncodedPage
+    from sapindex.runtime.encoder import PrunedPage
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((3, DIM)).astype(np.float32)
-    encoded = EncodedPage(vectors, np.array([5, 143, 150], np.int32), (12, 12), 160, (4, 4))
+    encoded = PrunedPage(vectors, np.array([5, 143, 150], np.int32), (12, 12), 160, (4, 4))
     source = SimpleNamespace(path="/d/tiled.pdf", content_hash=h(7), page=1, size=(300, 420))
     assert index.add_pages([PageRow.from_encoded(source, encoded), make_row("/d/grid.pdf", h(8), 1, 4, 1)]) == 2
     rows = {r["path"]: r for r in index.iter_rows()}
@@ -399,7 +399,7 @@ def test_a_tiled_page_records_its_global_grid(index):
 def test_an_index_without_the_global_grid_columns_still_opens(tmp_path, monkeypatch):
     """Indexes written before ``global_rows``/``global_cols`` existed: readable (0 for both),
     searchable, appendable with grid-family pages; a tiled page is refused with the reason."""
-    from sapindex.runtime import store
+    from sapindex.index import store
 
     new_schema = store.page_schema
 

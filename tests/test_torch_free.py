@@ -9,9 +9,9 @@ HEAVY = ("torch", "transformers", "colpali_engine", "torchvision")
 
 
 @pytest.mark.parametrize("module", ["sapindex", "sapindex.sap", "sapindex.runtime", "sapindex.fingerprint",
-                                    "sapindex.synthetic", "sapindex.errors", "sapindex.models.registry",
-                                    "sapindex.runtime.encoder", "sapindex.runtime.paligemma",
-                                    "sapindex.runtime.idefics3", "sapindex.runtime.layout"])
+                                    "sapindex.testing.toy_pages", "sapindex.errors", "sapindex.families",
+                                    "sapindex.runtime.encoder", "sapindex.runtime.preprocess.paligemma",
+                                    "sapindex.runtime.preprocess.idefics3", "sapindex.runtime.layout"])
 def test_module_imports_no_torch(module):
     code = (
         f"import sys, importlib; importlib.import_module({module!r}); "

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sapindex.models.micro_data import CELL, word_cells
-from sapindex.models.train_micro import (SMOKE, TrainConfig, _learning_rate, build_word_tokenizer, cross_page_cosine,
+from sapindex.micro.data import CELL, word_cells
+from sapindex.micro.train import (SMOKE, TrainConfig, _learning_rate, build_word_tokenizer, cross_page_cosine,
                                          dense_loss, maxsim_scores, reading_loss, train)
 
 
@@ -83,8 +83,8 @@ def test_cross_page_cosine_detects_collapse():
 def test_validation_scores_the_query_words_without_prefix_and_augmentation():
     """The words-only validation number slices each right-padded query to exactly its words."""
     from sapindex.benchdata.render import vocabulary
-    from sapindex.models.tiny import make_tiny, tiny_spec
-    from sapindex.models.train_micro import Batches
+    from sapindex.testing.tiny import make_tiny, tiny_spec
+    from sapindex.micro.train import Batches
 
     words = vocabulary()
     tokenizer = build_word_tokenizer(words)
@@ -163,7 +163,7 @@ def test_pool_pages_keep_one_frame_and_restore_the_processors_pixels():
     prepare_torch_side()
     from transformers.models.qwen2_vl import Qwen2VLImageProcessor
 
-    from sapindex.models.micro_data import expand_frames, to_uint8
+    from sapindex.micro.data import expand_frames, to_uint8
 
     ip = Qwen2VLImageProcessor(min_pixels=16 * 784, max_pixels=64 * 784)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8))

@@ -27,7 +27,8 @@ from sapindex.exporter.preprocessing_params import (
     qwen2_vl_params,
     write_tokenizer_json,
 )
-from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, GRAPH_IO_BY_FAMILY, Bundle, seal_manifest
+from sapindex.families import FAMILIES
+from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, Bundle, seal_manifest
 
 EMBED_TOL_FP32 = 1e-4
 # fp16 bundles (for the CUDA Execution Provider): half-precision weights move embeddings by ~3e-4
@@ -56,21 +57,21 @@ _IDEFICS3_AXES = {  # fixed tile size: the batch and the tile count (padded to t
 
 
 def _qwen2_vl_graphs(adapter, window):
-    from sapindex.exporter.qwen2_vl_graph import TextGraph, VisionGraph
+    from sapindex.exporter.graphs.qwen2_vl import TextGraph, VisionGraph
 
     windowed = adapter.info.family.model_type == "qwen2_5_vl"
     return VisionGraph(adapter.model.visual, windowed=windowed), TextGraph(adapter.model, window)
 
 
 def _paligemma_graphs(adapter, window):
-    from sapindex.exporter.paligemma_graph import TextGraph, VisionGraph
+    from sapindex.exporter.graphs.paligemma import TextGraph, VisionGraph
 
     backbone = adapter.backbone()
     return VisionGraph(backbone), TextGraph(backbone, adapter.projection(), window)
 
 
 def _idefics3_graphs(adapter, window):
-    from sapindex.exporter.idefics3_graph import TextGraph, VisionGraph
+    from sapindex.exporter.graphs.idefics3 import TextGraph, VisionGraph
 
     return VisionGraph(adapter.model.model), TextGraph(adapter.model, window)
 
@@ -197,7 +198,7 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
     spec = GRAPH_FAMILIES.get(family)
     if spec is None:
         raise SapIndexError(f"{info.path}: family {family!r} has no ONNX export in this sapindex")
-    io = GRAPH_IO_BY_FAMILY[family]
+    io = FAMILIES[family].graph_io
     exported = adapter
     if dtype == "fp16":  # a half-precision copy is exported; the fp32 adapter stays the validation reference
         exported = copy.copy(adapter)
@@ -242,7 +243,7 @@ def export_graph(module, args, path: Path, name: str, opset: int, family: str) -
     import onnx
     import torch
 
-    io = GRAPH_IO_BY_FAMILY[family][name]
+    io = FAMILIES[family].graph_io[name]
     dims: dict[str, object] = {}  # one torch Dim per axis name, shared across inputs
     dynamic_shapes = {
         tensor: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
@@ -291,7 +292,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
         reference = adapter.encode_pages(batch, layers=tuple(range(*window)))
         feed = _numpy(adapter.graph_inputs(inputs))
         worst_pixels = max(worst_pixels, _compare_inputs(feed, runtime.pages(batch), "pages"))
-        emb, cent, eos = sessions.encode_pages(feed)  # [B, S, dim], [B, S], [B, S]
+        emb, cent, eos = sessions.run_pages(feed)  # [B, S, dim], [B, S], [B, S]
         visual = adapter.visual_mask(inputs).cpu().numpy()
         for b, ref in enumerate(reference):
             n_pages += 1
@@ -312,7 +313,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
     q_ref = adapter.encode_queries(queries)
     q_feed = _numpy(adapter.graph_inputs(q_inputs))
     _compare_inputs(q_feed, runtime.queries(queries), "queries")
-    q_emb = sessions.encode_queries({**q_feed, **runtime.query_extras(q_feed, sessions.hidden)})
+    q_emb = sessions.run_queries({**q_feed, **runtime.query_extras(q_feed, sessions.hidden)})
     q_mask = q_feed["attention_mask"].astype(bool)
     worst_query = max(float(np.abs(q_emb[i][q_mask[i]] - q_ref[i]).max()) for i in range(len(queries)))
     report = {

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from sapindex.errors import SapIndexError
-from sapindex.models.registry import ModelInfo
+from sapindex.families import ModelInfo
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass
-class PageEncoding:
+class ReferenceEncoding:
     """One page through the model: final visual-token vectors and per-layer centrality."""
 
     embeddings: np.ndarray  # [V, dim] float32, L2-normalised final-layer projections of the visual tokens
@@ -121,7 +121,7 @@ class FamilyAdapter:
             )
 
     @torch.no_grad()
-    def encode_pages(self, images, layers: tuple[int, ...] | None = None) -> list[PageEncoding]:
+    def encode_pages(self, images, layers: tuple[int, ...] | None = None) -> list[ReferenceEncoding]:
         """Final embeddings and per-layer centrality for a batch of page images, in one forward pass."""
         layers = tuple(range(self.n_layers)) if layers is None else tuple(layers)
         inputs = self.page_inputs(images)
@@ -154,7 +154,7 @@ class FamilyAdapter:
             vis = visual[b]
             cent = torch.stack([captured[idx][b][vis] for idx in layers]) if layers else torch.empty(0, int(vis.sum()))
             pages.append(
-                PageEncoding(
+                ReferenceEncoding(
                     embeddings=emb[b][vis].float().cpu().numpy(),
                     centrality=cent.double().cpu().numpy(),
                     layers=layers,
@@ -175,7 +175,7 @@ class FamilyAdapter:
 
 def load_adapter(model_dir: str | Path, *, base_model=None, device: str = "cpu", dtype: str = "float32") -> FamilyAdapter:
     """Load any supported checkpoint offline, with eager attention, ready for SAP."""
-    from sapindex.models.registry import inspect_model_dir
+    from sapindex.families import inspect_model_dir
 
     info = inspect_model_dir(model_dir, base_model)
     from sapindex.models import idefics3, jina_v4, paligemma, qwen2_vl

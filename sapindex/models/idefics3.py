@@ -4,7 +4,7 @@ The model is ``Idefics3Model`` at ``model.model`` (SigLIP ``vision_model``, pixe
 ``connector``, Llama ``text_model``) plus the 128-d head ``model.linear``; the decoder is causal.
 A page is cut into ``R x C`` tiles of ``M x M`` px plus one global tile (the whole page at
 ``M x M``), each ``s x s = image_seq_len`` ``<image>`` tokens, tile after tile in the sequence
-(``sapindex.runtime.idefics3`` has the exact resize chain and text). Every ``<image>`` token,
+(``sapindex.runtime.preprocess.idefics3`` has the exact resize chain and text). Every ``<image>`` token,
 local or global, is a SAP candidate and a SAP row, as colpali-engine's image mask has it.
 
 Token geometry (:meth:`Idefics3Adapter.page_layouts`, the convention of
@@ -30,8 +30,8 @@ from sapindex.models._compat import prepare_torch_side
 from sapindex.models.base import FamilyAdapter
 from sapindex.models.loading import load_colpali
 from sapindex.models.qwen2_vl import Qwen2VLAdapter, _processor_dir
-from sapindex.models.registry import ModelInfo
-from sapindex.runtime.idefics3 import MAX_TILES_PER_SIDE, tile_grid_from_ids
+from sapindex.families import ModelInfo
+from sapindex.runtime.preprocess.idefics3 import MAX_TILES_PER_SIDE, tile_grid_from_ids
 from sapindex.runtime.layout import TokenLayout
 
 
@@ -109,7 +109,7 @@ class Idefics3Adapter(FamilyAdapter):
                 for row in ids]
 
     def page_grids(self, inputs):
-        """``(s*R, s*C)`` local token grid per page (kept for ``PageEncoding.grid``; see :meth:`page_layouts`)."""
+        """``(s*R, s*C)`` local token grid per page (kept for ``ReferenceEncoding.grid``; see :meth:`page_layouts`)."""
         return [layout.grid for layout in self.page_layouts(inputs)]
 
     @torch.no_grad()

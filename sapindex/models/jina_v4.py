@@ -10,7 +10,7 @@ on every targeted Linear). The ``retrieval`` task's deltas are merged into the w
 ``normalize(projector(last_hidden_state)) * attention_mask`` on a Qwen2.5-VL forward whose
 M-RoPE positions come from ``get_rope_index(input_ids, image_grid_thw, attention_mask)``, is
 then exactly colpali-engine's ``ColQwen2_5.forward``, so calibration, export (the Qwen2.5-VL
-graphs) and the runtime (``runtime/qwen2_vl.py``) are shared with ColQwen2.5.
+graphs) and the runtime (``runtime/preprocess/qwen2_vl.py``) are shared with ColQwen2.5.
 
 Prompts are jina's own: pages ``<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>
 Describe the image.<|im_end|>\\n``, queries ``"Query: " + text`` with no augmentation tokens.
@@ -27,7 +27,7 @@ import torch
 from sapindex.errors import SapIndexError
 from sapindex.models._compat import prepare_torch_side
 from sapindex.models.qwen2_vl import Qwen2VLAdapter
-from sapindex.models.registry import JINA_V4_KEYS, ModelInfo
+from sapindex.families import JINA_V4_KEYS, ModelInfo
 
 TASK = "retrieval"
 PAGE_PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n"

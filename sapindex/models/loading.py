@@ -14,7 +14,7 @@ import torch
 
 from sapindex.errors import SapIndexError
 from sapindex.models._compat import prepare_torch_side
-from sapindex.models.registry import ModelInfo
+from sapindex.families import ModelInfo
 
 
 def load_colpali(info: ModelInfo, model_cls, device: torch.device, dtype: torch.dtype, fix=None):

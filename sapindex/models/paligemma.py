@@ -23,7 +23,7 @@ from sapindex.models._compat import prepare_torch_side
 from sapindex.models.base import FamilyAdapter
 from sapindex.models.loading import load_colpali
 from sapindex.models.qwen2_vl import Qwen2VLAdapter, _processor_dir
-from sapindex.models.registry import ModelInfo
+from sapindex.families import ModelInfo
 
 HF_FAMILY = "colpali_hf"
 

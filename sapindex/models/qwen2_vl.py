@@ -12,7 +12,7 @@ import torch
 from sapindex.models._compat import prepare_torch_side
 from sapindex.models.base import FamilyAdapter
 from sapindex.models.loading import load_colpali
-from sapindex.models.registry import ModelInfo
+from sapindex.families import ModelInfo
 
 
 class Qwen2VLAdapter(FamilyAdapter):

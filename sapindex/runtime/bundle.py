@@ -19,33 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sapindex.errors import SapIndexError
+from sapindex.families import ATTENTION_KINDS, FAMILIES
 from sapindex.fingerprint import sha256_file
+from sapindex.formats import write_json_atomic
 
 BUNDLE_FORMAT = "sapindex-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
-# What the runtime reads from each graph, whatever the family.
-GRAPH_OUTPUTS = {"vision": ["image_embeds"], "text": ["embeddings", "centrality", "eos_attention"]}
-_QWEN2_VL_INPUTS = {"vision": ["pixel_values", "image_grid_thw"],
-                    "text": ["input_ids", "attention_mask", "image_embeds", "image_grid_thw"]}
-# PaliGemma: one fixed grid (no grid input); prefix_mask marks the bidirectional prefix-LM block
-_PALIGEMMA_INPUTS = {"vision": ["pixel_values"],
-                     "text": ["input_ids", "attention_mask", "image_embeds", "prefix_mask"]}
-# Idefics3: tiles of a fixed size (pixel_values [B, N, 3, M, M]); the ids carry the tiling
-_IDEFICS3_INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask", "image_embeds"]}
-GRAPH_IO_BY_FAMILY = {
-    family: {name: {"inputs": inputs[name], "outputs": GRAPH_OUTPUTS[name]} for name in GRAPH_OUTPUTS}
-    for families, inputs in ((("colqwen2", "colqwen2_5", "jina_v4"), _QWEN2_VL_INPUTS),
-                             (("colpali", "colpali_hf"), _PALIGEMMA_INPUTS),
-                             (("colidefics3",), _IDEFICS3_INPUTS))
-    for family in families
-}
-ATTENTION_KINDS = ("causal", "prefix-lm")
 
 
 def seal_manifest(directory: Path, manifest: dict) -> dict:
@@ -58,9 +42,7 @@ def seal_manifest(directory: Path, manifest: dict) -> dict:
     for name, meta in files.items():
         digest.update(f"{name}\0{meta['sha256']}\n".encode())
     manifest = {**manifest, "files": files, "fingerprint": digest.hexdigest()}
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST)
+    write_json_atomic(directory / MANIFEST, manifest)
     return manifest
 
 
@@ -143,7 +125,8 @@ class Bundle:
         """``{"inputs": [...], "outputs": [...]}`` of one graph: the manifest's record is the
         source of truth; the family's default only fills in for manifests that lack it."""
         recorded = self.manifest.get("graphs", {}).get(name, {})
-        default = GRAPH_IO_BY_FAMILY.get(self.family, {}).get(name, {})
+        spec = FAMILIES.get(self.family)
+        default = spec.graph_io.get(name, {}) if spec else {}
         io = {key: recorded.get(key, default.get(key)) for key in ("inputs", "outputs")}
         if not io["inputs"] or not io["outputs"]:
             raise SapIndexError(f"{self.path / MANIFEST}: graph {name!r} lists no inputs or outputs")

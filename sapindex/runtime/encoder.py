@@ -15,10 +15,10 @@ import numpy as np
 from sapindex import sap
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
-from sapindex.runtime.idefics3 import Idefics3Params, Idefics3Preprocessor
+from sapindex.runtime.preprocess.idefics3 import Idefics3Params, Idefics3Preprocessor
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.paligemma import PaliGemmaParams, PaliGemmaPreprocessor
-from sapindex.runtime.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
+from sapindex.runtime.preprocess.paligemma import PaliGemmaParams, PaliGemmaPreprocessor
+from sapindex.runtime.preprocess.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
 from sapindex.runtime.session import BundleSessions
 
 PREPROCESSORS = {
@@ -32,7 +32,7 @@ PREPROCESSORS = {
 
 
 @dataclass
-class PageVectors:
+class PageTokens:
     """All visual tokens of one page, before pruning, in *spatial* order (``layout``).
 
     Spatial order is what the index stores positions in (the overlay draws them without knowing
@@ -56,7 +56,7 @@ class PageVectors:
 
 
 @dataclass
-class EncodedPage:
+class PrunedPage:
     """The kept vectors of one page, what the index stores."""
 
     vectors: np.ndarray  # [k, dim] float32
@@ -66,7 +66,7 @@ class EncodedPage:
     global_grid: tuple[int, int] | None = None  # tokens >= rows*cols: cells of this whole-page grid
 
 
-def prune(page: PageVectors, keep_ratio: float, position_correction: bool = False) -> EncodedPage:
+def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False) -> PrunedPage:
     """SAP selection: the most central ``keep_count(V, ratio)`` tokens; ratio 1.0 keeps every token.
 
     ``position_correction`` ranks by :func:`sapindex.sap.causal_correction` of the centrality
@@ -75,7 +75,7 @@ def prune(page: PageVectors, keep_ratio: float, position_correction: bool = Fals
     scores = (sap.causal_correction(page.centrality, page.layout.seq_rank) if position_correction
               else page.centrality)
     kept = sap.top_k(scores, keep_ratio)
-    return EncodedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual,
+    return PrunedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual,
                        page.layout.global_grid)
 
 
@@ -125,13 +125,13 @@ class Encoder:
         self.preprocessor = pre_cls(params_cls.from_dict(bundle.manifest["preprocessing"]), bundle.tokenizer_path)
         self.sessions = BundleSessions(bundle, device=device, threads=threads)
 
-    def encode_pages(self, images) -> list[PageVectors]:
+    def encode_pages(self, images) -> list[PageTokens]:
         batch = self.preprocessor.pages(images)
-        emb, cent, eos = self.sessions.encode_pages(batch)  # [B, S, dim], [B, S], [B, S]
+        emb, cent, eos = self.sessions.run_pages(batch)  # [B, S, dim], [B, S], [B, S]
         pages = []
         for b, (pos, layout) in enumerate(page_tokens(self.preprocessor, batch)):
             # sequence order (graph outputs at the visual positions) -> spatial order
-            pages.append(PageVectors(layout.to_spatial(emb[b, pos], axis=0), layout.to_spatial(cent[b, pos]),
+            pages.append(PageTokens(layout.to_spatial(emb[b, pos], axis=0), layout.to_spatial(cent[b, pos]),
                                      layout, layout.to_spatial(eos[b, pos])))
         return pages
 
@@ -139,6 +139,6 @@ class Encoder:
         """One ``[M, dim]`` array per query, padding dropped."""
         batch = self.preprocessor.queries(texts)
         feed = {**batch, **self.preprocessor.query_extras(batch, self.sessions.hidden)}
-        emb = self.sessions.encode_queries(feed)  # [B, M, dim]
+        emb = self.sessions.run_queries(feed)  # [B, M, dim]
         mask = batch["attention_mask"].astype(bool)
         return [emb[i][mask[i]] for i in range(len(texts))]

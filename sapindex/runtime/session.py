@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.bundle import GRAPH_OUTPUTS, Bundle
+from sapindex.families import GRAPH_OUTPUTS
+from sapindex.runtime.bundle import Bundle
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -65,7 +66,7 @@ class BundleSessions:
             self.inputs[name] = {n: _NUMPY_TYPES.get(graph_inputs[n]) for n in listed}
         self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
 
-    def encode_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[B, S, dim]`` embeddings, ``[B, S]`` centrality and ``[B, S]`` EOS attention for a page batch.
 
         The vision graph runs one page at a time: its attention is quadratic in a page's patches
@@ -81,7 +82,7 @@ class BundleSessions:
         emb, cent, eos = self.text.run(None, self._feed("text", {**feed, "image_embeds": image_embeds}))
         return emb, cent, eos
 
-    def encode_queries(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+    def run_queries(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """``[B, M, dim]`` query embeddings (zero rows at padding); ``feed`` holds every text-graph
         input, the family's text-only stand-ins included (the preprocessor's ``query_extras``)."""
         return self.text.run(["embeddings"], self._feed("text", feed))[0]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sapindex.models._compat import prepare_torch_side
-from sapindex.models.tiny_idefics3 import build_tiny_colidefics3
-from sapindex.synthetic import WORDS
+from sapindex.testing.tiny_idefics3 import build_tiny_colidefics3
+from sapindex.testing.toy_pages import WORDS
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",

@@ -6,7 +6,7 @@ base weights under Qwen2ForConditionalGeneration names plus ``multi_vector_proje
 unused ``lm_head``, ``adapters/`` (peft ``adapter_config.json`` + ``adapter_model.safetensors``
 with one LoRA per task on every targeted Linear, ``base_model.model.<module>.lora_{A,B}.<task>``),
 tokenizer and ``preprocessor_config.json``, and a ``modeling_jina_embeddings_v4.py`` that raises
-if anything imports it. The backbone is the tiny ColQwen2.5 of :mod:`sapindex.models.tiny`.
+if anything imports it. The backbone is the tiny ColQwen2.5 of :mod:`sapindex.testing.tiny`.
 
 Two unverified choices of the real checkpoint are parameters: ``config_layout`` (``nested``:
 ``text_config`` as transformers 5 writes it; ``flat``: text fields at the top level, as
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sapindex.models.tiny import make_tiny, tiny_spec
+from sapindex.testing.tiny import make_tiny, tiny_spec
 
 TASKS = ("retrieval", "text-matching", "code")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -33,7 +33,7 @@ REMOTE_CODE = "raise ImportError('sapindex must never execute a checkpoint's own
 
 def build_tiny_jina(out_dir: str | Path, config_layout: str = "nested", key_layout: str = "new",
                     rank: int = 4, alpha: float = 8.0, seed: int = 0, **sizes) -> Path:
-    """``sizes`` override the backbone's :class:`~sapindex.models.tiny.TinySpec` (e.g. real widths)."""
+    """``sizes`` override the backbone's :class:`~sapindex.testing.tiny.TinySpec` (e.g. real widths)."""
     import torch
     from safetensors.torch import save_file
 

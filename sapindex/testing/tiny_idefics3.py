@@ -8,7 +8,7 @@ decoder with 6 layers, hidden 64, 4 heads / 2 KV heads (GQA, as SmolLM2). About 
 parameters. Random weights: it exercises loading, processors, attention capture and export,
 and says nothing about retrieval.
 
-The tokenizer is byte-level BPE trained on :data:`sapindex.synthetic.WORDS` plus the page
+The tokenizer is byte-level BPE trained on :data:`sapindex.testing.toy_pages.WORDS` plus the page
 prompt and ``"\\n\\n"``, so the text around the tiles (``"...\\n\\n<fake_token_around_image>"``)
 meets a merged ``ĊĊ`` token as with SmolVLM's; every Idefics3 marker, including the 36
 ``<row_r_col_c>``, is one special token.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sapindex.models._compat import prepare_torch_side
-from sapindex.synthetic import WORDS
+from sapindex.testing.toy_pages import WORDS
 
 ROW_COL_TOKENS = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",

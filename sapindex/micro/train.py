@@ -1,6 +1,6 @@
 """Train the micro retriever: a ColQwen2 trained from scratch on rendered pages, on a CPU.
 
-    python -m sapindex.models.train_micro --out micro-colqwen2 [--seed 0] [--smoke]
+    python -m sapindex.micro.train --out micro-colqwen2 [--seed 0] [--smoke]
 
 Why it is trained this way (measured on this project's 2-core machines): plain in-batch ColBERT
 contrastive training from random weights collapses (every page token ends up the same vector and
@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sapindex.models._compat import prepare_torch_side
-from sapindex.models.micro_data import CHARACTERS, PageSample, Stage, crop, expand_frames, preprocess, render_pool
-from sapindex.models.tiny import SPECIAL_TOKENS, TinySpec, make_tiny
+from sapindex.micro.data import CHARACTERS, PageSample, Stage, crop, expand_frames, preprocess, render_pool
+from sapindex.testing.tiny import SPECIAL_TOKENS, TinySpec, make_tiny
 
 __all__ = ["TrainConfig", "SMOKE", "PRESETS", "build_word_tokenizer", "train", "main"]
 
@@ -266,7 +266,7 @@ class _Validation:
 
     def __init__(self, config: TrainConfig, stage: Stage, processor, workdir: Path):
         from sapindex.benchdata.synthetic import build_benchmark
-        from sapindex.runtime.datasets import load_dataset
+        from sapindex.eval.datasets import load_dataset
 
         build_benchmark(workdir, config.val_pages, config.val_queries, seed=config.seed + 10_000, split="test",
                         vocab_size=stage.vocab_size, min_font_px=stage.min_font_px, workers=config.render_workers)
@@ -285,7 +285,7 @@ class _Validation:
         """
         import torch
 
-        from sapindex.runtime.metrics import evaluate, maxsim_matrix
+        from sapindex.eval.metrics import evaluate, maxsim_matrix
 
         model.eval()
         pages, queries, words = [], [], []
@@ -479,7 +479,7 @@ def _jsonable(value):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sapindex.models.train_micro", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sapindex.micro.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="micro",

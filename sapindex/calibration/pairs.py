@@ -23,8 +23,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.datasets import image_problem
-from sapindex.runtime.jsonl import iter_objects
+from sapindex.eval.datasets import image_problem
+from sapindex.eval.jsonl import iter_objects
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def load_pairs(source: str | Path) -> PairSet:
 
 
 def _read_beir(path: Path) -> PairSet:
-    from sapindex.runtime.datasets import load_dataset
+    from sapindex.eval.datasets import load_dataset
 
     ds = load_dataset(path)
     pages = {p.id: p for p in ds.pages}

@@ -3,7 +3,7 @@
 Every method takes one page's final multi-vector embedding ``vectors [n, dim]`` (float32,
 L2-normalised, one row per visual token) and returns a :class:`Compressed` page. Apart from
 Adaptive-EOS, all of them keep exactly ``sapindex.sap.keep_count(n, ratio)`` vectors, so they are
-compared with SAP at matched vector counts (see ../shared/SAP_METHOD.md, "Baselines the paper
+compared with SAP at matched vector counts (see docs/SAP_METHOD.md, "Baselines the paper
 compares with"):
 
 ``random(vectors, ratio, seed)``

@@ -26,7 +26,7 @@ What matches what (measured by tests/test_colidefics3.py):
 - ``input_ids``, ``attention_mask``, tile counts and every shape: identical to the processor.
 - ``pixel_values``: the arithmetic of transformers' PIL backend (``Idefics3ImageProcessorPil``),
   bit-identical to it when Pillow resizes horizontally first (the runtime always does, see
-  :func:`~sapindex.runtime.qwen2_vl.resize_hv`); unpinned, Pillow 13 sometimes goes vertical
+  :func:`~sapindex.runtime.preprocess.qwen2_vl.resize_hv`); unpinned, Pillow 13 sometimes goes vertical
   first and that backend is then up to ~12 levels off at sharp edges. Against colpali's
   torchvision backend (its own antialiased Lanczos, uint8 rounding after every pass): at most
   ``TORCHVISION_MAX_LEVELS`` = 2 uint8 levels over the three passes (not one per pass: the
@@ -54,7 +54,7 @@ from PIL import Image
 
 from sapindex.errors import SapIndexError
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.qwen2_vl import (
+from sapindex.runtime.preprocess.qwen2_vl import (
     RESAMPLE,
     ManifestParams,
     encode_padded,

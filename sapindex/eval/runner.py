@@ -20,12 +20,12 @@ import numpy as np
 
 from sapindex import __version__
 from sapindex.errors import SapIndexError
-from sapindex.runtime import baselines
+from sapindex.eval import baselines
 from sapindex.runtime.bundle import Bundle
-from sapindex.runtime.datasets import EvalDataset, load_dataset
-from sapindex.runtime.encoder import Encoder, PageVectors, check_position_correction, prune
+from sapindex.eval.datasets import EvalDataset, load_dataset
+from sapindex.runtime.encoder import Encoder, PageTokens, check_position_correction, prune
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.metrics import evaluate, maxsim_matrix
+from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
 
 METHODS = ("full", "sap", "sap-poscorr", "random", "eos", "adaptive-eos", "pooling", "cluster")
 RANDOM_SEEDS = 5
@@ -87,18 +87,18 @@ class EncodingCache:
                 stale.unlink()
         meta.write_text(json.dumps(key))
 
-    def load(self) -> dict[str, PageVectors]:
-        pages: dict[str, PageVectors] = {}
+    def load(self) -> dict[str, PageTokens]:
+        pages: dict[str, PageTokens] = {}
         for chunk in sorted(self.dir.glob("chunk-*.npz")):
             with np.load(chunk, allow_pickle=False) as data:
                 offsets = data["offsets"]
                 for i, page_id in enumerate(data["ids"]):
                     a, b = offsets[i], offsets[i + 1]
-                    pages[str(page_id)] = PageVectors(data["embeddings"][a:b], data["centrality"][a:b],
+                    pages[str(page_id)] = PageTokens(data["embeddings"][a:b], data["centrality"][a:b],
                                                       _cached_layout(data, i, a, b), data["eos"][a:b])
         return pages
 
-    def save(self, ids: list[str], pages: list[PageVectors]) -> None:
+    def save(self, ids: list[str], pages: list[PageTokens]) -> None:
         offsets = np.concatenate([[0], np.cumsum([p.n_visual for p in pages])])
         n = len(list(self.dir.glob("chunk-*.npz")))
         tmp = self.dir / f".chunk-{n:06d}.tmp.npz"
@@ -123,7 +123,7 @@ def _cached_layout(data, i: int, a: int, b: int) -> TokenLayout:
 
 
 def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache, batch_size: int,
-                   progress: Callable[[int], None] | None = None) -> tuple[dict[str, PageVectors], list[str]]:
+                   progress: Callable[[int], None] | None = None) -> tuple[dict[str, PageTokens], list[str]]:
     """Every page's encoding (cached ones reused); returns them and the ids of pages that failed."""
     pages = cache.load()
     if progress:
@@ -148,7 +148,7 @@ def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache,
     return pages, failed
 
 
-def compress_all(method: str, pages: list[PageVectors], ratio: float, seed: int, adaptive_k: float | None):
+def compress_all(method: str, pages: list[PageTokens], ratio: float, seed: int, adaptive_k: float | None):
     """Every page compressed by ``method`` at ``ratio``: a list of ``[k, dim]`` arrays."""
     if method == "full":
         return [p.embeddings for p in pages]
@@ -167,7 +167,7 @@ def compress_all(method: str, pages: list[PageVectors], ratio: float, seed: int,
     raise SapIndexError(f"unknown method {method!r}")
 
 
-def score_retention(scores: np.ndarray, full: np.ndarray, relevant: np.ndarray) -> float:
+def mean_score_retention(scores: np.ndarray, full: np.ndarray, relevant: np.ndarray) -> float:
     """S.Ret: mean MaxSim over relevant (query, page) pairs, pruned / full."""
     denominator = full[relevant].mean()
     return float(scores[relevant].mean() / denominator) if denominator else 1.0
@@ -198,7 +198,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int], None] | None = None,
     relevant = np.array([[dataset.qrels[q].get(p, 0) > 0 for p in page_ids] for q in query_ids])  # [Q, D]
 
     full_scores = maxsim_matrix(q_vecs, [p.embeddings for p in pages])
-    full_metrics = evaluate(full_scores, query_ids, page_ids, dataset.qrels)
+    full_metrics = retrieval_metrics(full_scores, query_ids, page_ids, dataset.qrels)
     held_out = np.random.default_rng(cfg.seed).permutation(len(pages))[: max(1, len(pages) // 2)]
     results: dict[str, dict] = {"full": {"1.0": _cell(full_metrics, full_metrics, 1.0, pages, [p.embeddings for p in pages])}}
     for method in (m for m in methods if m != "full"):
@@ -211,8 +211,8 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int], None] | None = None,
             for seed in seeds:
                 vectors = compress_all(method, pages, ratio, seed, adaptive_k)
                 scores = maxsim_matrix(q_vecs, vectors)
-                metrics = evaluate(scores, query_ids, page_ids, dataset.qrels)
-                runs.append(_cell(metrics, full_metrics, score_retention(scores, full_scores, relevant), pages, vectors))
+                metrics = retrieval_metrics(scores, query_ids, page_ids, dataset.qrels)
+                runs.append(_cell(metrics, full_metrics, mean_score_retention(scores, full_scores, relevant), pages, vectors))
             results[method][f"{ratio:g}"] = _mean_cells(runs) if len(runs) > 1 else runs[0]
             if adaptive_k is not None:
                 results[method][f"{ratio:g}"]["adaptive_k"] = adaptive_k
@@ -236,7 +236,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int], None] | None = None,
     }
 
 
-def _cell(metrics: dict, full: dict, sret: float, pages: list[PageVectors], vectors) -> dict:
+def _cell(metrics: dict, full: dict, sret: float, pages: list[PageTokens], vectors) -> dict:
     means = {k: float(v) for k, v in metrics.items() if "@" in k}  # ndcg@5, recall@1, mrr@10, ...
     kept = sum(len(v) for v in vectors)
     total = sum(p.n_visual for p in pages)

@@ -1,8 +1,17 @@
-"""Which backbone family a checkpoint directory holds, read from its files alone (no torch).
+"""The one table of supported families, read by every layer (torch-free).
 
-One declarative :class:`FamilySpec` per supported family; :func:`inspect_model_dir` reads
-``config.json`` (and ``adapter_config.json`` for LoRA checkpoints) and returns a
-:class:`ModelInfo` or raises :class:`SapIndexError` naming the file and the reason.
+A *family* is what a user downloads (ColQwen2, ColQwen2.5, jina-embeddings-v4, ColPali in two
+flavours, ColSmol); a *backbone* is the architecture its code is written for (``qwen2_vl``,
+``paligemma``, ``idefics3``). Each layer keys its own small table by backbone: the torch
+adapters (``sapindex.models.adapters.ADAPTERS``), the ONNX graphs
+(``sapindex.exporter.graphs.GRAPHS``), the torch-free preprocessing
+(``sapindex.runtime.preprocess.PREPROCESSORS``) and the tiny checkpoints
+(``sapindex.testing.tiny.TINY_BUILDERS``). ``tests/test_families_complete.py`` walks
+:data:`FAMILIES` and names any layer that misses one: the checklist for adding a family.
+
+:func:`inspect_model_dir` reads ``config.json`` (and ``adapter_config.json`` for LoRA
+checkpoints) and returns a :class:`ModelInfo` or raises :class:`SapIndexError` naming the file
+and the reason.
 """
 
 from __future__ import annotations
@@ -15,68 +24,127 @@ from pathlib import Path
 from sapindex.errors import SapIndexError
 from sapindex.fingerprint import model_fingerprint
 
+# What the runtime reads from each graph, whatever the backbone.
+GRAPH_OUTPUTS = {"vision": ("image_embeds",), "text": ("embeddings", "centrality", "eos_attention")}
+ATTENTION_KINDS = ("causal", "prefix-lm")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """An architecture that sapindex's code is written for, shared by one or more families."""
+
+    name: str  # names the module of every layer: models/, exporter/graphs/, runtime/preprocess/
+    image_token_scheme: str  # how page pixels become visual tokens, for `info` and manifests
+    # "causal", or "prefix-lm" where the page (image + prompt) is one bidirectional block: then
+    # in-degree has no causal position bias, and `--position-correction` is refused.
+    attention: str
+    graph_inputs: dict  # graph name -> the input names it takes, in order
+
+    def graph_io(self) -> dict[str, dict[str, list[str]]]:
+        """``{graph: {"inputs": [...], "outputs": [...]}}``, as a bundle manifest records it."""
+        return {name: {"inputs": list(self.graph_inputs[name]), "outputs": list(outputs)}
+                for name, outputs in GRAPH_OUTPUTS.items()}
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        Backbone(
+            "qwen2_vl",
+            "dynamic resolution: page resized to multiples of 28 px within min/max pixels, 14 px patches "
+            "merged 2x2, one contiguous run of (h/28)*(w/28) image tokens in row-major order",
+            "causal",
+            {"vision": ("pixel_values", "image_grid_thw"),
+             "text": ("input_ids", "attention_mask", "image_embeds", "image_grid_thw")},
+        ),
+        # one fixed grid (no grid input); prefix_mask marks the bidirectional prefix-LM block
+        Backbone(
+            "paligemma",
+            "fixed resolution: page squashed to a square (448 px in ColPali), 14 px SigLIP patches, "
+            "(448/14)^2 = 32x32 = 1024 image tokens in row-major order before <bos> and the prompt; "
+            "prefix-LM: image and prompt attend each other bidirectionally",
+            "prefix-lm",
+            {"vision": ("pixel_values",), "text": ("input_ids", "attention_mask", "image_embeds", "prefix_mask")},
+        ),
+        # tiles of a fixed size (pixel_values [B, N, 3, M, M]); the ids carry the tiling
+        Backbone(
+            "idefics3",
+            "tiles + global tile: page longest side scaled to longest_edge, stretched onto R x C tiles of M px "
+            "(512 px in ColSmol) plus the whole page at M x M as a global tile; SigLIP patches pixel-shuffled "
+            "to (M/64)^2 tokens per tile (64 per 512 px tile), tile by tile in row-major order, global tile "
+            "last; stored positions are spatial: the (8R x 8C) page grid in raster order, then the 8x8 global "
+            "grid",
+            "causal",
+            {"vision": ("pixel_values",), "text": ("input_ids", "attention_mask", "image_embeds")},
+        ),
+    )
+}
+
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """What sapindex knows about one backbone family."""
+    """What sapindex knows about one family: how to recognise it, its backbone, what users download."""
 
     name: str
     model_type: str  # config.json "model_type" of the checkpoint
     colpali_class: str  # model class (colpali-engine; transformers' for colpali_hf)
     processor_class: str  # processor class, from the same library
-    image_token_scheme: str  # how page pixels become visual tokens, for `info` and manifests
-    # "causal", or "prefix-lm" where the page (image + prompt) is one bidirectional block: then
-    # in-degree has no causal position bias, and `--position-correction` is refused.
-    attention: str = "causal"
+    backbone: str  # a key of BACKBONES
     # published checkpoints of this family (what users download) and their parameter counts in
     # billions, for `sapindex info` and the README's bundle-size table (fp32 = 4 bytes/parameter)
     checkpoints: tuple[str, ...] = ()
     billions: tuple[float, ...] = ()
+
+    @property
+    def arch(self) -> Backbone:
+        return BACKBONES[self.backbone]
+
+    @property
+    def image_token_scheme(self) -> str:
+        return self.arch.image_token_scheme
+
+    @property
+    def attention(self) -> str:
+        return self.arch.attention
+
+    @property
+    def graph_io(self) -> dict[str, dict[str, list[str]]]:
+        return self.arch.graph_io()
 
     def bundle_gb(self, dtype: str) -> tuple[float, ...]:
         """Estimated bundle size per checkpoint: every weight once, 4 (fp32) or 2 (fp16) bytes."""
         return tuple(round(b * (4 if dtype == "fp32" else 2), 1) for b in self.billions)
 
 
-QWEN2_VL_SCHEME = (
-    "dynamic resolution: page resized to multiples of 28 px within min/max pixels, 14 px patches "
-    "merged 2x2, one contiguous run of (h/28)*(w/28) image tokens in row-major order"
-)
-
-PALIGEMMA_SCHEME = (
-    "fixed resolution: page squashed to a square (448 px in ColPali), 14 px SigLIP patches, "
-    "(448/14)^2 = 32x32 = 1024 image tokens in row-major order before <bos> and the prompt; "
-    "prefix-LM: image and prompt attend each other bidirectionally"
-)
-
-IDEFICS3_SCHEME = (
-    "tiles + global tile: page longest side scaled to longest_edge, stretched onto R x C tiles of M px "
-    "(512 px in ColSmol) plus the whole page at M x M as a global tile; SigLIP patches pixel-shuffled to "
-    "(M/64)^2 tokens per tile (64 per 512 px tile), tile by tile in row-major order, global tile last; "
-    "stored positions are spatial: the (8R x 8C) page grid in raster order, then the 8x8 global grid"
-)
-
 FAMILIES: dict[str, FamilySpec] = {
     spec.name: spec
     for spec in (
-        FamilySpec("colqwen2", "qwen2_vl", "ColQwen2", "ColQwen2Processor", QWEN2_VL_SCHEME,
+        FamilySpec("colqwen2", "qwen2_vl", "ColQwen2", "ColQwen2Processor", "qwen2_vl",
                    checkpoints=("vidore/colqwen2-v1.0",), billions=(2.21,)),
-        FamilySpec("colqwen2_5", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME,
+        FamilySpec("colqwen2_5", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", "qwen2_vl",
                    checkpoints=("vidore/colqwen2.5-v0.2",), billions=(3.75,)),
         # jina-embeddings-v4 declares model_type qwen2_5_vl too: told apart by _is_jina_v4 first
-        FamilySpec("jina_v4", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", QWEN2_VL_SCHEME,
+        FamilySpec("jina_v4", "qwen2_5_vl", "ColQwen2_5", "ColQwen2_5_Processor", "qwen2_vl",
                    checkpoints=("jinaai/jina-embeddings-v4",), billions=(3.75,)),
         # colpali-engine ColPali (PaliGemma + custom_text_proj), and transformers' "-hf" conversion
-        FamilySpec("colpali", "paligemma", "ColPali", "ColPaliProcessor", PALIGEMMA_SCHEME, attention="prefix-lm",
+        FamilySpec("colpali", "paligemma", "ColPali", "ColPaliProcessor", "paligemma",
                    checkpoints=("vidore/colpali-v1.2", "vidore/colpali-v1.3"), billions=(2.92, 2.92)),
-        FamilySpec("colpali_hf", "colpali", "ColPaliForRetrieval", "ColPaliProcessor", PALIGEMMA_SCHEME,
-                   attention="prefix-lm", checkpoints=("vidore/colpali-v1.2-hf", "vidore/colpali-v1.3-hf"),
-                   billions=(2.92, 2.92)),
+        FamilySpec("colpali_hf", "colpali", "ColPaliForRetrieval", "ColPaliProcessor", "paligemma",
+                   checkpoints=("vidore/colpali-v1.2-hf", "vidore/colpali-v1.3-hf"), billions=(2.92, 2.92)),
         # colpali-engine ColIdefics3 (ColSmol): Idefics3 = SigLIP + pixel shuffle + Llama, causal
-        FamilySpec("colidefics3", "idefics3", "ColIdefics3", "ColIdefics3Processor", IDEFICS3_SCHEME,
+        FamilySpec("colidefics3", "idefics3", "ColIdefics3", "ColIdefics3Processor", "idefics3",
                    checkpoints=("vidore/colSmol-256M", "vidore/colSmol-500M"), billions=(0.26, 0.51)),
     )
 }
+
+
+def family(name: str) -> FamilySpec:
+    """The spec of a family by name; :class:`SapIndexError` naming the supported ones otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise SapIndexError(f"unknown family {name!r}; supported: {', '.join(FAMILIES)}") from None
+
 
 # config.json keys that only jina-embeddings-v4 (remote-code JinaEmbeddingsV4Model) writes
 JINA_V4_KEYS = ("task_names", "multi_vector_projector_dim", "single_vector_pool_strategy")

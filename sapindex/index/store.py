@@ -161,7 +161,7 @@ class PageRow:
     @classmethod
     def from_encoded(cls, page: Any, encoded: Any, keep_ratio: float | None = None,
                      method: str = "sap") -> "PageRow":
-        """From an inputs.Page-like (path, page, content_hash, size) and an EncodedPage-like
+        """From an inputs.Page-like (path, page, content_hash, size) and an PrunedPage-like
         (vectors, positions, grid, n_visual[, global_grid]). ``keep_ratio`` defaults to n_kept / n_visual."""
         n_kept = len(encoded.positions)
         if keep_ratio is None:
@@ -697,7 +697,7 @@ class Index:
         return self._forget(path, hashes)
 
     def add_failures(self, items: Iterable[Any]) -> int:
-        """Record failures: :class:`~sapindex.runtime.inputs.Failure` objects or ``(path, reason)``
+        """Record failures: :class:`~sapindex.index.inputs.Failure` objects or ``(path, reason)``
         / ``(path, reason, page)`` tuples (page None or 0: the whole file). One commit; a failure
         replaces an earlier one of the same (path, page). Return how many were recorded."""
         self._writable()
@@ -754,8 +754,8 @@ class Index:
 
     def failures(self) -> list:
         """Recorded failures not overtaken by a later indexed page, sorted by (path, page), as
-        :class:`~sapindex.runtime.inputs.Failure` (page None for a whole-file failure)."""
-        from sapindex.runtime.inputs import Failure
+        :class:`~sapindex.index.inputs.Failure` (page None for a whole-file failure)."""
+        from sapindex.index.inputs import Failure
 
         rows: dict[tuple[str, int], tuple[str, _dt.datetime]] = {}
         for batch in self._scan(self._failures, ["path", "page", "reason", "failed_at"]):

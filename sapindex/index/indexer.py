@@ -17,8 +17,8 @@ from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder, check_position_correction, prune
-from sapindex.runtime.inputs import Failure, FileInfo, Page, iter_pages, iter_sources
-from sapindex.runtime.store import Index, PageRow
+from sapindex.index.inputs import Failure, FileInfo, Page, iter_pages, iter_sources
+from sapindex.index.store import Index, PageRow
 
 EXIT_PARTIAL = 3
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sapindex.exporter.qwen2_vl_graph import DecoderGraph, additive_mask
+from sapindex.exporter.graphs.qwen2_vl import DecoderGraph, additive_mask
 
 
 class VisionGraph(nn.Module):

@@ -22,7 +22,7 @@ import numpy as np
 
 from sapindex import __version__, sap
 from sapindex.errors import SapIndexError
-from sapindex.exporter.pairs import Pair, load_pairs
+from sapindex.calibration.pairs import Pair, load_pairs
 
 CALIBRATION_FORMAT = "sapindex-calibration"
 CALIBRATION_VERSION = 1
@@ -146,7 +146,7 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = N
 
 def write_calibration(record: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``calibration.json`` and ``sr_curve.png`` into ``out_dir``."""
-    from sapindex.exporter.plot import plot_sr_curve
+    from sapindex.calibration.plot import plot_sr_curve
 
     out = Path(out_dir)
     try:

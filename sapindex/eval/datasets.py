@@ -46,7 +46,7 @@ from typing import Iterator
 from PIL import Image, UnidentifiedImageError
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.jsonl import iter_objects
+from sapindex.eval.jsonl import iter_objects
 
 __all__ = ["DatasetPage", "DatasetQuery", "EvalDataset", "load_dataset", "FORMATS"]
 

@@ -13,7 +13,7 @@ the hf one has a single ``<bos>``.
 
 Pixels: the page is squashed to ``image_size`` x ``image_size`` (aspect not kept) with the same
 arithmetic as transformers' PIL backend (``SiglipImageProcessorPil``): bicubic
-:func:`~sapindex.runtime.qwen2_vl.resize_hv` (horizontal pass first), rescale in float64,
+:func:`~sapindex.runtime.preprocess.qwen2_vl.resize_hv` (horizontal pass first), rescale in float64,
 normalise in float32. Bit-identical to that backend given the same pass order; against the
 torchvision backend colpali actually uses: at most 1 uint8 level off downscaling, 2 upscaling
 (``TORCHVISION_MAX_LEVELS``; 2 / 255 / 0.5 ~= 0.016 normalised), under 1% of values off at all,
@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.qwen2_vl import (
+from sapindex.runtime.preprocess.qwen2_vl import (
     RESAMPLE,
     ManifestParams,
     PageLayout,

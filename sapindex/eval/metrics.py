@@ -22,7 +22,7 @@ benchmark compute NDCG and recall with, so the numbers are comparable with publi
 - recall@k is relevant-in-top-k / n_relevant; MRR@k is 1 / rank of the first relevant page, 0 if
   it is below k;
 - a query with no relevant page has no defined NDCG or recall: its per-query values are NaN and
-  :func:`evaluate` leaves it out of the means (and lists it).
+  :func:`retrieval_metrics` leaves it out of the means (and lists it).
 
 The metrics only need the rank of each relevant page, ``1 + #pages that beat it``, computed
 exactly (ties included) without sorting the whole score matrix.
@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["maxsim_matrix", "rank_of_relevant", "ndcg_at_k", "recall_at_k", "mrr_at_k", "evaluate"]
+__all__ = ["maxsim_matrix", "rank_of_relevant", "ndcg_at_k", "recall_at_k", "mrr_at_k", "retrieval_metrics"]
 
 _BLOCK_ELEMENTS = 1 << 22  # one score block: 4 Mi float32 (16 MiB), reused for every chunk pair
 
@@ -184,7 +184,7 @@ def mrr_at_k(scores, relevant, k: int, page_ids: Sequence[str] | None = None) ->
     return _mrr(rank_of_relevant(scores, relevant, page_ids), k)
 
 
-def evaluate(scores: np.ndarray, query_ids: Sequence[str], page_ids: Sequence[str],
+def retrieval_metrics(scores: np.ndarray, query_ids: Sequence[str], page_ids: Sequence[str],
              qrels: Mapping[str, Mapping[str, int]], ks: Sequence[int] = (1, 5, 10)) -> dict:
     """All metrics for a ``[Q, D]`` score matrix whose rows are ``query_ids`` and columns ``page_ids``.
 

@@ -1,0 +1,1 @@
+"""The micro retriever, the built-in default model: its training recipe and data (torch)."""
