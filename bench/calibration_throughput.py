@@ -28,11 +28,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
+    import torch
+
     from sapindex.calibration.calibrate import CalibrationConfig, calibrate
     from sapindex.testing.tiny import build_tiny_model
     from sapindex.testing.toy_pages import write_pairs
-
-    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "model", args.family, max_visual_tokens=args.max_visual_tokens)

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from runtime_speed import page_images, page_rates
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -57,19 +56,15 @@ def builders(real_width: bool, text_layers: int, vision_blocks: int) -> dict:
 
 
 def bench_family(family, build, work: Path, n_pages: int, batch_sizes, repeats: int) -> list[str]:
-    from sapindex.calibration.calibrate import CalibrationConfig, calibrate, write_calibration
-    from sapindex.exporter.export import ExportConfig, export_bundle
-    from sapindex.models.base import load_adapter
+    from sapindex.models.adapters import load_adapter
     from sapindex.runtime.bundle import Bundle
     from sapindex.runtime.encoder import Encoder
+    from sapindex.testing.pipeline import calibrate_and_export
     from sapindex.testing.toy_pages import write_pairs
 
     model_dir = build(work / family)
     pairs = write_pairs(work / f"{family}-pairs", n=4)
-    calib = write_calibration(calibrate(CalibrationConfig(model=str(model_dir), pairs=str(pairs))), work / f"{family}-calib")[0]
-    t0 = time.perf_counter()
-    export_bundle(ExportConfig(model=str(model_dir), calibration=str(calib), out=str(work / f"{family}.sap")))
-    export_s = time.perf_counter() - t0
+    export_s = calibrate_and_export(model_dir, pairs, work / f"{family}-calib", work / f"{family}.sap").export_seconds
     encoder = Encoder(Bundle.open(work / f"{family}.sap"))
     adapter = load_adapter(model_dir)
     images = page_images(n_pages)

@@ -58,9 +58,9 @@ def synthetic_set(path: Path, split: str, spec: dict) -> Path:
 def positional_bias(eval_dir: Path, bundle: Path, dataset: Path) -> dict:
     """Mean over pages of Pearson r(centrality, token index), raw and causally corrected."""
     from sapindex import sap
-    from sapindex.runtime.bundle import Bundle
+    from sapindex.eval.cache import EncodingCache
     from sapindex.eval.datasets import load_dataset
-    from sapindex.eval.runner import EncodingCache
+    from sapindex.runtime.bundle import Bundle
 
     pages = EncodingCache(eval_dir / "cache", Bundle.open(bundle, verify=False), load_dataset(dataset)).load()
     raw, corrected = [], []

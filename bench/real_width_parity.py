@@ -31,12 +31,12 @@ def main() -> None:
     parser.add_argument("--vision-blocks", type=int, default=4)
     args = parser.parse_args()
 
-    import sapindex.exporter.export as export
-    from sapindex.calibration.calibrate import CalibrationConfig, calibrate, write_calibration
+    import sapindex.exporter.validate as validate
+    from sapindex.testing.pipeline import calibrate_and_export
     from sapindex.testing.tiny import build_tiny_model
     from sapindex.testing.toy_pages import write_pairs
 
-    export.VALIDATION_SIZES = PAGE_SIZES
+    validate.VALIDATION_SIZES = PAGE_SIZES  # the pages export traces on and validates with
     print(f"# export parity at real width: {args.text_layers} decoder layers, {args.vision_blocks} vision blocks, "
           f"validation pages {', '.join(f'{h}x{w}' for h, w in PAGE_SIZES)} px, {time.strftime('%Y-%m-%d')}")
     print("| family | visual grids (rows x cols) | max abs diff embeddings | centrality | EOS row | queries "
@@ -53,10 +53,8 @@ def main() -> None:
                 cfg["vision_config"].update(window_size=112, fullatt_block_indexes=[1, 3])
                 (model / "config.json").write_text(json.dumps(cfg))
             pairs = write_pairs(work / f"{family}-pairs", n=2)
-            calib = write_calibration(calibrate(CalibrationConfig(model=str(model), pairs=str(pairs))),
-                                      work / f"{family}-calib")[0]
-            v = export.export_bundle(export.ExportConfig(model=str(model), calibration=str(calib),
-                                                         out=str(work / f"{family}.sap")))["validation"]
+            exported = calibrate_and_export(model, pairs, work / f"{family}-calib", work / f"{family}.sap")
+            v = exported.manifest["validation"]
             grids = ", ".join(f"{r}x{c}" for r, c in v["visual_grids"])
             print(f"| {family} | {grids} | {v['max_abs_diff_embeddings']:.1e} | {v['max_abs_diff_centrality']:.1e} | "
                   f"{v['max_abs_diff_eos_attention']:.1e} | {v['max_abs_diff_query_embeddings']:.1e} | "

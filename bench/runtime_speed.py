@@ -73,19 +73,15 @@ def export_text_variant(adapter, window, path, centrality):
 
 
 def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
-    from sapindex.calibration.calibrate import CalibrationConfig, calibrate, write_calibration
-    from sapindex.exporter.export import ExportConfig, export_bundle
-    from sapindex.models.base import load_adapter
+    from sapindex.models.adapters import load_adapter
     from sapindex.runtime.bundle import Bundle
     from sapindex.runtime.encoder import Encoder
     from sapindex.runtime.session import make_session
+    from sapindex.testing.pipeline import calibrate_and_export
     from sapindex.testing.toy_pages import write_pairs
 
     pairs = write_pairs(work / f"{label}-pairs", n=4)
-    calib = write_calibration(calibrate(CalibrationConfig(model=str(model_dir), pairs=str(pairs))), work / f"{label}-calib")[0]
-    t0 = time.perf_counter()
-    export_bundle(ExportConfig(model=str(model_dir), calibration=str(calib), out=str(work / f"{label}.sap")))
-    export_s = time.perf_counter() - t0
+    export_s = calibrate_and_export(model_dir, pairs, work / f"{label}-calib", work / f"{label}.sap").export_seconds
     bundle = Bundle.open(work / f"{label}.sap")
     encoder = Encoder(bundle)
     adapter = load_adapter(model_dir)
@@ -124,8 +120,8 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
 
 
 def bench_index(encoder, bundle, work, n_pages, repeats):
-    from sapindex.runtime.encoder import prune
     from sapindex.index.store import Index, PageRow
+    from sapindex.runtime.encoder import prune
 
     images = page_images(n_pages, seed=3)
     pages = []

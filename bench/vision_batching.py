@@ -24,8 +24,8 @@ import numpy as np
 
 
 def encode(bundle: str, dataset: str, mode: str, batch_size: int, threads: int, repeats: int, out: str) -> dict:
-    from sapindex.runtime.bundle import Bundle
     from sapindex.eval.datasets import load_dataset
+    from sapindex.runtime.bundle import Bundle
     from sapindex.runtime.encoder import Encoder
 
     encoder = Encoder(Bundle.open(bundle, verify=False), threads=threads)

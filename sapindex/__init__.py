@@ -1,7 +1,47 @@
 """sapindex: offline Structural Anchor Pruning (SAP) indexer for ColPali-family visual retrievers.
 
-Import-light on purpose: importing ``sapindex`` (or ``sapindex.sap`` / ``sapindex.runtime``)
-never pulls in torch or transformers; only ``sapindex.exporter`` and ``sapindex.models`` do.
+The public Python API, the same objects the CLI uses (README, "Python API")::
+
+    import sapindex
+
+    summary = sapindex.run_index(sapindex.default_bundle_path(), ["pages/"], "my-index")
+    index, encoder = sapindex.open_for_search("my-index")
+    hits = sapindex.search(index, encoder, ["annual revenue"], k=5)[0]
+
+Import-light on purpose: the names load on first use, and none of them imports torch or
+transformers. The torch side (``sapindex.calibration``, ``sapindex.exporter``,
+``sapindex.models``, ``sapindex.micro``, ``sapindex.testing.tiny``) is imported explicitly.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_API = {
+    "Bundle": "sapindex.runtime.bundle",
+    "Encoder": "sapindex.runtime.encoder",
+    "default_bundle_path": "sapindex.runtime.defaults",
+    "Index": "sapindex.index.store",
+    "Hit": "sapindex.index.store",
+    "run_index": "sapindex.index.indexer",
+    "open_for_search": "sapindex.index.indexer",
+    "search": "sapindex.index.indexer",
+    "SapIndexError": "sapindex.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'sapindex' has no attribute {name!r}")
+    value = getattr(import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

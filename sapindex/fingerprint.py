@@ -3,11 +3,13 @@
 A calibration, a bundle and an index must be traceable to the exact weights they came from
 without hashing gigabytes: the fingerprint is the sha256 of the weight files' relative names
 and byte sizes, which changes whenever a checkpoint is swapped, re-sharded or re-saved.
+:func:`sha256_file` is the one content hash: a bundle's files and an indexed document's bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".data")
@@ -30,8 +32,8 @@ def model_fingerprint(model_dir: Path) -> dict:
     return {"sha256": digest.hexdigest(), "files": files}
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's content, streamed."""
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file's content, streamed ``chunk`` bytes at a time (raises OSError)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

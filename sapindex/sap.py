@@ -38,6 +38,7 @@ __all__ = [
     "causal_correction",
     "random_k",
     "maxsim",
+    "maxsim_segments",
     "score_retention",
 ]
 
@@ -173,6 +174,26 @@ def maxsim(q, d) -> float:
     if q.shape[0] == 0 or d.shape[0] == 0:
         raise ValueError(f"maxsim needs at least one vector on each side, got {q.shape[0]} and {d.shape[0]}")
     return float((q @ d.T).max(axis=1).sum())
+
+
+def maxsim_segments(queries: np.ndarray, query_starts: np.ndarray, pages: np.ndarray, page_starts: np.ndarray,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """MaxSim of many queries against many pages at once, ``[Q, P]``: the batched kernel that the
+    index's search and the eval's score matrix both run (:func:`maxsim` is the reference it is
+    tested against).
+
+    ``queries [rows, dim]`` holds the queries' vectors one after another, query ``i`` starting at
+    row ``query_starts[i]``; ``pages [cols, dim]`` holds the pages' vectors the same way, page ``j``
+    starting at ``page_starts[j]``. Every query and page must have at least one vector (an empty
+    one has no defined MaxSim). One matmul gives every dot product, a segmented
+    ``np.maximum.reduceat`` the max over each page's vectors and a segmented ``np.add.reduceat``
+    the sum over each query's vectors: nothing is padded (zero padding would win the max whenever
+    every real dot product is negative). ``out`` (``[rows, cols]``, optional) receives the dot
+    products, so a caller scoring many blocks can reuse one buffer. Computed in the inputs' dtype.
+    """
+    sims = np.matmul(queries, pages.T, out=out)  # [rows, cols]
+    best = np.maximum.reduceat(sims, page_starts, axis=1)  # [rows, P]
+    return np.add.reduceat(best, query_starts, axis=0)  # [Q, P]
 
 
 def score_retention(q, d, kept) -> float:

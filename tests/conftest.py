@@ -29,36 +29,34 @@ def pairs_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def adapters(tiny_models):
-    from sapindex.models.base import load_adapter
+    from sapindex.models.adapters import load_adapter
 
     return {family: load_adapter(path) for family, path in tiny_models.items()}
 
 
 @pytest.fixture(scope="session")
 def calibrations(tiny_models, pairs_file, tmp_path_factory):
-    from sapindex.calibration.calibrate import CalibrationConfig, calibrate, write_calibration
+    """{family: calibration.json}: every tiny model calibrated once per session (default settings)."""
+    from sapindex.testing.pipeline import calibrate
 
-    out = {}
-    for family, model in tiny_models.items():
-        record = calibrate(CalibrationConfig(model=str(model), pairs=str(pairs_file)))
-        out[family] = write_calibration(record, tmp_path_factory.mktemp(f"calib-{family}"))[0]
-    return out
+    return {family: calibrate(model, pairs_file, tmp_path_factory.mktemp(f"calib-{family}"))[1]
+            for family, model in tiny_models.items()}
 
 
 @pytest.fixture(scope="session")
 def bundles(tiny_models, calibrations, tmp_path_factory):
     """{family: (manifest, bundle dir)}: every tiny model calibrated and exported once per session."""
-    from sapindex.exporter.export import ExportConfig, export_bundle
+    from sapindex.testing.pipeline import export
 
     root = tmp_path_factory.mktemp("bundles")
-    return {family: (export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
-                                                out=str(root / f"{family}.sap"))), root / f"{family}.sap")
+    return {family: (export(tiny_models[family], calibrations[family], root / f"{family}.sap")[0],
+                     root / f"{family}.sap")
             for family in tiny_models}
 
 
 @pytest.fixture
 def pil_resize_horizontal_first(monkeypatch):
-    """Make ``PIL.Image.resize`` do its two passes horizontal first, as ``runtime.qwen2_vl.resize_hv``.
+    """Make ``PIL.Image.resize`` do its two passes horizontal first, as ``runtime.preprocess.base.resize_hv``.
 
     Pillow >= 13 may resize vertically first; pinning the order in transformers' PIL backends
     isolates what the runtime controls: rescale/normalise rounding, dtype, layout and padding.

@@ -1,14 +1,9 @@
 """The command line: exit codes, one-line errors without tracebacks, JSON output, files written."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "sapindex.cli", *map(str, args)], capture_output=True, text=True)
+from helpers import run_cli
 
 
 def test_version_and_help():

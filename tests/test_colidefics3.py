@@ -15,16 +15,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.preprocess.idefics3 import (
-    TORCHVISION_MAX_LEVELS,
-    Idefics3Params,
-    Idefics3Preprocessor,
-    tile_grid_from_ids,
-)
 from sapindex.runtime.layout import TokenLayout
+from sapindex.runtime.preprocess.base import TORCHVISION_MAX_LEVELS
+from sapindex.runtime.preprocess.idefics3 import Idefics3Params, Idefics3Preprocessor, tile_grid_from_ids
 from sapindex.testing.toy_pages import WORDS, render_page
 
-# (height, width) -> (R, C) local tiles: export.VALIDATION_SIZES plus the tall strip
+# (height, width) -> (R, C) local tiles: validate.VALIDATION_SIZES plus the tall strip
 TILES = {(420, 300): (3, 3), (230, 520): (2, 3), (360, 360): (3, 3), (150, 210): (3, 3), (600, 150): (3, 1)}
 SIDE = 4  # tokens per tile side (image_seq_len 16)
 QUERIES = ["revenue", "What was the total revenue in 2021 compared with the year before?",
@@ -187,8 +183,9 @@ def test_each_validation_size_matches_processor(adapter, runtime, size):
         assert got[key].dtype == ref[key].dtype, key
         if key != "pixel_values":
             np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
-    [layout] = runtime.layouts(got)
+    [(positions, layout)] = runtime.layouts(got)
     assert layout == adapter.page_layouts(adapter.page_inputs([page]))[0]
+    np.testing.assert_array_equal(positions, np.flatnonzero(ref["input_ids"][0] == adapter.processor.image_token_id))
     assert layout.grid == (SIDE * rows, SIDE * cols) and layout.global_grid == (SIDE, SIDE)
 
 
@@ -223,7 +220,7 @@ def test_mixed_batch_matches_processor(adapter, runtime):
     diff = np.abs(got["pixel_values"] - ref["pixel_values"])
     assert diff.max() <= (TORCHVISION_MAX_LEVELS + 1e-3) / 255 / std, diff.max() * 255 * std
     assert (diff > 0.5 / 255 / std).mean() < 0.01
-    assert runtime.layouts(got) == adapter.page_layouts(adapter.page_inputs(pages))
+    assert [layout for _positions, layout in runtime.layouts(got)] == adapter.page_layouts(adapter.page_inputs(pages))
 
 
 def test_pixels_identical_to_transformers_pil_backend(adapter, runtime, pil_resize_horizontal_first):
@@ -253,7 +250,7 @@ def test_unsplit_pages_match_processor(adapter, tmp_path, overrides):
         np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
     diff = np.abs(got["pixel_values"] - ref["pixel_values"])
     assert diff.max() <= (TORCHVISION_MAX_LEVELS + 1e-3) / 255 / 0.5
-    assert runtime.layouts(got) == [TokenLayout.raster(SIDE, SIDE)] * 5
+    assert [layout for _positions, layout in runtime.layouts(got)] == [TokenLayout.raster(SIDE, SIDE)] * 5
     assert runtime.visual_grid(420, 300) == (SIDE, SIDE) and runtime.tile_grid(420, 300) == (0, 0)
     assert (ref["input_ids"] == processor.image_token_id).sum(axis=1).tolist() == [16] * 5
 

@@ -14,10 +14,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.preprocess.paligemma import TORCHVISION_MAX_LEVELS, PaliGemmaParams, PaliGemmaPreprocessor
+from sapindex.runtime.layout import TokenLayout
+from sapindex.runtime.preprocess.base import TORCHVISION_MAX_LEVELS
+from sapindex.runtime.preprocess.paligemma import PaliGemmaParams, PaliGemmaPreprocessor
 
 FLAVOURS = {"colpali": False, "colpali_hf": True}
-SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))  # (height, width), export.VALIDATION_SIZES[:4]
+SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))  # (height, width), validate.VALIDATION_SIZES[:4]
 QUERIES = ["revenue", "What was the total revenue in 2021 compared with the year before?",
            "ünïcödé — 数字 123", "  spaces\tand\nnewlines ", " ".join(["annual report growth"] * 40)]
 
@@ -54,7 +56,7 @@ def colpali_dirs(tiny_models):
 @pytest.fixture(scope="session")
 def colpali_adapters(colpali_dirs):
     """Loaded through the registry and ``load_adapter``, as every command loads them."""
-    from sapindex.models.base import load_adapter
+    from sapindex.models.adapters import load_adapter
     from sapindex.models.paligemma import PaliGemmaAdapter
 
     adapters = {name: load_adapter(path) for name, path in colpali_dirs.items()}
@@ -212,16 +214,17 @@ def test_pages_match_processor(colpali_adapters, runtimes, name):
     assert diff.max() <= (TORCHVISION_MAX_LEVELS + 1e-3) / 255 / std, diff.max() * 255 * std
     assert (diff > 0.5 / 255 / std).mean() < 0.01
     assert diff[5].max() <= 1e-6  # already 112 px: no resampling, only float32 rounding differs
-    for layout, ids in zip(runtime.layouts(got), ref["input_ids"]):
-        assert (layout.rows, layout.cols) == runtime.visual_grid(300, 40) == (8, 8)
-        np.testing.assert_array_equal(layout.positions, np.flatnonzero(ids == processor.image_token_id))
+    for (positions, layout), ids in zip(runtime.layouts(got), ref["input_ids"]):
+        assert layout.grid == runtime.visual_grid(300, 40) == (8, 8)
+        assert layout == TokenLayout.raster(8, 8)  # sequence order is raster order, no global grid
+        np.testing.assert_array_equal(positions, np.flatnonzero(ids == processor.image_token_id))
     assert colpali_adapters[name].page_grids(colpali_adapters[name].page_inputs(pages)) == [(8, 8)] * len(pages)
 
 
 @pytest.mark.parametrize("name", FLAVOURS)
 def test_pixels_identical_to_transformers_pil_backend(colpali_adapters, runtimes, name, pil_resize_horizontal_first):
     """``SiglipImageProcessorPil`` with the resize passes pinned horizontal-first (Pillow 13 may
-    go vertical first; see runtime.qwen2_vl.resize_hv): bit-identical."""
+    go vertical first; see runtime.preprocess.base.resize_hv): bit-identical."""
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     reference = SiglipImageProcessorPil(**colpali_adapters[name].processor.image_processor.to_dict())
@@ -281,13 +284,13 @@ def test_colpali_lora_over_a_local_base_merges(colpali_dirs, tmp_path):
     ``base_model`` and gives peft's own merged model's vectors."""
     import shutil
 
+    import colpali_engine.models as cm
     from peft import LoraConfig, get_peft_model
 
-    import colpali_engine.models as cm
-    from sapindex.models.base import load_adapter
+    from sapindex.families import inspect_model_dir
+    from sapindex.models.adapters import load_adapter
     from sapindex.models.loading import load_colpali
     from sapindex.models.paligemma import _tie_lm_head
-    from sapindex.families import inspect_model_dir
 
     base = colpali_dirs["colpali"]
     model = load_colpali(inspect_model_dir(base), cm.ColPali, torch.device("cpu"), torch.float32,

@@ -102,8 +102,8 @@ def test_export_of_the_shipped_weights_indexes_pdfs_and_images(held_out_docs, tm
     not the tiny models') -> index -> search: validated parity, every page indexed once, each
     query's results are exact MaxSim over the stored vectors, and the page it came from ranks first."""
 
-    from sapindex.runtime.encoder import Encoder
     from sapindex.index.store import Index
+    from sapindex.runtime.encoder import Encoder
 
     docs, cases = held_out_docs
     bundle = tmp_path / "micro.sap"

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sapindex import sap
+from sapindex import families, sap
 from sapindex.errors import SapIndexError
-from sapindex.exporter import export as export_mod
 from sapindex.exporter.export import ExportConfig, export_bundle
+from sapindex.exporter.graphs import Tolerance, graph_spec
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder, check_position_correction, prune
 
@@ -215,7 +215,7 @@ def test_export_refuses_a_foreign_calibration(tiny_models, calibrations, tmp_pat
 
 
 def test_failed_validation_leaves_no_bundle(tiny_models, calibrations, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_mod, "EMBED_TOL_FP32", -1.0)
+    monkeypatch.setitem(graph_spec("qwen2_vl").tolerances, "fp32", Tolerance(embeddings=-1.0, kept_overlap=1.0))
     with pytest.raises(SapIndexError, match=r"export validation failed \(fp32\): .* embeddings \d"):
         export_bundle(ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]),
                                    out=str(tmp_path / "y.sap")))
@@ -255,8 +255,9 @@ def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path, family):
     manifest = export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
                                           out=str(tmp_path / "half.sap"), dtype="fp16"))
     assert manifest["dtype"] == "fp16" and manifest["validation"]["dtype"] == "fp16"
-    assert manifest["validation"]["max_abs_diff_embeddings"] < export_mod.EMBED_TOL_FP16
-    assert manifest["validation"]["min_kept_overlap_at_0.1"] >= export_mod.KEPT_OVERLAP_FP16
+    tolerance = graph_spec(families.FAMILIES[family].backbone).tolerances["fp16"]
+    assert manifest["validation"]["max_abs_diff_embeddings"] < tolerance.embeddings
+    assert manifest["validation"]["min_kept_overlap_at_0.1"] >= tolerance.kept_overlap
     graph = onnx.load(str(tmp_path / "half.sap" / "text.onnx"))
     weights = [t for t in graph.graph.initializer if len(t.dims) == 2]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
@@ -269,7 +270,7 @@ def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path, family):
     images = _pages(ALIGNED)
     for a, b in zip(half.encode_pages(images), full.encode_pages(images)):
         assert a.embeddings.dtype == np.float32
-        assert np.abs(a.embeddings - b.embeddings).max() < export_mod.EMBED_TOL_FP16
+        assert np.abs(a.embeddings - b.embeddings).max() < tolerance.embeddings
 
 
 def test_overwrite_replaces_only_a_bundle(tiny_models, calibrations, tmp_path):
@@ -307,7 +308,7 @@ def test_manifest_graph_io_is_the_source_of_truth(bundles):
 def test_window_override_is_exported_validated_and_recorded(tiny_models, calibrations, bundles, tmp_path):
     """``--window`` exports other layers than the calibrated ones: the manifest says which and from
     where, ONNX keeps the tokens PyTorch keeps on those layers, and the calibrated bundle differs."""
-    from test_cli import run_cli
+    from helpers import run_cli
 
     calibrated = bundles["colqwen2"][0]["window"]
     override = [0, 2] if calibrated != [0, 2] else [1, 3]
@@ -333,7 +334,7 @@ def test_window_override_is_exported_validated_and_recorded(tiny_models, calibra
     ("4:9", "--window 4:9: need 0 <= START < END <= 6 (the model's layers)"),
 ])
 def test_a_bad_window_is_one_line_and_writes_nothing(tiny_models, calibrations, tmp_path, text, message):
-    from test_cli import run_cli
+    from helpers import run_cli
 
     out = run_cli("export", "--model", tiny_models["colqwen2"], "--calibration", calibrations["colqwen2"],
                   "--out", tmp_path / "w.sap", "--window", text)

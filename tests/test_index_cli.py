@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from sapindex import sap
+from sapindex.index.store import Index
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder
-from sapindex.index.store import Index
 from sapindex.testing.toy_pages import write_pairs
 
 

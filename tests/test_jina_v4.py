@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from sapindex.cli import cli
+from sapindex.cli.main import cli
 from sapindex.errors import SapIndexError
-from sapindex.models.base import load_adapter
-from sapindex.models.jina_v4 import PAGE_PROMPT, load_jina_v4
 from sapindex.families import inspect_model_dir
+from sapindex.models.adapters import load_adapter
+from sapindex.models.jina_v4 import PAGE_PROMPT, load_jina_v4
 from sapindex.testing.tiny_jina import build_tiny_jina
 
 

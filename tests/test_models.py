@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from sapindex.errors import SapIndexError
-from sapindex.models.base import load_adapter
 from sapindex.families import inspect_model_dir
+from sapindex.models.adapters import load_adapter
 
 
 def _page():
@@ -22,8 +22,8 @@ def lora_dir(tiny_models, tmp_path_factory):
     """A LoRA adapter over the tiny ColQwen2 (non-zero B so merging changes the model), saved the peft way."""
     from peft import LoraConfig, get_peft_model
 
-    from sapindex.models.loading import load_colpali
     from sapindex.families import inspect_model_dir as inspect
+    from sapindex.models.loading import load_colpali
 
     base = tiny_models["colqwen2"]
     import colpali_engine.models as cm

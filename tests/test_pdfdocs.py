@@ -7,8 +7,16 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from sapindex.benchdata.pdfdocs import (FUNCTION_WORDS, MAX_QUERIES_PER_PAGE, MIN_WORDS, _candidates, _Page,
-                                        build_pdf_benchmark, main, page_words)
+from sapindex.benchdata.pdfdocs import (
+    FUNCTION_WORDS,
+    MAX_QUERIES_PER_PAGE,
+    MIN_WORDS,
+    _candidates,
+    _Page,
+    build_pdf_benchmark,
+    main,
+    page_words,
+)
 from sapindex.eval.datasets import load_dataset
 
 POOL = ("river stone maple cloud amber delta falcon harbor lantern meadow orbit prism quartz saddle timber "

@@ -280,9 +280,14 @@ def test_cluster_with_fewer_distinct_vectors_than_k_still_stores_k():
 
 
 def test_registry_dispatches_to_the_methods():
-    assert set(B.METHODS) == {"random", "eos", "adaptive-eos", "pooling", "cluster"}
+    assert list(B.METHODS) == ["full", "sap", "sap-poscorr", "random", "eos", "adaptive-eos", "pooling", "cluster"]
     rng = np.random.default_rng(13)
-    v, e = unit(rng, 80), rng.random(80)
+    v, e, c, rank = unit(rng, 80), rng.random(80), rng.random(80), rng.permutation(80)
+    np.testing.assert_array_equal(B.compress("full", v).vectors, v)
+    np.testing.assert_array_equal(B.compress("sap", v, ratio=0.2, centrality=c).positions, sap.top_k(c, 0.2))
+    np.testing.assert_array_equal(B.compress("sap-poscorr", v, ratio=0.2, centrality=c, seq_rank=rank).positions,
+                                  sap.top_k(sap.causal_correction(c, rank), 0.2))
+    assert B.METHODS["sap-poscorr"].causal_only and not B.METHODS["sap"].causal_only
     np.testing.assert_array_equal(B.compress("random", v, ratio=0.2, seed=2).positions,
                                   B.random(v, 0.2, 2).positions)
     np.testing.assert_array_equal(B.compress("eos", v, ratio=0.2, eos=e).positions, B.eos(v, e, 0.2).positions)
@@ -299,6 +304,10 @@ def test_registry_dispatches_to_the_methods():
         B.compress("adaptive-eos", v, eos=e)
     with pytest.raises(ValueError, match="keep ratio"):
         B.compress("pooling", v)
+    with pytest.raises(ValueError, match="centrality"):
+        B.compress("sap", v, ratio=0.2)
+    with pytest.raises(ValueError, match="sequence ranks"):
+        B.compress("sap-poscorr", v, ratio=0.2, centrality=c)
     with pytest.raises(ValueError, match="unknown baseline"):
         B.compress("light-colpali", v, ratio=0.2)
 
@@ -310,7 +319,8 @@ def test_running_every_baseline_imports_no_torch():
         "v = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)\n"
         "v /= np.linalg.norm(v, axis=1, keepdims=True); e = np.random.default_rng(1).random(40)\n"
         "k = B.calibrate_adaptive_eos([e], 0.2)\n"
-        "for name in B.METHODS: B.compress(name, v, ratio=0.2, eos=e, adaptive_k=k)\n"
+        "for name in B.METHODS:\n"
+        "    B.compress(name, v, ratio=0.2, eos=e, adaptive_k=k, centrality=e, seq_rank=np.arange(40))\n"
         "print(','.join(m for m in ('torch', 'transformers', 'colpali_engine', 'torchvision') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sapindex import fingerprint
 from sapindex.errors import SapIndexError
 from sapindex.index import inputs
 from sapindex.index.inputs import Failure, FileInfo, Page, describe, iter_pages, iter_sources
@@ -262,7 +263,7 @@ def test_unreadable_file_is_a_failure(tmp_path, monkeypatch):
                 raise PermissionError(13, "Permission denied", str(locked))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(inputs, "open", refusing_open, raising=False)
+        monkeypatch.setattr(fingerprint, "open", refusing_open, raising=False)  # the content hash reads first
     try:
         f = only_failure(list(iter_pages([str(locked)])))
         assert f.reason == "permission denied"

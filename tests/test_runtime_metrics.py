@@ -14,8 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from sapindex.eval.metrics import (retrieval_metrics, maxsim_matrix, mrr_at_k, ndcg_at_k, rank_of_relevant,
-                                      recall_at_k)
+from sapindex.eval.metrics import maxsim_matrix, mrr_at_k, ndcg_at_k, rank_of_relevant, recall_at_k, retrieval_metrics
 
 # --------------------------------------------------------------------------- maxsim_matrix
 

@@ -7,18 +7,16 @@ levels (measured: 1 downscaling, 2 upscaling), expressed in normalised units.
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.preprocess.qwen2_vl import (
-    TORCHVISION_MAX_LEVELS,
-    Qwen2VLParams,
-    Qwen2VLPreprocessor,
-    smart_resize,
-)
+from sapindex.runtime.layout import TokenLayout
+from sapindex.runtime.preprocess.base import TORCHVISION_MAX_LEVELS
+from sapindex.runtime.preprocess.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor, smart_resize
 
 FAMILIES = ["colqwen2", "colqwen2_5"]
 
@@ -169,14 +167,34 @@ def test_layouts(processors, family):
     pages = _pages()
     batch = runtime.pages(pages)
     ref_mask = colpali.get_image_mask(colpali.process_images(pages)).numpy()
-    for i, (page, layout) in enumerate(zip(pages, runtime.layouts(batch))):
-        assert (layout.rows, layout.cols) == runtime.visual_grid(page.height, page.width)
-        assert (layout.rows * 2, layout.cols * 2) == tuple(batch["image_grid_thw"][i, 1:])
-        np.testing.assert_array_equal(layout.positions, np.flatnonzero(ref_mask[i]))
-        assert (np.diff(layout.positions) == 1).all()  # one contiguous run
+    for i, (page, (positions, layout)) in enumerate(zip(pages, runtime.layouts(batch))):
+        rows, cols = layout.grid
+        assert layout == TokenLayout.raster(rows, cols)  # sequence order is raster order, no global grid
+        assert (rows, cols) == runtime.visual_grid(page.height, page.width)
+        assert (rows * 2, cols * 2) == tuple(batch["image_grid_thw"][i, 1:])
+        np.testing.assert_array_equal(positions, np.flatnonzero(ref_mask[i]))
+        assert (np.diff(positions) == 1).all()  # one contiguous run
         if family == "colqwen2":
             n_x, n_y = colpali.get_n_patches((page.width, page.height), spatial_merge_size=2)
-            assert (layout.rows, layout.cols) == (n_y, n_x)
+            assert (rows, cols) == (n_y, n_x)
+
+
+def test_layouts_refuse_a_wrong_image_token_count(processors):
+    runtime = processors["colqwen2"][1]
+    batch = runtime.pages(_pages()[:1])
+    batch["image_grid_thw"] = batch["image_grid_thw"] * np.array([1, 2, 1])  # twice the rows the ids hold
+    with pytest.raises(SapIndexError, match="image tokens, expected"):
+        runtime.layouts(batch)
+
+
+def test_preprocessors_cover_every_backbone_and_refuse_unknown_families(tmp_path):
+    from sapindex.families import BACKBONES
+    from sapindex.runtime.preprocess import PREPROCESSORS, preprocessor_for
+
+    assert set(PREPROCESSORS) == set(BACKBONES)
+    bundle = SimpleNamespace(path=tmp_path, family="nope", manifest={}, tokenizer_path=tmp_path / "tokenizer.json")
+    with pytest.raises(SapIndexError, match="family 'nope' has no runtime preprocessing"):
+        preprocessor_for(bundle)
 
 
 def test_empty_batches_are_refused(processors):

@@ -14,8 +14,10 @@ import time
 import numpy as np
 import pytest
 
+from sapindex import sap
 from sapindex.errors import SapIndexError
-from sapindex.index.inputs import Failure
+from sapindex.eval.metrics import maxsim_matrix
+from sapindex.index.records import Failure
 from sapindex.index.store import META_FILE, Hit, Index, PageRow
 
 DIM = 16
@@ -162,9 +164,9 @@ def test_changed_file_replaces_its_rows(tmp_path):
 def test_failures_recorded_replaced_and_cleared(tmp_path, monkeypatch):
     path = tmp_path / "idx"
     with Index.create_or_open(path, "fp-A", DIM) as idx:
-        assert idx.add_failures([("bad.pdf", "not a valid PDF"), Failure("scan.tif", "cannot decode", 2),
-                                 ("it's.png", "permission denied")]) == 3
-        idx.add_failures([("bad.pdf", "encrypted PDF:\n a password is required")])  # replaces
+        assert idx.add_failures([Failure("bad.pdf", "not a valid PDF"), Failure("scan.tif", "cannot decode", 2),
+                                 Failure("it's.png", "permission denied")]) == 3
+        idx.add_failures([Failure("bad.pdf", "encrypted PDF:\n a password is required")])  # replaces
         assert idx.failures() == [Failure("bad.pdf", "encrypted PDF: a password is required"),
                                   Failure("it's.png", "permission denied"),
                                   Failure("scan.tif", "cannot decode", 2)]
@@ -182,7 +184,7 @@ def test_failures_recorded_replaced_and_cleared(tmp_path, monkeypatch):
     assert Index.open(path).failures() == []
     # a failure newer than the indexed pages stays (the file broke after it was indexed)
     with Index.create_or_open(path, "fp-A", DIM) as idx:
-        idx.add_failures([("bad.pdf", "not a valid PDF (corrupt or truncated)")])
+        idx.add_failures([Failure("bad.pdf", "not a valid PDF (corrupt or truncated)")])
     with Index.create_or_open(path, "fp-A", DIM) as idx:
         assert [f.reason for f in idx.failures()] == ["not a valid PDF (corrupt or truncated)"]
         idx.remove_path("bad.pdf")
@@ -195,7 +197,7 @@ def test_stats_and_bytes_per_row(tmp_path):
         rows = [make_row(f"d{i // 4}.pdf", h(i // 4), i % 4 + 1, k, i, dim=dim, n_visual=768)
                 for i in range(n_pages)]
         idx.add_pages(rows)
-        idx.add_failures([("x.pdf", "empty file (0 bytes)")])
+        idx.add_failures([Failure("x.pdf", "empty file (0 bytes)")])
         s = idx.stats()
     assert (s.files, s.pages, s.vectors, s.vectors_before_pruning, s.failures) == (25, 100, 10_000, 76_800, 1)
     assert s.kept_fraction == pytest.approx(10_000 / 76_800)
@@ -256,6 +258,35 @@ def test_search_ties_are_broken_by_path_then_page(tmp_path):
             hits = idx.search(q, k=3, chunk_pages=chunk)
             assert hits == [Hit("a.pdf", 1, 1.5), Hit("a.pdf", 3, 1.5), Hit("b.pdf", 1, 1.5)]
             assert idx.search(q, k=None, chunk_pages=chunk)[-1] == Hit("c.pdf", 1, 0.75)
+
+
+def test_search_and_maxsim_matrix_equal_the_reference_maxsim(tmp_path):
+    """One kernel: the store's search and the eval's score matrix both score as ``sap.maxsim``."""
+    rng = np.random.default_rng(11)
+    rows = [make_row(f"r{i:02d}.pdf", h(i), 1, int(rng.integers(1, 30)), 500 + i) for i in range(40)]
+    with Index.create_or_open(tmp_path / "idx", "fp-A", DIM, vector_dtype="float32") as idx:
+        idx.add_pages(rows[:25])
+        idx.add_pages(rows[25:])
+        queries = [rng.standard_normal((m, DIM)).astype(np.float32) for m in (1, 3, 17)]
+        matrix = maxsim_matrix(queries, [r.vectors for r in rows], chunk_pages=6)
+        for qi, q in enumerate(queries):
+            reference = [sap.maxsim(q, r.vectors) for r in rows]
+            for chunk in (1, 9, 1024):
+                got = {x.path: x.score for x in idx.search(q, k=None, chunk_pages=chunk)}
+                np.testing.assert_allclose([got[r.path] for r in rows], reference, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(matrix[qi], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_get_returns_one_stored_row(index):
+    rows = [make_row("a.pdf", h(1), p, 2 + p, p) for p in (1, 2, 3)] + [make_row("b.pdf", h(2), 2, 4, 9)]
+    index.add_pages(rows)
+    row = index.get("a.pdf", 2)
+    assert (row["path"], row["page"], row["content_hash"], row["n_kept"]) == ("a.pdf", 2, h(1), 4)
+    np.testing.assert_array_equal(row["positions"], rows[1].positions)
+    np.testing.assert_array_equal(row["vectors"], rows[1].vectors.astype(np.float16).astype(np.float32))
+    assert row.keys() == next(index.iter_rows()).keys()
+    assert index.get("b.pdf", 2)["content_hash"] == h(2)
+    assert index.get("a.pdf", 4) is None and index.get("it's.pdf", 1) is None
 
 
 # --------------------------------------------------------------------------- crash safety
@@ -345,14 +376,14 @@ def test_store_and_inputs_in_use_import_no_torch(tmp_path):
     code = textwrap.dedent(f"""
         import sys, numpy as np
         from PIL import Image
-        from sapindex.index.inputs import iter_pages, iter_sources
+        from sapindex.index.inputs import Failure, iter_pages, iter_sources
         from sapindex.index.store import Index, PageRow
         Image.new("RGB", (20, 30), (1, 2, 3)).save({str(tmp_path / 'p.pdf')!r}, "PDF")
         pages = list(iter_pages(iter_sources([{str(tmp_path)!r}])))
         with Index.create_or_open({str(tmp_path / 'idx')!r}, "fp", 4) as idx:
-            idx.add_pages([PageRow(p.path, p.content_hash, p.page, *p.size, (1, 1), 1, [0],
+            idx.add_pages([PageRow(p.path, p.content_hash, p.page, *p.size, (1, 1), 1, np.array([0]),
                                    np.ones((1, 4)), 1.0) for p in pages])
-            idx.add_failures([("x", "y")])
+            idx.add_failures([Failure("x", "y")])
             print(idx.search(np.ones((2, 4)), k=1), idx.stats().pages, idx.failures(), file=sys.stderr)
             idx.compact()
         print(",".join(m for m in ("torch", "transformers", "torchvision") if m in sys.modules))
@@ -399,9 +430,9 @@ def test_a_tiled_page_records_its_global_grid(index):
 def test_an_index_without_the_global_grid_columns_still_opens(tmp_path, monkeypatch):
     """Indexes written before ``global_rows``/``global_cols`` existed: readable (0 for both),
     searchable, appendable with grid-family pages; a tiled page is refused with the reason."""
-    from sapindex.index import store
+    from sapindex.index.store import index as index_module
 
-    new_schema = store.page_schema
+    new_schema = index_module.page_schema
 
     def old_schema(dim, vector_dtype="float16"):
         schema = new_schema(dim, vector_dtype)
@@ -409,7 +440,7 @@ def test_an_index_without_the_global_grid_columns_still_opens(tmp_path, monkeypa
 
     path = tmp_path / "old"
     with monkeypatch.context() as patched:
-        patched.setattr(store, "page_schema", old_schema)
+        patched.setattr(index_module, "page_schema", old_schema)
         with Index.create_or_open(path, "fp-A", DIM) as idx:
             idx.add_pages([make_row("/d/a.pdf", h(1), 1, 4, 1)])
     with Index.open(path) as idx:

@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sapindex import sap
@@ -55,7 +56,7 @@ def test_in_degree_layer_mean_is_mean_of_per_layer(n_layers, n_heads, seq, seed)
     attn = _row_stochastic(rng.normal(size=(n_layers, n_heads, seq, seq)))
     visual = rng.random(seq) < 0.6
     visual[rng.integers(seq)] = True
-    per_layer = np.stack([sap.in_degree(attn[l], visual) for l in range(n_layers)])
+    per_layer = np.stack([sap.in_degree(attn[layer], visual) for layer in range(n_layers)])
     out = sap.in_degree(attn, visual)
     assert out.shape == (visual.sum(),)
     np.testing.assert_allclose(out, per_layer.mean(axis=0), rtol=1e-12)
@@ -276,6 +277,20 @@ def test_maxsim_errors(q, d, match):
         sap.maxsim(q, d)
 
 
+def test_maxsim_segments_equals_maxsim_per_pair():
+    rng = np.random.default_rng(5)
+    queries = [rng.standard_normal((m, 8)) for m in (1, 4, 9)]
+    pages = [rng.standard_normal((n, 8)) for n in (1, 1, 6, 30, 2)]
+
+    def starts(arrays):
+        return np.cumsum([0] + [len(a) for a in arrays[:-1]])
+
+    got = sap.maxsim_segments(np.concatenate(queries), starts(queries), np.concatenate(pages), starts(pages))
+    assert got.shape == (3, 5)
+    np.testing.assert_allclose(got, [[sap.maxsim(q, d) for d in pages] for q in queries], rtol=1e-12)
+    assert sap.maxsim_segments(Q, np.array([0]), D, np.array([0, 2]))[0].tolist() == pytest.approx([1.5, -1.0])
+
+
 def test_score_retention_hand_example():
     assert sap.score_retention(Q, D, [0]) == pytest.approx(1.0 / 1.5)  # q0 -> .5, q1 -> .5
     assert sap.score_retention(Q, D, np.array([1, 2])) == pytest.approx(1.0 / 1.5)  # 1 + 0
@@ -285,7 +300,8 @@ def test_score_retention_hand_example():
 
 @pytest.mark.parametrize("kept, match", [
     ([3], r"must lie in \[0, 3\)"), ([-1, 0], r"must lie in \[0, 3\)"), ([], "non-empty 1-D"),
-    ([[0, 1]], "non-empty 1-D"), (np.array([True, False, True]), "integer positions"), (np.array([0.0, 1.0]), "integer positions"),
+    ([[0, 1]], "non-empty 1-D"), (np.array([True, False, True]), "integer positions"),
+    (np.array([0.0, 1.0]), "integer positions"),
 ])
 def test_score_retention_errors(kept, match):
     with pytest.raises(ValueError, match=match):

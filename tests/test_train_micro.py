@@ -9,8 +9,17 @@ import torch
 from PIL import Image
 
 from sapindex.micro.data import CELL, word_cells
-from sapindex.micro.train import (SMOKE, TrainConfig, _learning_rate, build_word_tokenizer, cross_page_cosine,
-                                         dense_loss, maxsim_scores, reading_loss, train)
+from sapindex.micro.train import (
+    SMOKE,
+    TrainConfig,
+    _learning_rate,
+    build_word_tokenizer,
+    cross_page_cosine,
+    dense_loss,
+    maxsim_scores,
+    reading_loss,
+    train,
+)
 
 
 def test_word_cells_cover_the_ink_box():
@@ -83,8 +92,8 @@ def test_cross_page_cosine_detects_collapse():
 def test_validation_scores_the_query_words_without_prefix_and_augmentation():
     """The words-only validation number slices each right-padded query to exactly its words."""
     from sapindex.benchdata.render import vocabulary
-    from sapindex.testing.tiny import make_tiny, tiny_spec
     from sapindex.micro.train import Batches
+    from sapindex.testing.tiny import make_tiny, tiny_spec
 
     words = vocabulary()
     tokenizer = build_word_tokenizer(words)
@@ -119,7 +128,7 @@ def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     """CI proof that the script runs: a few steps on a tiny model, twice, same seed -> same weights."""
     from safetensors.numpy import load_file
 
-    from sapindex.models.base import load_adapter
+    from sapindex.models.adapters import load_adapter
 
     config = replace(SMOKE, threads=1)
     report = train(config, tmp_path / "a", log=lambda m: None)

@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["ROLES", "LAYOUTS", "FORMATS", "SPLITS", "Word", "Table", "Chart", "Page", "RenderOptions",
-           "PhraseSampler", "vocabulary", "load_vocabulary", "is_test_pair", "page_rng", "render_page",
+           "PhraseSampler", "vocabulary", "is_test_pair", "page_rng", "render_page",
            "normalize", "encode_png", "get_font", "VOCABULARY_SOURCE"]
 
 ROLES = ("title", "body", "table-header", "table-cell", "chart-label", "chart-axis", "caption")
@@ -122,15 +122,6 @@ def vocabulary() -> tuple[str, ...]:
         raise RuntimeError(f"only {len(words)} words found in the Python documentation at "
                            f"{sysconfig.get_paths()['stdlib']}; pass an explicit vocabulary")
     return tuple(words)
-
-
-def load_vocabulary(path: str | Path) -> tuple[str, ...]:
-    """A vocabulary file (one word a line, most common first), e.g. a benchmark's ``vocabulary.txt``."""
-    words = tuple(w.strip() for w in Path(path).read_text(encoding="utf-8").splitlines() if w.strip())
-    bad = [w for w in words if not (w.isascii() and w.isalpha() and w.islower())]
-    if bad:
-        raise ValueError(f"{path}: not lowercase ASCII words: {bad[:5]}")
-    return words
 
 
 # --------------------------------------------------------------------------- split partition
@@ -395,7 +386,8 @@ class _PageBuilder:
             return [w.capitalize() for w in words]
         return [words[0].capitalize()] + words[1:] if capitalize == "first" else words
 
-    def line(self, tokens: Sequence[str], x: float, baseline: float, font, role: str, unit: int, fill=None) -> list[int]:
+    def line(self, tokens: Sequence[str], x: float, baseline: float, font, role: str, unit: int,
+             fill=None) -> list[int]:
         space = font.getlength(" ")
         ids = []
         for tok in tokens:
@@ -409,7 +401,9 @@ class _PageBuilder:
         for tok in tokens:
             w = font.getlength(tok)
             if w > width:
-                break  # longer than a whole line: the rest of the unit is dropped, so drawn neighbours were sampled neighbours
+                # longer than a whole line: the rest of the unit is dropped, so drawn neighbours were
+                # sampled neighbours
+                break
             if cur and x + w > width:
                 lines.append(cur)
                 cur, x = [], 0.0

@@ -45,9 +45,20 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from sapindex.benchdata.render import (FORMATS, LAYOUTS, SPLITS, VOCABULARY_SOURCE, Page, PhraseSampler,
-                                       RenderOptions, Word, encode_png, page_rng, render_page,
-                                       vocabulary)
+from sapindex.benchdata.render import (
+    FORMATS,
+    LAYOUTS,
+    SPLITS,
+    VOCABULARY_SOURCE,
+    Page,
+    PhraseSampler,
+    RenderOptions,
+    Word,
+    encode_png,
+    page_rng,
+    render_page,
+    vocabulary,
+)
 
 __all__ = ["QUERY_KINDS", "GENERATOR_VERSION", "Query", "TrainingPage", "page_queries", "iter_training_pages",
            "build_benchmark", "write_parquet", "main"]

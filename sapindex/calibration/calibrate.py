@@ -6,14 +6,12 @@ page keeps the top ``keep_ratio`` tokens ranked by that layer's centrality alone
 MaxSim(query, kept) / MaxSim(query, all visual tokens). The curve is the mean over pairs; the
 window is Algorithm 1 (``sapindex.sap.select_window``) on that curve, or with ``window_rule``
 "sr-peak" the same-width window of highest mean SR (``sapindex.sap.peak_window``); both picks
-are recorded. All SAP math comes from
-``sapindex.sap``, the same code the runtime uses.
+are recorded. All SAP math comes from ``sapindex.sap``, the same code the runtime uses.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +20,11 @@ import numpy as np
 
 from sapindex import __version__, sap
 from sapindex.errors import SapIndexError
-from sapindex.calibration.pairs import Pair, load_pairs
+from sapindex.eval.datasets import Pair, load_pairs
+from sapindex.formats import write_json_atomic
 
 CALIBRATION_FORMAT = "sapindex-calibration"
 CALIBRATION_VERSION = 1
-RANDOM_SEEDS = 5
 
 
 @dataclass
@@ -39,19 +37,23 @@ class CalibrationConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
-    keep_ratio: float = 0.10
+    keep_ratio: float = sap.DEFAULT_KEEP_RATIO
     rho: float = 0.2
     min_pairs: int = 1
     window_rule: str = "algorithm1"  # a key of sap.WINDOW_RULES
 
 
-def pair_retention(query: np.ndarray, page, keep_ratio: float, seed: int, pair_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """SR of one pair for each captured layer ``[L]``, and of ``RANDOM_SEEDS`` random selections ``[seeds]``."""
-    per_layer = np.array([sap.score_retention(query, page.embeddings, sap.top_k(c, keep_ratio)) for c in page.centrality])
+def pair_retention(query: np.ndarray, page, keep_ratio: float, seed: int,
+                   pair_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """SR of one pair for each captured layer ``[L]``, and of one random selection per seed of
+    ``sap.RANDOM_SEEDS`` ``[seeds]``."""
+    per_layer = np.array([sap.score_retention(query, page.embeddings, sap.top_k(c, keep_ratio))
+                          for c in page.centrality])
     n = page.embeddings.shape[0]
     rand = np.array([
-        sap.score_retention(query, page.embeddings, sap.random_k(n, keep_ratio, np.random.default_rng([seed, s, pair_index])))
-        for s in range(RANDOM_SEEDS)
+        sap.score_retention(query, page.embeddings,
+                            sap.random_k(n, keep_ratio, np.random.default_rng([seed, s, pair_index])))
+        for s in sap.RANDOM_SEEDS
     ])
     return per_layer, rand
 
@@ -65,7 +67,7 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = N
         raise SapIndexError(f"--window-rule {cfg.window_rule}: choose {' or '.join(sap.WINDOW_RULES)}")
     if cfg.limit < 1 or cfg.batch_size < 1:
         raise SapIndexError("--limit and --batch-size must be at least 1")
-    from sapindex.models.base import load_adapter
+    from sapindex.models.adapters import load_adapter
 
     pairset = load_pairs(cfg.pairs)
     skipped = list(pairset.skipped)
@@ -130,7 +132,7 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = N
         },
         "sr": {"mean": mean.tolist(), "std": sr.std(axis=0).tolist()},
         "random_floor": {"mean": float(rand.mean()), "std": float(rand.mean(axis=0).std()),
-                         "per_seed": rand.mean(axis=0).tolist(), "seeds": RANDOM_SEEDS},
+                         "per_seed": rand.mean(axis=0).tolist(), "seeds": len(sap.RANDOM_SEEDS)},
         "window": {
             "start": start,
             "end": end,
@@ -153,10 +155,7 @@ def write_calibration(record: dict, out_dir: str | Path) -> tuple[Path, Path]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SapIndexError(f"{out}: cannot create output directory: {exc}") from None
-    json_path = out / "calibration.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(json_path)
+    json_path = write_json_atomic(out / "calibration.json", record)
     png_path = plot_sr_curve(record, out / "sr_curve.png")
     return json_path, png_path
 
@@ -166,7 +165,8 @@ def summary_text(record: dict) -> str:
     sr = np.asarray(record["sr"]["mean"])
     lines = [
         f"model      {m['path']} ({m['family']}, {m['n_layers']} decoder layers)",
-        f"pairs      {p['used']} used, {p['skipped']} skipped; {p['visual_tokens']['mean']:.0f} visual tokens/page on average",
+        f"pairs      {p['used']} used, {p['skipped']} skipped; "
+        f"{p['visual_tokens']['mean']:.0f} visual tokens/page on average",
         f"SR@{record['settings']['keep_ratio']:g}    best layer {int(sr.argmax())} ({sr.max():.3f}), "
         f"last layer {sr[-1]:.3f}, random floor {record['random_floor']['mean']:.3f}",
         f"window     layers [{w['start']}, {w['end']}) by {w.get('rule', 'algorithm1')} (median {w['median']:.3f}, "

@@ -1,11 +1,17 @@
-"""Index-time, query-agnostic compression baselines that ``sapindex eval`` compares with SAP (torch-free).
+"""The index-time, query-agnostic compression methods ``sapindex eval`` compares: SAP and its baselines (torch-free).
 
 Every method takes one page's final multi-vector embedding ``vectors [n, dim]`` (float32,
-L2-normalised, one row per visual token) and returns a :class:`Compressed` page. Apart from
-Adaptive-EOS, all of them keep exactly ``sapindex.sap.keep_count(n, ratio)`` vectors, so they are
-compared with SAP at matched vector counts (see docs/SAP_METHOD.md, "Baselines the paper
-compares with"):
+L2-normalised, one row per visual token) and returns a :class:`Compressed` page. Apart from full
+and Adaptive-EOS, all of them keep exactly ``sapindex.sap.keep_count(n, ratio)`` vectors, so the
+baselines are compared with SAP at matched vector counts (see docs/SAP_METHOD.md, "Baselines the
+paper compares with"):
 
+``full(vectors)``
+    every vector: the uncompressed page, the reference that retention is measured against.
+``sap_select(vectors, centrality, ratio[, seq_rank])``
+    SAP itself: the ``keep_count`` tokens of highest window centrality, ranked by the causal
+    position correction when ``seq_rank`` is given (the same selection as
+    ``sapindex.runtime.encoder.prune``, which feeds the index).
 ``random(vectors, ratio, seed)``
     a uniform subset of ``keep_count`` positions (:func:`sapindex.sap.random_k` with
     ``np.random.default_rng(seed)``); the paper averages 5 seeds (:data:`RANDOM_SEEDS`).
@@ -23,12 +29,14 @@ compares with"):
 ``cluster(vectors, ratio, seed)``
     k-means with ``keep_count`` clusters; the L2-renormalised centroids are stored.
 
-Selection methods (random, eos, adaptive-eos) return the kept rows and their token positions;
+Selection methods (full, SAP, random, eos, adaptive-eos) return the kept rows and their token positions;
 merging methods (pooling, cluster) return new vectors and ``positions=None``.
 
-:data:`METHODS` maps the CLI names to :class:`Baseline` records with one uniform entry point,
-:meth:`Baseline.compress`. The EOS scores are provided by the caller (the encoder's ``eos``
-output); this module only uses numpy, scipy and scikit-learn (the latter imported lazily).
+:data:`METHODS` maps eval's method names (``full``, ``sap``, ``sap-poscorr`` and the baselines)
+to :class:`Baseline` records with one uniform entry point, :meth:`Baseline.compress`, so the eval
+runner runs every method one way. The page signals (EOS scores, SAP centrality, sequence ranks)
+are provided by the caller (the encoder's outputs); this module only uses numpy, scipy and
+scikit-learn (the latter imported lazily).
 """
 
 from __future__ import annotations
@@ -36,17 +44,20 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from sapindex import sap
+from sapindex.sap import RANDOM_SEEDS
 
 __all__ = [
     "Compressed",
     "Baseline",
     "METHODS",
     "RANDOM_SEEDS",
+    "full",
+    "sap_select",
     "random",
     "eos",
     "adaptive_eos",
@@ -57,9 +68,6 @@ __all__ = [
     "cluster",
     "compress",
 ]
-
-#: Seeds the paper's random baseline is averaged over.
-RANDOM_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,27 @@ class Compressed:
 
 # --------------------------------------------------------------------------------------------
 # selection methods
+
+
+def full(vectors) -> Compressed:
+    """Every vector: the uncompressed page, the reference every method's retention is measured against."""
+    v = _check_vectors(vectors)
+    return Compressed(v, np.arange(v.shape[0], dtype=np.int64))
+
+
+def sap_select(vectors, centrality, ratio: float, seq_rank=None) -> Compressed:
+    """SAP: the ``keep_count(n, ratio)`` tokens of highest window centrality, ties to the lower index.
+
+    With ``seq_rank`` (each token's rank in sequence order) the tokens are ranked by
+    :func:`sapindex.sap.causal_correction` instead (``sap-poscorr``, causal decoders only).
+    """
+    v = _check_vectors(vectors)
+    scores = np.asarray(centrality)
+    if scores.shape != (v.shape[0],):
+        raise ValueError(f"centrality must be [{v.shape[0]}] (one score per vector), got shape {scores.shape}")
+    if seq_rank is not None:
+        scores = sap.causal_correction(scores, seq_rank)
+    return _select(v, sap.top_k(scores, ratio))
 
 
 def random(vectors, ratio: float, seed: int) -> Compressed:
@@ -134,11 +163,12 @@ def calibrate_adaptive_eos(eos_list, ratio: float, *, max_iter: int = 200) -> fl
     ``k`` (each page's threshold ``mean + k * std`` grows with ``k``); it is at its maximum (1
     when no page is flat) for ``k < -sqrt(n_max)`` and ``n_pages / total`` for
     ``k >= sqrt(n_max)`` (population z-scores lie in ``[-sqrt(n - 1), sqrt(n - 1)]``), so ``k``
-    is bisected over ``[-sqrt(n_max) - 1, sqrt(n_max) + 1]`` down to adjacent floats. Of the two plateaus that bracket ``ratio``, the one whose
-    rate is closer wins (the lower k, i.e. more tokens, on an exact tie), and the returned ``k``
-    is moved to the middle of that plateau (half-way between the neighbouring page z-scores) so
-    that float noise when re-applying it cannot flip a token. Rates below ``n_pages / total``
-    cannot be reached (every page keeps its argmax); the upper end is returned then.
+    is bisected over ``[-sqrt(n_max) - 1, sqrt(n_max) + 1]`` down to adjacent floats. Of the two
+    plateaus that bracket ``ratio``, the one whose rate is closer wins (the lower k, i.e. more
+    tokens, on an exact tie), and the returned ``k`` is moved to the middle of that plateau
+    (half-way between the neighbouring page z-scores) so that float noise when re-applying it
+    cannot flip a token. Rates below ``n_pages / total`` cannot be reached (every page keeps its
+    argmax); the upper end is returned then.
     """
     sap._check_ratio(ratio)
     pages = [_check_scores(e, None) for e in eos_list]
@@ -290,62 +320,92 @@ def cluster(vectors, ratio: float, seed: int = 0) -> Compressed:
 # registry
 
 
+class _Inputs(NamedTuple):
+    """The arguments of :meth:`Baseline.compress`, as a method's ``call`` receives them."""
+
+    ratio: float | None
+    eos: np.ndarray | None
+    centrality: np.ndarray | None
+    seq_rank: np.ndarray | None
+    seed: int
+    adaptive_k: float | None
+
+
+#: Why :meth:`Baseline.compress` refuses a call that lacks an input the method needs, in the order checked.
+_MISSING = {
+    "eos": "needs the page's EOS attention scores",
+    "adaptive_k": "needs adaptive_k (see calibrate_adaptive_eos)",
+    "ratio": "needs a keep ratio",
+    "centrality": "needs the page's SAP centrality",
+    "seq_rank": "needs the page's sequence ranks (TokenLayout.seq_rank)",
+}
+
+
 @dataclass(frozen=True)
 class Baseline:
-    """A registered baseline.
+    """A registered compression method: SAP, the full reference or a baseline.
 
-    ``needs_eos``: reads the caller's EOS scores. ``seeds``: the seeds to run and average
-    (:data:`RANDOM_SEEDS` for random, ``(0,)`` for the others; the deterministic methods ignore
-    the seed, k-means uses it as ``random_state``). ``merging``: returns new vectors (``positions is None``).
-    ``matched``: keeps exactly ``keep_count(n, ratio)`` vectors per page (Adaptive-EOS matches
-    only the global rate; pooling may return fewer on exact ties). ``calibrated``: needs a
-    parameter fitted on held-out pages (Adaptive-EOS's ``k``).
+    ``needs``: the :meth:`compress` arguments the method reads (a call without one is refused).
+    ``seeds``: the seeds to run and average (:data:`RANDOM_SEEDS` for random, ``(0,)`` for the
+    others; the deterministic methods ignore the seed, k-means uses it as ``random_state``).
+    ``merging``: returns new vectors (``positions is None``). ``matched``: keeps exactly
+    ``keep_count(n, ratio)`` vectors per page (Adaptive-EOS matches only the global rate; pooling
+    may return fewer on exact ties; full keeps every vector). ``causal_only``: applies only to
+    bundles with a causal decoder (the position correction has nothing to correct in a prefix-LM).
     """
 
     name: str
-    #: ``call(vectors, ratio, eos, seed, adaptive_k)``; use :meth:`compress`, which checks the arguments.
-    call: Callable[..., Compressed]
-    needs_eos: bool
-    seeds: tuple[int, ...]
-    merging: bool
-    matched: bool
-    calibrated: bool
+    #: ``call(vectors, inputs)``, ``inputs`` an :class:`_Inputs`; use :meth:`compress`, which checks them.
+    call: Callable[[np.ndarray, _Inputs], Compressed]
+    needs: tuple[str, ...]
     description: str
+    seeds: tuple[int, ...] = (0,)
+    merging: bool = False
+    matched: bool = True
+    causal_only: bool = False
+
+    @property
+    def calibrated(self) -> bool:
+        """Needs a parameter fitted on held-out pages (Adaptive-EOS's ``k``)."""
+        return "adaptive_k" in self.needs
 
     def compress(self, vectors, *, ratio: float | None = None, eos: np.ndarray | None = None,
+                 centrality: np.ndarray | None = None, seq_rank: np.ndarray | None = None,
                  seed: int = 0, adaptive_k: float | None = None) -> Compressed:
-        """Uniform entry point: pass what the method needs.
+        """Uniform entry point: pass what the method needs (:attr:`needs`), extra inputs are ignored.
 
-        ``ratio`` for all but Adaptive-EOS, ``eos`` if ``needs_eos``, ``adaptive_k`` if
-        ``calibrated``; ``seed`` is used by random and cluster and ignored by the others.
+        ``ratio`` for all but full and Adaptive-EOS, ``eos`` for the EOS methods, ``adaptive_k``
+        if ``calibrated``, ``centrality`` for SAP and ``seq_rank`` for ``sap-poscorr``; ``seed`` is
+        used by random and cluster and ignored by the others.
         """
-        if self.needs_eos and eos is None:
-            raise ValueError(f"baseline {self.name!r} needs the page's EOS attention scores")
-        if self.calibrated and adaptive_k is None:
-            raise ValueError(f"baseline {self.name!r} needs adaptive_k (see calibrate_adaptive_eos)")
-        if not self.calibrated and ratio is None:
-            raise ValueError(f"baseline {self.name!r} needs a keep ratio")
-        return self.call(vectors, ratio, eos, seed, adaptive_k)
+        inputs = _Inputs(ratio, eos, centrality, seq_rank, seed, adaptive_k)
+        for name, why in _MISSING.items():
+            if name in self.needs and getattr(inputs, name) is None:
+                raise ValueError(f"baseline {self.name!r} {why}")
+        return self.call(vectors, inputs)
 
 
-#: CLI name -> baseline. All index-time and query-agnostic.
+#: Eval's method name -> method, in report order. All index-time and query-agnostic.
 METHODS: dict[str, Baseline] = {
     b.name: b
     for b in (
-        Baseline("random", lambda v, r, e, s, k: random(v, r, s),
-                 needs_eos=False, seeds=RANDOM_SEEDS, merging=False, matched=True, calibrated=False,
+        Baseline("full", lambda v, a: full(v), needs=(), matched=False,
+                 description="every visual token: the reference of retention, evaluated once at ratio 1"),
+        Baseline("sap", lambda v, a: sap_select(v, a.centrality, a.ratio), needs=("ratio", "centrality"),
+                 description="top-k SAP window centrality (visual in-degree)"),
+        Baseline("sap-poscorr", lambda v, a: sap_select(v, a.centrality, a.ratio, a.seq_rank),
+                 needs=("ratio", "centrality", "seq_rank"), causal_only=True,
+                 description="SAP ranked by the causal position correction (index --position-correction)"),
+        Baseline("random", lambda v, a: random(v, a.ratio, a.seed), needs=("ratio",), seeds=RANDOM_SEEDS,
                  description="uniform random subset, averaged over 5 seeds"),
-        Baseline("eos", lambda v, r, e, s, k: eos(v, e, r),
-                 needs_eos=True, seeds=(0,), merging=False, matched=True, calibrated=False,
+        Baseline("eos", lambda v, a: eos(v, a.eos, a.ratio), needs=("ratio", "eos"),
                  description="top-k final-layer attention from the last valid token (head mean)"),
-        Baseline("adaptive-eos", lambda v, r, e, s, k: adaptive_eos(v, e, k),
-                 needs_eos=True, seeds=(0,), merging=False, matched=False, calibrated=True,
+        Baseline("adaptive-eos", lambda v, a: adaptive_eos(v, a.eos, a.adaptive_k), needs=("eos", "adaptive_k"),
+                 matched=False,
                  description="DocPruner: eos > mean + k*std per page, k fitted to the global keep rate"),
-        Baseline("pooling", lambda v, r, e, s, k: pooling(v, r),
-                 needs_eos=False, seeds=(0,), merging=True, matched=True, calibrated=False,
+        Baseline("pooling", lambda v, a: pooling(v, a.ratio), needs=("ratio",), merging=True,
                  description="colpali-engine hierarchical token pooling (Ward), keep_count clusters"),
-        Baseline("cluster", lambda v, r, e, s, k: cluster(v, r, s),
-                 needs_eos=False, seeds=(0,), merging=True, matched=True, calibrated=False,
+        Baseline("cluster", lambda v, a: cluster(v, a.ratio, a.seed), needs=("ratio",), merging=True,
                  description="k-means (keep_count clusters), L2-renormalised centroids"),
     )
 }

@@ -1,4 +1,4 @@
-"""Retrieval evaluation datasets from local files, for ``sapindex eval`` (torch-free).
+"""Retrieval evaluation datasets from local files, for ``sapindex eval``, and calibration pairs (torch-free).
 
 Three layouts, detected from the path:
 
@@ -32,6 +32,10 @@ The fingerprint is the sha256 of what was loaded: the format, every page's id an
 every query's id and text, and the qrels. It is exact (unlike file mtimes it does not change when
 the files are copied, and it changes when anything evaluated changes) and costs nothing extra,
 since every image is hashed for de-duplication anyway.
+
+Calibration reads its (query, page) pairs here too (:func:`load_pairs`), from the same files
+with the same readers (:mod:`sapindex.eval.readers`), but keeps every usable row as a pair: no
+de-duplication, rows in file order. See :func:`load_pairs` for the formats it accepts.
 """
 
 from __future__ import annotations
@@ -41,24 +45,21 @@ import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sapindex.errors import SapIndexError
-from sapindex.eval.jsonl import iter_objects
+from sapindex.eval.readers import UNREADABLE, image_problem, image_source, iter_objects, open_image, parquet_rows
 
-__all__ = ["DatasetPage", "DatasetQuery", "EvalDataset", "load_dataset", "FORMATS"]
+__all__ = ["DatasetPage", "DatasetQuery", "EvalDataset", "load_dataset", "FORMATS", "Pair", "PairSet", "load_pairs"]
 
 FORMATS = ("vidore-v1-qa", "beir", "pairs-jsonl")
-UNREADABLE = "unreadable image"
 INVALID = "invalid row"
 NO_RELEVANT = "query without relevant page"
 UNKNOWN_PAGE = "qrel to unknown page"
 UNKNOWN_QUERY = "qrel to unknown query"
 DUPLICATE = "duplicate"
 _ROLES = ("corpus", "queries", "qrels")
-_BATCH_ROWS = 64  # parquet rows read at a time: image columns are large
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,7 @@ class DatasetPage:
 
     def load(self) -> Image.Image:
         """The page as an RGB image; SapIndexError naming the source if it cannot be decoded."""
-        try:
-            with Image.open(self.path if self.path is not None else io.BytesIO(self.data)) as img:
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            raise SapIndexError(f"{self.source}: cannot decode image: {exc}") from None
+        return open_image(self.source, self.path, self.data)
 
 
 @dataclass(frozen=True)
@@ -189,58 +186,13 @@ def _norm_id(value) -> str | None:
     return text or None
 
 
-def image_problem(handle) -> str | None:
-    """Why ``handle`` (a path or file object) is not a readable image, or None (header check, no decode)."""
-    try:
-        with Image.open(handle) as img:
-            img.verify()
-    except FileNotFoundError:
-        return "image file not found"
-    except UnidentifiedImageError:  # its message names a BytesIO object: useless to the user
-        return f"{UNREADABLE} (not a known image format)"
-    except (OSError, ValueError, SyntaxError) as exc:
-        return f"{UNREADABLE} ({exc})"
-    return None
-
-
-def _parquet_rows(file: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    """(1-based row, {column: value}) for the required columns, read in small batches."""
-    import pyarrow.parquet as pq
-
-    try:
-        reader = pq.ParquetFile(file)
-        names = reader.schema_arrow.names
-    except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
-        raise SapIndexError(f"{file}: not a readable parquet file: {exc}") from None
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise SapIndexError(f"{file}: missing column(s) {', '.join(missing)} (has {', '.join(names) or 'none'})")
-    row = 0
-    for batch in reader.iter_batches(batch_size=_BATCH_ROWS, columns=list(required)):
-        for values in batch.to_pylist():
-            row += 1
-            yield row, values
-
-
-def _image_source(value, file: Path) -> tuple[bytes | None, Path | None]:
-    """An image cell (struct ``{bytes, path}`` or raw binary) -> bytes, or a path next to the file."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value), None
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return bytes(value["bytes"]), None
-        if value.get("path"):
-            return None, file.parent / value["path"]
-    return None, None
-
-
 def _page_from_cell(b: _Builder, value, file: Path, where: str, page_id: str,
                     sha: str | None = None) -> DatasetPage | None:
     """A checked page from an image cell, or None (the row is recorded as skipped).
 
     ``sha`` is the cell's bytes' sha256 when the caller already has it (large images hash once).
     """
-    data, path = _image_source(value, file)
+    data, path = image_source(value, file)
     if data is None and path is None:
         b.skip(UNREADABLE, where, "image has no bytes")
         return None
@@ -268,7 +220,7 @@ def _read_v1(files: list[Path]) -> _Builder:
     query_by_text: dict[str, str] = {}
     global_row = -1
     for file in files:
-        for row, cells in _parquet_rows(file, ("query", "image")):
+        for row, cells in parquet_rows(file, ("query", "image")):
             global_row += 1
             where = f"{file}:row {row}"
             page_id = _v1_page(b, cells["image"], file, where, str(global_row), page_by_hash)
@@ -295,7 +247,7 @@ def _add_pair(b: _Builder, query_by_text: dict[str, str], text: str, page_id: st
 
 def _v1_page(b: _Builder, cell, file: Path, where: str, new_id: str, page_by_hash: dict) -> str | None:
     """The id of the row's page (added on first sight), or None if its image is unusable."""
-    data, _ = _image_source(cell, file)
+    data, _ = image_source(cell, file)
     sha = hashlib.sha256(data).hexdigest() if data is not None else None
     if sha is not None and sha in page_by_hash:  # identical bytes were seen (and checked) before
         if page_by_hash[sha] is None:
@@ -321,7 +273,7 @@ def _read_beir(by_role: dict[str, list[Path]]) -> _Builder:
     page_source: dict[str, str] = {}
     bad_pages: set[str] = set()
     for file in by_role["corpus"]:
-        for row, cells in _parquet_rows(file, ("corpus-id", "image")):
+        for row, cells in parquet_rows(file, ("corpus-id", "image")):
             where = f"{file}:row {row}"
             page_id = _norm_id(cells["corpus-id"])
             if page_id is None:
@@ -336,7 +288,7 @@ def _read_beir(by_role: dict[str, list[Path]]) -> _Builder:
                 else:
                     b.pages[page_id] = page
     for file in by_role["queries"]:
-        for row, cells in _parquet_rows(file, ("query-id", "query")):
+        for row, cells in parquet_rows(file, ("query-id", "query")):
             where = f"{file}:row {row}"
             query_id, text = _norm_id(cells["query-id"]), cells["query"]
             text = text.strip() if isinstance(text, str) else ""
@@ -348,7 +300,7 @@ def _read_beir(by_role: dict[str, list[Path]]) -> _Builder:
                 b.queries[query_id] = DatasetQuery(query_id, text)
                 b.query_source[query_id] = where
     for file in by_role["qrels"]:
-        for row, cells in _parquet_rows(file, ("query-id", "corpus-id", "score")):
+        for row, cells in parquet_rows(file, ("query-id", "corpus-id", "score")):
             where = f"{file}:row {row}"
             query_id, page_id, score = _norm_id(cells["query-id"]), _norm_id(cells["corpus-id"]), cells["score"]
             if not isinstance(score, (int, float)) or score <= 0:
@@ -407,3 +359,118 @@ def _relative_id(path: Path, root: Path) -> str:
         return path.relative_to(root.resolve()).as_posix()
     except ValueError:  # an image outside the dataset root
         return path.as_posix()
+
+
+# --------------------------------------------------------------------------- calibration pairs
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One calibration (query, relevant page) pair; the image is decoded only by :meth:`load_image`."""
+
+    query: str
+    source: str  # "file:row", for messages
+    image_path: Path | None = None
+    image_bytes: bytes | None = None
+
+    def load_image(self) -> Image.Image:
+        """The page as RGB; raises SapIndexError naming the row if it cannot be decoded."""
+        return open_image(self.source, self.image_path, self.image_bytes)
+
+
+@dataclass
+class PairSet:
+    pairs: list[Pair] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "file:row: reason"
+
+
+def load_pairs(source: str | Path) -> PairSet:
+    """The (query, page image) pairs ``sapindex calibrate`` averages over, every usable row in order.
+
+    Formats:
+    - JSONL: one ``{"query": str, "image": path}`` object per line, image paths relative to the file;
+    - a directory: every ``*.jsonl`` and ``*.parquet`` file below it, in sorted order;
+    - parquet: ``query`` and ``image`` columns, image a struct with ``bytes`` (how the ColPali
+      training set and the ViDoRe QA sets are stored);
+    - a BEIR / ViDoRe v2 directory (``corpus/``, ``queries/``, ``qrels/``; what ``sapindex eval``
+      and ``python -m sapindex.benchdata.synthetic`` use): each query with each of its relevant
+      pages, as :func:`load_dataset` reads them.
+
+    Bad rows (invalid JSON, missing fields, missing or unreadable images) are collected as
+    ``"file:row: reason"`` strings and skipped; the caller decides whether enough good pairs remain.
+    Images are checked when listed (header decode) and fully decoded only when their batch runs,
+    so memory stays bounded.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise SapIndexError(f"{path}: pairs file or directory does not exist")
+    if path.is_dir() and (path / "corpus").is_dir() and (path / "qrels").is_dir():
+        return _beir_pairs(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".parquet") and p.is_file())
+        if not files:
+            raise SapIndexError(f"{path}: directory holds no *.jsonl or *.parquet pairs file")
+    else:
+        files = [path]
+    result = PairSet()
+    for file in files:
+        if file.suffix == ".parquet":
+            _parquet_pairs(file, result)
+        elif file.suffix in (".jsonl", ".json", ".ndjson"):
+            _jsonl_pairs(file, result)
+        else:
+            raise SapIndexError(f"{file}: unknown pairs format (expected .jsonl or .parquet)")
+    return result
+
+
+def _beir_pairs(path: Path) -> PairSet:
+    ds = load_dataset(path)
+    pages = {p.id: p for p in ds.pages}
+    out = PairSet(skipped=[f"{category}: {reason}" for category, reasons in ds.skipped.items() for reason in reasons])
+    for q in ds.queries:
+        for page_id in sorted(ds.qrels[q.id]):
+            page = pages[page_id]
+            out.pairs.append(Pair(query=q.text, source=f"{page.source} (query {q.id})", image_path=page.path,
+                                  image_bytes=page.data))
+    return out
+
+
+def _jsonl_pairs(file: Path, out: PairSet) -> None:
+    for where, row, problem in iter_objects(file):
+        if problem:
+            out.skipped.append(f"{where}: {problem}")
+            continue
+        query, image = row.get("query"), row.get("image")
+        problem = _query_problem(query) or (None if isinstance(image, str) and image else "missing 'image' path")
+        if problem:
+            out.skipped.append(f"{where}: {problem}")
+            continue
+        image_path = (file.parent / image).resolve()
+        problem = image_problem(image_path)
+        if problem:
+            out.skipped.append(f"{where}: {image}: {problem}")
+            continue
+        out.pairs.append(Pair(query=query.strip(), source=where, image_path=image_path))
+
+
+def _parquet_pairs(file: Path, out: PairSet) -> None:
+    """Rows of a ``query`` + ``image`` parquet file; the image must be stored in the file (bytes)."""
+    for row, cells in parquet_rows(file, ("query", "image"), missing_label="parquet lacks column(s)"):
+        where = f"{file}:row {row}"
+        query = cells["query"]
+        image, _ = image_source(cells["image"], file)
+        problem = _query_problem(query)
+        if problem is None and not image:
+            problem = "image has no bytes"
+        if problem is None:
+            problem = image_problem(io.BytesIO(image))
+        if problem:
+            out.skipped.append(f"{where}: {problem}")
+            continue
+        out.pairs.append(Pair(query=query.strip(), source=where, image_bytes=image))
+
+
+def _query_problem(query) -> str | None:
+    if not isinstance(query, str) or not query.strip():
+        return "missing or empty 'query'"
+    return None

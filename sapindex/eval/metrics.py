@@ -4,9 +4,10 @@
 ``score(q, p) = sum_i max_j <q_i, p_j>``, for any number of query tokens ``M_i`` and page vectors
 ``k_j`` (a pruned page keeps a different number of vectors than a full one). Nothing is padded:
 zero padding would win the max whenever all real dot products are negative, and would silently
-favour the pages that need the most padding. Instead the pages' vectors are concatenated, each
-(query chunk x page chunk) block is one matmul, the max over a page's vectors is a segmented
-``np.maximum.reduceat`` and the sum over a query's tokens a segmented ``np.add.reduceat``.
+favour the pages that need the most padding. Instead the pages' vectors are concatenated and
+each (query chunk x page chunk) block is scored by :func:`sapindex.sap.maxsim_segments` (one
+matmul, a segmented max over a page's vectors, a segmented sum over a query's tokens), the same
+kernel the index's search runs.
 
 The ranking metrics follow pytrec_eval (trec_eval), which is what BEIR, mteb and the ViDoRe
 benchmark compute NDCG and recall with, so the numbers are comparable with published ones:
@@ -33,6 +34,8 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from sapindex.sap import maxsim_segments
 
 __all__ = ["maxsim_matrix", "rank_of_relevant", "ndcg_at_k", "recall_at_k", "mrr_at_k", "retrieval_metrics"]
 
@@ -85,7 +88,7 @@ def maxsim_matrix(queries: Sequence[np.ndarray], pages: Sequence[np.ndarray], ch
     for p0, p1 in _chunks(p_starts, len(p_all), max_rows=max(1, block_elements // 256), max_items=chunk_pages):
         col0 = p_starts[p0]
         col1 = p_starts[p1] if p1 < len(pages) else len(p_all)
-        page_block = p_all[col0:col1].T  # [dim, cols]
+        page_block = p_all[col0:col1]  # [cols, dim]
         cols = col1 - col0
         page_offsets = p_starts[p0:p1] - col0
         max_rows = max(1, block_elements // cols)
@@ -93,12 +96,10 @@ def maxsim_matrix(queries: Sequence[np.ndarray], pages: Sequence[np.ndarray], ch
             row0 = q_starts[q0]
             row1 = q_starts[q1] if q1 < len(queries) else len(q_all)
             rows = row1 - row0
-            if rows * cols <= block_elements:
-                scores = np.matmul(q_all[row0:row1], page_block, out=buffer[: rows * cols].reshape(rows, cols))
-            else:  # one query longer than the block: let numpy allocate
-                scores = q_all[row0:row1] @ page_block
-            best = np.maximum.reduceat(scores, page_offsets, axis=1)  # [rows, pages in chunk]
-            out[q0:q1, p0:p1] = np.add.reduceat(best, q_starts[q0:q1] - row0, axis=0)
+            # the reused buffer; None (numpy allocates) for one query longer than the block
+            sims = buffer[: rows * cols].reshape(rows, cols) if rows * cols <= block_elements else None
+            out[q0:q1, p0:p1] = maxsim_segments(q_all[row0:row1], q_starts[q0:q1] - row0, page_block,
+                                                page_offsets, out=sims)
     return out
 
 
@@ -205,7 +206,8 @@ def retrieval_metrics(scores: np.ndarray, query_ids: Sequence[str], page_ids: Se
             if j is not None and score > 0:
                 relevant[i, j] = True
     ranks = rank_of_relevant(scores, relevant, [str(p) for p in page_ids])
-    per_query = {f"{name}@{k}": fn(ranks, k) for k in ks for name, fn in (("ndcg", _ndcg), ("recall", _recall), ("mrr", _mrr))}
+    per_query = {f"{name}@{k}": fn(ranks, k)
+                 for k in ks for name, fn in (("ndcg", _ndcg), ("recall", _recall), ("mrr", _mrr))}
     evaluated = relevant.any(axis=1)
     result: dict = {name: float(values[evaluated].mean()) if evaluated.any() else float("nan")
                     for name, values in per_query.items()}

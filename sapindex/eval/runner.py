@@ -2,16 +2,16 @@
 
 One encoding pass per page serves every method and ratio: the bundle's text graph returns the
 final vectors, the SAP window centrality and the final layer's EOS attention row. Encodings are
-cached in ``OUT/cache`` chunk by chunk (atomic writes), so an interrupted eval resumes where it
-stopped. Every method is query-agnostic and compresses each page to ``keep_count(n, ratio)``
-vectors (adaptive-eos: the same count on average over the pages); scores are exact MaxSim.
+cached in ``OUT/cache`` chunk by chunk (:mod:`sapindex.eval.cache`), so an interrupted eval
+resumes where it stopped. Every method (:data:`sapindex.eval.baselines.METHODS`) is
+query-agnostic and compresses each page to ``keep_count(n, ratio)`` vectors (adaptive-eos: the
+same count on average over the pages); scores are exact MaxSim. The report it returns is
+described, and written, by :mod:`sapindex.eval.report`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +20,13 @@ import numpy as np
 
 from sapindex import __version__
 from sapindex.errors import SapIndexError
-from sapindex.eval import baselines
-from sapindex.runtime.bundle import Bundle
+from sapindex.eval.baselines import METHODS, Baseline, calibrate_adaptive_eos
+from sapindex.eval.cache import EncodingCache
 from sapindex.eval.datasets import EvalDataset, load_dataset
-from sapindex.runtime.encoder import Encoder, PageTokens, check_position_correction, prune
-from sapindex.runtime.layout import TokenLayout
 from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
-
-METHODS = ("full", "sap", "sap-poscorr", "random", "eos", "adaptive-eos", "pooling", "cluster")
-RANDOM_SEEDS = 5
-HEADLINE = "ndcg@5"
+from sapindex.eval.report import HEADLINE, REPORT_FORMAT, REPORT_VERSION
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.encoder import Encoder, PageTokens, check_position_correction
 
 
 @dataclass
@@ -55,11 +52,12 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def bundle_methods(bundle: Bundle, methods: tuple[str, ...] | None) -> tuple[str, ...]:
-    """``methods``, or by default all of :data:`METHODS` that apply: ``sap-poscorr`` only on causal
-    bundles. Asking for ``sap-poscorr`` on a prefix-LM bundle is refused (no causal bias to correct)."""
+    """``methods``, or by default all of :data:`METHODS` that apply: the ``causal_only`` ones
+    (``sap-poscorr``) only on causal bundles. Asking for one on a prefix-LM bundle is refused (no
+    causal bias to correct)."""
     if methods is None:
-        return tuple(m for m in METHODS if m != "sap-poscorr" or bundle.attention == "causal")
-    if "sap-poscorr" in methods:
+        return tuple(m for m in METHODS if not METHODS[m].causal_only or bundle.attention == "causal")
+    if any(METHODS[m].causal_only for m in methods):
         check_position_correction(bundle)
     return tuple(methods)
 
@@ -72,54 +70,6 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
         raise SapIndexError(f"--keep-ratios {text!r}: every ratio must be in (0, 1]")
     return ratios
-
-
-class EncodingCache:
-    """Page encodings on disk, one ``.npz`` per encoded batch, keyed by page id."""
-
-    def __init__(self, directory: Path, bundle: Bundle, dataset: EvalDataset):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        key = {"bundle": bundle.fingerprint, "dataset": dataset.fingerprint}
-        meta = self.dir / "meta.json"
-        if meta.exists() and json.loads(meta.read_text()) != key:
-            for stale in self.dir.glob("chunk-*.npz"):
-                stale.unlink()
-        meta.write_text(json.dumps(key))
-
-    def load(self) -> dict[str, PageTokens]:
-        pages: dict[str, PageTokens] = {}
-        for chunk in sorted(self.dir.glob("chunk-*.npz")):
-            with np.load(chunk, allow_pickle=False) as data:
-                offsets = data["offsets"]
-                for i, page_id in enumerate(data["ids"]):
-                    a, b = offsets[i], offsets[i + 1]
-                    pages[str(page_id)] = PageTokens(data["embeddings"][a:b], data["centrality"][a:b],
-                                                      _cached_layout(data, i, a, b), data["eos"][a:b])
-        return pages
-
-    def save(self, ids: list[str], pages: list[PageTokens]) -> None:
-        offsets = np.concatenate([[0], np.cumsum([p.n_visual for p in pages])])
-        n = len(list(self.dir.glob("chunk-*.npz")))
-        tmp = self.dir / f".chunk-{n:06d}.tmp.npz"
-        np.savez(tmp, ids=np.array(ids), offsets=offsets,
-                 embeddings=np.concatenate([p.embeddings for p in pages]).astype(np.float32),
-                 centrality=np.concatenate([p.centrality for p in pages]).astype(np.float32),
-                 eos=np.concatenate([p.eos for p in pages]).astype(np.float32),
-                 grids=np.array([p.grid for p in pages], dtype=np.int64),
-                 global_grids=np.array([p.layout.global_grid or (0, 0) for p in pages], dtype=np.int64),
-                 orders=np.concatenate([p.layout.order for p in pages]))
-        os.replace(tmp, self.dir / f"chunk-{n:06d}.npz")
-
-
-def _cached_layout(data, i: int, a: int, b: int) -> TokenLayout:
-    """Page ``i``'s token layout from a cache chunk; chunks written before layouts were cached
-    (grid families only then) have no ``orders``: raster order."""
-    rows, cols = (int(x) for x in data["grids"][i])
-    if "orders" not in data.files:
-        return TokenLayout.raster(rows, cols)
-    global_grid = tuple(int(x) for x in data["global_grids"][i])
-    return TokenLayout((rows, cols), global_grid if global_grid != (0, 0) else None, data["orders"][a:b])
 
 
 def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache, batch_size: int,
@@ -148,23 +98,11 @@ def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache,
     return pages, failed
 
 
-def compress_all(method: str, pages: list[PageTokens], ratio: float, seed: int, adaptive_k: float | None):
+def compress_pages(method: Baseline, pages: list[PageTokens], ratio: float, seed: int,
+                   adaptive_k: float | None) -> list[np.ndarray]:
     """Every page compressed by ``method`` at ``ratio``: a list of ``[k, dim]`` arrays."""
-    if method == "full":
-        return [p.embeddings for p in pages]
-    if method in ("sap", "sap-poscorr"):
-        return [prune(p, ratio, position_correction=method == "sap-poscorr").vectors for p in pages]
-    if method == "random":
-        return [baselines.random(p.embeddings, ratio, seed).vectors for p in pages]
-    if method == "eos":
-        return [baselines.eos(p.embeddings, p.eos, ratio).vectors for p in pages]
-    if method == "adaptive-eos":
-        return [baselines.adaptive_eos(p.embeddings, p.eos, adaptive_k).vectors for p in pages]
-    if method == "pooling":
-        return [baselines.pooling(p.embeddings, ratio).vectors for p in pages]
-    if method == "cluster":
-        return [baselines.cluster(p.embeddings, ratio, seed).vectors for p in pages]
-    raise SapIndexError(f"unknown method {method!r}")
+    return [method.compress(p.embeddings, ratio=ratio, eos=p.eos, centrality=p.centrality,
+                            seq_rank=p.layout.seq_rank, seed=seed, adaptive_k=adaptive_k).vectors for p in pages]
 
 
 def mean_score_retention(scores: np.ndarray, full: np.ndarray, relevant: np.ndarray) -> float:
@@ -197,28 +135,31 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int], None] | None = None,
         q_vecs.extend(encoder.encode_queries([q.text for q in queries[start:start + 32]]))
     relevant = np.array([[dataset.qrels[q].get(p, 0) > 0 for p in page_ids] for q in query_ids])  # [Q, D]
 
-    full_scores = maxsim_matrix(q_vecs, [p.embeddings for p in pages])
+    full_vectors = compress_pages(METHODS["full"], pages, 1.0, cfg.seed, None)
+    full_scores = maxsim_matrix(q_vecs, full_vectors)
     full_metrics = retrieval_metrics(full_scores, query_ids, page_ids, dataset.qrels)
     held_out = np.random.default_rng(cfg.seed).permutation(len(pages))[: max(1, len(pages) // 2)]
-    results: dict[str, dict] = {"full": {"1.0": _cell(full_metrics, full_metrics, 1.0, pages, [p.embeddings for p in pages])}}
-    for method in (m for m in methods if m != "full"):
-        results[method] = {}
+    results: dict[str, dict] = {"full": {"1.0": _cell(full_metrics, full_metrics, 1.0, pages, full_vectors)}}
+    for name in (m for m in methods if m != "full"):
+        method = METHODS[name]
+        results[name] = {}
         for ratio in cfg.keep_ratios:
-            adaptive_k = (baselines.calibrate_adaptive_eos([pages[i].eos for i in held_out], ratio)
-                          if method == "adaptive-eos" else None)
-            seeds = range(RANDOM_SEEDS) if method == "random" else [cfg.seed]
+            adaptive_k = (calibrate_adaptive_eos([pages[i].eos for i in held_out], ratio)
+                          if method.calibrated else None)
+            seeds = method.seeds if len(method.seeds) > 1 else (cfg.seed,)  # one run: the eval's seed
             runs = []
             for seed in seeds:
-                vectors = compress_all(method, pages, ratio, seed, adaptive_k)
+                vectors = compress_pages(method, pages, ratio, seed, adaptive_k)
                 scores = maxsim_matrix(q_vecs, vectors)
                 metrics = retrieval_metrics(scores, query_ids, page_ids, dataset.qrels)
-                runs.append(_cell(metrics, full_metrics, mean_score_retention(scores, full_scores, relevant), pages, vectors))
-            results[method][f"{ratio:g}"] = _mean_cells(runs) if len(runs) > 1 else runs[0]
+                sret = mean_score_retention(scores, full_scores, relevant)
+                runs.append(_cell(metrics, full_metrics, sret, pages, vectors))
+            results[name][f"{ratio:g}"] = _mean_cells(runs) if len(runs) > 1 else runs[0]
             if adaptive_k is not None:
-                results[method][f"{ratio:g}"]["adaptive_k"] = adaptive_k
+                results[name][f"{ratio:g}"]["adaptive_k"] = adaptive_k
     return {
-        "format": "sapindex-eval",
-        "version": 1,
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
         "sapindex_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": cfg.command,
@@ -260,73 +201,3 @@ def _mean_cells(runs: list[dict]) -> dict:
     for key in ("s_ret", "vectors", "vector_fraction"):
         out[key] = float(np.mean([r[key] for r in runs]))
     return out
-
-
-def write_reports(report: dict, out_dir: str | Path) -> list[Path]:
-    """``report.json``, ``report.md`` (rows = methods, columns = ratios) and ``retention.png``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "report.json"
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, json_path)
-    md_path = out / "report.md"
-    md_path.write_text(markdown_table(report), encoding="utf-8")
-    return [json_path, md_path, plot_retention(report, out / "retention.png")]
-
-
-def markdown_table(report: dict) -> str:
-    ratios = [f"{r:g}" for r in report["keep_ratios"]]
-    full = report["results"]["full"]["1.0"]["metrics"][HEADLINE]
-    ds = report["dataset"]
-    lines = [
-        f"# sapindex eval: {ds['path']}",
-        "",
-        f"{ds['queries']} queries, {ds['pages']} pages ({ds['format']}); bundle {report['bundle']['family']} "
-        f"window {report['bundle']['window']}; cells: NDCG@5 (retention % of full), S.Ret in brackets.",
-        "",
-        "| method | " + " | ".join(f"keep {r}" for r in ratios) + " |",
-        "|---|" + "---|" * len(ratios),
-        f"| full | {full:.3f} (100.0 %) " + "| " * (len(ratios) - 1) + "|",
-    ]
-    for method in report["methods"]:
-        if method == "full":
-            continue
-        cells = []
-        for r in ratios:
-            cell = report["results"][method][r]
-            std = f" ± {cell['std'][HEADLINE]:.3f}" if "std" in cell else ""
-            cells.append(f"{cell['metrics'][HEADLINE]:.3f}{std} ({100 * cell['retention'][HEADLINE]:.1f} %) "
-                         f"[{cell['s_ret']:.3f}]")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    skipped = ", ".join(f"{k}: {v}" for k, v in ds["skipped"].items() if v) or "none"
-    lines += ["", f"Skipped rows: {skipped}. Pages that failed to encode: {len(ds['pages_failed_to_encode'])}.", ""]
-    return "\n".join(lines)
-
-
-def plot_retention(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ratios = report["keep_ratios"]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for method in report["methods"]:
-        if method == "full":
-            continue
-        values = [100 * report["results"][method][f"{r:g}"]["retention"][HEADLINE] for r in ratios]
-        ax.plot(ratios, values, marker="o", label=method, linewidth=2.5 if method == "sap" else 1.2)
-    ax.axhline(100, color="grey", linestyle=":", label="full index")
-    ax.set_xscale("log")
-    ax.set_xticks(ratios)
-    ax.set_xticklabels([f"{r:g}" for r in ratios])
-    ax.set_xlabel("keep ratio (vectors kept per page)")
-    ax.set_ylabel("NDCG@5 retention (%)")
-    ax.set_title(f"{report['bundle']['family']} on {Path(report['dataset']['path']).name}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

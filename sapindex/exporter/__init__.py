@@ -1,4 +1,4 @@
-"""The torch side of sapindex: calibration (SR analysis, window selection) and, later, ONNX export.
+"""The torch side's ONNX export: graphs per backbone, conversion (``export``) and parity check (``validate``).
 
 Importing this package does not import torch; its modules do, on first use.
 """

@@ -1,7 +1,8 @@
 """Extract the torch-free preprocessing parameters from a loaded colpali-engine processor.
 
-The exporter stores the result in the bundle manifest; ``sapindex.runtime.preprocess.qwen2_vl`` rebuilds
-the processor from it without torch or transformers. Values come from the live processor
+The exporter stores the result in the bundle manifest (each backbone's ``GraphSpec.params`` is
+one of these functions); the backbone's module in ``sapindex.runtime.preprocess`` rebuilds the
+processor from it without torch or transformers. Values come from the live processor
 object (its image processor config, tokenizer and colpali class attributes), not from files,
 so a ``max_num_visual_tokens`` override applied at load time is captured too.
 """

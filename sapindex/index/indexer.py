@@ -10,17 +10,17 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sapindex.errors import SapIndexError
+from sapindex.index.inputs import DEFAULT_DPI, iter_pages, iter_sources
+from sapindex.index.records import Failure, FileInfo, Page
+from sapindex.index.store import Hit, Index, PageRow
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder, check_position_correction, prune
-from sapindex.index.inputs import Failure, FileInfo, Page, iter_pages, iter_sources
-from sapindex.index.store import Index, PageRow
-
-EXIT_PARTIAL = 3
+from sapindex.sap import DEFAULT_KEEP_RATIO
 
 
 @dataclass
@@ -36,13 +36,32 @@ class IndexSummary:
     index_pages: int = 0
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "pages_per_second": self.pages_indexed / self.seconds if self.seconds else None}
+        return {**asdict(self), "pages_per_second": self.pages_indexed / self.seconds if self.seconds else None}
 
 
-def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = 0.10,
-              device: str = "cpu", batch_size: int = 8, dpi: float = 144, threads: int | None = None,
-              position_correction: bool = False, stdin=None, progress: Callable[[int, int], None] | None = None) -> IndexSummary:
-    """Index ``inputs`` into ``out`` with the bundle; ``progress(pages_done, pages_known)`` after each batch."""
+def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,
+              device: str = "cpu", batch_size: int = 8, dpi: float = DEFAULT_DPI, threads: int | None = None,
+              position_correction: bool = False, stdin=None,
+              progress: Callable[[int, int], None] | None = None) -> IndexSummary:
+    """Index ``inputs`` into the index at ``out`` (created, or resumed) with the bundle's encoder and SAP.
+
+    Args:
+        bundle_path: the exported bundle directory to encode pages with.
+        inputs: files, directories, ``-`` (paths on ``stdin``) or ``@list.txt``, as
+            :func:`sapindex.index.inputs.iter_sources` reads them.
+        out: the index directory; a new or empty one is created, an existing one is resumed.
+        keep_ratio: the fraction of each page's visual tokens SAP keeps, in (0, 1].
+        device: where ONNX Runtime runs the bundle (``"cpu"`` or ``"cuda"``).
+        batch_size: pages encoded per call and stored per commit.
+        dpi: the resolution PDF pages are rendered at.
+        threads: ONNX Runtime intra-op threads (None: its default).
+        position_correction: rank by the causally corrected centrality (method ``sap-poscorr``).
+        stdin: the stream a ``-`` input reads paths from (None: ``sys.stdin``).
+        progress: called as ``progress(pages_done, pages_known)`` after each batch.
+
+    Returns the run's :class:`IndexSummary`; unreadable inputs are recorded in the index and
+    listed in ``summary.failures``, not raised.
+    """
     if not 0.0 < keep_ratio <= 1.0:
         raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
     if batch_size < 1:
@@ -112,13 +131,6 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
     return summary
 
 
-@dataclass
-class SearchHit:
-    path: str
-    page: int
-    score: float
-
-
 def _is_builtin(bundle_path) -> bool:
     try:
         return Path(bundle_path).resolve() == default_bundle_path().resolve()
@@ -143,15 +155,12 @@ def open_for_search(index_path: str | Path, bundle_path: str | Path | None = Non
     return index, Encoder(bundle, device=device)
 
 
-def search(index: Index, encoder: Encoder, queries: Iterable[str], k: int = 5) -> list[list[SearchHit]]:
+def search(index: Index, encoder: Encoder, queries: Iterable[str], k: int = 5) -> list[list[Hit]]:
     """Exact MaxSim over every page's kept vectors, best first, for each query."""
     queries = list(queries)
     if not queries or any(not q.strip() for q in queries):
         raise SapIndexError("empty query")
     if k < 1:
         raise SapIndexError("-k must be at least 1")
-    out = []
-    for q in encoder.encode_queries(queries):
-        out.append([SearchHit(h.path, int(h.page), float(h.score)) for h in index.search(q, k=k)])
-    return out
+    return [index.search(q, k=k) for q in encoder.encode_queries(queries)]
 

@@ -22,18 +22,19 @@ thread.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import stat
 import sys
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, TextIO, Union
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sapindex.errors import SapIndexError
+from sapindex.fingerprint import sha256_file
+from sapindex.index.records import Failure, FileInfo, Page
 
 __all__ = [
     "DEFAULT_DPI",
@@ -46,7 +47,6 @@ __all__ = [
     "InputError",
     "Page",
     "describe",
-    "file_sha256",
     "iter_pages",
     "iter_sources",
     "is_supported",
@@ -60,44 +60,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 PDF_SUFFIXES = frozenset({".pdf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
 SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES
-_HASH_CHUNK = 1 << 20
 _MULTI_FRAME_FORMATS = frozenset({"TIFF"})
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A path (or one page of it) that cannot be used, with a one-line reason."""
-
-    path: str
-    reason: str
-    page: int | None = None  # 1-based page when only that page failed; None for the whole file
-
-    def __str__(self) -> str:
-        where = self.path if self.page is None else f"{self.path} page {self.page}"
-        return f"{where}: {self.reason}"
-
-
-@dataclass
-class Page:
-    """One rendered page. ``page`` is 1-based (always 1 for a single image)."""
-
-    path: str
-    page: int
-    content_hash: str
-    image: Image.Image = field(repr=False)
-    size: tuple[int, int]  # (width, height) of ``image`` in pixels
-    n_pages: int = 1  # pages in the whole file
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """What is known about a file before any page is rendered."""
-
-    path: str
-    content_hash: str  # sha256 hex of the file's bytes
-    n_pages: int
-    kind: str  # "pdf" or "image"
-    n_bytes: int
 
 
 class InputError(SapIndexError):
@@ -241,15 +204,6 @@ def iter_sources(args: Iterable[str | os.PathLike], stdin: TextIO | None = None)
 # --------------------------------------------------------------------------- documents
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks (raises OSError)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _too_large(w: int, h: int, max_pixels: int) -> str:
     return (f"image too large: {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
             f"(max_pixels)")
@@ -336,8 +290,6 @@ class _PdfDoc(_Doc):
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # high bit depth greyscale: stretch to 8 bits instead of clipping at 255
-        import numpy as np
-
         arr = np.asarray(image, dtype=np.float64)
         top = float(arr.max()) if arr.size else 0.0
         arr = arr * (255.0 / top) if top > 0 else arr
@@ -428,7 +380,7 @@ def _open(path: str, max_pixels: int) -> tuple[_Doc, FileInfo]:
                              else "not a regular file (device, socket or pipe)")
         if st.st_size == 0:
             raise InputError(path, "empty file (0 bytes)")
-        content_hash = file_sha256(path)
+        content_hash = sha256_file(path)
     except OSError as err:
         raise InputError(path, _os_reason(err)) from None
     doc: _Doc = _PdfDoc(path) if suffix in PDF_SUFFIXES else _ImageDoc(path, max_pixels)

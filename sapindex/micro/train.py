@@ -2,7 +2,7 @@
 
     python -m sapindex.micro.train --out micro-colqwen2 [--seed 0] [--smoke]
 
-Why it is trained this way (measured on this project's 2-core machines): plain in-batch ColBERT
+Why it is trained this way (the runs behind it: docs/measurements.md, "Micro recipe notes"): plain in-batch ColBERT
 contrastive training from random weights collapses (every page token ends up the same vector and
 the loss sits at ln(batch)). The renderer knows where every word is drawn, so the main signal is
 dense: each word of a page is read through the model's own query path (a pseudo-query of page
@@ -34,8 +34,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sapindex.models._compat import prepare_torch_side
 from sapindex.micro.data import CHARACTERS, PageSample, Stage, crop, expand_frames, preprocess, render_pool
+from sapindex.models._compat import prepare_torch_side
 from sapindex.testing.tiny import SPECIAL_TOKENS, TinySpec, make_tiny
 
 __all__ = ["TrainConfig", "SMOKE", "PRESETS", "build_word_tokenizer", "train", "main"]
@@ -49,10 +49,9 @@ class TrainConfig:
     """The recipe. Defaults are the shipped model's; ``SMOKE`` is a seconds-long variant for CI."""
 
     seed: int = 0
-    # Windows grow before whole pages: a vision tower trained on 8 x 8-token windows alone read
-    # 79 % of the words in windows but 45 % on whole pages (measured at step 7,000), because its
-    # attention had never spread over a page's ~2,800 patches; 16 x 16 windows, then whole pages,
-    # close that gap.
+    # Windows grow before whole pages: a vision tower trained on 8 x 8-token windows alone reads
+    # far fewer words on whole pages than in windows, because its attention never spread over a
+    # whole page's patches; 16 x 16 windows, then whole pages, close that gap.
     stages: tuple[Stage, ...] = (Stage(vocab_size=300, min_font_px=26, pages=1000, steps=3000, crop=(8, 8)),
                                  Stage(vocab_size=1000, min_font_px=22, pages=1600, steps=4000, crop=(8, 8)),
                                  Stage(vocab_size=1000, min_font_px=22, pages=1600, steps=500, crop=(16, 16),
@@ -63,9 +62,8 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 30
     # The cosine decays to its floor (lr / 10) over this many steps and stays there: validation
-    # NDCG@5 still climbed at the floor after 8,300 steps (0.685 -> 0.718 over the last 300), and a
-    # fixed decay length lets the whole-page stage grow without changing any earlier step.
-    # None decays over all steps.
+    # NDCG@5 still climbs at the floor, and a fixed decay length lets the whole-page stage grow
+    # without changing any earlier step. None decays over all steps.
     decay_steps: int | None = 8300
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -148,7 +146,8 @@ class Batches:
         longest = max(len(s.patches) for s in samples)
         pixels = torch.zeros(len(samples), longest, 1176)  # [B, P, 1176], zero-padded like colpali's
         for i, s in enumerate(samples):
-            pixels[i, : len(s.patches)] = (expand_frames(torch.from_numpy(s.patches)).float() / 255.0 - self.mean) / self.std
+            frames = expand_frames(torch.from_numpy(s.patches)).float()
+            pixels[i, : len(s.patches)] = (frames / 255.0 - self.mean) / self.std
         ids = enc["input_ids"]
         offset = int((ids[0] == self.image_token_id).nonzero()[0, 0])
         inputs = dict(input_ids=ids, attention_mask=enc["attention_mask"], pixel_values=pixels,
@@ -444,7 +443,8 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
             history.append(dict(step=step + 1, seconds=round(elapsed, 1), ndcg5=round(ndcg, 4),
                                 ndcg5_query_words_only=round(ndcg_words, 4),
                                 **{k: round(v, 4) for k, v in smoothed.items()}, maxsim_weight=round(weight, 3)))
-            log(f"step {step + 1}/{config.steps}  {elapsed:.0f}s  char {smoothed['char']:.3f}  read {smoothed['read']:.3f}  dense {smoothed['dense']:.3f}  "
+            log(f"step {step + 1}/{config.steps}  {elapsed:.0f}s  char {smoothed['char']:.3f}  "
+                f"read {smoothed['read']:.3f}  dense {smoothed['dense']:.3f}  "
                 f"maxsim {smoothed['maxsim']:.3f}  cos {smoothed['cosine']:.3f}  val ndcg@5 {ndcg:.3f} "
                 f"(query words only {ndcg_words:.3f})")
             if ndcg > best:

@@ -10,6 +10,7 @@ attention matrix at a time instead of all L (the reference code keeps them all, 
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import torch
 
 from sapindex.errors import SapIndexError
 from sapindex.families import ModelInfo
+from sapindex.models._compat import prepare_torch_side
+from sapindex.models.loading import load_colpali
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -59,11 +62,12 @@ def in_degree_batch(attn: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
     return col.mean(dim=1)  # [B, S]
 
 
-class FamilyAdapter:
+class FamilyAdapter(abc.ABC):
     """A loaded colpali-engine model plus what SAP needs to know about its family.
 
-    Subclasses say where the decoder layers are, how pages and queries become tensors and
-    where the visual tokens sit; everything else is shared.
+    Subclasses say where the decoder layers are, how pages become tensors and where the visual
+    tokens sit (the abstract methods); loading, queries and the forward pass are shared, with
+    hooks for what a backbone does differently.
     """
 
     def __init__(self, info: ModelInfo, model, processor, device: torch.device, dtype: torch.dtype):
@@ -73,22 +77,62 @@ class FamilyAdapter:
         self.device = device
         self.dtype = dtype
 
-    # -- family specifics ------------------------------------------------------------------
-    def decoder_layers(self) -> list[torch.nn.Module]:
-        raise NotImplementedError
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, info: ModelInfo, *, device: torch.device, dtype: torch.dtype) -> FamilyAdapter:
+        """Load the checkpoint offline with eager attention: the family's model and processor
+        classes (``FamilySpec.colpali_class`` / ``processor_class``) from :meth:`model_library`,
+        LoRA adapters merged (``loading.load_colpali``), then the backbone's own checks."""
+        prepare_torch_side()
+        library = cls.model_library(info)
+        model = load_colpali(info, getattr(library, info.family.colpali_class), device, dtype, fix=cls.fix_loaded)
+        processor_cls = getattr(library, info.family.processor_class)
+        processor = processor_cls.from_pretrained(str(cls.processor_dir(info)), local_files_only=True)
+        adapter = cls(info, model, processor, device, dtype)
+        adapter.check_eager()
+        adapter.check_processor()
+        return adapter
 
+    @staticmethod
+    def model_library(info: ModelInfo):
+        """The module that holds the family's model and processor classes: colpali-engine's."""
+        import colpali_engine.models as cm
+
+        return cm
+
+    @staticmethod
+    def fix_loaded(model) -> None:
+        """Repair a class quirk right after ``from_pretrained`` (``load_colpali``'s ``fix``); none by default."""
+
+    def check_processor(self) -> None:
+        """Refuse a processor/model mismatch at load time, not mid-index; nothing to check by default."""
+
+    @staticmethod
+    def processor_dir(info: ModelInfo) -> Path:
+        """LoRA checkpoints usually ship their own processor files; fall back to the base's."""
+        own = (info.path / "tokenizer.json").exists() or (info.path / "tokenizer_config.json").exists()
+        return info.base_path if info.is_lora and not own else info.path
+
+    # -- family specifics ------------------------------------------------------------------
+    @abc.abstractmethod
+    def decoder_layers(self) -> list[torch.nn.Module]:
+        """The text decoder's layers, in order (their ``self_attn`` is hooked)."""
+
+    @abc.abstractmethod
     def page_inputs(self, images) -> dict:
-        raise NotImplementedError
+        """The processor's tensors for a batch of page images, on the adapter's device."""
 
     def query_inputs(self, texts: list[str]) -> dict:
-        raise NotImplementedError
+        """The processor's tensors for a batch of queries (prefix and augmentation tokens included)."""
+        return self._to_device(self.processor.process_queries(list(texts)))
 
+    @abc.abstractmethod
     def visual_mask(self, inputs: dict) -> torch.Tensor:
         """``[B, S]`` bool: which sequence positions are visual tokens."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def page_grids(self, inputs: dict) -> list[tuple[int, int]]:
-        raise NotImplementedError
+        """``(rows, cols)`` of each page's visual tokens (``ReferenceEncoding.grid``)."""
 
     def forward_embeddings(self, inputs: dict) -> torch.Tensor:
         """``[B, S, dim]`` final embeddings; families override it to skip work the reference forward wastes."""
@@ -106,6 +150,16 @@ class FamilyAdapter:
         """The processor's tensors as the exported graphs take them (the runtime preprocessor's
         keys): families whose model derives a graph input from processor outputs override it."""
         return dict(inputs)
+
+    def _to_device(self, batch) -> dict:
+        """Processor tensors to the adapter's device, pixels to its dtype."""
+        out = {}
+        for key, value in batch.items():
+            value = value.to(self.device)
+            if key == "pixel_values":
+                value = value.to(self.dtype)
+            out[key] = value
+        return out
 
     # -- shared ----------------------------------------------------------------------------
     @property
@@ -172,15 +226,3 @@ class FamilyAdapter:
         mask = inputs["attention_mask"].bool()
         return [emb[b][mask[b]].float().cpu().numpy() for b in range(emb.shape[0])]
 
-
-def load_adapter(model_dir: str | Path, *, base_model=None, device: str = "cpu", dtype: str = "float32") -> FamilyAdapter:
-    """Load any supported checkpoint offline, with eager attention, ready for SAP."""
-    from sapindex.families import inspect_model_dir
-
-    info = inspect_model_dir(model_dir, base_model)
-    from sapindex.models import idefics3, jina_v4, paligemma, qwen2_vl
-
-    adapters = {"colqwen2": qwen2_vl.Qwen2VLAdapter, "colqwen2_5": qwen2_vl.Qwen2VLAdapter,
-                "jina_v4": jina_v4.JinaV4Adapter, "colpali": paligemma.PaliGemmaAdapter,
-                "colpali_hf": paligemma.PaliGemmaAdapter, "colidefics3": idefics3.Idefics3Adapter}
-    return adapters[info.family.name].load(info, device=resolve_device(device), dtype=resolve_dtype(dtype))

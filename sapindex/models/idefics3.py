@@ -26,29 +26,17 @@ import math
 import torch
 
 from sapindex.errors import SapIndexError
-from sapindex.models._compat import prepare_torch_side
 from sapindex.models.base import FamilyAdapter
-from sapindex.models.loading import load_colpali
-from sapindex.models.qwen2_vl import Qwen2VLAdapter, _processor_dir
-from sapindex.families import ModelInfo
-from sapindex.runtime.preprocess.idefics3 import MAX_TILES_PER_SIDE, tile_grid_from_ids
 from sapindex.runtime.layout import TokenLayout
+from sapindex.runtime.preprocess.idefics3 import MAX_TILES_PER_SIDE, tile_grid_from_ids
 
 
 class Idefics3Adapter(FamilyAdapter):
-    @classmethod
-    def load(cls, info: ModelInfo, *, device: torch.device, dtype: torch.dtype) -> "Idefics3Adapter":
-        prepare_torch_side()
-        import colpali_engine.models as cm
+    # ColIdefics3 has no LM head (Idefics3Model + linear): nothing is left on the meta device
+    # after from_pretrained, unlike ColPali, so fix_loaded stays the default.
 
-        # ColIdefics3 has no LM head (Idefics3Model + linear): nothing is left on the meta
-        # device after from_pretrained, unlike ColPali, so no fix= is needed.
-        model = load_colpali(info, cm.ColIdefics3, device, dtype)
-        processor = cm.ColIdefics3Processor.from_pretrained(str(_processor_dir(info)), local_files_only=True)
-        adapter = cls(info, model, processor, device, dtype)
-        adapter.check_eager()
-        adapter.tokens_per_side()  # refuse a processor/model mismatch at load time, not mid-index
-        return adapter
+    def check_processor(self) -> None:
+        self.tokens_per_side()  # refuse a processor/model mismatch
 
     def decoder_layers(self):
         return list(self.model.model.text_model.layers)
@@ -57,9 +45,6 @@ class Idefics3Adapter(FamilyAdapter):
         # process_images converts to RGB itself; returns input_ids, attention_mask,
         # pixel_values [B, N, 3, M, M] (zero tiles pad) and pixel_attention_mask [B, N, M, M].
         return self._to_device(self.processor.process_images(list(images)))
-
-    def query_inputs(self, texts) -> dict:
-        return self._to_device(self.processor.process_queries(list(texts)))
 
     def visual_mask(self, inputs):
         return inputs["input_ids"] == self.image_token_id  # [B, S]: local and global tiles alike
@@ -121,5 +106,3 @@ class Idefics3Adapter(FamilyAdapter):
         layer's keys and values for the whole page, which an embedding pass never reads.
         """
         return self.model(**inputs, use_cache=False)
-
-    _to_device = Qwen2VLAdapter._to_device  # same placement: tensors to device, pixels to the model dtype

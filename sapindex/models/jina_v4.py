@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from sapindex.errors import SapIndexError
+from sapindex.families import JINA_V4_KEYS, ModelInfo
 from sapindex.models._compat import prepare_torch_side
 from sapindex.models.qwen2_vl import Qwen2VLAdapter
-from sapindex.families import JINA_V4_KEYS, ModelInfo
 
 TASK = "retrieval"
 PAGE_PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n"

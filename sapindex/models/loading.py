@@ -13,8 +13,8 @@ import warnings
 import torch
 
 from sapindex.errors import SapIndexError
-from sapindex.models._compat import prepare_torch_side
 from sapindex.families import ModelInfo
+from sapindex.models._compat import prepare_torch_side
 
 
 def load_colpali(info: ModelInfo, model_cls, device: torch.device, dtype: torch.dtype, fix=None):

@@ -19,33 +19,38 @@ import math
 import torch
 
 from sapindex.errors import SapIndexError
-from sapindex.models._compat import prepare_torch_side
-from sapindex.models.base import FamilyAdapter
-from sapindex.models.loading import load_colpali
-from sapindex.models.qwen2_vl import Qwen2VLAdapter, _processor_dir
 from sapindex.families import ModelInfo
+from sapindex.models.base import FamilyAdapter
 
 HF_FAMILY = "colpali_hf"
 
 
+def _tie_lm_head(model) -> None:
+    """Tie colpali-engine ColPali's LM head to the token embeddings, as PaliGemma's config says.
+
+    ``ColPali.tie_weights`` only reaches the Gemma decoder, which has no head, so with
+    transformers 5 a checkpoint without ``lm_head`` weights (``save_pretrained`` drops tied
+    ones) leaves ``model.lm_head`` on the meta device, and moving the model fails. The head is
+    never used for embeddings, but ``ColPali.forward`` (the reference) computes it.
+    """
+    if not hasattr(model, "vlm"):
+        model.model.tie_weights()
+
+
 class PaliGemmaAdapter(FamilyAdapter):
-    @classmethod
-    def load(cls, info: ModelInfo, *, device: torch.device, dtype: torch.dtype) -> "PaliGemmaAdapter":
-        prepare_torch_side()
+    fix_loaded = staticmethod(_tie_lm_head)
+
+    @staticmethod
+    def model_library(info: ModelInfo):
+        """transformers for the "-hf" conversion (``ColPaliForRetrieval``), colpali-engine otherwise."""
         if info.family.name == HF_FAMILY:
             import transformers
 
-            model_cls, processor_cls = transformers.ColPaliForRetrieval, transformers.ColPaliProcessor
-        else:
-            import colpali_engine.models as cm
+            return transformers
+        return FamilyAdapter.model_library(info)
 
-            model_cls, processor_cls = cm.ColPali, cm.ColPaliProcessor
-        model = load_colpali(info, model_cls, device, dtype, fix=_tie_lm_head)
-        processor = processor_cls.from_pretrained(str(_processor_dir(info)), local_files_only=True)
-        adapter = cls(info, model, processor, device, dtype)
-        adapter.check_eager()
-        adapter.grid_side()  # refuse a non-square token grid at load time, not mid-index
-        return adapter
+    def check_processor(self) -> None:
+        self.grid_side()  # refuse a non-square token grid
 
     @property
     def is_hf(self) -> bool:
@@ -63,9 +68,6 @@ class PaliGemmaAdapter(FamilyAdapter):
         # labels (all -100) would make the reference forward compute a loss; token_type_ids
         # (all 0) is what turns the page into one bidirectional block.
         return self._to_device({k: v for k, v in batch.items() if k != "labels"})
-
-    def query_inputs(self, texts) -> dict:
-        return self._to_device(dict(self.processor.process_queries(list(texts))))
 
     def visual_mask(self, inputs):
         return inputs["input_ids"] == self.image_token_id  # [B, S]
@@ -119,17 +121,3 @@ class PaliGemmaAdapter(FamilyAdapter):
         proj = head(hidden.to(head.weight.dtype))  # [B, S, dim]
         proj = proj / proj.norm(dim=-1, keepdim=True)
         return proj * inputs["attention_mask"].unsqueeze(-1)  # [B, S, dim], padding zeroed
-
-    _to_device = Qwen2VLAdapter._to_device  # same placement: tensors to device, pixels to the model dtype
-
-
-def _tie_lm_head(model) -> None:
-    """Tie colpali-engine ColPali's LM head to the token embeddings, as PaliGemma's config says.
-
-    ``ColPali.tie_weights`` only reaches the Gemma decoder, which has no head, so with
-    transformers 5 a checkpoint without ``lm_head`` weights (``save_pretrained`` drops tied
-    ones) leaves ``model.lm_head`` on the meta device, and moving the model fails. The head is
-    never used for embeddings, but ``ColPali.forward`` (the reference) computes it.
-    """
-    if not hasattr(model, "vlm"):
-        model.model.tie_weights()

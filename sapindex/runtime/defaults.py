@@ -13,8 +13,10 @@ from importlib import resources
 from pathlib import Path
 
 from sapindex.errors import SapIndexError
+from sapindex.runtime.bundle import is_bundle_dir
 
-__all__ = ["DEFAULT_MODEL", "default_bundle_path", "default_weights_path", "example_pages", "example_queries"]
+__all__ = ["DEFAULT_MODEL", "default_bundle_path", "default_weights_path", "example_pages", "example_queries",
+           "resolve_bundle"]
 
 DEFAULT_MODEL = "micro-colqwen2"
 
@@ -33,6 +35,17 @@ def _existing(path: Path, what: str) -> Path:
 def default_bundle_path() -> Path:
     """The shipped bundle of the micro retriever (fp32, CPU or CUDA)."""
     return _existing(_assets() / f"{DEFAULT_MODEL}.sap", "bundle")
+
+
+def resolve_bundle(inputs: list[str], bundle: str | Path | None = None) -> tuple[Path, list[str]]:
+    """``(bundle, inputs)`` for ``sapindex index [BUNDLE] INPUTS...``: ``bundle`` if given, else a first
+    input that is a bundle directory (when more inputs follow), else the built-in default."""
+    inputs = list(inputs)
+    if bundle is not None:
+        return Path(bundle), inputs
+    if len(inputs) > 1 and is_bundle_dir(inputs[0]):
+        return Path(inputs[0]), inputs[1:]
+    return default_bundle_path(), inputs
 
 
 def default_weights_path() -> Path:

@@ -1,6 +1,6 @@
 """Bundle -> vectors, torch-free: family preprocessing + ONNX Runtime + SAP selection.
 
-The family's numpy preprocessing (``runtime/<family>.py``) builds the graph inputs; the
+The backbone's numpy preprocessing (``runtime/preprocess/``) builds the graph inputs; the
 graphs return every token's final embedding and the window centrality; SAP keeps the
 ``keep_count`` most central visual tokens (``sapindex.sap.top_k``), in spatial order
 (``sapindex.runtime.layout``: for Idefics3 the local page grid, then the global tile).
@@ -15,20 +15,9 @@ import numpy as np
 from sapindex import sap
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
-from sapindex.runtime.preprocess.idefics3 import Idefics3Params, Idefics3Preprocessor
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.preprocess.paligemma import PaliGemmaParams, PaliGemmaPreprocessor
-from sapindex.runtime.preprocess.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
+from sapindex.runtime.preprocess import preprocessor_for
 from sapindex.runtime.session import BundleSessions
-
-PREPROCESSORS = {
-    "colqwen2": (Qwen2VLParams, Qwen2VLPreprocessor),
-    "colqwen2_5": (Qwen2VLParams, Qwen2VLPreprocessor),
-    "jina_v4": (Qwen2VLParams, Qwen2VLPreprocessor),  # Qwen2.5-VL with jina's prompts (in the params)
-    "colpali": (PaliGemmaParams, PaliGemmaPreprocessor),
-    "colpali_hf": (PaliGemmaParams, PaliGemmaPreprocessor),  # the flavour differences live in the params
-    "colidefics3": (Idefics3Params, Idefics3Preprocessor),
-}
 
 
 @dataclass
@@ -79,26 +68,6 @@ def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False
                        page.layout.global_grid)
 
 
-def page_tokens(preprocessor, batch) -> list[tuple[np.ndarray, TokenLayout]]:
-    """Per page of a preprocessed batch: the sequence positions of its visual tokens (in
-    sequence order) and their :class:`TokenLayout`.
-
-    Grid-family preprocessors give a ``PageLayout`` (rows, cols, positions; sequence order is
-    raster order); Idefics3's gives the ``TokenLayout`` itself, its tokens being every
-    ``<image>`` of the row.
-    """
-    out = []
-    for ids, layout in zip(batch["input_ids"], preprocessor.layouts(batch)):
-        if isinstance(layout, TokenLayout):
-            positions = np.flatnonzero(ids == preprocessor.image_token_id)
-            if len(positions) != layout.n_tokens:
-                raise SapIndexError(f"page has {len(positions)} image tokens, its layout {layout.n_tokens}")
-        else:
-            positions, layout = layout.positions, TokenLayout.raster(layout.rows, layout.cols)
-        out.append((positions, layout))
-    return out
-
-
 def check_position_correction(bundle: Bundle) -> None:
     """Refuse ``--position-correction`` (and eval's ``sap-poscorr``) on a non-causal bundle.
 
@@ -118,18 +87,15 @@ class Encoder:
     """Encode pages and queries with a bundle, on CPU or CUDA."""
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
-        if bundle.family not in PREPROCESSORS:
-            raise SapIndexError(f"{bundle.path}: family {bundle.family!r} has no runtime preprocessing in this sapindex")
-        params_cls, pre_cls = PREPROCESSORS[bundle.family]
         self.bundle = bundle
-        self.preprocessor = pre_cls(params_cls.from_dict(bundle.manifest["preprocessing"]), bundle.tokenizer_path)
+        self.preprocessor = preprocessor_for(bundle)
         self.sessions = BundleSessions(bundle, device=device, threads=threads)
 
     def encode_pages(self, images) -> list[PageTokens]:
         batch = self.preprocessor.pages(images)
         emb, cent, eos = self.sessions.run_pages(batch)  # [B, S, dim], [B, S], [B, S]
         pages = []
-        for b, (pos, layout) in enumerate(page_tokens(self.preprocessor, batch)):
+        for b, (pos, layout) in enumerate(self.preprocessor.layouts(batch)):
             # sequence order (graph outputs at the visual positions) -> spatial order
             pages.append(PageTokens(layout.to_spatial(emb[b, pos], axis=0), layout.to_spatial(cent[b, pos]),
                                      layout, layout.to_spatial(eos[b, pos])))

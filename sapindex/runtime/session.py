@@ -9,6 +9,9 @@ from sapindex.families import GRAPH_OUTPUTS
 from sapindex.runtime.bundle import Bundle
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# ONNX Runtime's input type names -> the numpy dtype each graph input is cast to
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
+                "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
 def available_providers() -> list[str]:
@@ -95,7 +98,3 @@ class BundleSessions:
                                 f"(the {self.bundle.family} preprocessing produced {', '.join(sorted(feed))})")
         return {n: np.asarray(feed[n]) if dtype is None else np.asarray(feed[n]).astype(dtype, copy=False)
                 for n, dtype in wanted.items()}
-
-
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
-                "tensor(int32)": np.int32, "tensor(bool)": np.bool_}

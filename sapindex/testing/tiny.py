@@ -1,5 +1,7 @@
 """Tiny random-weight checkpoints built offline from configs: ColQwen2 / ColQwen2.5 (``TinySpec``)
-and ColPali in both flavours (:func:`build_tiny_colpali`); :func:`build_tiny` takes any of them.
+and ColPali in both flavours (:func:`build_tiny_colpali`); :func:`build_tiny` takes any family of
+:data:`TINY_FAMILIES` and picks the builder of its backbone (:data:`TINY_BUILDERS`; ColIdefics3's
+is in ``tiny_idefics3``, jina-embeddings-v4's layout in ``tiny_jina``).
 
 They exercise every mechanical path (loading, processors, attention capture, calibration,
 export) in seconds on a CPU; their weights are random, so they say nothing about retrieval
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sapindex.families import FAMILIES
 from sapindex.models._compat import prepare_torch_side
 from sapindex.testing.tiny_idefics3 import build_tiny_colidefics3
 from sapindex.testing.toy_pages import WORDS
@@ -27,7 +30,6 @@ SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ def make_tiny(spec: TinySpec, tokenizer=None):
     image_processor = Qwen2VLImageProcessor(
         min_pixels=spec.min_visual_tokens * 28 * 28, max_pixels=spec.max_visual_tokens * 28 * 28
     )
-    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor())
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
+                              video_processor=Qwen2VLVideoProcessor())
     return model, processor
 
 
@@ -250,13 +253,31 @@ def build_tiny_colpali(out_dir: str | Path, hf: bool = False, seed: int = 0, **s
 
 
 COLPALI_FLAVOURS = {"colpali": False, "colpali_hf": True}  # family -> transformers' ColPaliForRetrieval
-TINY_FAMILIES = (*DEFAULTS, *COLPALI_FLAVOURS, "colidefics3")
+
+
+def _build_tiny_paligemma(out_dir: str | Path, family: str) -> Path:
+    return build_tiny_colpali(out_dir, hf=COLPALI_FLAVOURS[family])
+
+
+def _build_tiny_idefics3(out_dir: str | Path, family: str) -> Path:
+    return build_tiny_colidefics3(out_dir)
+
+
+# backbone (FamilySpec.backbone) -> (out_dir, family) -> checkpoint dir, with default sizes
+TINY_BUILDERS = {
+    "qwen2_vl": build_tiny_model,  # ColQwen2 / ColQwen2.5 by family (DEFAULTS)
+    "paligemma": _build_tiny_paligemma,  # both ColPali flavours (COLPALI_FLAVOURS)
+    "idefics3": _build_tiny_idefics3,
+}
+# Families that share a backbone but not its checkpoint layout, each with a builder module of its
+# own that builds on this one ("module:function").
+TINY_OWN_LAYOUT = {"jina_v4": "sapindex.testing.tiny_jina:build_tiny_jina"}
+# Every other family: built here, from its backbone's builder.
+TINY_FAMILIES = tuple(name for name in FAMILIES if name not in TINY_OWN_LAYOUT)
 
 
 def build_tiny(out_dir: str | Path, family: str) -> Path:
     """A tiny checkpoint of any family in :data:`TINY_FAMILIES`, with its default sizes."""
-    if family in COLPALI_FLAVOURS:
-        return build_tiny_colpali(out_dir, hf=COLPALI_FLAVOURS[family])
-    if family == "colidefics3":
-        return build_tiny_colidefics3(out_dir)
-    return build_tiny_model(out_dir, family)
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"no tiny builder for family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
+    return TINY_BUILDERS[FAMILIES[family].backbone](out_dir, family)

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-
 # A small English vocabulary, enough for prompts, queries and generated page text.
 WORDS = (
     "the of and to in is was for on with as by at from that this it be are or an which "

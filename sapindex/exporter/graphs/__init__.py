@@ -1,1 +1,61 @@
-"""The torch modules exported as ONNX graphs: a shared decoder and one module per backbone."""
+"""The torch modules exported as ONNX graphs: a shared decoder and one module per backbone.
+
+Each backbone module (``qwen2_vl``, ``paligemma``, ``idefics3``) declares its ``SPEC``, a
+:class:`GraphSpec`: how a loaded adapter becomes the vision and text graphs, which preprocessing
+parameters the torch-free runtime needs, which input axes vary at run time and how close ONNX
+Runtime must come to PyTorch before a bundle is written. ``export`` reads it through
+:data:`GRAPHS`, keyed by ``FamilySpec.backbone``, so the exporter names no family.
+
+This package's own module imports no torch: :func:`graph_spec` imports a backbone's module
+(and torch with it) only when that backbone is exported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# backbone -> the module that declares its SPEC
+GRAPHS: dict[str, str] = {
+    "qwen2_vl": "sapindex.exporter.graphs.qwen2_vl",
+    "paligemma": "sapindex.exporter.graphs.paligemma",
+    "idefics3": "sapindex.exporter.graphs.idefics3",
+}
+
+# Text-graph inputs every backbone has. Batch size and sequence length vary; query text graphs
+# get a one-token dummy image_embeds, so the token axis is dynamic everywhere.
+TEXT_AXES = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+             "image_embeds": {0: "batch", 1: "tokens"}}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close ONNX Runtime must come to PyTorch (fp32) on the validation pages and queries."""
+
+    embeddings: float  # max |ORT - PyTorch| of page and query embeddings
+    kept_overlap: float  # smallest share of PyTorch's kept set at keep ratio 0.1 that ORT keeps, on any page
+
+
+# fp32: identical kept sets. fp16 bundles (for the CUDA Execution Provider): half-precision
+# weights move embeddings well past fp32 rounding; centrality stays fp32 inside the graph,
+# but near-ties may flip, so an fp16 export must keep at least this share of the fp32 kept set
+# at keep ratio 0.1 on every page. Every backbone uses these today; one that needs others
+# declares its own in its SPEC.
+TOLERANCES = {"fp32": Tolerance(embeddings=1e-4, kept_overlap=1.0),
+              "fp16": Tolerance(embeddings=1e-2, kept_overlap=0.95)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """How one backbone's model becomes a bundle; graph input/output names: ``FamilySpec.graph_io``."""
+
+    build: Callable  # (adapter, window) -> (vision graph, text graph) modules
+    params: Callable[[object], dict]  # live processor -> the runtime preprocessor's manifest params
+    dynamic_axes: dict  # graph -> input -> {axis: name}
+    tolerances: dict[str, Tolerance]  # bundle dtype ("fp32", "fp16") -> validation tolerance
+
+
+def graph_spec(backbone: str) -> GraphSpec:
+    """The :class:`GraphSpec` of a backbone (a key of :data:`GRAPHS`), importing its module."""
+    return importlib.import_module(GRAPHS[backbone]).SPEC

@@ -12,7 +12,7 @@ What ``Idefics3Model.forward`` does that cannot be exported as is, and what repl
   (``Idefics3Adapter.tokens_per_side`` refuses checkpoints whose tiles are not the tower's full
   ``image_size``, the one case where that would differ);
 - image features are ``masked_scatter``ed batch-wide: here they are gathered per row by a running
-  count of image tokens (:class:`~.qwen2_vl_graph.DecoderGraph`), which is the same placement
+  count of image tokens (:class:`~.decoder.DecoderGraph`), which is the same placement
   because every row's real tiles come first;
 - the Llama decoder runs unrolled in eager form (causal + padding mask, positions ``arange(S)``
   whatever the left padding, as transformers does, rotary with ``attention_scaling``, GQA) so
@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sapindex.exporter.graphs.qwen2_vl import DecoderGraph, additive_mask, causal_padding_mask
+from sapindex.exporter.graphs import TEXT_AXES, TOLERANCES, GraphSpec
+from sapindex.exporter.graphs.decoder import DecoderGraph, additive_mask, causal_padding_mask
+from sapindex.exporter.preprocessing_params import idefics3_params
 
 
 class VisionGraph(nn.Module):
@@ -71,3 +73,17 @@ class TextGraph(DecoderGraph):
         cos, sin = self._rope_1d(positions, x.dtype)
         mask = additive_mask(causal_padding_mask(attention_mask))
         return self._decode(x, attention_mask, is_image, mask, cos, sin)
+
+
+def build(adapter, window: tuple[int, int]) -> tuple[nn.Module, nn.Module]:
+    """The adapter's ``Idefics3Model`` and ``linear`` head as (vision, text) graphs."""
+    return VisionGraph(adapter.model.model), TextGraph(adapter.model, window)
+
+
+SPEC = GraphSpec(
+    build=build,
+    params=idefics3_params,
+    # fixed tile size: the batch and the tile count (padded to the batch's largest page) vary
+    dynamic_axes={"vision": {"pixel_values": {0: "batch", 1: "tiles"}}, "text": TEXT_AXES},
+    tolerances=TOLERANCES,
+)

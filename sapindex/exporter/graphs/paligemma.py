@@ -3,7 +3,7 @@
 What PaliGemma's forward does that cannot be exported as is, and what replaces it here:
 
 - image features are ``masked_scatter``ed into the token embeddings (data-dependent): they are
-  gathered by a running count of image tokens instead (:class:`~.qwen2_vl_graph.DecoderGraph`);
+  gathered by a running count of image tokens instead (:class:`~.decoder.DecoderGraph`);
 - the prefix-LM mask comes from ``create_causal_mask`` with a ``block_sequence_ids`` overlay
   (Python mask functions): it is written out as ``allowed(i, j) = valid[j] & (j <= i |
   (prefix[i] & prefix[j]))`` from an explicit ``prefix_mask`` input (1 = the bidirectional
@@ -25,7 +25,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sapindex.exporter.graphs.qwen2_vl import DecoderGraph, additive_mask
+from sapindex.exporter.graphs import TEXT_AXES, TOLERANCES, GraphSpec
+from sapindex.exporter.graphs.decoder import DecoderGraph, additive_mask
+from sapindex.exporter.preprocessing_params import paligemma_params
 
 
 class VisionGraph(nn.Module):
@@ -67,3 +69,19 @@ class TextGraph(DecoderGraph):
         allowed = (causal | block) & attention_mask.bool().unsqueeze(1)  # [B, S, S]
         cos, sin = self._rope_1d(i + 1, x.dtype)  # 1-based positions, padding ignored (as PaliGemma)
         return self._decode(x, attention_mask, is_image, additive_mask(allowed), cos, sin)
+
+
+def build(adapter, window: tuple[int, int]) -> tuple[nn.Module, nn.Module]:
+    """The adapter's ``PaliGemmaModel`` and head (either checkpoint flavour) as (vision, text) graphs."""
+    backbone = adapter.backbone()
+    return VisionGraph(backbone), TextGraph(backbone, adapter.projection(), window)
+
+
+SPEC = GraphSpec(
+    build=build,
+    params=paligemma_params,
+    # fixed image size: only the batch axis of the pixels varies
+    dynamic_axes={"vision": {"pixel_values": {0: "batch"}},
+                  "text": {**TEXT_AXES, "prefix_mask": {0: "batch", 1: "seq"}}},
+    tolerances=TOLERANCES,
+)

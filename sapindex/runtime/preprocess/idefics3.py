@@ -1,8 +1,8 @@
 """Torch-free ColIdefics3 / ColSmol preprocessing (numpy + PIL + ``tokenizers``).
 
 Reproduces ``process_images`` / ``process_queries`` of colpali-engine's ``ColIdefics3Processor``
-(transformers 5.23 ``Idefics3Processor`` + ``Idefics3ImageProcessor``, colpali-engine 0.3.18).
-Every number lives in :class:`Idefics3Params`, extracted from the live processor by
+(transformers' ``Idefics3Processor`` + ``Idefics3ImageProcessor``). Every number lives in
+:class:`Idefics3Params`, extracted from the live processor by
 ``sapindex.exporter.preprocessing_params.idefics3_params``.
 
 A page becomes tiles, in three resize passes, each from the previous pass's uint8 image (both
@@ -21,17 +21,18 @@ Text: the prompt's ``<image>`` becomes, per tile row r and column c (1-based),
 then ``"\\n<fake_token_around_image><global-img>"`` + ``<image>`` x n + ``<fake_token_around_image>``
 (unsplit: only the last part, without the leading ``"\\n"``). ``n = image_seq_len``.
 
-What matches what (measured by tests/test_colidefics3.py):
+What matches what (checked by tests/test_colidefics3.py; the measured figures are in
+docs/measurements.md):
 
 - ``input_ids``, ``attention_mask``, tile counts and every shape: identical to the processor.
 - ``pixel_values``: the arithmetic of transformers' PIL backend (``Idefics3ImageProcessorPil``),
   bit-identical to it when Pillow resizes horizontally first (the runtime always does, see
-  :func:`~sapindex.runtime.preprocess.qwen2_vl.resize_hv`); unpinned, Pillow 13 sometimes goes vertical
-  first and that backend is then up to ~12 levels off at sharp edges. Against colpali's
-  torchvision backend (its own antialiased Lanczos, uint8 rounding after every pass): at most
-  ``TORCHVISION_MAX_LEVELS`` = 2 uint8 levels over the three passes (not one per pass: the
-  later passes average the earlier rounding away), under 1% of values off at all, i.e.
-  ``2 / 255 / 0.5 ~= 0.016`` normalised.
+  :func:`~sapindex.runtime.preprocess.base.resize_hv`); unpinned, recent Pillow sometimes goes
+  vertical first and that backend is then off at sharp edges. Against colpali's torchvision
+  backend (its own antialiased Lanczos, uint8 rounding after every pass): within
+  :data:`~sapindex.runtime.preprocess.base.TORCHVISION_MAX_LEVELS` uint8 levels over the three
+  passes (not one per pass: the later passes average the earlier rounding away), few values off
+  at all.
 
 Output of :meth:`Idefics3Preprocessor.pages` (the processor's keys and order, numpy)::
 
@@ -54,7 +55,7 @@ from PIL import Image
 
 from sapindex.errors import SapIndexError
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.preprocess.qwen2_vl import (
+from sapindex.runtime.preprocess.base import (
     RESAMPLE,
     ManifestParams,
     encode_padded,
@@ -62,17 +63,13 @@ from sapindex.runtime.preprocess.qwen2_vl import (
     rescale_normalize,
     resize_hv,
     text_only_image_embeds,
+    visual_positions,
 )
 
-__all__ = ["Idefics3Params", "Idefics3Preprocessor", "tile_grid_from_ids", "MAX_IMAGE_SIZE", "MAX_TILES_PER_SIDE",
-           "TORCHVISION_MAX_LEVELS"]
+__all__ = ["Idefics3Params", "Idefics3Preprocessor", "tile_grid_from_ids", "MAX_IMAGE_SIZE", "MAX_TILES_PER_SIDE"]
 
 MAX_IMAGE_SIZE = 4096  # transformers' absolute cap after pass 1 (image_processing_idefics3.MAX_IMAGE_SIZE)
 MAX_TILES_PER_SIDE = 6  # the processor only knows <row_1_col_1> .. <row_6_col_6>
-
-# Max |runtime - torchvision| in uint8 levels after the three chained Lanczos passes (measured: 2,
-# under 1% of values off; the per-pass errors do not add up; tests/test_colidefics3.py).
-TORCHVISION_MAX_LEVELS = 2
 
 
 @dataclass(frozen=True)
@@ -244,12 +241,16 @@ class Idefics3Preprocessor:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
                 "pixel_attention_mask": pixel_attention_mask}
 
-    def layouts(self, batch: Mapping[str, np.ndarray]) -> list[TokenLayout]:
-        """The token geometry of every page in a :meth:`pages` batch (read from its ``input_ids``)."""
+    def layouts(self, batch: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, TokenLayout]]:
+        """Per page of a :meth:`pages` batch: its image tokens' positions (every ``<image>`` of the
+        row, tile by tile) and their geometry, read from the ``input_ids``."""
         p = self.params
-        return [TokenLayout.tiled(*tile_grid_from_ids(ids, self.image_token_id, self.row_col_ids, p.image_seq_len),
-                                  p.tokens_per_side)
-                for ids in batch["input_ids"]]
+        out = []
+        for ids in batch["input_ids"]:
+            layout = TokenLayout.tiled(*tile_grid_from_ids(ids, self.image_token_id, self.row_col_ids, p.image_seq_len),
+                                       p.tokens_per_side)
+            out.append((visual_positions(ids, self.image_token_id, layout), layout))
+        return out
 
     def _tiles(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
         """One RGB page -> (tiles ``[N, 3, M, M]`` float32, (R, C)), the three passes of the module doc."""

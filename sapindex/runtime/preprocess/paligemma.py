@@ -1,9 +1,9 @@
 """Torch-free ColPali preprocessing (numpy + PIL + ``tokenizers``), both checkpoint flavours.
 
 Reproduces ``process_images`` / ``process_queries`` of colpali-engine's ``ColPaliProcessor``
-(family ``colpali``) and of transformers' ``ColPaliProcessor`` (``colpali_hf``), transformers
-5.23 / colpali-engine 0.3.18. Every number lives in :class:`PaliGemmaParams`, extracted from the
-live processor by ``sapindex.exporter.preprocessing_params.paligemma_params``.
+(family ``colpali``) and of transformers' ``ColPaliProcessor`` (``colpali_hf``). Every number
+lives in :class:`PaliGemmaParams`, extracted from the live processor by
+``sapindex.exporter.preprocessing_params.paligemma_params``.
 
 Pages need no tokenizer: every page is the same ``page_token_ids`` sequence (``<image>`` x
 image_seq_length, then the prompt), recorded exactly as the live processor produced it. The
@@ -13,11 +13,12 @@ the hf one has a single ``<bos>``.
 
 Pixels: the page is squashed to ``image_size`` x ``image_size`` (aspect not kept) with the same
 arithmetic as transformers' PIL backend (``SiglipImageProcessorPil``): bicubic
-:func:`~sapindex.runtime.preprocess.qwen2_vl.resize_hv` (horizontal pass first), rescale in float64,
+:func:`~sapindex.runtime.preprocess.base.resize_hv` (horizontal pass first), rescale in float64,
 normalise in float32. Bit-identical to that backend given the same pass order; against the
-torchvision backend colpali actually uses: at most 1 uint8 level off downscaling, 2 upscaling
-(``TORCHVISION_MAX_LEVELS``; 2 / 255 / 0.5 ~= 0.016 normalised), under 1% of values off at all,
-identical up to float32 rounding (<= 1e-6) for pages already at ``image_size``.
+torchvision backend colpali actually uses: within
+:data:`~sapindex.runtime.preprocess.base.TORCHVISION_MAX_LEVELS` uint8 levels, few values off at
+all, and only float32 rounding apart for pages already at ``image_size`` (checked by
+tests/test_colpali.py; the measured figures are in docs/measurements.md).
 
 Attention (``prefix_mask``, an extra int64 ``[B, S]`` input that the torch models derive from
 ``token_type_ids``): PaliGemma puts every token whose ``token_type_ids`` is 0 into one
@@ -48,21 +49,19 @@ import numpy as np
 from PIL import Image
 
 from sapindex.errors import SapIndexError
-from sapindex.runtime.preprocess.qwen2_vl import (
+from sapindex.runtime.layout import TokenLayout
+from sapindex.runtime.preprocess.base import (
     RESAMPLE,
     ManifestParams,
-    PageLayout,
     encode_padded,
     load_tokenizer,
     rescale_normalize,
     resize_hv,
     text_only_image_embeds,
+    visual_positions,
 )
 
-__all__ = ["PaliGemmaParams", "PaliGemmaPreprocessor", "TORCHVISION_MAX_LEVELS"]
-
-# Max |runtime - torchvision| in uint8 levels (measured: 1 downscaling, 2 upscaling; tests/test_colpali.py).
-TORCHVISION_MAX_LEVELS = 2
+__all__ = ["PaliGemmaParams", "PaliGemmaPreprocessor"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ class PaliGemmaPreprocessor:
     def __init__(self, params: PaliGemmaParams, tokenizer_path):
         self.params = params
         self.tokenizer = load_tokenizer(tokenizer_path)
-        self.image_positions = np.flatnonzero(np.asarray(params.page_token_ids) == params.image_token_id)
+        self.image_token_id = params.image_token_id
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -145,10 +144,13 @@ class PaliGemmaPreprocessor:
             "prefix_mask": np.ones_like(input_ids),
         }
 
-    def layouts(self, batch: Mapping[str, np.ndarray]) -> list[PageLayout]:
-        """The ``side x side`` grid of every page in a :meth:`pages` batch; token k at (k // side, k % side)."""
+    def layouts(self, batch: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, TokenLayout]]:
+        """Per page of a :meth:`pages` batch: its image tokens' positions and the ``side x side``
+        raster grid they cover (token k at ``(k // side, k % side)``), the same for every page."""
         side = self.params.grid_side
-        return [PageLayout(side, side, self.image_positions.copy()) for _ in range(len(batch["input_ids"]))]
+        layouts = [TokenLayout.raster(side, side) for _ in range(len(batch["input_ids"]))]
+        return [(visual_positions(ids, self.image_token_id, layout), layout)
+                for ids, layout in zip(batch["input_ids"], layouts)]
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -6,24 +6,25 @@ transformers builds the exact inputs of the exported ONNX model. Every number th
 processor reads from its config or class attributes lives in :class:`Qwen2VLParams`, which
 the exporter extracts (``sapindex.exporter.preprocessing_params``) and stores in the bundle.
 
-What matches what (transformers 5.23, colpali-engine 0.3.18, measured by
-tests/test_runtime_preprocessing.py):
+What matches what (checked by tests/test_runtime_preprocessing.py; the measured figures are in
+docs/measurements.md):
 
 - ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` and ``image_grid_thw``: identical to
   colpali-engine's processor, pages and queries.
 - ``pixel_values``: the same arithmetic as transformers' PIL backend (``Qwen2VLImageProcessorPil``):
   PIL bicubic resize of the uint8 RGB image, ``uint8 -> float64 * rescale_factor -> float32``,
   ``(x - mean) / std`` in float32, Qwen2-VL patch order. Bit-identical to that backend whenever
-  Pillow resizes horizontally first; the runtime always does (:func:`resize_hv`), while
-  Pillow 13 sometimes goes vertical first, and then that backend differs from the runtime
-  (and from torchvision) by up to ~20 levels at clipped edges.
+  Pillow resizes horizontally first; the runtime always does
+  (:func:`~sapindex.runtime.preprocess.base.resize_hv`), while recent Pillow sometimes goes
+  vertical first, and then that backend differs from the runtime (and from torchvision) at
+  clipped edges.
 - Against colpali-engine's actual backend (torchvision, ``Qwen2VLImageProcessor``, antialiased
-  bicubic with its own fixed-point rounding): measured max difference 1 uint8 level when
-  downscaling and 2 levels when upscaling (one per resize pass), under 1% of values off at
-  all; images already at the target size differ only by float32 rounding (<= 2.4e-7:
-  torchvision folds the rescale into mean/std). In normalised units that is at most
-  ``TORCHVISION_MAX_LEVELS / 255 / min(image_std)`` ~= 0.030. The runtime uses PIL because it is
-  the only bicubic resize available without torch.
+  bicubic with its own fixed-point rounding): within
+  :data:`~sapindex.runtime.preprocess.base.TORCHVISION_MAX_LEVELS` uint8 levels
+  (``TORCHVISION_MAX_LEVELS / 255 / min(image_std)`` normalised), with few values off at all;
+  images already at the target size differ only by float32 rounding (torchvision folds the
+  rescale into mean/std). The runtime uses PIL because it is the only bicubic resize available
+  without torch.
 
 Output of :meth:`Qwen2VLPreprocessor.pages` (colpali's key order, numpy instead of torch)::
 
@@ -41,65 +42,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from tokenizers import Tokenizer
 
 from sapindex.errors import SapIndexError
+from sapindex.runtime.layout import TokenLayout
+from sapindex.runtime.preprocess.base import (
+    RESAMPLE,
+    ManifestParams,
+    encode_padded,
+    load_tokenizer,
+    rescale_normalize,
+    resize_hv,
+    text_only_image_embeds,
+    visual_positions,
+)
 
-__all__ = ["ManifestParams", "Qwen2VLParams", "Qwen2VLPreprocessor", "PageLayout", "smart_resize", "resize_hv",
-           "rescale_normalize", "load_tokenizer", "encode_padded", "text_only_image_embeds", "TORCHVISION_MAX_LEVELS"]
-
-# Max |runtime - torchvision| in uint8 levels (measured: 1 downscaling, 2 upscaling).
-TORCHVISION_MAX_LEVELS = 2
-
-RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "box": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "hamming": Image.Resampling.HAMMING,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+__all__ = ["Qwen2VLParams", "Qwen2VLPreprocessor", "smart_resize"]
 
 MAX_ASPECT_RATIO = 200  # transformers' smart_resize refuses anything longer
-
-
-class ManifestParams:
-    """What every family's preprocessing params share: the manifest round trip and the checks
-    of ``image_mean``, ``image_std``, ``resample`` and ``padding_side`` (fields of the frozen
-    dataclass subclasses). ``LIST_FIELDS`` are tuples here and lists in the manifest.
-    """
-
-    LIST_FIELDS = ("image_mean", "image_std")
-
-    def __post_init__(self):
-        object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
-        object.__setattr__(self, "image_std", tuple(float(v) for v in self.image_std))
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise SapIndexError("preprocessing params: image_mean and image_std need 3 values (RGB)")
-        if self.resample not in RESAMPLE:
-            raise SapIndexError(f"preprocessing params: unknown resample {self.resample!r}; "
-                                f"one of {', '.join(RESAMPLE)}")
-        if self.padding_side not in ("left", "right"):
-            raise SapIndexError(f"preprocessing params: padding_side must be 'left' or 'right', "
-                                f"got {self.padding_side!r}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for name in self.LIST_FIELDS:
-            d[name] = list(getattr(self, name))
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping):
-        """Build from a manifest dict; unknown keys are ignored (newer exporters may add some)."""
-        missing = [f.name for f in fields(cls) if f.name not in d]
-        if missing:
-            raise SapIndexError(f"preprocessing params: missing keys {', '.join(missing)}")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -159,76 +122,6 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
     return h_bar, w_bar
 
 
-def resize_hv(image: Image.Image, width: int, height: int, resample) -> Image.Image:
-    """PIL resize as two single-axis passes, horizontal first, each rounded to uint8.
-
-    Recent Pillow (13.0 here; python-pillow/Pillow#9549) picks the pass order itself: observed
-    vertical first when that makes the intermediate image smaller. With uint8 clipping between
-    passes the order
-    changes pixels by tens of levels at sharp edges. Fixing the order keeps the runtime
-    independent of the Pillow version and in the order torchvision uses (colpali's backend).
-    """
-    if image.width != width:
-        image = image.resize((width, image.height), resample)
-    if image.height != height:
-        image = image.resize((width, height), resample)
-    return image
-
-
-def rescale_normalize(image: Image.Image, rescale_factor: float, mean, std) -> np.ndarray:
-    """RGB image -> ``[H, W, 3]`` float32, exactly transformers' PIL backend: rescale in float64
-    then downcast, normalise in float32."""
-    x = (np.asarray(image, np.uint8).astype(np.float64) * rescale_factor).astype(np.float32)  # [H, W, 3]
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
-def load_tokenizer(tokenizer_path) -> Tokenizer:
-    """A bundle's ``tokenizer.json`` with any saved padding/truncation cleared (transformers overrides them)."""
-    try:
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    except Exception as exc:  # tokenizers raises a bare Exception on bad files
-        raise SapIndexError(f"{tokenizer_path}: cannot load tokenizer ({exc})") from None
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
-
-
-def encode_padded(tokenizer: Tokenizer, texts: Sequence[str], pad_token_id: int,
-                  padding_side: str) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize and pad to the longest, as a transformers tokenizer call with padding='longest'.
-
-    Returns ``input_ids`` and ``attention_mask``, both ``[B, S]`` int64.
-    """
-    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
-    length = max(len(e.ids) for e in encodings)
-    input_ids = np.full((len(texts), length), pad_token_id, np.int64)  # [B, S]
-    attention_mask = np.zeros((len(texts), length), np.int64)  # [B, S]
-    for i, e in enumerate(encodings):
-        span = slice(length - len(e.ids), length) if padding_side == "left" else slice(0, len(e.ids))
-        input_ids[i, span] = e.ids
-        attention_mask[i, span] = e.attention_mask
-    return input_ids, attention_mask
-
-
-def text_only_image_embeds(batch: int, hidden: int) -> np.ndarray:
-    """``[B, 1, hidden]`` zeros for the text graph's ``image_embeds`` when no token is an image
-    token (queries): the graph gathers nothing from it, but ONNX Runtime needs a value."""
-    return np.zeros((batch, 1, hidden), np.float32)
-
-
-@dataclass(frozen=True)
-class PageLayout:
-    """Where a page's visual tokens are: a ``rows x cols`` grid of 28 px cells (merged patches).
-
-    ``positions[k]`` is the sequence index (in the padded batch) of grid cell
-    ``(k // cols, k % cols)``.
-    """
-
-    rows: int
-    cols: int
-    positions: np.ndarray  # [rows * cols] int64
-
-
 class Qwen2VLPreprocessor:
     """``process_images`` / ``process_queries`` of colpali-engine's Qwen2-VL processors, torch-free."""
 
@@ -270,16 +163,14 @@ class Qwen2VLPreprocessor:
         batch["image_grid_thw"] = np.array([[1, gh, gw] for gh, gw in grids], np.int64)  # [B, 3]
         return batch
 
-    def layouts(self, batch: Mapping[str, np.ndarray]) -> list[PageLayout]:
-        """The visual grid and token positions of every page in a :meth:`pages` batch."""
+    def layouts(self, batch: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, TokenLayout]]:
+        """Per page of a :meth:`pages` batch: its image tokens' positions (one contiguous run, in
+        raster order) and the ``rows x cols`` grid of merged patches they cover."""
         m = self.params.merge_size
         out = []
         for ids, (_t, gh, gw) in zip(batch["input_ids"], batch["image_grid_thw"]):
-            rows, cols = int(gh) // m, int(gw) // m
-            positions = np.flatnonzero(ids == self.image_token_id).astype(np.int64)
-            if len(positions) != rows * cols:
-                raise SapIndexError(f"page has {len(positions)} image tokens, expected {rows}x{cols}")
-            out.append(PageLayout(rows, cols, positions))
+            layout = TokenLayout.raster(int(gh) // m, int(gw) // m)
+            out.append((visual_positions(ids, self.image_token_id, layout), layout))
         return out
 
     def _patchify(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:

@@ -1,0 +1,1 @@
+"""The ``sapindex`` command line: one module per verb, wired together in :mod:`sapindex.cli.main`."""

@@ -1,0 +1,35 @@
+"""Options that several commands share, declared once so that they read the same in every ``--help``.
+
+Each is a factory called at the decorator (``@json_option()``); where the help text differs per
+command it is the argument, the flag name, type and default never do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sapindex.sap import DEFAULT_KEEP_RATIO
+
+DEVICES = ("cpu", "cuda")
+
+
+def json_option(help: str = "Print JSON."):
+    """``--json``: machine-readable output instead of the summary for people (``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def device_option():
+    """``--device``: where the model or the ONNX graphs run."""
+    return click.option("--device", default="cpu", show_default=True, type=click.Choice(list(DEVICES)))
+
+
+def base_model_option(help: str = "Local base of a LoRA adapter."):
+    """``--base-model``: the local base checkpoint that a LoRA adapter directory needs."""
+    return click.option("--base-model", type=click.Path(path_type=Path), default=None, help=help)
+
+
+def keep_ratio_option(help: str = "Fraction of visual tokens kept per page."):
+    """``--keep-ratio``: the SAP operating point, by default the paper's."""
+    return click.option("--keep-ratio", default=DEFAULT_KEEP_RATIO, show_default=True, help=help)

@@ -1,0 +1,104 @@
+"""``sapindex demo``: the README quickstart, the built-in micro model on its example pages (torch-free), or
+with ``--pipeline`` every step from checkpoint to search on a tiny random model (torch side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sapindex.cli._options import keep_ratio_option
+from sapindex.cli._output import ProgressBar
+from sapindex.testing.tiny import TINY_FAMILIES
+
+
+@click.command()
+@click.option("--out", "out_dir", default="sapindex-demo", show_default=True, type=click.Path(path_type=Path))
+@keep_ratio_option()
+@click.option("--pipeline", is_flag=True,
+              help="Instead: calibrate, export, index and search a tiny random model (needs the export extra).")
+@click.option("--family", default="colqwen2", show_default=True, type=click.Choice(list(TINY_FAMILIES)),
+              help="With --pipeline: the tiny model's family.")
+def demo(out_dir, keep_ratio, pipeline, family):
+    """Index the bundled example pages with the built-in micro model and answer example queries.
+
+    Torch-free. Writes OUT/index and OUT/kept-patches.png (the kept visual tokens over the page
+    that answered the first query). With --pipeline, runs calibrate -> export -> index -> search
+    on a tiny random-weight model instead (mechanics only, no retrieval quality).
+
+    \b
+    Example:
+      sapindex demo --out demo/
+    """
+    if pipeline:
+        _pipeline_demo(out_dir, family)
+        return
+    from sapindex.index.indexer import open_for_search, run_index
+    from sapindex.index.indexer import search as run_search
+    from sapindex.runtime.defaults import default_bundle_path, example_pages, example_queries
+
+    summary = run_index(default_bundle_path(), [str(p) for p in example_pages()], out_dir / "index",
+                        keep_ratio=keep_ratio)
+    click.echo(f"index      {out_dir / 'index'}: {summary.index_pages} example pages, "
+               f"{summary.vectors_kept} of {summary.vectors_before} vectors kept (keep ratio {keep_ratio})")
+    examples = example_queries()
+    index, encoder = open_for_search(out_dir / "index")
+    with index:
+        results = run_search(index, encoder, [e["query"] for e in examples], k=3)
+        found = 0
+        for example, hits in zip(examples, results):
+            right = bool(hits) and Path(hits[0].path).name == example["page"]
+            found += right
+            click.echo(f"query      {example['query']!r}  (read off {example['page']})")
+            for rank, hit in enumerate(hits, start=1):
+                mark = "<- source page" if Path(hit.path).name == example["page"] else ""
+                click.echo(f"  {rank}. {hit.score:8.3f}  {Path(hit.path).name}  {mark}")
+        click.echo(f"top-1      {found} of {len(examples)} queries found the page they were read from")
+        top = results[0][0]
+        row = index.get(top.path, top.page)
+    _draw_kept(out_dir, top.path, row)
+
+
+def _draw_kept(out_dir: Path, page_path: str, row: dict) -> None:
+    """OUT/kept-patches.png: the kept visual tokens of ``row`` outlined over its page."""
+    from PIL import Image
+
+    from sapindex.index.overlay import global_cells, write_overlay
+
+    grid, global_grid = (row["grid_rows"], row["grid_cols"]), (row["global_rows"], row["global_cols"])
+    with Image.open(page_path) as page:
+        picture = write_overlay(out_dir / "kept-patches.png", page, grid, row["positions"], global_grid)
+    click.echo(f"picture    {picture}: kept visual tokens of {Path(page_path).name} outlined")
+    extra = global_cells(grid, row["positions"], global_grid)
+    if extra:
+        click.echo(f"global     {len(extra)} kept global-tile tokens (not drawn), {global_grid[0]}x{global_grid[1]} "
+                   f"cells: {', '.join(f'({r},{c})' for r, c in extra)}")
+
+
+def _pipeline_demo(out_dir: Path, family: str) -> None:
+    from sapindex.calibration.calibrate import summary_text
+    from sapindex.testing.pipeline import run_pipeline
+
+    bar = ProgressBar("calibrating", "pair")
+    try:
+        for stage, run in run_pipeline(out_dir, family, progress=bar.advance, on_total=bar.set_total):
+            if stage == "model":
+                click.echo(f"tiny model {run.model_dir}\npairs      {run.pairs}")
+                bar.open()
+            elif stage == "calibrated":
+                bar.close()
+                click.echo(summary_text(run.record))
+                click.echo(f"wrote      {run.calibration} and {run.curve}")
+            elif stage == "exported":
+                click.echo(f"bundle     {run.bundle} (validated: max |diff| "
+                           f"{run.manifest['validation']['max_abs_diff_embeddings']:.1e})")
+            elif stage == "indexed":
+                s = run.summary
+                click.echo(f"index      {run.index_dir}: {s.pages_indexed} pages indexed, {s.pages_skipped} present, "
+                           f"{s.vectors_kept} of {s.vectors_before} vectors kept")
+            elif stage == "searched":
+                click.echo(f"search     {run.query!r}:")
+                for rank, hit in enumerate(run.hits, start=1):
+                    click.echo(f"  {rank}. {hit.score:8.4f}  {hit.path}  page {hit.page}")
+    finally:
+        bar.close()

@@ -1,0 +1,65 @@
+"""``sapindex index``: PDFs and images into a SAP-pruned index with an exported bundle (torch-free)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from sapindex.cli._options import device_option, json_option, keep_ratio_option
+from sapindex.cli._output import ProgressBar, size
+from sapindex.errors import EXIT_PARTIAL
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Index directory (LanceDB).")
+@click.option("--bundle", "bundle_option", type=click.Path(path_type=Path), default=None,
+              help="Bundle to index with (or give it as the first argument; default: the built-in micro model).")
+@keep_ratio_option()
+@device_option()
+@click.option("--batch-size", default=8, show_default=True, help="Pages per ONNX Runtime call (and per commit).")
+@click.option("--dpi", default=144, show_default=True, help="PDF rendering resolution.")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--position-correction", is_flag=True,
+              help="Rank by in-degree per attending row (causal decoders only: refused for prefix-LM "
+                   "bundles such as ColPali; experimental, off by default).")
+@json_option("Print the summary as JSON.")
+def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, threads, position_correction, as_json):
+    """Index PDFs and images into a SAP-pruned index (torch-free). Re-runs resume.
+
+    [BUNDLE] INPUTS...: a first argument that is a bundle directory is the bundle (as is
+    --bundle); without one the built-in micro model is used. INPUTS are files, directories
+    (walked recursively), @list.txt files of paths, or - to read paths from stdin. Pages
+    already indexed (same content hash and page) are skipped; changed files are re-indexed.
+    Exit code 3 means some inputs failed (listed in the summary and stored in the index), the
+    rest was indexed.
+
+    \b
+    Example:
+      sapindex index colqwen2.sap ./pdfs ./scans --out myindex --keep-ratio 0.1
+      sapindex index ./scans --out myindex        # the built-in micro model
+    """
+    from sapindex.index.indexer import run_index
+    from sapindex.runtime.defaults import resolve_bundle
+
+    bundle, inputs = resolve_bundle(inputs, bundle_option)
+    with ProgressBar("indexing", "page", quiet=as_json) as bar:
+        summary = run_index(bundle, inputs, out_dir, keep_ratio=keep_ratio, device=device, batch_size=batch_size,
+                            dpi=dpi, threads=threads, position_correction=position_correction, progress=bar.reach)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        rate = summary.to_dict()["pages_per_second"]
+        click.echo(f"files      {summary.files}")
+        click.echo(f"pages      {summary.pages_indexed} indexed, {summary.pages_skipped} already present"
+                   + (f" ({rate:.2f} pages/s)" if rate else ""))
+        click.echo(f"vectors    {summary.vectors_before} before pruning, {summary.vectors_kept} kept")
+        click.echo(f"index      {out_dir}: {summary.index_pages} pages, {size(summary.index_bytes)}")
+        click.echo(f"failures   {len(summary.failures)}")
+        for failure in summary.failures:
+            click.echo(f"  {failure}")
+    if summary.failures:
+        sys.exit(EXIT_PARTIAL)

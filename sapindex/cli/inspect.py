@@ -1,0 +1,44 @@
+"""``sapindex inspect``: a bundle (every file's sha256 verified) or an index (pages, vectors, failures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sapindex.cli._options import json_option
+from sapindex.cli._output import kv_table, size
+
+INDEX_KEYS = ("path", "bundle_fingerprint", "dim", "vector_dtype", "files", "pages", "vectors",
+              "vectors_before_pruning", "failures")
+BUNDLE_KEYS = ("path", "family", "attention", "n_layers", "window", "window_source", "dim", "dtype", "bytes",
+               "fingerprint", "source_fingerprint")
+
+
+@click.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@json_option()
+def inspect(target, as_json):
+    """Describe a bundle (verifying every file's sha256) or an index (pages, vectors, failures).
+
+    \b
+    Example:
+      sapindex inspect colqwen2.sap
+      sapindex inspect myindex
+    """
+    from sapindex.artifacts import describe
+
+    kind, summary = describe(target)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    elif kind == "index":
+        kv_table([*((key, summary[key]) for key in INDEX_KEYS), ("bytes_on_disk", size(summary["bytes_on_disk"]))],
+                 width=23)
+        for failure in summary["failure_list"]:
+            click.echo(f"  {failure}")
+    else:
+        v = summary["validation"]
+        kv_table([*((key, summary[key]) for key in BUNDLE_KEYS),
+                  ("validation", f"max |diff| embeddings {v['max_abs_diff_embeddings']:.1e} over {v['pages']} pages")],
+                 width=19)

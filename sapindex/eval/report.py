@@ -1,0 +1,102 @@
+"""The eval report: its format, and the three files ``sapindex eval`` writes from it.
+
+Why apart from the runner: the report is a plain dict that outlives the run (people diff it,
+plot it, keep it next to a bundle), so what it holds is written down here, and rendering it
+needs no bundle, dataset or encoder.
+
+``report.json`` (``format`` ``"sapindex-eval"``, ``version`` 1):
+
+- ``sapindex_version``, ``created`` (UTC, ISO 8601), ``command`` (the command line);
+- ``bundle``: ``path``, ``fingerprint``, ``family``, ``window`` ``[start, end)``;
+- ``dataset``: ``path``, ``format``, ``fingerprint``, ``pages`` and ``queries`` evaluated,
+  ``skipped`` (category -> count), ``skipped_examples`` (category -> up to 5 messages),
+  ``pages_failed_to_encode`` (messages);
+- ``keep_ratios``, ``methods`` (in report order), ``headline`` (the metric of the table, ``ndcg@5``);
+- ``results``: method -> ratio (``f"{ratio:g}"``; ``full`` has only ``"1.0"``) -> a cell:
+  ``metrics`` (``ndcg@k``, ``recall@k``, ``mrr@k`` means), ``retention`` (each metric / full's,
+  None where full's is 0), ``s_ret`` (mean pruned MaxSim / mean full MaxSim over relevant pairs),
+  ``vectors`` (kept in all), ``vector_fraction``; a method averaged over several seeds adds
+  ``seeds`` and ``std`` (of the headline metric), Adaptive-EOS adds its fitted ``adaptive_k``.
+
+``report.md`` is the table (rows = methods, columns = ratios) and ``retention.png`` the headline
+retention against the keep ratio, one line per method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sapindex.formats import write_json_atomic
+
+__all__ = ["REPORT_FORMAT", "REPORT_VERSION", "HEADLINE", "write_reports", "markdown_table", "plot_retention"]
+
+REPORT_FORMAT = "sapindex-eval"
+REPORT_VERSION = 1
+HEADLINE = "ndcg@5"
+
+
+def write_reports(report: dict, out_dir: str | Path) -> list[Path]:
+    """``report.json``, ``report.md`` (rows = methods, columns = ratios) and ``retention.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = write_json_atomic(out / "report.json", report)
+    md_path = out / "report.md"
+    md_path.write_text(markdown_table(report), encoding="utf-8")
+    return [json_path, md_path, plot_retention(report, out / "retention.png")]
+
+
+def markdown_table(report: dict) -> str:
+    ratios = [f"{r:g}" for r in report["keep_ratios"]]
+    full = report["results"]["full"]["1.0"]["metrics"][HEADLINE]
+    ds = report["dataset"]
+    lines = [
+        f"# sapindex eval: {ds['path']}",
+        "",
+        f"{ds['queries']} queries, {ds['pages']} pages ({ds['format']}); bundle {report['bundle']['family']} "
+        f"window {report['bundle']['window']}; cells: NDCG@5 (retention % of full), S.Ret in brackets.",
+        "",
+        "| method | " + " | ".join(f"keep {r}" for r in ratios) + " |",
+        "|---|" + "---|" * len(ratios),
+        f"| full | {full:.3f} (100.0 %) " + "| " * (len(ratios) - 1) + "|",
+    ]
+    for method in report["methods"]:
+        if method == "full":
+            continue
+        cells = []
+        for r in ratios:
+            cell = report["results"][method][r]
+            std = f" ± {cell['std'][HEADLINE]:.3f}" if "std" in cell else ""
+            cells.append(f"{cell['metrics'][HEADLINE]:.3f}{std} ({100 * cell['retention'][HEADLINE]:.1f} %) "
+                         f"[{cell['s_ret']:.3f}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    skipped = ", ".join(f"{k}: {v}" for k, v in ds["skipped"].items() if v) or "none"
+    lines += ["", f"Skipped rows: {skipped}. Pages that failed to encode: {len(ds['pages_failed_to_encode'])}.", ""]
+    return "\n".join(lines)
+
+
+def plot_retention(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = report["keep_ratios"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for method in report["methods"]:
+        if method == "full":
+            continue
+        values = [100 * report["results"][method][f"{r:g}"]["retention"][HEADLINE] for r in ratios]
+        ax.plot(ratios, values, marker="o", label=method, linewidth=2.5 if method == "sap" else 1.2)
+    ax.axhline(100, color="grey", linestyle=":", label="full index")
+    ax.set_xscale("log")
+    ax.set_xticks(ratios)
+    ax.set_xticklabels([f"{r:g}" for r in ratios])
+    ax.set_xlabel("keep ratio (vectors kept per page)")
+    ax.set_ylabel("NDCG@5 retention (%)")
+    ax.set_title(f"{report['bundle']['family']} on {Path(report['dataset']['path']).name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

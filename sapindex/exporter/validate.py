@@ -1,0 +1,137 @@
+"""Parity of a staged bundle with PyTorch: the check ``sapindex export`` passes before it writes anything.
+
+Kept apart from the conversion (``export``) because it is a different job with its own inputs:
+deterministic pages of several sizes, batch sizes 1 and 4, two queries, and a tolerance per
+backbone and dtype (``GraphSpec.tolerances``). It runs the bundle the way the runtime does (its
+torch-free preprocessing and ONNX Runtime sessions) against the adapter's colpali-engine forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sapindex import sap
+from sapindex.errors import SapIndexError
+from sapindex.exporter.graphs import graph_spec
+from sapindex.runtime.bundle import Bundle
+
+VALIDATION_RATIOS = (0.05, 0.1, 0.2)
+# (height, width) of validation pages: tall, wide, square-ish, a strip; three distinct visual grids at
+# least (Idefics3 tiles 420x300, 360x360 and 150x210 alike as 3x3; 230x520 as 2x3, 600x150 as 3x1)
+VALIDATION_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210), (600, 150))
+
+
+def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp32") -> dict:
+    """Run ORT and PyTorch (fp32) on the same inputs; raise with the numbers if they disagree.
+
+    Embeddings (pages and queries) must agree within the backbone's tolerance for ``dtype``, and
+    on every page ORT must keep at least its share of PyTorch's kept set at keep ratio 0.1 (all
+    of it in fp32); kept-set mismatches at every ratio and the overlaps are recorded.
+    The graphs get the processor's tensors (``adapter.graph_inputs``), so any difference is the
+    graphs'; the bundle's own torch-free preprocessing must produce the same ids and masks from
+    the same pages and queries (pixels differ by the resampler, recorded).
+    """
+    import torch
+
+    from sapindex.runtime.encoder import Encoder
+
+    encoder = Encoder(bundle, device="cpu")  # the runtime's preprocessing and sessions, from the staged bundle
+    sessions, runtime = encoder.sessions, encoder.preprocessor
+    pages = validation_pages()
+    batches = [pages[:1], pages[1:]]  # batch sizes 1 and 4, mixed sizes in one batch
+    worst_emb = worst_cent = worst_eos = worst_pixels = 0.0
+    mismatched = []
+    overlap_at_01 = []
+    n_pages = 0
+    for batch in batches:
+        inputs = adapter.page_inputs(batch)
+        reference = adapter.encode_pages(batch, layers=tuple(range(*window)))
+        feed = _numpy(adapter.graph_inputs(inputs))
+        worst_pixels = max(worst_pixels, _compare_inputs(feed, runtime.pages(batch), "pages"))
+        emb, cent, eos = sessions.run_pages(feed)  # [B, S, dim], [B, S], [B, S]
+        visual = adapter.visual_mask(inputs).cpu().numpy()
+        for b, ref in enumerate(reference):
+            n_pages += 1
+            ort_emb, ort_cent = emb[b][visual[b]], cent[b][visual[b]]
+            ref_cent = ref.centrality.mean(axis=0)
+            worst_emb = max(worst_emb, float(np.abs(ort_emb - ref.embeddings).max()))
+            worst_cent = max(worst_cent, float(np.abs(ort_cent - ref_cent).max()))
+            worst_eos = max(worst_eos, float(np.abs(eos[b][visual[b]] - ref.eos).max()))
+            for ratio in VALIDATION_RATIOS:
+                ours, theirs = sap.top_k(ort_cent, ratio), sap.top_k(ref_cent, ratio)
+                if ratio == 0.1:
+                    overlap_at_01.append(len(np.intersect1d(ours, theirs)) / len(theirs))
+                if not np.array_equal(ours, theirs):
+                    mismatched.append({"page": n_pages, "grid": list(ref.grid), "keep_ratio": ratio})
+    limits = graph_spec(adapter.info.family.backbone).tolerances[dtype]
+    tolerance = limits.embeddings
+    queries = ["what was the total revenue", "chart"]
+    q_inputs = adapter.query_inputs(queries)
+    q_ref = adapter.encode_queries(queries)
+    q_feed = _numpy(adapter.graph_inputs(q_inputs))
+    _compare_inputs(q_feed, runtime.queries(queries), "queries")
+    q_emb = sessions.run_queries({**q_feed, **runtime.query_extras(q_feed, sessions.hidden)})
+    q_mask = q_feed["attention_mask"].astype(bool)
+    worst_query = max(float(np.abs(q_emb[i][q_mask[i]] - q_ref[i]).max()) for i in range(len(queries)))
+    report = {
+        "pages": n_pages,
+        "visual_grids": sorted({tuple(g) for g in adapter.page_grids(adapter.page_inputs(pages))}),
+        "batch_sizes": [len(b) for b in batches],
+        "max_abs_diff_embeddings": worst_emb,
+        "max_abs_diff_centrality": worst_cent,
+        "max_abs_diff_query_embeddings": worst_query,
+        "max_abs_diff_eos_attention": worst_eos,
+        "kept_set_mismatches": mismatched,
+        "min_kept_overlap_at_0.1": min(overlap_at_01),
+        "runtime_preprocessing_max_abs_diff_pixels": worst_pixels,
+        "dtype": dtype,
+        "tolerance": tolerance,
+        "torch_version": torch.__version__,
+    }
+    kept_ok = min(overlap_at_01) >= limits.kept_overlap
+    if worst_emb > tolerance or worst_query > tolerance or not kept_ok:
+        raise SapIndexError(
+            f"export validation failed ({dtype}): ONNX Runtime vs PyTorch max |diff| embeddings "
+            f"{worst_emb:.2e}, queries {worst_query:.2e} (tolerance {tolerance:.0e}), centrality {worst_cent:.2e}; "
+            f"smallest kept-set overlap at 0.1: {min(overlap_at_01):.3f}; mismatches: {mismatched or 'none'}"
+        )
+    report["visual_grids"] = [list(g) for g in report["visual_grids"]]
+    return report
+
+
+def validation_pages(count: int | None = None) -> list:
+    """Deterministic text-like pages (stripes and blocks), one per :data:`VALIDATION_SIZES` entry
+    (the first ``count`` of them); export traces its graphs on the first two."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1234)
+    pages = []
+    for h, w in VALIDATION_SIZES[:count]:
+        img = np.full((h, w, 3), 255, dtype=np.uint8)
+        for _ in range(12):
+            y, x = int(rng.integers(0, h - 10)), int(rng.integers(0, w - 40))
+            img[y:y + int(rng.integers(4, 10)), x:x + int(rng.integers(20, 120))] = rng.integers(0, 160, size=3)
+        pages.append(Image.fromarray(img))
+    return pages
+
+
+def _numpy(inputs: dict) -> dict[str, np.ndarray]:
+    return {k: v.cpu().numpy() for k, v in inputs.items()}
+
+
+def _compare_inputs(feed: dict[str, np.ndarray], runtime: dict[str, np.ndarray], what: str) -> float:
+    """Raise unless the runtime preprocessor's integer inputs (ids, masks, grids) equal the
+    processor's; return the largest pixel difference (resamplers differ by a level or two)."""
+    for key, value in runtime.items():
+        if key not in feed:
+            continue
+        same_shape = value.shape == feed[key].shape
+        if not same_shape or (np.issubdtype(value.dtype, np.integer) and not np.array_equal(value, feed[key])):
+            raise SapIndexError(
+                f"export validation failed: the bundle's torch-free preprocessing gives other {key} than the "
+                f"model's processor for the validation {what} (shapes {value.shape} vs {feed[key].shape}); "
+                "this processor configuration is not reproduced by the runtime"
+            )
+    if "pixel_values" not in runtime:
+        return 0.0
+    return float(np.abs(runtime["pixel_values"] - feed["pixel_values"]).max())
