@@ -50,7 +50,8 @@ def builders(real_width: bool, text_layers: int, vision_blocks: int) -> dict:
     smol = dict(tile=512, longest_edge=2048, patch=16,
                 text=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=text_layers, num_attention_heads=9,
                           num_key_value_heads=3),
-                vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=vision_blocks, num_attention_heads=12))
+                vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=vision_blocks,
+                            num_attention_heads=12))
     found["colidefics3"] = lambda out: build_tiny_colidefics3(out, **smol)
     return found
 
@@ -72,8 +73,8 @@ def bench_family(family, build, work: Path, n_pages: int, batch_sizes, repeats: 
     rows = []
     for bs in batch_sizes:
         ort, ref = page_rates(encoder, adapter, images, bs, repeats)
-        rows.append(f"| {family} | {adapter.info.parameter_count() / 1e6:.2f} M | {adapter.n_layers} | {n_visual:.0f} | "
-                    f"{export_s:.0f} s | {bs} | {ort:.1f} | {ref:.1f} | {ort / ref:.2f}x |")
+        rows.append(f"| {family} | {adapter.info.parameter_count() / 1e6:.2f} M | {adapter.n_layers} | "
+                    f"{n_visual:.0f} | {export_s:.0f} s | {bs} | {ort:.1f} | {ref:.1f} | {ort / ref:.2f}x |")
     return rows
 
 
@@ -96,9 +97,10 @@ def main() -> None:
     families = args.families.split(",") if args.families else list(found)
     kind = (f"real layer widths, {args.text_layers} decoder layers and {args.vision_blocks} vision blocks"
             if args.real_width else "tiny models")
-    print(f"# per-family runtime speed ({kind}): {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, python {sys.version.split()[0]}, "
-          f"{time.strftime('%Y-%m-%d')}, {args.pages} pages of ~300-420 x 380-520 px, best of {args.repeats}\n")
+    print(f"# per-family runtime speed ({kind}): {platform.machine()} {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
+          f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}, "
+          f"{args.pages} pages of ~300-420 x 380-520 px, best of {args.repeats}\n")
     print("| family | parameters | decoder layers | visual tokens/page | export + validation | batch | "
           "ONNX Runtime pages/s (torch-free, incl. preprocessing) | PyTorch eager pages/s | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -32,8 +32,9 @@ def main() -> None:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     queries = [unit(args.query_tokens) for _ in range(args.queries)]
-    print(f"# MaxSim scoring: {args.queries} queries x {args.pages} pages, {args.query_tokens} query tokens, dim {args.dim}, "
-          f"{platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(f"# MaxSim scoring: {args.queries} queries x {args.pages} pages, {args.query_tokens} query tokens, "
+          f"dim {args.dim}, {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}, "
+          f"{time.strftime('%Y-%m-%d')}")
     print("| page vectors | seconds per score matrix | matrices per full eval (7 methods x 3 ratios, random x5) |")
     print("|---|---|---|")
     for label, ratio in (("full", 1.0), ("keep 0.2", 0.2), ("keep 0.1", 0.1), ("keep 0.05", 0.05)):

@@ -17,7 +17,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 WIDTHS = {  # text hidden, heads, kv heads, MLP; vision width, heads  (the real checkpoints' values)
-    "colqwen2": dict(hidden=1536, heads=12, kv_heads=2, mlp=8960, vision_width=1280, vision_heads=16, vision_mlp_ratio=4),
+    "colqwen2": dict(hidden=1536, heads=12, kv_heads=2, mlp=8960, vision_width=1280, vision_heads=16,
+                     vision_mlp_ratio=4),
     "colqwen2_5": dict(hidden=2048, heads=16, kv_heads=2, mlp=11008, vision_width=1280, vision_heads=16,
                        vision_mlp_ratio=2),
 }

@@ -37,7 +37,8 @@ SECTIONS = [
      "PyTorch eager is the family's reference forward (colpali-engine / transformers) on its processor's outputs."),
     ("Per family at real layer widths (reduced depth): ONNX Runtime vs PyTorch eager",
      ["family_speed.py", "--real-width", "--text-layers", "1", "--vision-blocks", "1", "--pages", "4",
-      "--batch-sizes", "1,2", "--families", "colqwen2,colqwen2_5,jina_v4,colpali,colidefics3"], ["--pages", "2", "--batch-sizes", "1"],
+      "--batch-sizes", "1,2", "--families", "colqwen2,colqwen2_5,jina_v4,colpali,colidefics3"],
+     ["--pages", "2", "--batch-sizes", "1"],
      "Random weights at the real checkpoints' widths (ColQwen2: Qwen2-VL-2B; ColQwen2.5 and jina-v4: Qwen2.5-VL-3B; "
      "ColPali: PaliGemma-3B-448; ColSmol: ColSmol-256M, 512 px tiles) with one decoder layer and one vision block, "
      "so the numbers show the per-layer cost and the runtime's overheads, not a full model's speed."),

@@ -37,8 +37,8 @@ def page_images(n, seed=0):
     from sapindex.testing.toy_pages import WORDS, render_page
 
     rng = np.random.default_rng(seed)
-    return [render_page([str(w) for w in rng.choice(WORDS, 24)], (int(rng.integers(300, 420)), int(rng.integers(380, 520))),
-                        rng) for _ in range(n)]
+    return [render_page([str(w) for w in rng.choice(WORDS, 24)],
+                        (int(rng.integers(300, 420)), int(rng.integers(380, 520))), rng) for _ in range(n)]
 
 
 def page_rates(encoder, adapter, images, batch_size: int, repeats: int) -> tuple[float, float]:
@@ -90,7 +90,8 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
     print(f"\n### {label}: {adapter.info.parameter_count() / 1e6:.1f} M parameters, {adapter.n_layers} decoder layers, "
           f"bundle {size_mb:.1f} MB, export + validation {export_s:.0f} s, {n_pages} pages "
           f"(~{np.mean([p.n_visual for p in encoder.encode_pages(images[:2])]):.0f} visual tokens each)\n")
-    print("| batch size | ONNX Runtime pages/s (torch-free, incl. preprocessing) | PyTorch eager pages/s (colpali-engine) | ratio |")
+    print("| batch size | ONNX Runtime pages/s (torch-free, incl. preprocessing) "
+          "| PyTorch eager pages/s (colpali-engine) | ratio |")
     print("|---|---|---|---|")
     for bs in batch_sizes:
         ort_rate, torch_rate = page_rates(encoder, adapter, images, bs, repeats)
@@ -114,7 +115,8 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
     print(f"\nSAP centrality in the text graph (window {list(bundle.window)}, batch of 4): "
           f"{with_c * 1e3:.1f} ms with vs {without * 1e3:.1f} ms without "
           f"({(with_c - without) / without * 100:+.1f} % of the text graph, "
-          f"{(with_c - without) / (without + vision_s) * 100:+.1f} % of the page encode); vision graph {vision_s * 1e3:.1f} ms")
+          f"{(with_c - without) / (without + vision_s) * 100:+.1f} % of the page encode); "
+          f"vision graph {vision_s * 1e3:.1f} ms")
     del feats
     return encoder, bundle
 
@@ -133,7 +135,8 @@ def bench_index(encoder, bundle, work, n_pages, repeats):
             self.path, self.page, self.content_hash, self.size = f"doc{i}.png", 1, f"h{i}", img.size
 
     queries = encoder.encode_queries(["total revenue in march", "north river chart", "policy summary table"])
-    print(f"\n### index size and search latency ({n_pages} pages, {queries[0].shape[0]}-token queries, float16 storage)\n")
+    print(f"\n### index size and search latency ({n_pages} pages, {queries[0].shape[0]}-token queries, "
+          "float16 storage)\n")
     print("| index | vectors stored | bytes on disk | bytes/page | search ms/query (exact MaxSim) |")
     print("|---|---|---|---|---|")
     for name, ratio in (("full (all visual tokens)", 1.0), ("SAP keep 0.10", 0.10), ("SAP keep 0.05", 0.05)):
@@ -144,7 +147,8 @@ def bench_index(encoder, bundle, work, n_pages, repeats):
             idx.compact()
             stats = idx.stats()
             latency = best_of(lambda: [idx.search(q, k=5) for q in queries], repeats) / len(queries)
-        print(f"| {name} | {stats.vectors} | {stats.bytes_on_disk:,} | {stats.bytes_on_disk / n_pages:,.0f} | {latency * 1e3:.1f} |")
+        print(f"| {name} | {stats.vectors} | {stats.bytes_on_disk:,} | {stats.bytes_on_disk / n_pages:,.0f} "
+              f"| {latency * 1e3:.1f} |")
 
 
 def main() -> None:
@@ -164,8 +168,8 @@ def main() -> None:
     from sapindex.testing.tiny import build_tiny_model
 
     print(f"# runtime benchmarks: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, python {sys.version.split()[0]}, "
-          f"{time.strftime('%Y-%m-%d')}")
+          f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
+          f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tiny = build_tiny_model(work / "tiny", "colqwen2", max_visual_tokens=256)

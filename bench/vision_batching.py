@@ -70,7 +70,8 @@ def main() -> None:
                         "--min-font-px", "22"], check=True, capture_output=True)
         rows = {}
         for mode in ("batched", "per-page"):
-            out = subprocess.run([sys.executable, __file__, "--bundle", args.bundle, "--batch-size", str(args.batch_size),
+            out = subprocess.run([sys.executable, __file__, "--bundle", args.bundle,
+                                  "--batch-size", str(args.batch_size),
                                   "--threads", str(args.threads), "--repeats", str(args.repeats),
                                   "--child", mode, str(dataset), str(Path(tmp, f"{mode}.npy"))],
                                  check=True, capture_output=True, text=True)

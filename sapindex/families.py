@@ -224,7 +224,8 @@ def inspect_model_dir(model_dir: str | Path, base_model: str | Path | None = Non
         raise SapIndexError(f"{config_dir / 'config.json'}: missing or invalid text config field {exc}") from None
     fingerprint = model_fingerprint(path)
     if base_path is not None:
-        fingerprint = {"sha256": fingerprint["sha256"], "files": fingerprint["files"], "base": model_fingerprint(base_path)}
+        fingerprint = {"sha256": fingerprint["sha256"], "files": fingerprint["files"],
+                       "base": model_fingerprint(base_path)}
     if not fingerprint["files"] and base_path is None:
         raise SapIndexError(f"{path}: no weight files (*.safetensors or *.bin) in the model directory")
     return ModelInfo(
@@ -244,7 +245,8 @@ def _resolve_lora_base(path: Path, adapter: dict, base_model: str | Path | None)
     """The LoRA base must be a local directory: a hub id would be fetched or, offline, silently
     replaced by random weights, which is the most common air-gapped failure."""
     if adapter.get("peft_type", "LORA") != "LORA":
-        raise SapIndexError(f"{path / 'adapter_config.json'}: peft_type {adapter.get('peft_type')!r} is not supported (LoRA only)")
+        raise SapIndexError(f"{path / 'adapter_config.json'}: peft_type {adapter.get('peft_type')!r} "
+                            "is not supported (LoRA only)")
     named = adapter.get("base_model_name_or_path")
     candidate = Path(base_model) if base_model is not None else (Path(named) if named else None)
     if candidate is None:
@@ -252,7 +254,8 @@ def _resolve_lora_base(path: Path, adapter: dict, base_model: str | Path | None)
     if not (candidate / "config.json").is_file():
         how = "--base-model" if base_model is not None else f"its base_model_name_or_path {named!r}"
         raise SapIndexError(
-            f"{path}: LoRA adapter whose base model is not a local checkpoint ({how} -> {candidate} has no config.json); "
+            f"{path}: LoRA adapter whose base model is not a local checkpoint "
+            f"({how} -> {candidate} has no config.json); "
             "sapindex never downloads: pass --base-model /path/to/the/base/checkpoint"
         )
     return candidate
@@ -274,7 +277,8 @@ def _family_of(config: dict, config_file: Path) -> FamilySpec:
         raise SapIndexError(f"{config_file}: unsupported architecture: {_KNOWN_UNSUPPORTED[model_type]}")
     if "vision_config" not in config:
         raise SapIndexError(
-            f"{config_file}: unsupported architecture {model_type or '?'!r}: a text-only model has no visual tokens to prune"
+            f"{config_file}: unsupported architecture {model_type or '?'!r}: "
+            "a text-only model has no visual tokens to prune"
         )
     supported = ", ".join(f"{s.name} ({s.model_type})" for s in FAMILIES.values())
     raise SapIndexError(f"{config_file}: unsupported architecture {model_type!r}; supported: {supported}")

@@ -7,3 +7,108 @@ import sys
 def run_cli(*args) -> subprocess.CompletedProcess:
     """``sapindex ARGS`` in a fresh interpreter, as a user runs it: exit code, stdout, stderr."""
     return subprocess.run([sys.executable, "-m", "sapindex.cli", *map(str, args)], capture_output=True, text=True)
+
+
+# -- multi-vector families (tests/families/paligemma, tests/families/idefics3) -----------------------
+
+# One word, a sentence, unicode, odd whitespace and a long query: what the processors' tokenizers must agree on.
+QUERIES = ["revenue", "What was the total revenue in 2021 compared with the year before?",
+           "ünïcödé — 数字 123", "  spaces\tand\nnewlines ", " ".join(["annual report growth"] * 40)]
+
+
+def numpy_batch(batch):
+    """A processor's torch batch as numpy arrays, to compare with the torch-free runtime's."""
+    return {k: v.numpy() for k, v in batch.items()}
+
+
+# -- PaliGemma / ColPali (tests/families/paligemma) ---------------------------------------------------
+
+COLPALI_FLAVOURS = {"colpali": False, "colpali_hf": True}  # flavour -> the transformers (hf) classes
+COLPALI_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210))  # (height, width), validate.VALIDATION_SIZES[:4]
+
+
+def colpali_page(height, width, seed=0):
+    """Black strokes and text on white plus a noisy band: sharp edges and texture for the resampler."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for y in range(6, height - 10, 17):
+        draw.text((5, y), f"Table {rng.integers(100)}: {rng.integers(10**6)}", fill=(0, 0, 0))
+    draw.line((0, height - 1, width - 1, 0), fill=(20, 40, 220), width=2)
+    band = np.asarray(image).copy()
+    band[height // 2: height // 2 + 20] = rng.integers(0, 256, (min(20, height - height // 2), width, 3))
+    return Image.fromarray(band)
+
+
+def colpali_pages():
+    """The validation sizes (downscaled), an upscaled thumbnail, a page already at 112 px, L and RGBA modes."""
+    import numpy as np
+    from PIL import Image
+
+    pages = [colpali_page(h, w, i) for i, (h, w) in enumerate(COLPALI_SIZES)]
+    rng = np.random.default_rng(7)
+    small, native = (
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((40, 30), (112, 112))
+    )
+    return pages + [small, native, pages[0].convert("L"), pages[1].convert("RGBA")]
+
+
+# -- Idefics3 / ColIdefics3 (tests/families/idefics3) -------------------------------------------------
+
+# (height, width) -> (R, C) local tiles: validate.VALIDATION_SIZES plus the tall strip
+IDEFICS3_TILES = {(420, 300): (3, 3), (230, 520): (2, 3), (360, 360): (3, 3), (150, 210): (3, 3), (600, 150): (3, 1)}
+IDEFICS3_SIDE = 4  # tokens per tile side (image_seq_len 16)
+
+
+def idefics3_page(height, width, seed=0):
+    """A synthetic document page (text, a filled box: sharp edges) with a band of noise (texture)."""
+    import numpy as np
+    from PIL import Image
+
+    from sapindex.testing.toy_pages import WORDS, render_page
+
+    rng = np.random.default_rng(seed)
+    page = np.asarray(render_page(list(rng.choice(WORDS, 12)), (width, height), rng)).copy()
+    band = slice(height // 3, height // 3 + max(2, height // 10))
+    page[band] = rng.integers(0, 256, page[band].shape)
+    return Image.fromarray(page)
+
+
+def idefics3_pages():
+    """Every validation size, an upscaled thumbnail, a page far larger than 192 px, noise, L and RGBA modes."""
+    import numpy as np
+    from PIL import Image
+
+    pages = [idefics3_page(h, w, i) for i, (h, w) in enumerate(IDEFICS3_TILES)]
+    rng = np.random.default_rng(7)
+    noise = Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    return pages + [idefics3_page(40, 30, 8), idefics3_page(1000, 700, 9), noise, pages[0].convert("L"),
+                    pages[1].convert("RGBA")]
+
+
+def idefics3_runtime(processor, tmp_path):
+    """A runtime preprocessor built the bundle's way: params (through JSON) and tokenizer.json from the processor."""
+    import json
+
+    from sapindex.exporter.preprocessing_params import idefics3_params, write_tokenizer_json
+    from sapindex.runtime.preprocess.idefics3 import Idefics3Params, Idefics3Preprocessor
+
+    params = Idefics3Params.from_dict(json.loads(json.dumps(idefics3_params(processor))))
+    return Idefics3Preprocessor(params, write_tokenizer_json(processor, tmp_path / "tokenizer.json"))
+
+
+def idefics3_variant(processor, **image_processor_overrides):
+    """The same processor with other image-processor settings (unsplit pages)."""
+    import copy
+
+    from colpali_engine.models import ColIdefics3Processor
+    from transformers.models.idefics3 import Idefics3ImageProcessor
+
+    config = {**processor.image_processor.to_dict(), **image_processor_overrides}
+    config.pop("image_processor_type", None)
+    return ColIdefics3Processor(Idefics3ImageProcessor(**config), copy.deepcopy(processor.tokenizer),
+                                image_seq_len=processor.image_seq_len)

@@ -15,14 +15,18 @@ page however many near-distractors share its words. ``match`` says what containi
 ``phrase`` query's words appear contiguously in a page's reading order; a ``words`` query (table,
 label+value: their words are not adjacent on the page) has all its words somewhere on a page.
 
-**What is disjoint between splits** (``train`` and ``test``, for any seeds): (1) page random
-streams, seeded by ``SeedSequence(seed, spawn_key=(split, index))``; (2) text: every phrase
-(title, heading, sentence, caption, header, label) only chains word pairs of its own split, a
-fixed hash partition of all ordered word pairs (20 % test), so no two adjacent vocabulary words of
-one phrase on a test page are ever adjacent in a train phrase: no test title, heading, sentence or
-multi-word label can occur in training text, hence (every page having a title and sentences of
-several words) no two pages of different splits have the same word sequence or the same image. Shared, on purpose: single words (one vocabulary), numbers and
-years, "Table N:" / "Figure N:" prefixes, units, fonts, formats and layouts.
+**What is disjoint between splits** (``train`` and ``test``, for any seeds):
+
+- page random streams, seeded by ``SeedSequence(seed, spawn_key=(split, index))``;
+- text: every phrase (title, heading, sentence, caption, header, label) only chains word pairs of
+  its own split, a fixed hash partition of all ordered word pairs (20 % test);
+- so no two adjacent vocabulary words of one phrase on a test page are ever adjacent in a train
+  phrase, and no test title, heading, sentence or multi-word label can occur in training text;
+- hence, every page having a title and sentences of several words, no two pages of different
+  splits have the same word sequence or the same image.
+
+**Shared, on purpose**: single words (one vocabulary), numbers and years, "Table N:" /
+"Figure N:" prefixes, units, fonts, formats and layouts.
 """
 
 from __future__ import annotations

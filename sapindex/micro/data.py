@@ -167,8 +167,9 @@ def to_uint8(pixel_values: np.ndarray, mean: Sequence[float], std: Sequence[floa
 def expand_frames(patches):
     """``[P, 588]`` -> ``[P, 1176]`` (numpy or torch): the frame repeated, channel-major like the processor."""
     n = patches.shape[0]
-    return patches.reshape(n, 3, 1, -1).repeat_interleave(2, 2).reshape(n, -1) if hasattr(patches, "repeat_interleave") \
-        else np.repeat(patches.reshape(n, 3, 1, -1), 2, axis=2).reshape(n, -1)
+    frame = patches.reshape(n, 3, 1, -1)
+    return frame.repeat_interleave(2, 2).reshape(n, -1) if hasattr(patches, "repeat_interleave") \
+        else np.repeat(frame, 2, axis=2).reshape(n, -1)
 
 
 def preprocess(processor, image) -> tuple[np.ndarray, tuple[int, int]]:

@@ -15,7 +15,7 @@ stretches the page onto the ``R*M x C*M`` canvas, no crop or pad, so a cell is `
 ``W0/(s*C)`` page pixels); global when ``k >= n*R*C``: cell ``((k - n*R*C) // s, (k - n*R*C) % s)``
 of an ``s x s`` grid over the whole page. Pixel shuffle makes token ``i`` of a tile cover the
 ``scale x scale`` patches at patch rows ``scale*(i // s)..``, cols ``scale*(i % s)..``, i.e. a
-row-major ``s x s`` grid of ``M/s`` px cells (checked by tests/test_colidefics3.py with the
+row-major ``s x s`` grid of ``M/s`` px cells (checked by tests/families/idefics3/ with the
 model's own patch embedding and connector).
 """
 

@@ -45,7 +45,8 @@ _KEY_PREFIXES = (
 )
 KEY_MAPPING = {rf"^{re.escape(prefix)}": target for prefix, target in _KEY_PREFIXES}
 _IGNORED_PREFIXES = ("lm_head.",)  # the LM head is never used for embeddings
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<rest>.+)\.(?P<param>weight|bias)$")
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])\."
+                       r"(?P<rest>.+)\.(?P<param>weight|bias)$")
 
 
 def map_key(name: str) -> str | None:
@@ -144,7 +145,8 @@ def merge_task_lora(model, adapter_dir: Path, task: str) -> int:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SapIndexError(f"{cfg_file}: unreadable adapter config: {exc}") from None
-    if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("use_dora"):
+    if (cfg.get("peft_type", "LORA") != "LORA" or cfg.get("rank_pattern") or cfg.get("alpha_pattern")
+            or cfg.get("use_dora")):
         raise SapIndexError(f"{cfg_file}: only plain LoRA adapters (one rank and alpha, no DoRA) are supported")
     rank, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scaling = alpha / rank ** 0.5 if cfg.get("use_rslora") else alpha / rank

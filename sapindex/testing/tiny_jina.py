@@ -54,17 +54,20 @@ def build_tiny_jina(out_dir: str | Path, config_layout: str = "nested", key_layo
 
     lora = {}
     targets = [n for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and n.startswith("language_model.") and n.rsplit(".", 1)[-1] in LORA_TARGETS]
+               if isinstance(m, torch.nn.Linear) and n.startswith("language_model.")
+               and n.rsplit(".", 1)[-1] in LORA_TARGETS]
     for name in targets + ["custom_text_proj"]:
         linear = model.get_submodule(name)
         module = jina_name(name + ".")[:-1]
+        prefix = f"base_model.model.{module}"
         for task in TASKS:
-            lora[f"base_model.model.{module}.lora_A.{task}.weight"] = 0.05 * torch.randn(rank, linear.in_features, generator=generator)
-            lora[f"base_model.model.{module}.lora_B.{task}.weight"] = 0.05 * torch.randn(linear.out_features, rank, generator=generator)
+            lora[f"{prefix}.lora_A.{task}.weight"] = 0.05 * torch.randn(rank, linear.in_features, generator=generator)
+            lora[f"{prefix}.lora_B.{task}.weight"] = 0.05 * torch.randn(linear.out_features, rank, generator=generator)
     save_file(lora, str(out / "adapters" / "adapter_model.safetensors"))
     _write_json(out / "adapters" / "adapter_config.json", {
         "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
-        "target_modules": "(.*(model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$|.*(multi_vector_projector).*$)",
+        "target_modules": "(.*(model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$"
+                          "|.*(multi_vector_projector).*$)",
         "base_model_name_or_path": "jinaai/jina-embeddings-v4", "task_type": "FEATURE_EXTRACTION",
         "use_rslora": False, "use_dora": False, "task_names": list(TASKS),
     })

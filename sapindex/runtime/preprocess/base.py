@@ -11,7 +11,7 @@ and prompt text.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Protocol
 
 import numpy as np
@@ -38,11 +38,24 @@ RESAMPLE = {
 }
 
 
+@dataclass(frozen=True)
 class ManifestParams:
-    """What every family's preprocessing params share: the manifest round trip and the checks
-    of ``image_mean``, ``image_std``, ``resample`` and ``padding_side`` (fields of the frozen
-    dataclass subclasses). ``LIST_FIELDS`` are tuples here and lists in the manifest.
+    """What every backbone's preprocessing params share: the pixel arithmetic, the query
+    augmentation and the padding fields, their checks, and the manifest round trip. Backbones
+    subclass it as frozen dataclasses with their own fields (after these). ``LIST_FIELDS`` are
+    tuples here and lists in the manifest. No defaults on purpose: a bundle must say what its
+    model was trained with.
     """
+
+    resample: str
+    rescale_factor: float
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    query_prefix: str
+    query_augmentation_token: str
+    n_augmentation: int
+    pad_token_id: int
+    padding_side: str
 
     LIST_FIELDS = ("image_mean", "image_std")
 
@@ -58,6 +71,11 @@ class ManifestParams:
             raise SapIndexError(f"preprocessing params: padding_side must be 'left' or 'right', "
                                 f"got {self.padding_side!r}")
 
+    def _check_visual_prompt(self, prompt: str, image_token: str) -> None:
+        """The page prompt holds the image placeholder exactly once (it is expanded per page)."""
+        if prompt.count(image_token) != 1:
+            raise SapIndexError(f"preprocessing params: visual_prompt must contain {image_token!r} exactly once")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for name in self.LIST_FIELDS:
@@ -67,7 +85,7 @@ class ManifestParams:
     @classmethod
     def from_dict(cls, d: Mapping):
         """Build from a manifest dict; unknown keys are ignored (newer exporters may add some)."""
-        missing = [f.name for f in fields(cls) if f.name not in d]
+        missing = sorted(f.name for f in fields(cls) if f.name not in d)
         if missing:
             raise SapIndexError(f"preprocessing params: missing keys {', '.join(missing)}")
         return cls(**{f.name: d[f.name] for f in fields(cls)})

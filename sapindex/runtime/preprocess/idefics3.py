@@ -21,7 +21,7 @@ Text: the prompt's ``<image>`` becomes, per tile row r and column c (1-based),
 then ``"\\n<fake_token_around_image><global-img>"`` + ``<image>`` x n + ``<fake_token_around_image>``
 (unsplit: only the last part, without the leading ``"\\n"``). ``n = image_seq_len``.
 
-What matches what (checked by tests/test_colidefics3.py; the measured figures are in
+What matches what (checked by tests/families/idefics3/; the measured figures are in
 docs/measurements.md):
 
 - ``input_ids``, ``attention_mask``, tile counts and every shape: identical to the processor.
@@ -83,21 +83,12 @@ class Idefics3Params(ManifestParams):
     longest_edge: int
     tile_size: int
     do_image_splitting: bool
-    resample: str
-    rescale_factor: float
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
     image_seq_len: int
     image_token: str
     fake_image_token: str
     global_image_token: str
     row_col_token: str
     visual_prompt: str
-    query_prefix: str
-    query_augmentation_token: str
-    n_augmentation: int
-    pad_token_id: int
-    padding_side: str
 
     def __post_init__(self):
         super().__post_init__()
@@ -105,8 +96,7 @@ class Idefics3Params(ManifestParams):
         if side * side != self.image_seq_len or self.tile_size % side:
             raise SapIndexError(f"preprocessing params: image_seq_len {self.image_seq_len} is not a square grid "
                                 f"dividing the {self.tile_size} px tile")
-        if self.visual_prompt.count(self.image_token) != 1:
-            raise SapIndexError(f"preprocessing params: visual_prompt must contain {self.image_token!r} exactly once")
+        self._check_visual_prompt(self.visual_prompt, self.image_token)
         if "{row}" not in self.row_col_token or "{col}" not in self.row_col_token:
             raise SapIndexError(f"preprocessing params: row_col_token {self.row_col_token!r} needs {{row}} and {{col}}")
         if self.do_image_splitting and math.ceil(self.longest_edge / self.tile_size) > MAX_TILES_PER_SIDE:

@@ -18,7 +18,7 @@ normalise in float32. Bit-identical to that backend given the same pass order; a
 torchvision backend colpali actually uses: within
 :data:`~sapindex.runtime.preprocess.base.TORCHVISION_MAX_LEVELS` uint8 levels, few values off at
 all, and only float32 rounding apart for pages already at ``image_size`` (checked by
-tests/test_colpali.py; the measured figures are in docs/measurements.md).
+tests/families/paligemma/; the measured figures are in docs/measurements.md).
 
 Attention (``prefix_mask``, an extra int64 ``[B, S]`` input that the torch models derive from
 ``token_type_ids``): PaliGemma puts every token whose ``token_type_ids`` is 0 into one
@@ -75,20 +75,11 @@ class PaliGemmaParams(ManifestParams):
     """
 
     image_size: int
-    resample: str
-    rescale_factor: float
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
     image_seq_length: int
     image_token_id: int
     page_token_ids: tuple[int, ...]
     bos_token: str
-    query_prefix: str
-    query_augmentation_token: str
-    n_augmentation: int
     query_suffix: str
-    pad_token_id: int
-    padding_side: str
     query_prefix_lm: bool
 
     LIST_FIELDS = ("image_mean", "image_std", "page_token_ids")

@@ -6,7 +6,7 @@ transformers builds the exact inputs of the exported ONNX model. Every number th
 processor reads from its config or class attributes lives in :class:`Qwen2VLParams`, which
 the exporter extracts (``sapindex.exporter.preprocessing_params``) and stores in the bundle.
 
-What matches what (checked by tests/test_runtime_preprocessing.py; the measured figures are in
+What matches what (checked by tests/families/qwen2_vl/test_preprocess.py; the measured figures are in
 docs/measurements.md):
 
 - ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` and ``image_grid_thw``: identical to
@@ -78,23 +78,13 @@ class Qwen2VLParams(ManifestParams):
     temporal_patch_size: int
     min_pixels: int
     max_pixels: int
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
-    rescale_factor: float
-    resample: str
     visual_prompt: str
     image_token: str
     video_token: str
-    query_prefix: str
-    query_augmentation_token: str
-    n_augmentation: int
-    pad_token_id: int
-    padding_side: str
 
     def __post_init__(self):
         super().__post_init__()
-        if self.visual_prompt.count(self.image_token) != 1:
-            raise SapIndexError(f"preprocessing params: visual_prompt must contain {self.image_token!r} exactly once")
+        self._check_visual_prompt(self.visual_prompt, self.image_token)
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,

@@ -47,7 +47,8 @@ def test_demo_answers_every_example_query_and_draws_the_kept_patches(tmp_path):
     assert out.stdout.count("query      ") == len(examples)
     ranked = [line for line in out.stdout.splitlines() if line.startswith("  ") and line.strip()[0] in "123"]
     assert len(ranked) == 3 * len(examples)
-    assert any(line.startswith("top-1      ") and f"of {len(examples)} queries" in line for line in out.stdout.splitlines())
+    of_all_queries = f"of {len(examples)} queries"
+    assert any(line.startswith("top-1      ") and of_all_queries in line for line in out.stdout.splitlines())
     with Image.open(tmp_path / "demo" / "kept-patches.png") as picture:
         assert max(picture.size) > 300
 

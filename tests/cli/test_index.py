@@ -123,8 +123,8 @@ def test_index_refuses_another_bundle(bundle, docs, tmp_path, tiny_models):
 
 def test_kill_9_then_rerun_gives_every_page_once(bundle, tmp_path):
     write_pairs(tmp_path / "many", n=120, seed=5)  # enough that the run cannot end while we poll
-    proc = subprocess.Popen([sys.executable, "-m", "sapindex.cli", "index", str(bundle), str(tmp_path / "many" / "pages"),
-                             "--out", str(tmp_path / "idx"), "--batch-size", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "sapindex.cli", "index", str(bundle),
+                             str(tmp_path / "many" / "pages"), "--out", str(tmp_path / "idx"), "--batch-size", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -184,7 +184,8 @@ def test_beir_string_ids_and_missing_parts(tmp_path):
     pq.write_table(pa.table({"query-id": ["q-1"], "corpus-id": ["a.pdf_1"]}), root / "qrels.parquet")
     with pytest.raises(SapIndexError) as err:
         load_dataset(root)
-    assert "qrels.parquet" in str(err.value) and "score" in str(err.value) and "has query-id, corpus-id" in str(err.value)
+    message = str(err.value)
+    assert "qrels.parquet" in message and "score" in message and "has query-id, corpus-id" in message
 
 
 # --------------------------------------------------------------------------- JSONL pairs

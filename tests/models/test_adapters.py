@@ -89,7 +89,8 @@ def test_lora_with_hub_base_is_refused(lora_dir, tmp_path):
     adapter_dir = tmp_path / "adapter"
     shutil.copytree(lora_dir[0], adapter_dir)
     _set_base(adapter_dir, "vidore/colqwen2-base")
-    with pytest.raises(SapIndexError, match=r"base model is not a local checkpoint.*vidore/colqwen2-base.*--base-model"):
+    with pytest.raises(SapIndexError,
+                       match=r"base model is not a local checkpoint.*vidore/colqwen2-base.*--base-model"):
         load_adapter(adapter_dir)
 
 

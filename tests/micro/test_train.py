@@ -75,8 +75,8 @@ def test_maxsim_scores_match_a_loop():
     got = maxsim_scores(q, qm, d, dm)
     for i in range(3):
         for j in range(2):
-            t, l = int(qm[i].sum()), int(dm[j].sum())
-            want = (q[i, :t] @ d[j, :l].T).max(1).values.mean()
+            t, n_doc = int(qm[i].sum()), int(dm[j].sum())
+            want = (q[i, :t] @ d[j, :n_doc].T).max(1).values.mean()
             assert abs(float(got[i, j]) - float(want)) < 1e-5
 
 

@@ -201,7 +201,8 @@ def test_index_and_search_with_a_jina_bundle(bundles, jina_adapter, tmp_path):
     for i, page in enumerate(_pages()):
         page.save(docs / f"p{i}.png")
     runner = CliRunner()
-    result = runner.invoke(cli, ["index", str(bundle), str(docs), "--out", str(tmp_path / "idx"), "--keep-ratio", "1.0"])
+    result = runner.invoke(cli, ["index", str(bundle), str(docs), "--out", str(tmp_path / "idx"),
+                                 "--keep-ratio", "1.0"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["search", str(tmp_path / "idx"), QUERIES[0], "-k", "3", "--json"])
     assert result.exit_code == 0, result.output

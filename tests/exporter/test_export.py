@@ -65,7 +65,8 @@ def test_manifest_and_validation(bundles, family):
     if family in TILED:  # local page grids of 3x3, 2x3 and 3x1 tiles of 4x4 tokens
         assert v["visual_grids"] == [[8, 12], [12, 4], [12, 12]]
         assert "global tile" in manifest["image_token_scheme"] and manifest["preprocessing"]["image_seq_len"] == 16
-    assert {"vision.onnx", "vision.onnx.data", "text.onnx", "text.onnx.data", "tokenizer.json"} <= set(manifest["files"])
+    expected_files = {"vision.onnx", "vision.onnx.data", "text.onnx", "text.onnx.data", "tokenizer.json"}
+    assert expected_files <= set(manifest["files"])
     for name in ("vision.onnx", "text.onnx"):
         graph = onnx.load(str(path / name), load_external_data=False).graph
         for tensor in graph.input:
@@ -94,7 +95,8 @@ def test_graph_parity_on_identical_inputs(bundles, adapters, family):
             np.testing.assert_allclose(cent[b][visual[b]], page.centrality.mean(axis=0), rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(eos[b][visual[b]], page.eos, rtol=1e-5, atol=1e-6)
             for ratio in RATIOS:
-                assert np.array_equal(sap.top_k(cent[b][visual[b]], ratio), sap.top_k(page.centrality.mean(axis=0), ratio))
+                assert np.array_equal(sap.top_k(cent[b][visual[b]], ratio),
+                                      sap.top_k(page.centrality.mean(axis=0), ratio))
 
 
 def _pil_backend(adapter, request, monkeypatch):
