@@ -7,6 +7,16 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
+# Session fixtures that calibrate or export every tiny family (minutes on 2 cores): a test that
+# uses one is `slow` without saying so, and `python -m pytest -m "not slow"` stays a quick loop.
+SLOW_FIXTURES = {"calibrations", "bundles"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):

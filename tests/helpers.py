@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
+def run_cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
     """``sapindex ARGS`` in a fresh interpreter, as a user runs it: exit code, stdout, stderr."""
-    return subprocess.run([sys.executable, "-m", "sapindex.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "sapindex.cli", *map(str, args)], capture_output=True, text=True,
+                          input=stdin)
 
 
 # -- multi-vector families (tests/families/paligemma, tests/families/idefics3) -----------------------

@@ -58,8 +58,7 @@ def pair_retention(query: np.ndarray, page, keep_ratio: float, seed: int,
     return per_layer, rand
 
 
-def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = None,
-              on_total: Callable[[int], None] | None = None) -> dict:
+def calibrate(cfg: CalibrationConfig, progress: Callable[[int, int], None] | None = None) -> dict:
     """Run the SR analysis and return the calibration record (see README, "calibration.json")."""
     if not 0.0 < cfg.keep_ratio <= 1.0:
         raise SapIndexError(f"--keep-ratio must be in (0, 1], got {cfg.keep_ratio}")
@@ -74,8 +73,8 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = N
     pairs = _sample(pairset.pairs, cfg.limit, cfg.seed)
     _require_enough(pairs, cfg, skipped)
     adapter = load_adapter(cfg.model, base_model=cfg.base_model, device=cfg.device, dtype=cfg.dtype)
-    if on_total:
-        on_total(len(pairs))
+    if progress:  # the bar shows its total before the first (slow) batch
+        progress(0, len(pairs))
 
     sr_rows, rand_rows, used_sources, visual_counts = [], [], [], []
     for start in range(0, len(pairs), cfg.batch_size):
@@ -97,7 +96,7 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int], None] | None = N
                 used_sources.append(pair.source)
                 visual_counts.append(page.embeddings.shape[0])
         if progress:
-            progress(len(batch))
+            progress(start + len(batch), len(pairs))
     _require_enough(used_sources, cfg, skipped)
 
     sr = np.vstack(sr_rows)  # [P, L]

@@ -1,9 +1,8 @@
 """Rendering for people: aligned key/value tables, byte sizes, and progress bars on stderr.
 
-The library reports progress in two shapes: ``progress(n)`` (n more items done) with
-``on_total(n)`` (the count, once known) from calibration and evaluation, and
-``progress(done, known)`` (absolute, the total still growing while inputs are walked) from
-indexing. :class:`ProgressBar` serves both, so every command draws the same bar.
+The library reports progress in one shape, ``progress(done, total)`` with absolute counts
+(calibration, evaluation, indexing, where the total grows while inputs are walked), so one
+:class:`ProgressBar` draws every command's bar.
 """
 
 from __future__ import annotations
@@ -34,8 +33,7 @@ def size(n: float) -> str:
 class ProgressBar:
     """A tqdm bar on stderr, hidden when ``quiet`` (``--json``) or when stderr is not a terminal.
 
-    Use as a context manager; hand the library :meth:`advance` and :meth:`set_total`
-    (``progress(n)`` / ``on_total(n)``) or :meth:`reach` (``progress(done, known)``).
+    Use as a context manager and hand the library :meth:`reach` as its ``progress(done, total)``.
     """
 
     def __init__(self, label: str, unit: str, quiet: bool = False) -> None:
@@ -61,16 +59,9 @@ class ProgressBar:
             self._bar.close()
             self._bar = None
 
-    def advance(self, n: int) -> None:
-        """``progress(n)``: ``n`` more items done."""
-        self._bar.update(n)
-
-    def set_total(self, n: int) -> None:
-        """``on_total(n)``: the number of items, once the library knows it."""
-        self._bar.reset(total=n)
-
     def reach(self, done: int, known: int) -> None:
-        """``progress(done, known)``: ``done`` items of the ``known`` so far."""
+        """``progress(done, known)``: ``done`` items of the ``known`` so far (the total may still grow,
+        as while ``index`` walks its inputs)."""
         self._bar.total = max(known, done)
         self._bar.n = done
         self._bar.refresh()

@@ -46,7 +46,7 @@ def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, 
                             limit=limit, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
                             keep_ratio=keep_ratio, rho=rho, window_rule=window_rule)
     with ProgressBar("calibrating", "pair", quiet=as_json) as bar:
-        record = run_calibration(cfg, progress=bar.advance, on_total=bar.set_total)
+        record = run_calibration(cfg, progress=bar.reach)
     json_path, png_path = write_calibration(record, out_dir)
     if as_json:
         click.echo(json.dumps(record, indent=2))

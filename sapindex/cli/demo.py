@@ -81,7 +81,7 @@ def _pipeline_demo(out_dir: Path, family: str) -> None:
 
     bar = ProgressBar("calibrating", "pair")
     try:
-        for stage, run in run_pipeline(out_dir, family, progress=bar.advance, on_total=bar.set_total):
+        for stage, run in run_pipeline(out_dir, family, progress=bar.reach):
             if stage == "model":
                 click.echo(f"tiny model {run.model_dir}\npairs      {run.pairs}")
                 bar.open()

@@ -43,7 +43,7 @@ def eval_command(bundle, dataset, keep_ratios, methods, out_dir, batch_size, dev
                      methods=parse_methods(methods) if methods is not None else None, batch_size=batch_size,
                      device=device, threads=threads, seed=seed, command=" ".join(["sapindex", *sys.argv[1:]]))
     with ProgressBar("encoding pages", "page", quiet=as_json) as bar:
-        report = run_eval(cfg, progress=bar.advance, on_total=bar.set_total)
+        report = run_eval(cfg, progress=bar.reach)
     paths = write_reports(report, out_dir)
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -73,13 +73,18 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 
 
 def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache, batch_size: int,
-                   progress: Callable[[int], None] | None = None) -> tuple[dict[str, PageTokens], list[str]]:
-    """Every page's encoding (cached ones reused); returns them and the ids of pages that failed."""
+                   progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, PageTokens], list[str]]:
+    """Every page's encoding (cached ones reused); returns them and the ids of pages that failed.
+
+    ``progress(pages_done, pages_total)`` at the start (the cached pages count as done) and after
+    each batch.
+    """
     pages = cache.load()
-    if progress:
-        progress(len(pages))
     failed = []
     todo = [p for p in dataset.pages if p.id not in pages]
+    total = len(dataset.pages)
+    if progress:
+        progress(total - len(todo), total)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         images, ids = [], []
@@ -94,7 +99,7 @@ def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache,
             cache.save(ids, encoded)
             pages.update(zip(ids, encoded))
         if progress:
-            progress(len(chunk))
+            progress(total - len(todo) + start + len(chunk), total)
     return pages, failed
 
 
@@ -111,16 +116,13 @@ def mean_score_retention(scores: np.ndarray, full: np.ndarray, relevant: np.ndar
     return float(scores[relevant].mean() / denominator) if denominator else 1.0
 
 
-def run_eval(cfg: EvalConfig, progress: Callable[[int], None] | None = None,
-             on_total: Callable[[int], None] | None = None) -> dict:
+def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None) -> dict:
     bundle = Bundle.open(cfg.bundle)
     methods = bundle_methods(bundle, cfg.methods)
     dataset = load_dataset(cfg.dataset)
     encoder = Encoder(bundle, device=cfg.device, threads=cfg.threads)
     out = Path(cfg.out)
     cache = EncodingCache(out / "cache", bundle, dataset)
-    if on_total:
-        on_total(len(dataset.pages))
     encoded, failed = encode_dataset(encoder, dataset, cache, cfg.batch_size, progress)
 
     page_ids = [p.id for p in dataset.pages if p.id in encoded]

@@ -284,7 +284,7 @@ class _Validation:
         """
         import torch
 
-        from sapindex.eval.metrics import evaluate, maxsim_matrix
+        from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
 
         model.eval()
         pages, queries, words = [], [], []
@@ -301,7 +301,8 @@ class _Validation:
                     words.append(valid[batches.query_offset: len(valid) - batches.query_suffix_len])
         model.train()
         ids = [q for q, _ in self.queries]
-        return tuple(float(evaluate(maxsim_matrix(qs, pages), ids, self.page_ids, self.qrels, ks=(5,))["ndcg@5"])
+        return tuple(float(retrieval_metrics(maxsim_matrix(qs, pages), ids, self.page_ids, self.qrels,
+                                             ks=(5,))["ndcg@5"])
                      for qs in (queries, words))
 
 

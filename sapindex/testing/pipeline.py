@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-Progress = Callable[[int], None]
+Progress = Callable[[int, int], None]  # progress(done, total)
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,13 @@ class PipelineRun:
     hits: list = field(default_factory=list)  # sapindex.index.store.Hit, best first
 
 
-def calibrate(model_dir: Path, pairs: Path, calib_dir: Path, progress: Progress | None = None,
-              on_total: Progress | None = None) -> tuple[dict, Path, Path]:
+def calibrate(model_dir: Path, pairs: Path, calib_dir: Path,
+              progress: Progress | None = None) -> tuple[dict, Path, Path]:
     """Calibrate with the default settings and write calibration.json and sr_curve.png: (record, json, png)."""
     from sapindex.calibration.calibrate import CalibrationConfig, write_calibration
     from sapindex.calibration.calibrate import calibrate as run
 
-    record = run(CalibrationConfig(model=str(model_dir), pairs=str(pairs)), progress=progress, on_total=on_total)
+    record = run(CalibrationConfig(model=str(model_dir), pairs=str(pairs)), progress=progress)
     return (record, *write_calibration(record, calib_dir))
 
 
@@ -74,13 +74,13 @@ def calibrate_and_export(model_dir: Path, pairs: Path, calib_dir: Path, bundle: 
     return Exported(record, json_path, png_path, Path(bundle), manifest, seconds)
 
 
-def run_pipeline(out_dir: Path, family: str, progress: Progress | None = None,
-                 on_total: Progress | None = None) -> Iterator[tuple[str, PipelineRun]]:
+def run_pipeline(out_dir: Path, family: str,
+                 progress: Progress | None = None) -> Iterator[tuple[str, PipelineRun]]:
     """Build a tiny ``family`` model and 16 toy pages, then calibrate, export, index and search them.
 
     Yields ``(stage, run)`` after each stage: ``"model"`` (checkpoint and pairs written, calibration
     next), ``"calibrated"``, ``"exported"``, ``"indexed"``, ``"searched"`` (the first pair's query,
-    top 3). ``progress``/``on_total`` follow the calibration.
+    top 3). ``progress(pairs_done, pairs_total)`` follows the calibration.
     """
     from sapindex.index.indexer import open_for_search, run_index, search
     from sapindex.testing.tiny import build_tiny
@@ -89,7 +89,7 @@ def run_pipeline(out_dir: Path, family: str, progress: Progress | None = None,
     out_dir = Path(out_dir)
     run = PipelineRun(build_tiny(out_dir / f"tiny-{family}", family), write_pairs(out_dir / "pairs", n=16))
     yield "model", run
-    run.record, run.calibration, run.curve = calibrate(run.model_dir, run.pairs, out_dir / "calib", progress, on_total)
+    run.record, run.calibration, run.curve = calibrate(run.model_dir, run.pairs, out_dir / "calib", progress)
     yield "calibrated", run
     run.bundle = out_dir / f"tiny-{family}.sap"
     run.manifest, _ = export(run.model_dir, run.calibration, run.bundle, overwrite=True)

@@ -68,9 +68,9 @@ def test_batched_pass_matches_one_page_at_a_time(adapters, family):
 def test_calibration_end_to_end(tiny_models, adapters, pairs_file, tmp_path, family):
     cfg = CalibrationConfig(model=str(tiny_models[family]), pairs=str(pairs_file), batch_size=4, limit=500)
     seen = []
-    record = calibrate(cfg, progress=seen.append)
+    record = calibrate(cfg, progress=lambda done, total: seen.append((done, total)))
     n_layers = adapters[family].n_layers
-    assert sum(seen) == 6 and record["pairs"]["used"] == 6 and record["pairs"]["skipped"] == 0
+    assert seen == [(0, 6), (4, 6), (6, 6)] and record["pairs"]["used"] == 6 and record["pairs"]["skipped"] == 0
     assert record["model"]["family"] == family and record["model"]["n_layers"] == n_layers
     assert len(record["sr"]["mean"]) == len(record["sr"]["std"]) == n_layers
     start, end = sap.select_window(record["sr"]["mean"], record["settings"]["rho"])

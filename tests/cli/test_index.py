@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import run_cli as cli
 from PIL import Image
 
 from sapindex import sap
@@ -17,10 +18,8 @@ from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder
 from sapindex.testing.toy_pages import write_pairs
 
-
-def cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "sapindex.cli", *map(str, args)], capture_output=True, text=True,
-                          input=stdin)
+# every test here exports a tiny bundle and indexes through the CLI
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,7 @@ def test_info_lists_every_family_with_checkpoints_and_sizes():
     assert "colidefics3" in text and "prefix-lm attention" in text and "GB fp16" in text
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path):
     """The README's first command, on a smaller page count."""
     out = run_cli("demo", "--pipeline", "--out", tmp_path / "demo")

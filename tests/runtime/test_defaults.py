@@ -87,6 +87,7 @@ def ranks_of_the_source_pages(index_dir, cases) -> list[int]:
     return ranks
 
 
+@pytest.mark.slow
 def test_search_finds_the_page_each_query_came_from(held_out_docs, tmp_path):
     """PDFs and images -> index (built-in model) -> search ranks the query's own page first
     for at least half of 24 queries on 6 unseen pages (chance: 1 in 6 each)."""
