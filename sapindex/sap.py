@@ -22,12 +22,15 @@ import numpy as np
 # The paper's operating point: keep 10 % of a page's visual tokens (gamma_cal of calibration and
 # the default of index, demo and export validation).
 DEFAULT_KEEP_RATIO = 0.10
+# The paper's three operating points, reported side by side by `sapindex eval`.
+EVAL_KEEP_RATIOS: tuple[float, ...] = (0.2, 0.1, 0.05)
 # Seeds of the random-selection floor (calibration) and of the random baseline (eval): the paper
 # averages five.
 RANDOM_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 __all__ = [
     "DEFAULT_KEEP_RATIO",
+    "EVAL_KEEP_RATIOS",
     "RANDOM_SEEDS",
     "in_degree",
     "select_window",

@@ -7,6 +7,19 @@ MaxSim(query, kept) / MaxSim(query, all visual tokens). The curve is the mean ov
 window is Algorithm 1 (``sapindex.sap.select_window``) on that curve, or with ``window_rule``
 "sr-peak" the same-width window of highest mean SR (``sapindex.sap.peak_window``); both picks
 are recorded. All SAP math comes from ``sapindex.sap``, the same code the runtime uses.
+
+``calibration.json`` (format ``sapindex-calibration``, ``version`` 1; built by :func:`calibrate`)::
+
+    model          path, base_model, family, n_layers, n_heads, fingerprint (of the weight files)
+    settings       keep_ratio, rho, seed, limit, batch_size, device, dtype
+    pairs          source, available, used, skipped, skipped_rows (first 100), visual_tokens min/mean/max
+    sr             mean and std per decoder layer (the SR curve)
+    random_floor   mean, std, per_seed, seeds: SR of random selections at the same keep ratio
+    window         start, end (exclusive), rule, candidates (every rule's pick), median,
+                   alignment_region, width, sr_mean_in_window
+
+``sapindex export`` reads it (``sapindex.exporter.export.load_calibration``) and refuses one made
+on other weights.
 """
 
 from __future__ import annotations

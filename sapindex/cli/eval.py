@@ -10,14 +10,17 @@ import click
 
 from sapindex.cli._options import device_option, json_option
 from sapindex.cli._output import ProgressBar
+from sapindex.eval.baselines import METHODS
+from sapindex.sap import EVAL_KEEP_RATIOS
 
 
 @click.command("eval")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("--keep-ratios", default="0.2,0.1,0.05", show_default=True, help="Comma-separated keep ratios.")
+@click.option("--keep-ratios", default=",".join(f"{r:g}" for r in EVAL_KEEP_RATIOS), show_default=True,
+              help="Comma-separated keep ratios.")
 @click.option("--methods", default=None,
-              help="Comma-separated methods of full,sap,sap-poscorr,random,eos,adaptive-eos,pooling,cluster "
+              help=f"Comma-separated methods of {','.join(METHODS)} "
                    "(default: all; sap-poscorr only for causal bundles).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
 @click.option("--batch-size", default=8, show_default=True)

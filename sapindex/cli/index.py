@@ -11,6 +11,7 @@ import click
 from sapindex.cli._options import device_option, json_option, keep_ratio_option
 from sapindex.cli._output import ProgressBar, size
 from sapindex.errors import EXIT_PARTIAL
+from sapindex.index.inputs import DEFAULT_DPI
 
 
 @click.command()
@@ -21,7 +22,7 @@ from sapindex.errors import EXIT_PARTIAL
 @keep_ratio_option()
 @device_option()
 @click.option("--batch-size", default=8, show_default=True, help="Pages per ONNX Runtime call (and per commit).")
-@click.option("--dpi", default=144, show_default=True, help="PDF rendering resolution.")
+@click.option("--dpi", default=DEFAULT_DPI, show_default=True, help="PDF rendering resolution.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--position-correction", is_flag=True,
               help="Rank by in-degree per attending row (causal decoders only: refused for prefix-LM "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sapindex import __version__
+from sapindex import __version__, sap
 from sapindex.errors import SapIndexError
 from sapindex.eval.baselines import METHODS, Baseline, calibrate_adaptive_eos
 from sapindex.eval.cache import EncodingCache
@@ -34,7 +34,7 @@ class EvalConfig:
     bundle: str
     dataset: str
     out: str
-    keep_ratios: tuple[float, ...] = (0.2, 0.1, 0.05)
+    keep_ratios: tuple[float, ...] = sap.EVAL_KEEP_RATIOS
     methods: tuple[str, ...] | None = None  # None: every method that applies to the bundle
     batch_size: int = 8
     device: str = "cpu"

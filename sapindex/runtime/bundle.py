@@ -18,14 +18,13 @@ sha256s, so an index can refuse vectors from any other bundle.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from sapindex.errors import SapIndexError
 from sapindex.families import ATTENTION_KINDS, FAMILIES
 from sapindex.fingerprint import sha256_file
-from sapindex.formats import write_json_atomic
+from sapindex.formats import read_artifact, read_json, write_json_atomic
 
 BUNDLE_FORMAT = "sapindex-bundle"
 BUNDLE_VERSION = 1
@@ -52,8 +51,8 @@ def is_bundle_dir(path: str | Path) -> bool:
     if not manifest.is_file():
         return False
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("format") == BUNDLE_FORMAT
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return read_json(manifest, "sapindex bundle manifest").get("format") == BUNDLE_FORMAT
+    except SapIndexError:
         return False
 
 
@@ -71,18 +70,7 @@ class Bundle:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise SapIndexError(f"{path}: not a sapindex bundle (no {MANIFEST})")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SapIndexError(f"{manifest_path}: unreadable manifest: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-            raise SapIndexError(f"{manifest_path}: not a sapindex bundle manifest")
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > BUNDLE_VERSION:
-            raise SapIndexError(
-                f"{manifest_path}: bundle format {version} is newer than this sapindex reads ({BUNDLE_VERSION}); "
-                "upgrade sapindex"
-            )
+        manifest = read_artifact(manifest_path, BUNDLE_FORMAT, BUNDLE_VERSION, "sapindex bundle")
         bundle = cls(path, manifest)
         bundle.check_files(verify)
         return bundle

@@ -21,8 +21,19 @@ from tokenizers import Tokenizer
 from sapindex.errors import SapIndexError
 from sapindex.runtime.layout import TokenLayout
 
-__all__ = ["Preprocessor", "ManifestParams", "RESAMPLE", "TORCHVISION_MAX_LEVELS", "resize_hv", "rescale_normalize",
-           "load_tokenizer", "encode_padded", "text_only_image_embeds", "visual_positions"]
+__all__ = [
+    "Preprocessor",
+    "PreprocessorBase",
+    "ManifestParams",
+    "RESAMPLE",
+    "TORCHVISION_MAX_LEVELS",
+    "resize_hv",
+    "rescale_normalize",
+    "load_tokenizer",
+    "encode_padded",
+    "text_only_image_embeds",
+    "visual_positions",
+]
 
 # The bound, in uint8 levels, that the parity tests hold the runtime's pixels to against the torchvision
 # backend colpali-engine uses (PIL and torchvision resample differently; figures in docs/measurements.md).
@@ -182,3 +193,43 @@ def visual_positions(ids: np.ndarray, image_token_id: int, layout: TokenLayout) 
             grids += f" + {layout.global_grid[0]}x{layout.global_grid[1]} global"
         raise SapIndexError(f"page has {len(positions)} image tokens, expected {layout.n_tokens} ({grids})")
     return positions
+
+
+class PreprocessorBase:
+    """What every backbone's preprocessor does the same way, so a backbone writes only its own
+    steps: the bundle tokenizer, padding as the processor pads, the params' resampler and
+    normalisation, image-token positions and the text-only image features of queries."""
+
+    def __init__(self, params: ManifestParams, tokenizer_path):
+        self.params = params
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.tokenizer_path = tokenizer_path
+
+    def token_id(self, token: str) -> int:
+        """A special token's id in the bundle tokenizer; a bundle without it is refused."""
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise SapIndexError(f"{self.tokenizer_path}: no token {token!r} in the vocabulary")
+        return token_id
+
+    def pad(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``input_ids`` and ``attention_mask`` ``[B, S]`` int64, padded on the params' side."""
+        return encode_padded(self.tokenizer, texts, self.params.pad_token_id, self.params.padding_side)
+
+    def resize(self, image: Image.Image, width: int, height: int) -> Image.Image:
+        """:func:`resize_hv` with the params' resampler."""
+        return resize_hv(image, width, height, RESAMPLE[self.params.resample])
+
+    def normalize(self, image: Image.Image) -> np.ndarray:
+        """:func:`rescale_normalize` with the params' rescale factor, mean and std: ``[H, W, 3]`` float32."""
+        p = self.params
+        return rescale_normalize(image, p.rescale_factor, p.image_mean, p.image_std)
+
+    def positions(self, ids: np.ndarray, layout: TokenLayout) -> np.ndarray:
+        """:func:`visual_positions` of this tokenizer's image token."""
+        return visual_positions(ids, self.image_token_id, layout)
+
+    @staticmethod
+    def no_image(batch: int, hidden: int) -> np.ndarray:
+        """:func:`text_only_image_embeds`: the queries' stand-in for image features."""
+        return text_only_image_embeds(batch, hidden)

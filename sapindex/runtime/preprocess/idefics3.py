@@ -55,16 +55,7 @@ from PIL import Image
 
 from sapindex.errors import SapIndexError
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.preprocess.base import (
-    RESAMPLE,
-    ManifestParams,
-    encode_padded,
-    load_tokenizer,
-    rescale_normalize,
-    resize_hv,
-    text_only_image_embeds,
-    visual_positions,
-)
+from sapindex.runtime.preprocess.base import ManifestParams, PreprocessorBase
 
 __all__ = ["Idefics3Params", "Idefics3Preprocessor", "tile_grid_from_ids", "MAX_IMAGE_SIZE", "MAX_TILES_PER_SIDE"]
 
@@ -172,23 +163,16 @@ def tile_grid_from_ids(ids: np.ndarray, image_token_id: int, row_col_ids: Mappin
     return rows, cols
 
 
-class Idefics3Preprocessor:
+class Idefics3Preprocessor(PreprocessorBase):
     """``process_images`` / ``process_queries`` of colpali-engine's ``ColIdefics3Processor``, torch-free."""
 
     def __init__(self, params: Idefics3Params, tokenizer_path):
-        self.params = params
-        self.tokenizer = load_tokenizer(tokenizer_path)
-        self.image_token_id = self._token_id(params.image_token, tokenizer_path)
+        super().__init__(params, tokenizer_path)
+        self.image_token_id = self.token_id(params.image_token)
         self.row_col_ids = {}  # {token id: (row, col)}, 1-based, as the processor numbers tiles
         for r in range(1, MAX_TILES_PER_SIDE + 1):
             for c in range(1, MAX_TILES_PER_SIDE + 1):
-                self.row_col_ids[self._token_id(params.row_col_token.format(row=r, col=c), tokenizer_path)] = (r, c)
-
-    def _token_id(self, token: str, tokenizer_path) -> int:
-        token_id = self.tokenizer.token_to_id(token)
-        if token_id is None:
-            raise SapIndexError(f"{tokenizer_path}: no token {token!r} in the vocabulary")
-        return token_id
+                self.row_col_ids[self.token_id(params.row_col_token.format(row=r, col=c))] = (r, c)
 
     # -- geometry --------------------------------------------------------------------------
 
@@ -221,7 +205,7 @@ class Idefics3Preprocessor:
             page_tiles, (rows, cols) = self._tiles(image.convert("RGB"))
             tiles.append(page_tiles)
             texts.append(p.visual_prompt.replace(p.image_token, self._image_text(rows, cols)))
-        input_ids, attention_mask = encode_padded(self.tokenizer, texts, p.pad_token_id, p.padding_side)
+        input_ids, attention_mask = self.pad(texts)
         m, n_max = p.tile_size, max(len(t) for t in tiles)
         pixel_values = np.zeros((len(images), n_max, 3, m, m), np.float32)  # [B, N, 3, M, M], zero tiles pad
         pixel_attention_mask = np.zeros((len(images), n_max, m, m), np.int64)  # [B, N, M, M]
@@ -239,28 +223,27 @@ class Idefics3Preprocessor:
         for ids in batch["input_ids"]:
             layout = TokenLayout.tiled(*tile_grid_from_ids(ids, self.image_token_id, self.row_col_ids, p.image_seq_len),
                                        p.tokens_per_side)
-            out.append((visual_positions(ids, self.image_token_id, layout), layout))
+            out.append((self.positions(ids, layout), layout))
         return out
 
     def _tiles(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
         """One RGB page -> (tiles ``[N, 3, M, M]`` float32, (R, C)), the three passes of the module doc."""
         p = self.params
-        m, resample = p.tile_size, RESAMPLE[p.resample]
+        m = p.tile_size
         height, width = resized_size(image.height, image.width, p.longest_edge)
-        image = resize_hv(image, width, height, resample)  # pass 1, uint8
+        image = self.resize(image, width, height)  # pass 1, uint8
         if not p.do_image_splitting:
-            crops, rows, cols = [resize_hv(image, m, m, resample)], 0, 0
+            crops, rows, cols = [self.resize(image, m, m)], 0, 0
         else:
             height, width = canvas_size(height, width, m)
-            image = resize_hv(image, width, height, resample)  # pass 2, uint8, R*M x C*M
+            image = self.resize(image, width, height)  # pass 2, uint8, R*M x C*M
             if height > m or width > m:
                 rows, cols = height // m, width // m
                 crops = [image.crop((c * m, r * m, (c + 1) * m, (r + 1) * m)) for r in range(rows) for c in range(cols)]
-                crops.append(resize_hv(image, m, m, resample))  # pass 3: the global tile
+                crops.append(self.resize(image, m, m))  # pass 3: the global tile
             else:
                 crops, rows, cols = [image], 0, 0
-        tiles = [rescale_normalize(crop, p.rescale_factor, p.image_mean, p.image_std).transpose(2, 0, 1)
-                 for crop in crops]  # each [3, M, M]
+        tiles = [self.normalize(crop).transpose(2, 0, 1) for crop in crops]  # each [3, M, M]
         return np.stack(tiles), (rows, cols)
 
     def _image_text(self, rows: int, cols: int) -> str:
@@ -282,11 +265,10 @@ class Idefics3Preprocessor:
             raise SapIndexError("no queries to preprocess")
         p = self.params
         suffix = p.query_augmentation_token * p.n_augmentation
-        input_ids, attention_mask = encode_padded(self.tokenizer, [p.query_prefix + t + suffix for t in texts],
-                                                  p.pad_token_id, p.padding_side)
+        input_ids, attention_mask = self.pad([p.query_prefix + t + suffix for t in texts])
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def query_extras(self, batch: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
         """Text-graph inputs a :meth:`queries` batch has no value for: zero image features
         ``[B, 1, hidden]`` (a query has no ``<image>`` token, so none is gathered)."""
-        return {"image_embeds": text_only_image_embeds(len(batch["input_ids"]), hidden)}
+        return {"image_embeds": self.no_image(len(batch["input_ids"]), hidden)}

@@ -50,16 +50,7 @@ from PIL import Image
 
 from sapindex.errors import SapIndexError
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.preprocess.base import (
-    RESAMPLE,
-    ManifestParams,
-    encode_padded,
-    load_tokenizer,
-    rescale_normalize,
-    resize_hv,
-    text_only_image_embeds,
-    visual_positions,
-)
+from sapindex.runtime.preprocess.base import ManifestParams, PreprocessorBase
 
 __all__ = ["PaliGemmaParams", "PaliGemmaPreprocessor"]
 
@@ -99,12 +90,11 @@ class PaliGemmaParams(ManifestParams):
         return math.isqrt(self.image_seq_length)
 
 
-class PaliGemmaPreprocessor:
+class PaliGemmaPreprocessor(PreprocessorBase):
     """``process_images`` / ``process_queries`` of the ColPali processors, torch-free."""
 
     def __init__(self, params: PaliGemmaParams, tokenizer_path):
-        self.params = params
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        super().__init__(params, tokenizer_path)
         self.image_token_id = params.image_token_id
 
     # -- pages -----------------------------------------------------------------------------
@@ -120,12 +110,9 @@ class PaliGemmaPreprocessor:
         if not images:
             raise SapIndexError("no page images to preprocess")
         p = self.params
-        size, resample = p.image_size, RESAMPLE[p.resample]
-        pixels = [
-            rescale_normalize(resize_hv(image.convert("RGB"), size, size, resample), p.rescale_factor,
-                              p.image_mean, p.image_std).transpose(2, 0, 1)  # [3, size, size]
-            for image in images
-        ]
+        size = p.image_size
+        pixels = [self.normalize(self.resize(image.convert("RGB"), size, size)).transpose(2, 0, 1)  # [3, size, size]
+                  for image in images]
         input_ids = np.tile(np.asarray(p.page_token_ids, np.int64), (len(images), 1))  # [B, S]
         return {
             "input_ids": input_ids,
@@ -140,7 +127,7 @@ class PaliGemmaPreprocessor:
         raster grid they cover (token k at ``(k // side, k % side)``), the same for every page."""
         side = self.params.grid_side
         layouts = [TokenLayout.raster(side, side) for _ in range(len(batch["input_ids"]))]
-        return [(visual_positions(ids, self.image_token_id, layout), layout)
+        return [(self.positions(ids, layout), layout)
                 for ids, layout in zip(batch["input_ids"], layouts)]
 
     # -- queries ---------------------------------------------------------------------------
@@ -151,9 +138,7 @@ class PaliGemmaPreprocessor:
             raise SapIndexError("no queries to preprocess")
         p = self.params
         suffix = p.query_augmentation_token * p.n_augmentation + p.query_suffix
-        input_ids, attention_mask = encode_padded(
-            self.tokenizer, [p.bos_token + p.query_prefix + t + suffix for t in texts], p.pad_token_id, p.padding_side
-        )
+        input_ids, attention_mask = self.pad([p.bos_token + p.query_prefix + t + suffix for t in texts])
         batch = {"input_ids": input_ids}
         if p.query_prefix_lm:
             batch["token_type_ids"] = np.zeros_like(input_ids)  # [B, M]: all in the prefix block
@@ -164,4 +149,4 @@ class PaliGemmaPreprocessor:
     def query_extras(self, batch: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
         """Text-graph inputs a :meth:`queries` batch has no value for: zero image features
         ``[B, 1, hidden]`` (a query has no ``<image>`` token; ``prefix_mask`` is already in the batch)."""
-        return {"image_embeds": text_only_image_embeds(len(batch["input_ids"]), hidden)}
+        return {"image_embeds": self.no_image(len(batch["input_ids"]), hidden)}

@@ -49,16 +49,7 @@ from PIL import Image
 
 from sapindex.errors import SapIndexError
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.preprocess.base import (
-    RESAMPLE,
-    ManifestParams,
-    encode_padded,
-    load_tokenizer,
-    rescale_normalize,
-    resize_hv,
-    text_only_image_embeds,
-    visual_positions,
-)
+from sapindex.runtime.preprocess.base import ManifestParams, PreprocessorBase
 
 __all__ = ["Qwen2VLParams", "Qwen2VLPreprocessor", "smart_resize"]
 
@@ -112,15 +103,12 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
     return h_bar, w_bar
 
 
-class Qwen2VLPreprocessor:
+class Qwen2VLPreprocessor(PreprocessorBase):
     """``process_images`` / ``process_queries`` of colpali-engine's Qwen2-VL processors, torch-free."""
 
     def __init__(self, params: Qwen2VLParams, tokenizer_path):
-        self.params = params
-        self.tokenizer = load_tokenizer(tokenizer_path)
-        self.image_token_id = self.tokenizer.token_to_id(params.image_token)
-        if self.image_token_id is None:
-            raise SapIndexError(f"{tokenizer_path}: no token {params.image_token!r} in the vocabulary")
+        super().__init__(params, tokenizer_path)
+        self.image_token_id = self.token_id(params.image_token)
         self.video_token_id = self.tokenizer.token_to_id(params.video_token)
 
     # -- pages -----------------------------------------------------------------------------
@@ -160,7 +148,7 @@ class Qwen2VLPreprocessor:
         out = []
         for ids, (_t, gh, gw) in zip(batch["input_ids"], batch["image_grid_thw"]):
             layout = TokenLayout.raster(int(gh) // m, int(gw) // m)
-            out.append((visual_positions(ids, self.image_token_id, layout), layout))
+            out.append((self.positions(ids, layout), layout))
         return out
 
     def _patchify(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
@@ -168,8 +156,7 @@ class Qwen2VLPreprocessor:
         p = self.params
         ps, m, tps = p.patch_size, p.merge_size, p.temporal_patch_size
         height, width = smart_resize(image.height, image.width, ps * m, p.min_pixels, p.max_pixels)
-        image = resize_hv(image, width, height, RESAMPLE[p.resample])
-        x = rescale_normalize(image, p.rescale_factor, p.image_mean, p.image_std).transpose(2, 0, 1)  # [C, H, W]
+        x = self.normalize(self.resize(image, width, height)).transpose(2, 0, 1)  # [C, H, W]
         c, gh, gw = x.shape[0], height // ps, width // ps
         # A still image is a clip of temporal_patch_size identical frames: one temporal patch.
         x = np.broadcast_to(x[None], (tps, c, height, width))  # [T, C, H, W]
@@ -193,13 +180,12 @@ class Qwen2VLPreprocessor:
         dummy 1x2x2 grid (no token is an image token, so neither is read; rows without image
         tokens get positions ``0..S-1``, as transformers gives text-only input)."""
         n = len(batch["input_ids"])
-        return {"image_embeds": text_only_image_embeds(n, hidden),
+        return {"image_embeds": self.no_image(n, hidden),
                 "image_grid_thw": np.tile(np.array([[1, 2, 2]], np.int64), (n, 1))}  # [B, 3]
 
     def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Tokenize and pad to the longest, as the processor's tokenizer call with padding='longest'."""
-        input_ids, attention_mask = encode_padded(self.tokenizer, texts, self.params.pad_token_id,
-                                                  self.params.padding_side)
+        input_ids, attention_mask = self.pad(texts)
         mm_token_type_ids = np.zeros_like(input_ids)  # [B, S]: 0 text, 1 image, 2 video
         mm_token_type_ids[input_ids == self.image_token_id] = 1
         if self.video_token_id is not None:
