@@ -39,6 +39,7 @@ __all__ = [
     "keep_count",
     "top_k",
     "causal_correction",
+    "select",
     "random_k",
     "maxsim",
     "maxsim_segments",
@@ -159,6 +160,13 @@ def causal_correction(centrality, seq_rank=None) -> np.ndarray:
     if rank.shape != (n,) or not np.array_equal(np.sort(rank), np.arange(n)):
         raise ValueError(f"seq_rank must be a permutation of 0..{n - 1}, got shape {rank.shape}")
     return centrality / (n - rank)
+
+
+def select(centrality, ratio: float, seq_rank=None) -> np.ndarray:
+    """SAP's kept positions: the ``keep_count(n, ratio)`` most central tokens (:func:`top_k`), or,
+    given each token's sequence rank, ranked by :func:`causal_correction` (causal decoders only)."""
+    scores = centrality if seq_rank is None else causal_correction(centrality, seq_rank)
+    return top_k(scores, ratio)
 
 
 def random_k(n: int, ratio: float, rng: np.random.Generator) -> np.ndarray:

@@ -343,3 +343,13 @@ def test_causal_correction_divides_by_the_rows_that_see_each_token_in_sequence_o
     np.testing.assert_allclose(corrected, [1 / 2, 6 / 4, 3 / 1, 5 / 3])
     with pytest.raises(ValueError, match="permutation"):
         sap.causal_correction(seq_values, seq_rank=[0, 0, 1, 2])
+
+
+def test_select_is_top_k_or_its_causal_correction():
+    """sap.select is the one SAP selection rule (index-time pruning and eval's sap/sap-poscorr)."""
+    rng = np.random.default_rng(3)
+    centrality, rank = rng.random(40), rng.permutation(40)
+    np.testing.assert_array_equal(sap.select(centrality, 0.2), sap.top_k(centrality, 0.2))
+    corrected = sap.top_k(sap.causal_correction(centrality, rank), 0.2)
+    np.testing.assert_array_equal(sap.select(centrality, 0.2, rank), corrected)
+    assert not np.array_equal(corrected, sap.top_k(centrality, 0.2))  # the correction changes the pick here

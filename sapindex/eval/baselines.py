@@ -106,9 +106,7 @@ def sap_select(vectors, centrality, ratio: float, seq_rank=None) -> Compressed:
     scores = np.asarray(centrality)
     if scores.shape != (v.shape[0],):
         raise ValueError(f"centrality must be [{v.shape[0]}] (one score per vector), got shape {scores.shape}")
-    if seq_rank is not None:
-        scores = sap.causal_correction(scores, seq_rank)
-    return _select(v, sap.top_k(scores, ratio))
+    return _select(v, sap.select(scores, ratio, seq_rank))
 
 
 def random(vectors, ratio: float, seed: int) -> Compressed:

@@ -61,9 +61,7 @@ def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False
     ``position_correction`` ranks by :func:`sapindex.sap.causal_correction` of the centrality
     with each token's sequence rank (causal decoders only; see there).
     """
-    scores = (sap.causal_correction(page.centrality, page.layout.seq_rank) if position_correction
-              else page.centrality)
-    kept = sap.top_k(scores, keep_ratio)
+    kept = sap.select(page.centrality, keep_ratio, page.layout.seq_rank if position_correction else None)
     return PrunedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual,
                        page.layout.global_grid)
 
