@@ -13,14 +13,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-if TYPE_CHECKING:
-    from sapindex.benchdata.render import PhraseSampler
 
 __all__ = ["FORMAT_SPECS", "UNITS", "Word", "Table", "Chart", "Canvas", "get_font"]
 
@@ -75,11 +72,17 @@ FORMAT_SPECS = {
 UNITS = ("(%)", "(kg)", "(km)", "(ms)", "(USD)", "(EUR)", "(mm)", "(GB)", "(kWh)", "(t)")  # table and axis units
 
 
+class Phrases(Protocol):
+    """Where a canvas draws its words from (``render.PhraseSampler``, which keeps the splits apart)."""
+
+    def phrase(self, rng: np.random.Generator, n: int, content: bool = False) -> list[str]: ...
+
+
 class Canvas:
     """One page being drawn: its size, margins, body font and ink (the first draws from ``rng``), the
     page's ``sampler``, and every word, table and chart drawn on it so far."""
 
-    def __init__(self, rng: np.random.Generator, sampler: PhraseSampler, min_font_px: int, fmt: str):
+    def __init__(self, rng: np.random.Generator, sampler: Phrases, min_font_px: int, fmt: str):
         self.rng, self.sampler, self.format = rng, sampler, fmt
         ratio, (lo, hi), (f_lo, f_hi), _ = FORMAT_SPECS[fmt]
         long_side = int(rng.integers(lo, hi + 1))
