@@ -73,7 +73,11 @@ def load_calibration(path: str | Path) -> dict:
 
 
 def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: None) -> dict:
-    """Export, validate and write the bundle; returns its manifest."""
+    """Export, validate and write the bundle; returns its manifest.
+
+    ``log`` gets one line as each long step starts (loading, each graph, each validation batch,
+    sealing), so a user exporting a real-size model never watches a silent terminal.
+    """
     if cfg.dtype not in ("fp32", "fp16"):
         raise SapIndexError(f"--dtype {cfg.dtype}: choose fp32 or fp16")
     out = Path(cfg.out)
@@ -85,6 +89,7 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
     calibration = load_calibration(cfg.calibration)
     from sapindex.models.adapters import load_adapter
 
+    log(f"loading    {cfg.model}")
     adapter = load_adapter(cfg.model, base_model=cfg.base_model)
     _check_calibration_matches(calibration, adapter, cfg.calibration)
     window, source = _window(cfg, calibration, adapter.n_layers)
@@ -93,12 +98,13 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         log(f"exporting {adapter.info.family.name} with SAP window [{window[0]}, {window[1]}) (from {source})")
-        manifest = _write_graphs(adapter, window, staging, cfg.opset, cfg.dtype)
+        manifest = _write_graphs(adapter, window, staging, cfg.opset, cfg.dtype, log)
         manifest["window_source"] = source
         log("validating ONNX Runtime against PyTorch")
-        manifest["validation"] = validate(adapter, window, Bundle(staging, manifest), cfg.dtype)
+        manifest["validation"] = validate(adapter, window, Bundle(staging, manifest), cfg.dtype, log)
         manifest["calibration"] = _calibration_summary(calibration)
         (staging / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
+        log("sealing    hashing every file into the manifest")
         manifest = seal_manifest(staging, manifest)
         if out.exists():
             shutil.rmtree(out)
@@ -109,7 +115,8 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
     return manifest
 
 
-def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, dtype: str) -> dict:
+def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, dtype: str,
+                  log: Callable[[str], None]) -> dict:
     import copy
 
     import torch
@@ -132,7 +139,9 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
     with torch.no_grad():
         feats = vision(*vision_args)  # [B, T, hidden]
     text_args = tuple(feats if name == "image_embeds" else example[name] for name in io["text"]["inputs"])
+    log("tracing    the vision graph and writing vision.onnx")
     export_graph(vision, vision_args, staging / "vision.onnx", "vision", opset, family)
+    log("tracing    the text graph (SAP centrality in-graph) and writing text.onnx")
     export_graph(text, text_args, staging / "text.onnx", "text", opset, family)
     write_tokenizer_json(adapter.processor, staging / "tokenizer.json")
     return {

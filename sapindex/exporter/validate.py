@@ -8,6 +8,8 @@ torch-free preprocessing and ONNX Runtime sessions) against the adapter's colpal
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from sapindex import sap
@@ -21,7 +23,8 @@ VALIDATION_RATIOS = (0.05, 0.1, 0.2)
 VALIDATION_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210), (600, 150))
 
 
-def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp32") -> dict:
+def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp32",
+             log: Callable[[str], None] = lambda _msg: None) -> dict:
     """Run ORT and PyTorch (fp32) on the same inputs; raise with the numbers if they disagree.
 
     Embeddings (pages and queries) must agree within the backbone's tolerance for ``dtype``, and
@@ -29,7 +32,8 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
     of it in fp32); kept-set mismatches at every ratio and the overlaps are recorded.
     The graphs get the processor's tensors (``adapter.graph_inputs``), so any difference is the
     graphs'; the bundle's own torch-free preprocessing must produce the same ids and masks from
-    the same pages and queries (pixels differ by the resampler, recorded).
+    the same pages and queries (pixels differ by the resampler, recorded). ``log`` gets a line
+    per batch.
     """
     import torch
 
@@ -44,6 +48,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
     overlap_at_01 = []
     n_pages = 0
     for batch in batches:
+        log(f"validating pages {n_pages + 1}-{n_pages + len(batch)} of {len(pages)}: PyTorch, then ONNX Runtime")
         inputs = adapter.page_inputs(batch)
         reference = adapter.encode_pages(batch, layers=tuple(range(*window)))
         feed = _numpy(adapter.graph_inputs(inputs))
@@ -66,6 +71,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
     limits = graph_spec(adapter.info.family.backbone).tolerances[dtype]
     tolerance = limits.embeddings
     queries = ["what was the total revenue", "chart"]
+    log(f"validating {len(queries)} queries")
     q_inputs = adapter.query_inputs(queries)
     q_ref = adapter.encode_queries(queries)
     q_feed = _numpy(adapter.graph_inputs(q_inputs))

@@ -152,7 +152,7 @@ def open_for_search(index_path: str | Path, bundle_path: str | Path | None = Non
             f"{path}: bundle fingerprint {bundle.fingerprint[:12]} differs from the index's "
             f"{index.bundle_fingerprint[:12]}; search with the bundle the index was built with"
         )
-    return index, Encoder(bundle, device=device)
+    return index, Encoder(bundle, device=device, graphs=("text",))  # queries never need the vision graph
 
 
 def search(index: Index, encoder: Encoder, queries: Iterable[str], k: int = 5) -> list[list[Hit]]:

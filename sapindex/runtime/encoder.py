@@ -82,12 +82,17 @@ def check_position_correction(bundle: Bundle) -> None:
 
 
 class Encoder:
-    """Encode pages and queries with a bundle, on CPU or CUDA."""
+    """Encode pages and queries with a bundle, on CPU or CUDA.
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
+    ``graphs``: the bundle graphs loaded at once (the others load on first use); a query encoder
+    needs only ``("text",)``.
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None,
+                 graphs: tuple[str, ...] = ("vision", "text")):
         self.bundle = bundle
         self.preprocessor = preprocessor_for(bundle)
-        self.sessions = BundleSessions(bundle, device=device, threads=threads)
+        self.sessions = BundleSessions(bundle, device=device, threads=threads, preload=graphs)
 
     def encode_pages(self, images) -> list[PageTokens]:
         batch = self.preprocessor.pages(images)

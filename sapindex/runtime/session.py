@@ -46,28 +46,59 @@ class BundleSessions:
     """The bundle's graphs as ORT sessions: pages -> (embeddings, centrality), queries -> embeddings.
 
     Each graph is fed exactly the inputs its manifest entry lists, taken by name from the feed
-    (the family preprocessor's output), so this class knows no family.
+    (the family preprocessor's output), so this class knows no family. The ``preload`` graphs are
+    loaded (and checked) at once, the others on first use: a searcher preloads the text graph
+    alone and never pays for loading the vision graph (gigabytes at real size).
     """
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
-        self.bundle = bundle
-        self.vision = make_session(bundle.graph_path("vision"), device, threads)
-        self.text = make_session(bundle.graph_path("text"), device, threads)
-        self.inputs = {}
-        for name, session in (("vision", self.vision), ("text", self.text)):
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None,
+                 preload: tuple[str, ...] = ("vision", "text")):
+        self.bundle, self.device, self.threads = bundle, device, threads
+        self._sessions: dict[str, object] = {}
+        self.inputs: dict[str, dict] = {}  # graph -> input name -> the numpy dtype ORT wants
+        self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
+        for name in preload:
+            self.session(name)
+
+    @property
+    def vision(self):
+        return self.session("vision")
+
+    @vision.setter
+    def vision(self, session) -> None:
+        self._sessions["vision"] = session
+
+    @property
+    def text(self):
+        return self.session("text")
+
+    @text.setter
+    def text(self, session) -> None:
+        self._sessions["text"] = session
+
+    def loaded(self) -> list[str]:
+        """The graphs whose sessions exist so far."""
+        return sorted(self._sessions)
+
+    def session(self, name: str):
+        """The session of graph ``name``, made (and checked against the manifest) on first use."""
+        if name not in self._sessions:
+            path = self.bundle.graph_path(name)
+            session = make_session(path, self.device, self.threads)
             outputs = [o.name for o in session.get_outputs()]
             missing = [o for o in GRAPH_OUTPUTS[name] if o not in outputs]
             if missing:
-                raise SapIndexError(f"{bundle.graph_path(name)}: graph lacks output(s) {', '.join(missing)}; "
+                raise SapIndexError(f"{path}: graph lacks output(s) {', '.join(missing)}; "
                                     "re-export the bundle with this sapindex")
             graph_inputs = {i.name: i.type for i in session.get_inputs()}
-            listed = bundle.graph_io(name)["inputs"]
+            listed = self.bundle.graph_io(name)["inputs"]
             if set(listed) != set(graph_inputs):
-                raise SapIndexError(f"{bundle.graph_path(name)}: graph inputs {sorted(graph_inputs)} differ from "
+                raise SapIndexError(f"{path}: graph inputs {sorted(graph_inputs)} differ from "
                                     f"the manifest's {sorted(listed)}")
-            # name -> numpy dtype ORT wants (the preprocessors emit int64 / float32 already)
+            # the preprocessors emit int64 / float32 already; fp16 bundles want float16 features
             self.inputs[name] = {n: _NUMPY_TYPES.get(graph_inputs[n]) for n in listed}
-        self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
+            self._sessions[name] = session
+        return self._sessions[name]
 
     def run_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``[B, S, dim]`` embeddings, ``[B, S]`` centrality and ``[B, S]`` EOS attention for a page batch.
@@ -91,6 +122,7 @@ class BundleSessions:
         return self.text.run(["embeddings"], self._feed("text", feed))[0]
 
     def _feed(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.session(name)
         wanted = self.inputs[name]
         missing = [n for n in wanted if n not in feed]
         if missing:

@@ -318,6 +318,10 @@ def test_window_override_is_exported_validated_and_recorded(tiny_models, calibra
                   "--out", tmp_path / "w.sap", "--window", f"{override[0]}:{override[1]}")
     assert out.returncode == 0, out.stderr
     assert f"window     layers [{override[0]}, {override[1]}) of 6 (from --window)" in out.stdout
+    words = {"loading", "exporting", "tracing", "validating", "sealing"}  # a line as each long step starts
+    steps = [line.split()[0] for line in out.stderr.splitlines() if line.split() and line.split()[0] in words]
+    assert steps == ["loading", "exporting", "tracing", "tracing", "validating", "validating", "validating",
+                     "validating", "sealing"], out.stderr
     bundle = Bundle.open(tmp_path / "w.sap")
     assert bundle.manifest["window"] == override and bundle.summary()["window_source"] == "--window"
     assert bundle.manifest["calibration"]["window"]["start"] == calibrated[0]  # the calibration is kept as it was
