@@ -27,33 +27,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 def builders(real_width: bool, text_layers: int, vision_blocks: int) -> dict:
     """{family: builder(out_dir) -> checkpoint dir}: tiny models, or real layer widths at reduced depth."""
-    from real_width_parity import WIDTHS
-
     from sapindex.testing import tiny
-    from sapindex.testing.tiny_idefics3 import build_tiny_colidefics3
+    from sapindex.testing.real_size import REAL_SIZES, build_real_size
     from sapindex.testing.tiny_jina import build_tiny_jina
 
     if not real_width:
         found = {family: (lambda out, f=family: tiny.build_tiny(out, f)) for family in tiny.TINY_FAMILIES}
         found["jina_v4"] = build_tiny_jina
         return found
-    depth = dict(n_layers=text_layers, vision_depth=vision_blocks, max_visual_tokens=768)
-    found = {family: (lambda out, f=family: tiny.build_tiny_model(out, f, **depth, **WIDTHS[f])) for family in WIDTHS}
-    found["jina_v4"] = lambda out: build_tiny_jina(out, **depth, **WIDTHS["colqwen2_5"])
-    # PaliGemma-3B-448: Gemma 2048 wide, 8 heads, 1 KV head of 256, MLP 16384; SigLIP-So400m 1152 wide
-    paligemma = dict(image_size=448, text=dict(hidden_size=2048, num_hidden_layers=text_layers, intermediate_size=16384,
-                                               num_attention_heads=8, num_key_value_heads=1, head_dim=256),
-                     vision=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=vision_blocks,
-                                 num_attention_heads=16))
-    found["colpali"] = lambda out: tiny.build_tiny_colpali(out, **paligemma)
-    # ColSmol-256M: SmolLM2-135M (576 wide, 9 heads, 3 KV heads, MLP 1536); SigLIP-B/16 at 512 px tiles
-    smol = dict(tile=512, longest_edge=2048, patch=16,
-                text=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=text_layers, num_attention_heads=9,
-                          num_key_value_heads=3),
-                vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=vision_blocks,
-                            num_attention_heads=12))
-    found["colidefics3"] = lambda out: build_tiny_colidefics3(out, **smol)
-    return found
+    # ColPali in its engine flavour only: the -hf conversion has the same sizes
+    return {family: (lambda out, f=family: build_real_size(out, f, text_layers, vision_blocks))
+            for family in REAL_SIZES if family != "colpali_hf"}
 
 
 def bench_family(family, build, work: Path, n_pages: int, batch_sizes, repeats: int) -> list[str]:

@@ -16,12 +16,6 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-WIDTHS = {  # text hidden, heads, kv heads, MLP; vision width, heads  (the real checkpoints' values)
-    "colqwen2": dict(hidden=1536, heads=12, kv_heads=2, mlp=8960, vision_width=1280, vision_heads=16,
-                     vision_mlp_ratio=4),
-    "colqwen2_5": dict(hidden=2048, heads=16, kv_heads=2, mlp=11008, vision_width=1280, vision_heads=16,
-                       vision_mlp_ratio=2),
-}
 PAGE_SIZES = ((1100, 850), (700, 1000), (900, 900), (300, 500))
 
 
@@ -34,7 +28,7 @@ def main() -> None:
 
     import sapindex.exporter.validate as validate
     from sapindex.testing.pipeline import calibrate_and_export
-    from sapindex.testing.tiny import build_tiny_model
+    from sapindex.testing.real_size import build_real_size
     from sapindex.testing.toy_pages import write_pairs
 
     validate.VALIDATION_SIZES = PAGE_SIZES  # the pages export traces on and validates with
@@ -47,11 +41,10 @@ def main() -> None:
         work = Path(tmp)
         for family in args.families.split(","):
             started = time.perf_counter()
-            model = build_tiny_model(work / family, family, n_layers=args.text_layers, vision_depth=args.vision_blocks,
-                                     max_visual_tokens=768, **WIDTHS[family])
-            if family == "colqwen2_5":  # the real window (112 px) and full-attention blocks pattern
+            model = build_real_size(work / family, family, args.text_layers, args.vision_blocks)
+            if family == "colqwen2_5":  # two full-attention blocks among the few kept, as in the real tower
                 cfg = json.loads((model / "config.json").read_text())
-                cfg["vision_config"].update(window_size=112, fullatt_block_indexes=[1, 3])
+                cfg["vision_config"].update(fullatt_block_indexes=[1, 3])
                 (model / "config.json").write_text(json.dumps(cfg))
             pairs = write_pairs(work / f"{family}-pairs", n=2)
             exported = calibrate_and_export(model, pairs, work / f"{family}-calib", work / f"{family}.sap")

@@ -17,6 +17,7 @@ def _missing() -> list[str]:
     from sapindex.models.adapters import adapter_class
     from sapindex.runtime.preprocess import PREPROCESSORS
     from sapindex.testing import tiny
+    from sapindex.testing.real_size import REAL_SIZES
 
     demo_choices = next(p for p in demo.params if p.name == "family").type
     assert isinstance(demo_choices, click.Choice)
@@ -51,6 +52,8 @@ def _missing() -> list[str]:
             missing.append(f"{where}: no tiny checkpoint builder in sapindex/testing/tiny.py TINY_BUILDERS")
         elif name not in demo_choices.choices:
             missing.append(f"{where}: not offered by `sapindex demo --pipeline --family`")
+        if name not in REAL_SIZES:
+            missing.append(f"{where}: no real-size builder in sapindex/testing/real_size.py REAL_SIZES")
     return missing
 
 
@@ -71,3 +74,4 @@ def test_the_checklist_names_a_missing_layer(monkeypatch):
     assert any("GRAPHS" in m for m in missing)
     assert any("ADAPTERS" in m for m in missing)
     assert any("TINY_BUILDERS" in m for m in missing)
+    assert any("REAL_SIZES" in m for m in missing)

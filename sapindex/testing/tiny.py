@@ -44,6 +44,11 @@ class TinySpec:
     vision_width: int = 32
     vision_heads: int = 2
     vision_mlp_ratio: int = 2
+    # Qwen2.5-VL's vision tower only: its MLP width (0: vision_mlp_ratio x vision_width), its
+    # attention window in px and the blocks that attend the whole page (empty: the last one)
+    vision_mlp: int = 0
+    vision_window: int = 56
+    full_attention_blocks: tuple[int, ...] = ()
     min_visual_tokens: int = 4
     max_visual_tokens: int = 64
     seed: int = 0
@@ -136,9 +141,9 @@ def make_tiny(spec: TinySpec, tokenizer=None):
         model_cls, processor_cls = cm.ColQwen2, cm.ColQwen2Processor
     else:
         vision = dict(depth=spec.vision_depth, hidden_size=spec.vision_width,
-                      intermediate_size=spec.vision_mlp_ratio * spec.vision_width,
-                      num_heads=spec.vision_heads, out_hidden_size=spec.hidden, window_size=56,
-                      fullatt_block_indexes=[spec.vision_depth - 1])
+                      intermediate_size=spec.vision_mlp or spec.vision_mlp_ratio * spec.vision_width,
+                      num_heads=spec.vision_heads, out_hidden_size=spec.hidden, window_size=spec.vision_window,
+                      fullatt_block_indexes=list(spec.full_attention_blocks or [spec.vision_depth - 1]))
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
         model_cls, processor_cls = cm.ColQwen2_5, cm.ColQwen2_5_Processor
     torch.manual_seed(spec.seed)
