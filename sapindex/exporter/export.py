@@ -10,6 +10,7 @@ its backbone's ``GraphSpec`` (``sapindex.exporter.graphs``). Layout and manifest
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from sapindex.calibration.calibrate import CALIBRATION_FORMAT, CALIBRATION_VERSI
 from sapindex.errors import SapIndexError
 from sapindex.exporter.graphs import GRAPHS, graph_spec
 from sapindex.exporter.preprocessing_params import write_tokenizer_json
-from sapindex.exporter.validate import validate, validation_pages
+from sapindex.exporter.validate import reference_outputs, validate, validation_pages
 from sapindex.families import FAMILIES
 from sapindex.formats import read_artifact
 from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, Bundle, is_bundle_dir, seal_manifest
@@ -101,7 +102,10 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
         manifest = _write_graphs(adapter, window, staging, cfg.opset, cfg.dtype, log)
         manifest["window_source"] = source
         log("validating ONNX Runtime against PyTorch")
-        manifest["validation"] = validate(adapter, window, Bundle(staging, manifest), cfg.dtype, log)
+        reference = reference_outputs(adapter, window, log)
+        adapter = None  # free the PyTorch weights before ONNX Runtime loads the bundle's copy
+        gc.collect()
+        manifest["validation"] = validate(reference, Bundle(staging, manifest), cfg.dtype, log)
         manifest["calibration"] = _calibration_summary(calibration)
         (staging / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
         log("sealing    hashing every file into the manifest")

@@ -9,6 +9,7 @@ torch-free preprocessing and ONNX Runtime sessions) against the adapter's colpal
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,9 +24,65 @@ VALIDATION_RATIOS = (0.05, 0.1, 0.2)
 VALIDATION_SIZES = ((420, 300), (230, 520), (360, 360), (150, 210), (600, 150))
 
 
-def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp32",
+@dataclass
+class ReferencePage:
+    """One validation page through PyTorch, as numpy (no torch type, so validation needs no torch)."""
+
+    embeddings: np.ndarray  # [V, dim] final visual-token embeddings
+    centrality: np.ndarray  # [V] window in-degree, mean over the window's layers
+    eos: np.ndarray  # [V] final layer's attention from the last token
+    grid: tuple[int, int]
+
+
+@dataclass
+class Reference:
+    """PyTorch's outputs on the validation pages and queries, with the graph inputs they came from.
+
+    Computed while the model is loaded and kept as numpy, so that export can free the PyTorch
+    weights before ONNX Runtime loads the bundle: the two are never resident together.
+    """
+
+    tolerances: dict  # bundle dtype -> Tolerance, the backbone's (GraphSpec.tolerances)
+    pages: list  # the validation page images
+    batches: list[dict]  # per batch: "images", "feed" (graph inputs), "visual" [B, S] mask, "pages" (ReferencePage)
+    queries: list[str]
+    query_feed: dict[str, np.ndarray]
+    query_embeddings: list[np.ndarray]  # [M_i, dim] per query, padding dropped
+    visual_grids: list[list[int]]
+    torch_version: str
+
+
+def reference_outputs(adapter, window: tuple[int, int], log: Callable[[str], None] = lambda _msg: None) -> Reference:
+    """PyTorch (the adapter's colpali-engine forward, fp32) on the validation inputs: pages in
+    batches of 1 and 4 (mixed sizes in one batch) and two queries."""
+    import torch
+
+    pages = validation_pages()
+    batches = []
+    done = 0
+    for batch in (pages[:1], pages[1:]):  # batch sizes 1 and 4, mixed sizes in one batch
+        log(f"validating pages {done + 1}-{done + len(batch)} of {len(pages)}: PyTorch reference")
+        inputs = adapter.page_inputs(batch)
+        batches.append({"images": batch, "feed": _numpy(adapter.graph_inputs(inputs)),
+                        "visual": adapter.visual_mask(inputs).cpu().numpy(),
+                        "pages": [ReferencePage(p.embeddings, p.centrality.mean(axis=0), p.eos, _ints(p.grid))
+                                  for p in adapter.encode_pages(batch, layers=tuple(range(*window)))]})
+        done += len(batch)
+    queries = ["what was the total revenue", "chart"]
+    log(f"validating {len(queries)} queries: PyTorch reference")
+    return Reference(
+        tolerances=dict(graph_spec(adapter.info.family.backbone).tolerances), pages=pages, batches=batches,
+        queries=queries,
+        query_feed=_numpy(adapter.graph_inputs(adapter.query_inputs(queries))),
+        query_embeddings=adapter.encode_queries(queries),
+        visual_grids=sorted({_ints(g) for g in adapter.page_grids(adapter.page_inputs(pages))}),
+        torch_version=str(torch.__version__),  # a str subclass of torch's own, which would pickle as torch
+    )
+
+
+def validate(reference: Reference, bundle: Bundle, dtype: str = "fp32",
              log: Callable[[str], None] = lambda _msg: None) -> dict:
-    """Run ORT and PyTorch (fp32) on the same inputs; raise with the numbers if they disagree.
+    """Run the bundle in ONNX Runtime on PyTorch's inputs; raise with the numbers if they disagree.
 
     Embeddings (pages and queries) must agree within the backbone's tolerance for ``dtype``, and
     on every page ORT must keep at least its share of PyTorch's kept set at keep ratio 0.1 (all
@@ -33,32 +90,26 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
     The graphs get the processor's tensors (``adapter.graph_inputs``), so any difference is the
     graphs'; the bundle's own torch-free preprocessing must produce the same ids and masks from
     the same pages and queries (pixels differ by the resampler, recorded). ``log`` gets a line
-    per batch.
+    per batch. Needs no torch: :func:`reference_outputs` ran PyTorch before.
     """
-    import torch
-
     from sapindex.runtime.encoder import Encoder
 
     encoder = Encoder(bundle, device="cpu")  # the runtime's preprocessing and sessions, from the staged bundle
     sessions, runtime = encoder.sessions, encoder.preprocessor
-    pages = validation_pages()
-    batches = [pages[:1], pages[1:]]  # batch sizes 1 and 4, mixed sizes in one batch
     worst_emb = worst_cent = worst_eos = worst_pixels = 0.0
     mismatched = []
     overlap_at_01 = []
     n_pages = 0
-    for batch in batches:
-        log(f"validating pages {n_pages + 1}-{n_pages + len(batch)} of {len(pages)}: PyTorch, then ONNX Runtime")
-        inputs = adapter.page_inputs(batch)
-        reference = adapter.encode_pages(batch, layers=tuple(range(*window)))
-        feed = _numpy(adapter.graph_inputs(inputs))
-        worst_pixels = max(worst_pixels, _compare_inputs(feed, runtime.pages(batch), "pages"))
+    for batch in reference.batches:
+        log(f"validating pages {n_pages + 1}-{n_pages + len(batch['pages'])} of {len(reference.pages)}: "
+            "ONNX Runtime")
+        feed, visual = batch["feed"], batch["visual"]
+        worst_pixels = max(worst_pixels, _compare_inputs(feed, runtime.pages(batch["images"]), "pages"))
         emb, cent, eos = sessions.run_pages(feed)  # [B, S, dim], [B, S], [B, S]
-        visual = adapter.visual_mask(inputs).cpu().numpy()
-        for b, ref in enumerate(reference):
+        for b, ref in enumerate(batch["pages"]):
             n_pages += 1
             ort_emb, ort_cent = emb[b][visual[b]], cent[b][visual[b]]
-            ref_cent = ref.centrality.mean(axis=0)
+            ref_cent = ref.centrality
             worst_emb = max(worst_emb, float(np.abs(ort_emb - ref.embeddings).max()))
             worst_cent = max(worst_cent, float(np.abs(ort_cent - ref_cent).max()))
             worst_eos = max(worst_eos, float(np.abs(eos[b][visual[b]] - ref.eos).max()))
@@ -68,21 +119,19 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
                     overlap_at_01.append(len(np.intersect1d(ours, theirs)) / len(theirs))
                 if not np.array_equal(ours, theirs):
                     mismatched.append({"page": n_pages, "grid": list(ref.grid), "keep_ratio": ratio})
-    limits = graph_spec(adapter.info.family.backbone).tolerances[dtype]
+    limits = reference.tolerances[dtype]
     tolerance = limits.embeddings
-    queries = ["what was the total revenue", "chart"]
-    log(f"validating {len(queries)} queries")
-    q_inputs = adapter.query_inputs(queries)
-    q_ref = adapter.encode_queries(queries)
-    q_feed = _numpy(adapter.graph_inputs(q_inputs))
+    queries, q_feed = reference.queries, reference.query_feed
+    log(f"validating {len(queries)} queries: ONNX Runtime")
     _compare_inputs(q_feed, runtime.queries(queries), "queries")
     q_emb = sessions.run_queries({**q_feed, **runtime.query_extras(q_feed, sessions.hidden)})
     q_mask = q_feed["attention_mask"].astype(bool)
-    worst_query = max(float(np.abs(q_emb[i][q_mask[i]] - q_ref[i]).max()) for i in range(len(queries)))
+    worst_query = max(float(np.abs(q_emb[i][q_mask[i]] - reference.query_embeddings[i]).max())
+                      for i in range(len(queries)))
     report = {
         "pages": n_pages,
-        "visual_grids": sorted({tuple(g) for g in adapter.page_grids(adapter.page_inputs(pages))}),
-        "batch_sizes": [len(b) for b in batches],
+        "visual_grids": reference.visual_grids,
+        "batch_sizes": [len(b["pages"]) for b in reference.batches],
         "max_abs_diff_embeddings": worst_emb,
         "max_abs_diff_centrality": worst_cent,
         "max_abs_diff_query_embeddings": worst_query,
@@ -92,7 +141,7 @@ def validate(adapter, window: tuple[int, int], bundle: Bundle, dtype: str = "fp3
         "runtime_preprocessing_max_abs_diff_pixels": worst_pixels,
         "dtype": dtype,
         "tolerance": tolerance,
-        "torch_version": torch.__version__,
+        "torch_version": reference.torch_version,
     }
     kept_ok = min(overlap_at_01) >= limits.kept_overlap
     if worst_emb > tolerance or worst_query > tolerance or not kept_ok:
@@ -119,6 +168,11 @@ def validation_pages(count: int | None = None) -> list:
             img[y:y + int(rng.integers(4, 10)), x:x + int(rng.integers(20, 120))] = rng.integers(0, 160, size=3)
         pages.append(Image.fromarray(img))
     return pages
+
+
+def _ints(grid) -> tuple[int, int]:
+    """A grid as plain ints (processors may give tensor elements, which pickle as torch objects)."""
+    return tuple(int(v) for v in grid)
 
 
 def _numpy(inputs: dict) -> dict[str, np.ndarray]:

@@ -251,6 +251,36 @@ print(page.vectors.shape[0], page.n_visual, q.shape[1])
     assert visual == n_visual and kept == sap.keep_count(n_visual, 0.1) and dim == 128
 
 
+def test_validation_needs_no_torch_once_the_reference_is_computed(adapters, bundles, tmp_path):
+    """Export computes PyTorch's outputs first and frees the model: ONNX Runtime's half of the
+    validation runs in an interpreter where torch cannot even be imported."""
+    import pickle
+
+    from sapindex.exporter.validate import reference_outputs
+
+    manifest, bundle_dir = bundles["colqwen2"]
+    reference = reference_outputs(adapters["colqwen2"], tuple(manifest["window"]))
+    (tmp_path / "reference.pkl").write_bytes(pickle.dumps(reference))
+    code = f"""
+import pickle, sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'colpali_engine', 'torchvision'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from sapindex.exporter.validate import validate
+from sapindex.runtime.bundle import Bundle
+reference = pickle.loads(open({str(tmp_path / "reference.pkl")!r}, 'rb').read())
+report = validate(reference, Bundle.open({str(bundle_dir)!r}))
+print(report['pages'], report['max_abs_diff_embeddings'], len(report['kept_set_mismatches']))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    pages, worst, mismatches = out.stdout.split()
+    assert int(pages) == 5 and float(worst) <= 1e-4 and int(mismatches) == 0
+    assert float(worst) == pytest.approx(manifest["validation"]["max_abs_diff_embeddings"], abs=1e-6)
+
+
 @pytest.mark.parametrize("family", ["colqwen2", "jina_v4", "colpali", "colidefics3"])
 def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path, family):
     """fp16 weights for the CUDA provider; outputs stay fp32; validated against fp32 PyTorch."""
@@ -320,8 +350,8 @@ def test_window_override_is_exported_validated_and_recorded(tiny_models, calibra
     assert f"window     layers [{override[0]}, {override[1]}) of 6 (from --window)" in out.stdout
     words = {"loading", "exporting", "tracing", "validating", "sealing"}  # a line as each long step starts
     steps = [line.split()[0] for line in out.stderr.splitlines() if line.split() and line.split()[0] in words]
-    assert steps == ["loading", "exporting", "tracing", "tracing", "validating", "validating", "validating",
-                     "validating", "sealing"], out.stderr
+    # validating: the step, then PyTorch's two page batches and queries, then ONNX Runtime's
+    assert steps == ["loading", "exporting", "tracing", "tracing", *["validating"] * 7, "sealing"], out.stderr
     bundle = Bundle.open(tmp_path / "w.sap")
     assert bundle.manifest["window"] == override and bundle.summary()["window_source"] == "--window"
     assert bundle.manifest["calibration"]["window"]["start"] == calibrated[0]  # the calibration is kept as it was
