@@ -56,6 +56,11 @@ SECTIONS = [
      ["vision_batching.py"], ["--pages", "8", "--repeats", "1"],
      "The built-in micro bundle on synthetic pages; each mode in its own process (peak RSS is the process's). "
      "The runtime feeds the vision graph one page per call; `batched` is one call for the whole batch."),
+    ("Export peak memory at real width (reduced depth)",
+     ["export_memory.py", "--family", "colqwen2", "--text-layers", "8", "--vision-blocks", "8"],
+     ["--text-layers", "2", "--vision-blocks", "2"],
+     "`sapindex export` in a fresh process (peak RSS by /usr/bin/time) on a random-weight ColQwen2 at "
+     "Qwen2-VL-2B widths; the bundle is fp32. Issue 15's target is a peak of at most ~1.3x the bundle."),
     ("Eval scoring speed: exact masked MaxSim, 1,000 queries x 1,000 pages",
      ["maxsim_speed.py"], ["--queries", "100", "--pages", "100"],
      "What `sapindex eval` spends on scoring; compare with page encoding above."),
