@@ -3,6 +3,17 @@
 import subprocess
 import sys
 
+# Python source that makes importing torch, transformers, colpali_engine or torchvision fail: put
+# it first in a `python -c` program to prove the rest runs without them.
+BLOCK_TORCH = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'colpali_engine', 'torchvision'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
 
 def run_cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
     """``sapindex ARGS`` in a fresh interpreter, as a user runs it: exit code, stdout, stderr."""

@@ -230,13 +230,9 @@ def test_encoder_runs_with_torch_and_transformers_blocked(bundles, tmp_path, fam
     """The runtime path works in an interpreter where importing torch or transformers fails."""
     image = tmp_path / "page.png"
     _pages([(196, 252)])[0].save(image)
-    code = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'transformers', 'colpali_engine', 'torchvision'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
+    from helpers import BLOCK_TORCH
+
+    code = BLOCK_TORCH + f"""
 from PIL import Image
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder, prune
@@ -261,13 +257,10 @@ def test_validation_needs_no_torch_once_the_reference_is_computed(adapters, bund
     manifest, bundle_dir = bundles["colqwen2"]
     reference = reference_outputs(adapters["colqwen2"], tuple(manifest["window"]))
     (tmp_path / "reference.pkl").write_bytes(pickle.dumps(reference))
-    code = f"""
-import pickle, sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'transformers', 'colpali_engine', 'torchvision'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
+    from helpers import BLOCK_TORCH
+
+    code = BLOCK_TORCH + f"""
+import pickle
 from sapindex.exporter.validate import validate
 from sapindex.runtime.bundle import Bundle
 reference = pickle.loads(open({str(tmp_path / "reference.pkl")!r}, 'rb').read())
