@@ -88,12 +88,17 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
         if not is_bundle_dir(out):
             raise SapIndexError(f"{out}: --overwrite only replaces a sapindex bundle, and this is not one")
     calibration = load_calibration(cfg.calibration)
+    # a bad --window is refused before minutes of loading (the calibration knows the layer count,
+    # and the model is checked against the calibration once loaded)
+    n_layers = (calibration.get("model") or {}).get("n_layers")
+    if not isinstance(n_layers, int):
+        raise SapIndexError(f"{cfg.calibration}: the calibration records no layer count (model.n_layers)")
+    window, source = _window(cfg, calibration, n_layers)
     from sapindex.models.adapters import load_adapter
 
     log(f"loading    {cfg.model}")
     adapter = load_adapter(cfg.model, base_model=cfg.base_model)
     _check_calibration_matches(calibration, adapter, cfg.calibration)
-    window, source = _window(cfg, calibration, adapter.n_layers)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
