@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sapindex.errors import SapIndexError
 from sapindex.fingerprint import model_fingerprint
+from sapindex.formats import read_json
 
 # What the runtime reads from each graph, whatever the backbone.
 GRAPH_OUTPUTS = {"vision": ("image_embeds",), "text": ("embeddings", "centrality", "eos_attention")}
@@ -138,14 +139,6 @@ FAMILIES: dict[str, FamilySpec] = {
 }
 
 
-def family(name: str) -> FamilySpec:
-    """The spec of a family by name; :class:`SapIndexError` naming the supported ones otherwise."""
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise SapIndexError(f"unknown family {name!r}; supported: {', '.join(FAMILIES)}") from None
-
-
 # config.json keys that only jina-embeddings-v4 (remote-code JinaEmbeddingsV4Model) writes
 JINA_V4_KEYS = ("task_names", "multi_vector_projector_dim", "single_vector_pool_strategy")
 
@@ -205,7 +198,7 @@ def inspect_model_dir(model_dir: str | Path, base_model: str | Path | None = Non
     if not path.is_dir():
         raise SapIndexError(f"{path}: not a directory (give the checkpoint directory, not a file)")
     adapter_file = path / "adapter_config.json"
-    adapter = _read_json(adapter_file) if adapter_file.exists() else None
+    adapter = read_json(adapter_file, "Hugging Face config file") if adapter_file.exists() else None
     base_path = None
     config_dir = path
     if adapter is not None:
@@ -213,7 +206,8 @@ def inspect_model_dir(model_dir: str | Path, base_model: str | Path | None = Non
         config_dir = base_path if not (path / "config.json").exists() else path
     elif base_model is not None:
         raise SapIndexError(f"{path}: --base-model was given but {path} is not a LoRA adapter (no adapter_config.json)")
-    config = _read_json(config_dir / "config.json")
+    config = read_json(config_dir / "config.json", "Hugging Face config file",
+                       missing="missing (not a Hugging Face checkpoint directory?)")
     family = _family_of(config, config_dir / "config.json")
     text = _text_config(config)
     try:
@@ -293,21 +287,6 @@ def _text_config(config: dict) -> dict:
 
 def _is_jina_v4(config: dict) -> bool:
     return "JinaEmbeddingsV4Model" in (config.get("architectures") or ()) or any(k in config for k in JINA_V4_KEYS)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise SapIndexError(f"{path}: missing (not a Hugging Face checkpoint directory?)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SapIndexError(f"{path}: unreadable: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise SapIndexError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise SapIndexError(f"{path}: expected a JSON object")
-    return data
 
 
 def _safetensors_params(path: Path) -> int:

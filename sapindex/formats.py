@@ -49,7 +49,9 @@ def read_json(path: str | Path, what: str, *, missing: str | None = None) -> dic
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SapIndexError(f"{path}: {missing or what + ' does not exist'}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        raise SapIndexError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg} (not a readable {what})") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise SapIndexError(f"{path}: not a readable {what}: {exc}") from None
     if not isinstance(data, dict):
         raise SapIndexError(f"{path}: not a {what} (expected a JSON object)")

@@ -43,13 +43,20 @@ class Reference:
     """
 
     tolerances: dict  # bundle dtype -> Tolerance, the backbone's (GraphSpec.tolerances)
-    pages: list  # the validation page images
     batches: list[dict]  # per batch: "images", "feed" (graph inputs), "visual" [B, S] mask, "pages" (ReferencePage)
     queries: list[str]
     query_feed: dict[str, np.ndarray]
     query_embeddings: list[np.ndarray]  # [M_i, dim] per query, padding dropped
-    visual_grids: list[list[int]]
     torch_version: str
+
+    @property
+    def n_pages(self) -> int:
+        return sum(len(batch["pages"]) for batch in self.batches)
+
+    @property
+    def visual_grids(self) -> list[tuple[int, int]]:
+        """The distinct (rows, cols) visual grids of the validation pages, sorted."""
+        return sorted({page.grid for batch in self.batches for page in batch["pages"]})
 
 
 def reference_outputs(adapter, window: tuple[int, int], log: Callable[[str], None] = lambda _msg: None) -> Reference:
@@ -71,11 +78,9 @@ def reference_outputs(adapter, window: tuple[int, int], log: Callable[[str], Non
     queries = ["what was the total revenue", "chart"]
     log(f"validating {len(queries)} queries: PyTorch reference")
     return Reference(
-        tolerances=dict(graph_spec(adapter.info.family.backbone).tolerances), pages=pages, batches=batches,
-        queries=queries,
+        tolerances=dict(graph_spec(adapter.info.family.backbone).tolerances), batches=batches, queries=queries,
         query_feed=_numpy(adapter.graph_inputs(adapter.query_inputs(queries))),
         query_embeddings=adapter.encode_queries(queries),
-        visual_grids=sorted({_ints(g) for g in adapter.page_grids(adapter.page_inputs(pages))}),
         torch_version=str(torch.__version__),  # a str subclass of torch's own, which would pickle as torch
     )
 
@@ -101,7 +106,7 @@ def validate(reference: Reference, bundle: Bundle, dtype: str = "fp32",
     overlap_at_01 = []
     n_pages = 0
     for batch in reference.batches:
-        log(f"validating pages {n_pages + 1}-{n_pages + len(batch['pages'])} of {len(reference.pages)}: "
+        log(f"validating pages {n_pages + 1}-{n_pages + len(batch['pages'])} of {reference.n_pages}: "
             "ONNX Runtime")
         feed, visual = batch["feed"], batch["visual"]
         worst_pixels = max(worst_pixels, _compare_inputs(feed, runtime.pages(batch["images"]), "pages"))
@@ -130,7 +135,7 @@ def validate(reference: Reference, bundle: Bundle, dtype: str = "fp32",
                       for i in range(len(queries)))
     report = {
         "pages": n_pages,
-        "visual_grids": reference.visual_grids,
+        "visual_grids": [list(g) for g in reference.visual_grids],
         "batch_sizes": [len(b["pages"]) for b in reference.batches],
         "max_abs_diff_embeddings": worst_emb,
         "max_abs_diff_centrality": worst_cent,
@@ -150,7 +155,6 @@ def validate(reference: Reference, bundle: Bundle, dtype: str = "fp32",
             f"{worst_emb:.2e}, queries {worst_query:.2e} (tolerance {tolerance:.0e}), centrality {worst_cent:.2e}; "
             f"smallest kept-set overlap at 0.1: {min(overlap_at_01):.3f}; mismatches: {mismatched or 'none'}"
         )
-    report["visual_grids"] = [list(g) for g in report["visual_grids"]]
     return report
 
 

@@ -64,17 +64,9 @@ class BundleSessions:
     def vision(self):
         return self.session("vision")
 
-    @vision.setter
-    def vision(self, session) -> None:
-        self._sessions["vision"] = session
-
     @property
     def text(self):
         return self.session("text")
-
-    @text.setter
-    def text(self, session) -> None:
-        self._sessions["text"] = session
 
     def loaded(self) -> list[str]:
         """The graphs whose sessions exist so far."""

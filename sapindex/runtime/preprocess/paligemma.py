@@ -125,10 +125,8 @@ class PaliGemmaPreprocessor(PreprocessorBase):
     def layouts(self, batch: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, TokenLayout]]:
         """Per page of a :meth:`pages` batch: its image tokens' positions and the ``side x side``
         raster grid they cover (token k at ``(k // side, k % side)``), the same for every page."""
-        side = self.params.grid_side
-        layouts = [TokenLayout.raster(side, side) for _ in range(len(batch["input_ids"]))]
-        return [(self.positions(ids, layout), layout)
-                for ids, layout in zip(batch["input_ids"], layouts)]
+        layout = TokenLayout.raster(self.params.grid_side, self.params.grid_side)  # every page: one fixed grid
+        return [(self.positions(ids, layout), layout) for ids in batch["input_ids"]]
 
     # -- queries ---------------------------------------------------------------------------
 
