@@ -13,7 +13,7 @@ from sapindex.families import BACKBONES, FAMILIES
 
 def _missing() -> list[str]:
     from sapindex.cli.demo import demo
-    from sapindex.exporter.graphs import GRAPHS, graph_spec
+    from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_spec
     from sapindex.models.adapters import adapter_class
     from sapindex.runtime.preprocess import PREPROCESSORS
     from sapindex.testing import tiny
@@ -37,7 +37,7 @@ def _missing() -> list[str]:
             axes = {n for per_graph in graph.dynamic_axes.values() for n in per_graph}
             if not inputs <= axes | {"image_grid_thw"}:
                 missing.append(f"{where}: graph inputs {sorted(inputs - axes)} have no dynamic axes in its GraphSpec")
-            for dtype in ("fp32", "fp16"):
+            for dtype in DTYPES:
                 if dtype not in graph.tolerances:
                     missing.append(f"{where}: no {dtype} validation tolerance in its GraphSpec")
         try:

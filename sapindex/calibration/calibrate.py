@@ -46,7 +46,7 @@ class CalibrationConfig:
     pairs: str
     base_model: str | None = None
     limit: int = 500
-    batch_size: int = 4
+    batch_size: int | None = None  # None: 1 on a CPU (the bar moves per pair), 4 on a GPU
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
@@ -71,13 +71,29 @@ def pair_retention(query: np.ndarray, page, keep_ratio: float, seed: int,
     return per_layer, rand
 
 
-def calibrate(cfg: CalibrationConfig, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Run the SR analysis and return the calibration record (see README, "calibration.json")."""
+def default_batch_size(device: str) -> int:
+    """Pages per forward pass when the user gives none.
+
+    1 on a CPU: at real size a pair takes about a minute there, so the progress bar moves once per
+    pair rather than once per several minutes, and batching pages of different sizes on a CPU pads
+    work without a speed-up at real width (bench/calibration_throughput.py --real-width). 4 on a GPU.
+    """
+    return 1 if device == "cpu" else 4
+
+
+def calibrate(cfg: CalibrationConfig, progress: Callable[[int, int], None] | None = None,
+              log: Callable[[str], None] = lambda _msg: None) -> dict:
+    """Run the SR analysis and return the calibration record (see README, "calibration.json").
+
+    ``log`` gets one line before the model loads (a minute at real size); ``progress(done, total)``
+    then moves once per batch of ``batch_size`` pairs.
+    """
     if not 0.0 < cfg.keep_ratio <= 1.0:
         raise SapIndexError(f"--keep-ratio must be in (0, 1], got {cfg.keep_ratio}")
     if cfg.window_rule not in sap.WINDOW_RULES:
         raise SapIndexError(f"--window-rule {cfg.window_rule}: choose {' or '.join(sap.WINDOW_RULES)}")
-    if cfg.limit < 1 or cfg.batch_size < 1:
+    batch_size = default_batch_size(cfg.device) if cfg.batch_size is None else cfg.batch_size
+    if cfg.limit < 1 or batch_size < 1:
         raise SapIndexError("--limit and --batch-size must be at least 1")
     from sapindex.models.adapters import load_adapter
 
@@ -85,13 +101,14 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int, int], None] | Non
     skipped = list(pairset.skipped)
     pairs = _sample(pairset.pairs, cfg.limit, cfg.seed)
     _require_enough(pairs, cfg, skipped)
+    log(f"loading    {cfg.model} ({cfg.dtype} on {cfg.device}); then {len(pairs)} pairs, {batch_size} per pass")
     adapter = load_adapter(cfg.model, base_model=cfg.base_model, device=cfg.device, dtype=cfg.dtype)
     if progress:  # the bar shows its total before the first (slow) batch
         progress(0, len(pairs))
 
     sr_rows, rand_rows, used_sources, visual_counts = [], [], [], []
-    for start in range(0, len(pairs), cfg.batch_size):
-        batch = pairs[start:start + cfg.batch_size]
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
         images, good = [], []
         for pair in batch:
             try:
@@ -132,7 +149,7 @@ def calibrate(cfg: CalibrationConfig, progress: Callable[[int, int], None] | Non
             "fingerprint": info.fingerprint,
         },
         "settings": {"keep_ratio": cfg.keep_ratio, "rho": cfg.rho, "seed": cfg.seed, "limit": cfg.limit,
-                     "batch_size": cfg.batch_size, "device": cfg.device, "dtype": cfg.dtype},
+                     "batch_size": batch_size, "device": cfg.device, "dtype": cfg.dtype},
         "pairs": {
             "source": str(cfg.pairs),
             "available": len(pairset.pairs),

@@ -59,6 +59,13 @@ class ProgressBar:
             self._bar.close()
             self._bar = None
 
+    def note(self, message: str) -> None:
+        """A status line above the bar (a library's ``log``), so that it does not break the bar."""
+        if not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
     def reach(self, done: int, known: int) -> None:
         """``progress(done, known)``: ``done`` items of the ``known`` so far (the total may still grow,
         as while ``index`` walks its inputs)."""

@@ -20,7 +20,8 @@ from sapindex.sap import WINDOW_RULES
               help="(query, page) pairs: JSONL, a directory of JSONL/parquet, or a parquet file.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--limit", default=500, show_default=True, help="Use at most this many pairs (seeded sample).")
-@click.option("--batch-size", default=4, show_default=True, help="Pages per forward pass.")
+@click.option("--batch-size", type=int, default=None,
+              help="Pages per forward pass.  [default: 1 on cpu (the bar moves per pair), 4 on cuda]")
 @device_option()
 @click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the pair sample and the random floor.")
@@ -46,7 +47,7 @@ def calibrate(model_dir, base_model, pairs, out_dir, limit, batch_size, device, 
                             limit=limit, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
                             keep_ratio=keep_ratio, rho=rho, window_rule=window_rule)
     with ProgressBar("calibrating", "pair", quiet=as_json) as bar:
-        record = run_calibration(cfg, progress=bar.reach)
+        record = run_calibration(cfg, progress=bar.reach, log=bar.note)
     json_path, png_path = write_calibration(record, out_dir)
     if as_json:
         click.echo(json.dumps(record, indent=2))

@@ -9,6 +9,7 @@ import click
 
 from sapindex.cli._options import base_model_option, json_option
 from sapindex.cli._output import size
+from sapindex.exporter.graphs import DTYPES
 
 
 @click.command()
@@ -17,7 +18,9 @@ from sapindex.cli._output import size
 @base_model_option()
 @click.option("--calibration", required=True, type=click.Path(path_type=Path), help="calibration.json of this model.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
+@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(DTYPES),
+              help="fp32: exact; fp16: half the size, for the CUDA provider; int8: quantized weights, "
+                   "faster on a CPU (an approximation, validated by its own rules, see README).")
 @click.option("--opset", default=18, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--window", "window_text", default=None, metavar="START:END",
@@ -33,6 +36,7 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
     Example:
       sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out colqwen2.sap
       sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out w.sap --window 12:17
+      sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out q.sap --dtype int8
     """
     from sapindex.exporter.export import ExportConfig, export_bundle, parse_window
 
@@ -50,4 +54,9 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
                f"(from {manifest['window_source']})")
     click.echo(f"validated  {v['pages']} pages, batch sizes {v['batch_sizes']}: max |diff| embeddings "
                f"{v['max_abs_diff_embeddings']:.1e}, centrality {v['max_abs_diff_centrality']:.1e}, "
-               f"kept-set mismatches {len(v['kept_set_mismatches'])}")
+               f"smallest cosine {v['min_cosine_embeddings']:.4f}, kept-set Jaccard at 0.1 "
+               f"{v['min_kept_jaccard_at_0.1']:.3f} (mean {v['mean_kept_jaccard_at_0.1']:.3f}), "
+               f"mismatches {len(v['kept_set_mismatches'])}")
+    if "quantization" in manifest:
+        click.echo(f"quantized  {manifest['quantization']['weights']} weights, "
+                   f"{manifest['quantization']['activations']} activations: an approximation of the fp32 model")

@@ -23,8 +23,9 @@ from pathlib import Path
 from sapindex import __version__
 from sapindex.calibration.calibrate import CALIBRATION_FORMAT, CALIBRATION_VERSION
 from sapindex.errors import SapIndexError
-from sapindex.exporter.graphs import GRAPHS, graph_spec
+from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_spec
 from sapindex.exporter.preprocessing_params import write_tokenizer_json
+from sapindex.exporter.quantize import quantization_record, quantize_graph
 from sapindex.exporter.validate import reference_outputs, validate, validation_pages
 from sapindex.families import FAMILIES
 from sapindex.formats import read_artifact
@@ -79,8 +80,8 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
     ``log`` gets one line as each long step starts (loading, each graph, each validation batch,
     sealing), so a user exporting a real-size model never watches a silent terminal.
     """
-    if cfg.dtype not in ("fp32", "fp16"):
-        raise SapIndexError(f"--dtype {cfg.dtype}: choose fp32 or fp16")
+    if cfg.dtype not in DTYPES:
+        raise SapIndexError(f"--dtype {cfg.dtype}: choose {', '.join(DTYPES)}")
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not cfg.overwrite:
@@ -103,13 +104,20 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        # PyTorch's fp32 reference first: then the export may convert the weights in place (fp16)
+        # and free them once written, so that ONNX Runtime and PyTorch are never resident together
+        log("validating PyTorch reference outputs first (kept as numpy)")
+        reference = reference_outputs(adapter, window, log)
         log(f"exporting {adapter.info.family.name} with SAP window [{window[0]}, {window[1]}) (from {source})")
         manifest = _write_graphs(adapter, window, staging, cfg.opset, cfg.dtype, log)
         manifest["window_source"] = source
-        log("validating ONNX Runtime against PyTorch")
-        reference = reference_outputs(adapter, window, log)
-        adapter = None  # free the PyTorch weights before ONNX Runtime loads the bundle's copy
+        adapter = None
         gc.collect()
+        if cfg.dtype == "int8":  # from the fp32 graphs just written, with PyTorch's weights freed
+            for graph in manifest["graphs"].values():
+                quantize_graph(staging / graph["file"], log)
+            manifest["quantization"] = quantization_record()
+        log("validating ONNX Runtime against the PyTorch reference")
         manifest["validation"] = validate(reference, Bundle(staging, manifest), cfg.dtype, log)
         manifest["calibration"] = _calibration_summary(calibration)
         (staging / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
@@ -126,8 +134,6 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
 
 def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, dtype: str,
                   log: Callable[[str], None]) -> dict:
-    import copy
-
     import torch
 
     info = adapter.info
@@ -137,11 +143,9 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
         raise SapIndexError(f"{info.path}: family {family!r} has no ONNX export in this sapindex")
     spec = graph_spec(backbone)
     io = FAMILIES[family].graph_io
-    exported = adapter
-    if dtype == "fp16":  # a half-precision copy is exported; the fp32 adapter stays the validation reference
-        exported = copy.copy(adapter)
-        exported.model = copy.deepcopy(adapter.model).half()
-    vision, text = (graph.eval() for graph in spec.build(exported, window))
+    if dtype == "fp16":  # in place: the fp32 reference outputs are already computed, and a copy would cost 0.5x
+        adapter.model.half()
+    vision, text = (graph.eval() for graph in spec.build(adapter, window))
     # two pages: torch.export specialises any axis whose example size is 1
     example = adapter.graph_inputs(adapter.page_inputs(validation_pages(2)))
     vision_args = tuple(example[name] for name in io["vision"]["inputs"])
@@ -200,11 +204,31 @@ def export_graph(module, args, path: Path, name: str, opset: int, family: str) -
     except Exception as exc:  # torch.export raises many types; the user needs the graph name and the reason
         raise SapIndexError(f"ONNX export of the {name} graph failed: {type(exc).__name__}: {exc}") from None
     program.save(str(path), external_data=True)
+    del program
+    _release_rewriter_graphs()
     onnx.checker.check_model(str(path))
     graph_inputs = onnx.load(str(path), load_external_data=False).graph.input
     static = [i.name for i in graph_inputs if any(d.dim_value for d in i.type.tensor_type.shape.dim[:1])]
     if static:
         raise SapIndexError(f"ONNX export of the {name} graph specialised the batch size of {static}")
+
+
+def _release_rewriter_graphs() -> None:
+    """Drop the graph that onnxscript's rewrite rules keep after ``optimize=True``.
+
+    Why: onnxscript (0.7) rules are module-level objects whose matcher remembers the last graph it
+    matched (``SimplePatternMatcher._graph``), and that graph holds every weight of the exported
+    module: without this, the text graph's weights stayed resident through validation (measured:
+    +1.5 GB at Qwen2-VL-2B width with 8 layers, bench/export_memory.py). The next match sets the
+    attributes again, so clearing them changes nothing else.
+    """
+    from onnxscript.rewriter import _matcher
+
+    for obj in gc.get_objects():
+        if isinstance(obj, _matcher.SimplePatternMatcher):
+            obj._init_match(0)  # a fresh match result: the last one binds the graph's nodes
+            obj._graph = obj._tracer = None
+    gc.collect()
 
 
 def _check_calibration_matches(calibration: dict, adapter, path) -> None:

@@ -165,3 +165,17 @@ def test_limit_takes_a_seeded_sample(tiny_models, tmp_path):
     first, second = calibrate(cfg), calibrate(cfg)
     assert first["pairs"]["used"] == 4 and first["pairs"]["available"] == 9
     assert first["sr"] == second["sr"] and first["random_floor"] == second["random_floor"]
+
+
+def test_progress_moves_per_pair_on_a_cpu_and_per_batch_when_asked(tiny_models, pairs_file):
+    """A real-size pair takes about a minute on a CPU: the default moves the bar after every pair,
+    after a line announcing the model load; an explicit batch size moves it per batch."""
+    events = []
+    cfg = CalibrationConfig(model=str(tiny_models["colqwen2"]), pairs=str(pairs_file))
+    record = calibrate(cfg, progress=lambda done, total: events.append((done, total)), log=events.append)
+    assert events[0].startswith("loading    ") and "6 pairs, 1 per pass" in events[0]
+    assert events[1:] == [(i, 6) for i in range(7)] and record["settings"]["batch_size"] == 1
+    steps = []
+    calibrate(CalibrationConfig(model=str(tiny_models["colqwen2"]), pairs=str(pairs_file), batch_size=4),
+              progress=lambda done, total: steps.append(done))
+    assert steps == [0, 4, 6]

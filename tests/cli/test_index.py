@@ -168,7 +168,7 @@ def test_colpali_through_the_cli(tiny_models, pairs_file, tmp_path, family):
     bundle = tmp_path / "colpali.sap"
     out = cli("export", "--model", model, "--calibration", tmp_path / "calib" / "calibration.json", "--out", bundle)
     assert out.returncode == 0, out.stderr
-    assert "validated  5 pages" in out.stdout and "kept-set mismatches 0" in out.stdout
+    assert "validated  5 pages" in out.stdout and "mismatches 0" in out.stdout and "Jaccard at 0.1 1.000" in out.stdout
     assert Bundle.open(bundle).attention == "prefix-lm"
 
     write_pairs(tmp_path / "docs", n=5, seed=11)
@@ -210,7 +210,7 @@ def test_colidefics3_through_the_cli(tiny_models, pairs_file, tmp_path):
     bundle = tmp_path / "colidefics3.sap"
     out = cli("export", "--model", model, "--calibration", tmp_path / "calib" / "calibration.json", "--out", bundle)
     assert out.returncode == 0, out.stderr
-    assert "validated  5 pages" in out.stdout and "kept-set mismatches 0" in out.stdout
+    assert "validated  5 pages" in out.stdout and "mismatches 0" in out.stdout and "Jaccard at 0.1 1.000" in out.stdout
 
     write_pairs(tmp_path / "docs", n=5, seed=11)
     pages = sorted((tmp_path / "docs" / "pages").glob("*.png"))

@@ -1,0 +1,219 @@
+"""The full-depth benchmark: every step a user runs, per family at real size, on this machine.
+
+For each family: a random-weight checkpoint at its published size and depth
+(``sapindex.testing.real_size``), then, each step in its own process with its peak RSS:
+- `sapindex calibrate` on a few pairs (seconds per pair, 500 pairs extrapolated and labelled so);
+- `sapindex export` in fp32 and in int8 (time, peak RSS, bundle size, the validation's figures);
+- pages/s on realistic pages (1100 x 850 px; ~744 visual tokens for ColQwen2): `sapindex index`
+  with each bundle (the CLI as a user runs it: process start, preprocessing and writing included)
+  against colpali-engine's PyTorch forward on the same weights with eager and with sdpa attention
+  (model loaded, one small warm-up page, then the same pages);
+- `sapindex search`: the first answer from the CLI (bundle load included), then later answers
+  through the Python API with the searcher loaded.
+Random weights say nothing about retrieval quality; they show memory, time and numerics.
+Usage: python bench/full_depth.py [--families colqwen2,colpali] [--pages 2] [--pairs 2] [--work DIR]
+       [--text-layers N --vision-blocks M]  (cut the depth; the table says so)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+PAGE_SIZE = (1100, 850)  # (height, width) px: a letter page at ~100 dpi
+
+
+def pages(directory: Path, n: int, size=PAGE_SIZE, seed: int = 0) -> list[Path]:
+    import numpy as np
+
+    from sapindex.testing.toy_pages import WORDS, render_page
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = directory / f"page-{i:02d}.png"
+        render_page([str(w) for w in rng.choice(WORDS, 40)], size, rng).save(path)
+        paths.append(path)
+    return paths
+
+
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS GB, stdout) of one command in a fresh process; exits with its stderr on failure."""
+    started = time.perf_counter()
+    run = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if run.returncode:
+        sys.exit(f"{' '.join(cmd[:4])} failed:\n{run.stderr[-3000:]}")
+    return seconds, int(run.stderr.strip().splitlines()[-1]) / 1e6, run.stdout
+
+
+def sapindex(*args) -> list[str]:
+    return [sys.executable, "-m", "sapindex.cli", *map(str, args)]
+
+
+def torch_child(model: str, attention: str, page_dir: str) -> None:
+    """colpali-engine's forward on the pages, one at a time, after one small warm-up page; prints JSON."""
+    import torch
+    from PIL import Image
+
+    from sapindex.models.adapters import load_adapter
+
+    adapter = load_adapter(model)
+    if attention != "eager":
+        adapter.model.set_attn_implementation(attention)
+    images = [Image.open(p).convert("RGB") for p in sorted(Path(page_dir).glob("*.png"))]
+    with torch.no_grad():
+        adapter.model(**adapter.page_inputs([images[0].resize((280, 364))]))  # warm-up
+        started = time.perf_counter()
+        for image in images:
+            adapter.model(**adapter.page_inputs([image]))
+    seconds = (time.perf_counter() - started) / len(images)
+    print(json.dumps({"s_per_page": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+
+
+def search_child(index: str, queries: int) -> None:
+    """Later answers through the Python API: the searcher loaded once, then one query at a time."""
+    from sapindex import open_for_search, search
+
+    index_, encoder = open_for_search(index)
+    search(index_, encoder, ["warm-up query"])
+    started = time.perf_counter()
+    for i in range(queries):
+        search(index_, encoder, [f"total revenue in year {2000 + i}"], k=10)
+    print(json.dumps({"s_per_query": (time.perf_counter() - started) / queries}))
+
+
+def bench_family(family: str, work: Path, args) -> list[dict]:
+    from sapindex.testing.real_size import REAL_SIZES, build_real_size
+    from sapindex.testing.toy_pages import write_pairs
+
+    real = REAL_SIZES[family]
+    layers, blocks = args.text_layers or real.text_layers, args.vision_blocks or real.vision_blocks
+    rows: list[dict] = []
+
+    def note(step: str, **figures) -> None:
+        rows.append({"family": family, "step": step, **figures})
+        print(f"  {family} {step}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    model = build_real_size(work / "model", family, layers, blocks)
+    weights = sum(f.stat().st_size for f in model.rglob("*.safetensors"))
+    note("build", seconds=time.perf_counter() - started, checkpoint_gb=weights / 1e9, text_layers=layers,
+         vision_blocks=blocks, of=f"{real.text_layers}/{real.vision_blocks}")
+
+    pair_file = write_pairs(work / "pairs", n=args.pairs)
+    seconds, peak, _ = timed(sapindex("calibrate", "--model", model, "--pairs", pair_file, "--out", work / "calib",
+                                      "--json"))
+    # the pairs' time alone: a one-pair calibration's time minus the load is not available from
+    # outside, so the whole run is reported and the per-pair figure includes the load share
+    note("calibrate", seconds=seconds, peak_gb=peak, pairs=args.pairs)
+    calibration = work / "calib" / "calibration.json"
+
+    bundles = {}
+    for dtype in ("fp32", "int8"):
+        out = work / f"{dtype}.sap"
+        seconds, peak, stdout = timed(sapindex("export", "--model", model, "--calibration", calibration, "--out", out,
+                                               "--dtype", dtype, "--json"))
+        manifest = json.loads(stdout)
+        size = sum(f["size"] for f in manifest["files"].values())
+        v = manifest["validation"]
+        note(f"export {dtype}", seconds=seconds, peak_gb=peak, bundle_gb=size / 1e9,
+             max_abs_diff=v["max_abs_diff_embeddings"], min_cosine=v["min_cosine_embeddings"],
+             min_jaccard=v["min_kept_jaccard_at_0.1"], mean_jaccard=v["mean_kept_jaccard_at_0.1"])
+        bundles[dtype] = out
+
+    page_dir = work / "pages"
+    pages(page_dir, args.pages)
+    for dtype, bundle in bundles.items():
+        index = work / f"index-{dtype}"
+        seconds, peak, stdout = timed(sapindex("index", page_dir, "--bundle", bundle, "--out", index, "--json"))
+        note(f"index {dtype}", s_per_page=seconds / args.pages, peak_gb=peak)
+    for attention in ("eager", "sdpa"):
+        _, peak, stdout = timed([sys.executable, __file__, "--torch-child", str(model), attention, str(page_dir)])
+        note(f"pytorch {attention}", s_per_page=json.loads(stdout)["s_per_page"], peak_gb=peak)
+
+    index = work / "index-fp32"
+    seconds, peak, _ = timed(sapindex("search", index, "total revenue", "-k", "10", "--json"))
+    _, _, stdout = timed([sys.executable, __file__, "--search-child", str(index), "5"])
+    note("search", first_answer_s=seconds, first_answer_peak_gb=peak,
+         later_answer_s=json.loads(stdout)["s_per_query"])
+    return rows
+
+
+def table(rows: list[dict]) -> None:
+    by = {(r["family"], r["step"]): r for r in rows}
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    print("| family | depth (text / vision) | checkpoint GB | bundle GB fp32 / int8 | export s fp32 / int8 | "
+          "export peak GB fp32 / int8 | peak / fp32 bundle | calibrate s/pair (500 pairs, extrapolated) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for f in families:
+        b, c, e32, e8 = by[(f, "build")], by[(f, "calibrate")], by[(f, "export fp32")], by[(f, "export int8")]
+        per_pair = c["seconds"] / c["pairs"]
+        print(f"| {f} | {b['text_layers']} / {b['vision_blocks']} of {b['of']} | {b['checkpoint_gb']:.2f} | "
+              f"{e32['bundle_gb']:.2f} / {e8['bundle_gb']:.2f} | {e32['seconds']:.0f} / {e8['seconds']:.0f} | "
+              f"{e32['peak_gb']:.1f} / {e8['peak_gb']:.1f} | {e32['peak_gb'] / e32['bundle_gb']:.2f}x | "
+              f"{per_pair:.0f} ({500 * per_pair / 3600:.1f} h) |")
+    print()
+    print("| family | index fp32 s/page (peak GB) | index int8 s/page (peak GB) | PyTorch eager s/page | "
+          "PyTorch sdpa s/page | fp32 vs eager | fp32 vs sdpa | int8 vs eager | int8 validation: min cosine, "
+          "kept-set Jaccard min / mean | search: first answer s (CLI) | later answers s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for f in families:
+        i32, i8 = by[(f, "index fp32")], by[(f, "index int8")]
+        eager, sdpa = by[(f, "pytorch eager")], by[(f, "pytorch sdpa")]
+        e8, s = by[(f, "export int8")], by[(f, "search")]
+        print(f"| {f} | {i32['s_per_page']:.1f} ({i32['peak_gb']:.1f}) | {i8['s_per_page']:.1f} ({i8['peak_gb']:.1f}) "
+              f"| {eager['s_per_page']:.1f} | {sdpa['s_per_page']:.1f} "
+              f"| {eager['s_per_page'] / i32['s_per_page']:.2f}x | "
+              f"{sdpa['s_per_page'] / i32['s_per_page']:.2f}x | {eager['s_per_page'] / i8['s_per_page']:.2f}x | "
+              f"{e8['min_cosine']:.4f}, {e8['min_jaccard']:.2f} / {e8['mean_jaccard']:.2f} | "
+              f"{s['first_answer_s']:.1f} | {s['later_answer_s']:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default="colqwen2,colpali,colidefics3,colqwen2_5,jina_v4")
+    parser.add_argument("--pages", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--text-layers", type=int, default=None)
+    parser.add_argument("--vision-blocks", type=int, default=None)
+    parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--rows", type=Path, default=None, help="append each family's raw figures to this JSONL")
+    parser.add_argument("--torch-child", nargs=3, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--search-child", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.torch_child:
+        return torch_child(*args.torch_child)
+    if args.search_child:
+        return search_child(args.search_child[0], int(args.search_child[1]))
+
+    rows = []
+    for family in args.families.split(","):
+        work = Path(tempfile.mkdtemp(prefix=f"sap-{family}-", dir=args.work))
+        try:
+            family_rows = bench_family(family, work, args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # checkpoints and bundles are GBs each
+        rows += family_rows
+        if args.rows:
+            with args.rows.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in family_rows)
+    print(f"# full-depth benchmark, random weights at published sizes; {args.pages} pages of "
+          f"{PAGE_SIZE[0]}x{PAGE_SIZE[1]} px, {args.pairs} calibration pairs; {platform.machine()} "
+          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
+    table(rows)
+
+
+if __name__ == "__main__":
+    main()

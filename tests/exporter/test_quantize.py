@@ -1,0 +1,84 @@
+"""int8 bundles: ONNX Runtime's dynamic quantization, validated by the quantized-bundle rules."""
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from sapindex import families, sap
+from sapindex.errors import SapIndexError
+from sapindex.exporter.export import ExportConfig, export_bundle
+from sapindex.exporter.graphs import Tolerance, graph_spec
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.defaults import default_bundle_path, default_weights_path, example_pages
+from sapindex.runtime.encoder import Encoder
+
+
+def _op_counts(path) -> dict[str, int]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _check_int8(manifest, bundle_dir, fp32_manifest):
+    assert manifest["dtype"] == "int8" and manifest["validation"]["dtype"] == "int8"
+    assert manifest["quantization"]["ops"] == ["MatMul"] and manifest["quantization"]["onnxruntime"]
+    v = manifest["validation"]
+    rules = graph_spec(families.FAMILIES[manifest["family"]].backbone).tolerances["int8"]
+    assert v["min_kept_jaccard_at_0.1"] >= rules.kept_jaccard
+    assert v["mean_kept_jaccard_at_0.1"] >= rules.kept_jaccard_mean
+    assert v["min_cosine_embeddings"] >= rules.cosine
+    assert v["tolerance"]["cosine"] == rules.cosine
+    for name in ("vision", "text"):
+        ops = _op_counts(bundle_dir / f"{name}.onnx")
+        # weight products are int8; the attention products (scores, probabilities x values) stay fp32
+        assert ops.get("MatMulInteger", 0) > 0 and ops.get("DynamicQuantizeLinear", 0) > 0
+        assert ops.get("MatMul", 0) > 0
+    text = onnx.load(str(bundle_dir / "text.onnx"))
+    assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in text.graph.initializer)
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) >= 32
+                   and t.name.endswith("proj.weight") for t in text.graph.initializer)
+
+
+@pytest.mark.parametrize("family", ["colqwen2", "colpali", "colidefics3"])
+def test_int8_bundle_of_each_backbone(tiny_models, calibrations, bundles, tmp_path, family):
+    manifest = export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
+                                          out=str(tmp_path / "q.sap"), dtype="int8"))
+    _check_int8(manifest, tmp_path / "q.sap", bundles[family][0])
+    # the bundle runs like any other, and stays close to the fp32 bundle's vectors
+    q, full = Encoder(Bundle.open(tmp_path / "q.sap")), Encoder(Bundle.open(bundles[family][1]))
+    page = np.full((196, 252, 3), 255, dtype=np.uint8)
+    page[40:60, 20:200] = 0
+    a, b = (encoder.encode_pages([Image.fromarray(page)])[0] for encoder in (q, full))
+    cosine = (a.embeddings * b.embeddings).sum(axis=1)  # both L2-normalised
+    assert a.embeddings.dtype == np.float32 and cosine.min() > 0.98
+
+
+def test_int8_micro_model_keeps_sap_selection(tmp_path):
+    """The trained micro model (real attention structure): int8 keeps SAP's kept sets close to fp32."""
+    out = tmp_path / "micro-int8.sap"
+    manifest = export_bundle(ExportConfig(model=str(default_weights_path()),
+                                          calibration=str(default_weights_path() / "calibration.json"),
+                                          out=str(out), dtype="int8"))
+    fp32 = Bundle.open(default_bundle_path())
+    _check_int8(manifest, out, fp32.manifest)
+    assert manifest["files"]["text.onnx.data"]["size"] < 0.5 * fp32.manifest["files"]["text.onnx.data"]["size"]
+    q, full = Encoder(Bundle.open(out)), Encoder(fp32)
+    pages = [Image.open(path) for path in example_pages()]
+    jaccards = []
+    for a, b in zip(q.encode_pages(pages), full.encode_pages(pages)):
+        ours, theirs = sap.top_k(a.centrality, 0.1), sap.top_k(b.centrality, 0.1)
+        jaccards.append(len(np.intersect1d(ours, theirs)) / len(np.union1d(ours, theirs)))
+    assert min(jaccards) >= 0.8 and np.mean(jaccards) >= 0.9
+
+
+def test_int8_rules_refuse_a_bundle_that_breaks_them(tiny_models, calibrations, tmp_path, monkeypatch):
+    """A cosine floor above what int8 reaches fails the export, names the rule, and writes nothing."""
+    monkeypatch.setitem(graph_spec("qwen2_vl").tolerances, "int8",
+                        Tolerance(embeddings=None, kept_jaccard=0.9, kept_jaccard_mean=0.95, cosine=1.5))
+    with pytest.raises(SapIndexError, match=r"export validation failed \(int8: cosine\): .*smallest cosine 0\.9"):
+        export_bundle(ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]),
+                                   out=str(tmp_path / "q.sap"), dtype="int8"))
+    assert list(tmp_path.iterdir()) == []
