@@ -24,12 +24,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def export_peak(checkout: Path, model: Path, calibration: Path, out: Path) -> tuple[float, float, float]:
-    """(peak RSS GB, bundle GB, seconds) of one `sapindex export` run with ``checkout``'s code."""
+    """(peak RSS GB, bundle GB, seconds) of one `sapindex export` run with ``checkout``'s code.
+
+    Run from inside ``checkout``: ``python -m`` puts the working directory first on the path, ahead
+    of PYTHONPATH, so from anywhere else the other checkout's code would silently not be the one run.
+    """
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     started = time.perf_counter()
     run = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "sapindex.cli", "export", "--model",
                           str(model), "--calibration", str(calibration), "--out", str(out)],
-                         capture_output=True, text=True, env=env)
+                         capture_output=True, text=True, env=env, cwd=checkout)
     seconds = time.perf_counter() - started
     if run.returncode:
         sys.exit(f"export with {checkout} failed:\n{run.stderr[-2000:]}")

@@ -25,6 +25,11 @@ SECTIONS = [
      ["calibration_throughput.py"], ["--pairs", "16", "--batch-sizes", "1,4"],
      "Same tiny model and pairs for every batch size; the script asserts the SR curves agree. "
      "Includes model loading and image decoding."),
+    ("Calibration throughput at real width: batch size 1 vs 4",
+     ["calibration_throughput.py", "--real-width", "8,8", "--pairs", "4", "--batch-sizes", "1,4", "--repeats", "1"],
+     ["--real-width", "1,1", "--pairs", "2"],
+     "ColQwen2 at Qwen2-VL-2B widths with 8 decoder layers and 8 vision blocks (random weights), the toy pairs' "
+     "pages; why `calibrate` defaults to batch size 1 on a CPU. Includes model loading."),
     ("Runtime: ONNX Runtime vs PyTorch eager, SAP overhead, index size and search latency",
      ["runtime_speed.py"], ["--pages", "4", "--index-pages", "60", "--skip-real"],
      "ONNX Runtime includes the torch-free numpy preprocessing; PyTorch eager is colpali-engine's "
@@ -61,6 +66,23 @@ SECTIONS = [
      ["--text-layers", "2", "--vision-blocks", "2"],
      "`sapindex export` in a fresh process (peak RSS by /usr/bin/time) on a random-weight ColQwen2 at "
      "Qwen2-VL-2B widths; the bundle is fp32. Issue 15's target is a peak of at most ~1.3x the bundle."),
+    ("ONNX Runtime session settings at real width",
+     ["session_options.py", "--family", "colqwen2", "--text-layers", "8", "--vision-blocks", "8"],
+     ["--text-layers", "2", "--vision-blocks", "2", "--pages", "1", "--rounds", "1"],
+     "Each variant in a fresh process on the same bundle and pages, alternating over rounds; sapindex's "
+     "sessions use the last row (sapindex.runtime.session.SESSION_CONFIG)."),
+    ("int8 bundles on the trained micro model: selection and retrieval vs fp32",
+     ["int8_quality.py"], [],
+     "`sapindex export --dtype int8` of the shipped micro checkpoint (its calibration and window) against the "
+     "shipped fp32 bundle, both scored by `sapindex eval --methods full,sap` on the synthetic held-out set."),
+    ("Full depth at real size: calibrate, export, index, search (per family)",
+     ["full_depth.py", "--families", "colqwen2", "--pages", "2", "--pairs", "2"],
+     ["--families", "colidefics3", "--pages", "1", "--pairs", "1", "--text-layers", "1", "--vision-blocks", "1"],
+     "Random weights at the published sizes and depths (sapindex.testing.real_size); every step is the CLI "
+     "a user runs, in its own process, with its peak RSS. `index` s/page is the command's wall time over "
+     "its pages (process start, preprocessing and writing included); PyTorch is colpali-engine's forward "
+     "on the same weights after a small warm-up page. Calibration s/pair includes the model load "
+     "(2 pairs), so the 500-pair figure is an extrapolation and an overestimate of the load's share."),
     ("Eval scoring speed: exact masked MaxSim, 1,000 queries x 1,000 pages",
      ["maxsim_speed.py"], ["--queries", "100", "--pages", "100"],
      "What `sapindex eval` spends on scoring; compare with page encoding above."),

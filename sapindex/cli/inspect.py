@@ -39,6 +39,13 @@ def inspect(target, as_json):
             click.echo(f"  {failure}")
     else:
         v = summary["validation"]
-        kv_table([*((key, summary[key]) for key in BUNDLE_KEYS),
-                  ("validation", f"max |diff| embeddings {v['max_abs_diff_embeddings']:.1e} over {v['pages']} pages")],
-                 width=19)
+        checked = f"max |diff| embeddings {v['max_abs_diff_embeddings']:.1e} over {v['pages']} pages"
+        if "min_cosine_embeddings" in v:  # bundles exported before the per-dtype rules lack these
+            checked += (f", smallest cosine {v['min_cosine_embeddings']:.4f}, kept-set Jaccard at 0.1 "
+                        f"{v['min_kept_jaccard_at_0.1']:.3f} (mean {v['mean_kept_jaccard_at_0.1']:.3f})")
+        rows = [*((key, summary[key]) for key in BUNDLE_KEYS), ("validation", checked)]
+        if summary["quantization"]:
+            q = summary["quantization"]
+            rows.append(("quantization", f"{q['weights']} weights, {q['activations']} activations "
+                                         "(an approximation of the fp32 model)"))
+        kv_table(rows, width=19)

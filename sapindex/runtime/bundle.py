@@ -143,6 +143,7 @@ class Bundle:
             "window_source": m.get("window_source", "calibration"),  # bundles before --window had no key
             "dim": m["dim"],
             "dtype": m.get("dtype"),
+            "quantization": m.get("quantization"),  # int8 bundles: how (an approximation of the fp32 model)
             "fingerprint": m["fingerprint"],
             "source_fingerprint": m["source_model"]["fingerprint"],
             "bytes": sum(f["size"] for f in m["files"].values()),

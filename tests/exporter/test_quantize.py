@@ -3,6 +3,7 @@
 import numpy as np
 import onnx
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from sapindex import families, sap
@@ -72,6 +73,10 @@ def test_int8_micro_model_keeps_sap_selection(tmp_path):
         ours, theirs = sap.top_k(a.centrality, 0.1), sap.top_k(b.centrality, 0.1)
         jaccards.append(len(np.intersect1d(ours, theirs)) / len(np.union1d(ours, theirs)))
     assert min(jaccards) >= 0.8 and np.mean(jaccards) >= 0.9
+    shown = run_cli("inspect", out)  # labelled as an approximation wherever a user looks
+    assert shown.returncode == 0, shown.stderr
+    assert "int8" in shown.stdout and "an approximation of the fp32 model" in shown.stdout
+    assert "smallest cosine 0.9" in shown.stdout
 
 
 def test_int8_rules_refuse_a_bundle_that_breaks_them(tiny_models, calibrations, tmp_path, monkeypatch):
