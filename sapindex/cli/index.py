@@ -21,7 +21,9 @@ from sapindex.index.inputs import DEFAULT_DPI
               help="Bundle to index with (or give it as the first argument; default: the built-in micro model).")
 @keep_ratio_option()
 @device_option()
-@click.option("--batch-size", default=8, show_default=True, help="Pages per ONNX Runtime call (and per commit).")
+@click.option("--batch-size", type=int, default=None,
+              help="Pages per ONNX Runtime call (and per commit).  [default: 1 for a bundle over 1 GB on cpu, "
+                   "so the bar moves per page; else 8]")
 @click.option("--dpi", default=DEFAULT_DPI, show_default=True, help="PDF rendering resolution.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--position-correction", is_flag=True,

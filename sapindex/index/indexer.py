@@ -39,8 +39,24 @@ class IndexSummary:
         return {**asdict(self), "pages_per_second": self.pages_indexed / self.seconds if self.seconds else None}
 
 
+# Bundles at least this large are real-size models: on a CPU a page costs tens of seconds there.
+LARGE_BUNDLE_BYTES = 1_000_000_000
+
+
+def default_batch_size(bundle: Bundle, device: str) -> int:
+    """Pages per ONNX Runtime call and per commit when the user gives none.
+
+    1 for a real-size bundle on a CPU: a page takes tens of seconds there and batching pages gains
+    nothing at real widths (bench/RESULTS.md, "Per family at real layer widths": batch 2 vs 1), so
+    the progress bar moves per page instead of once per several minutes. 8 otherwise (small models,
+    where a call's overhead matters, and GPUs), which also keeps commits (LanceDB versions) few.
+    """
+    size = sum(int(f["size"]) for f in bundle.manifest["files"].values())
+    return 1 if device == "cpu" and size >= LARGE_BUNDLE_BYTES else 8
+
+
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,
-              device: str = "cpu", batch_size: int = 8, dpi: float = DEFAULT_DPI, threads: int | None = None,
+              device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI, threads: int | None = None,
               position_correction: bool = False, stdin=None,
               progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index ``inputs`` into the index at ``out`` (created, or resumed) with the bundle's encoder and SAP.
@@ -52,7 +68,7 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
         out: the index directory; a new or empty one is created, an existing one is resumed.
         keep_ratio: the fraction of each page's visual tokens SAP keeps, in (0, 1].
         device: where ONNX Runtime runs the bundle (``"cpu"`` or ``"cuda"``).
-        batch_size: pages encoded per call and stored per commit.
+        batch_size: pages encoded per call and stored per commit (None: :func:`default_batch_size`).
         dpi: the resolution PDF pages are rendered at.
         threads: ONNX Runtime intra-op threads (None: its default).
         position_correction: rank by the causally corrected centrality (method ``sap-poscorr``).
@@ -64,9 +80,10 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
     """
     if not 0.0 < keep_ratio <= 1.0:
         raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise SapIndexError("--batch-size must be at least 1")
     bundle = Bundle.open(bundle_path)
+    batch_size = batch_size or default_batch_size(bundle, device)
     if position_correction:
         check_position_correction(bundle)
     encoder = Encoder(bundle, device=device, threads=threads)

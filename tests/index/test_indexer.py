@@ -1,6 +1,7 @@
 """The indexing run and search through the Python API, on the built-in micro model (no torch)."""
 
-from sapindex.index.indexer import open_for_search, run_index, search
+from sapindex.index.indexer import default_batch_size, open_for_search, run_index, search
+from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, example_pages
 
 
@@ -20,3 +21,17 @@ def test_search_loads_only_the_text_graph(tmp_path):
     with Image.open(pages[0]) as image:
         encoder.encode_pages([image.convert("RGB")])
     assert encoder.sessions.loaded() == ["text", "vision"]
+
+
+def test_real_size_bundles_index_one_page_per_call_on_a_cpu(tmp_path):
+    """A real-size page takes tens of seconds on a CPU: the default batch is one page there, so the
+    bar moves per page; small bundles and GPUs keep batches of 8 (few commits, less call overhead)."""
+    small = Bundle(tmp_path, {"files": {"text.onnx.data": {"size": 24_000_000}, "vision.onnx.data": {"size": 9}}})
+    large = Bundle(tmp_path, {"files": {"text.onnx.data": {"size": 5_000_000_000},
+                                        "vision.onnx.data": {"size": 2_400_000_000}}})
+    assert default_batch_size(small, "cpu") == 8 and default_batch_size(small, "cuda") == 8
+    assert default_batch_size(large, "cpu") == 1 and default_batch_size(large, "cuda") == 8
+    steps = []
+    summary = run_index(default_bundle_path(), [str(p) for p in example_pages()[:3]], tmp_path / "idx",
+                        progress=lambda done, known: steps.append(done))
+    assert summary.pages_indexed == 3 and steps == [3]  # the micro bundle (24 MB): one batch of 3
