@@ -71,6 +71,11 @@ SECTIONS = [
      ["--text-layers", "2", "--vision-blocks", "2", "--pages", "1", "--rounds", "1"],
      "Each variant in a fresh process on the same bundle and pages, alternating over rounds; sapindex's "
      "sessions use the last row (sapindex.runtime.session.SESSION_CONFIG)."),
+    ("Fused attention outside the SAP window (ONNX Runtime MultiHeadAttention)",
+     ["fused_attention.py", "--family", "colqwen2", "--text-layers", "8", "--vision-blocks", "8"],
+     ["--text-layers", "2", "--vision-blocks", "2", "--pages", "1", "--rounds", "1"],
+     "onnxscript's ORT fusions applied to a copy of the exported bundle (attention outside the window "
+     "becomes MultiHeadAttention; norms, rotary and GELU fused too), timed against the bundle as exported."),
     ("int8 bundles on the trained micro model: selection and retrieval vs fp32",
      ["int8_quality.py"], [],
      "`sapindex export --dtype int8` of the shipped micro checkpoint (its calibration and window) against the "
