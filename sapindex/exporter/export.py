@@ -218,9 +218,9 @@ def _release_rewriter_graphs() -> None:
 
     Why: onnxscript (0.7) rules are module-level objects whose matcher remembers the last graph it
     matched (``SimplePatternMatcher._graph``), and that graph holds every weight of the exported
-    module: without this, the text graph's weights stayed resident through validation (measured:
-    +1.5 GB at Qwen2-VL-2B width with 8 layers, bench/export_memory.py). The next match sets the
-    attributes again, so clearing them changes nothing else.
+    module: without this, the text graph's weights stayed resident through validation, beside
+    ONNX Runtime's copy (bench/export_memory.py). The next match sets the attributes again, so
+    clearing them changes nothing else.
     """
     from onnxscript.rewriter import _matcher
 

@@ -1,7 +1,7 @@
 """int8 bundles: ONNX Runtime's dynamic quantization of the exported fp32 graphs.
 
-Why: on a CPU a real-size page costs ~165 GFLOP/s of fp32 arithmetic, near what two cores deliver,
-so only cheaper arithmetic makes indexing faster. ONNX Runtime's own tool (``quantize_dynamic``)
+Why: on a CPU, fp32 indexing at real size is bound by arithmetic, so only cheaper arithmetic
+makes it faster (measured: README, "Memory and speed at real size"). ONNX Runtime's own tool (``quantize_dynamic``)
 stores each weight matrix as int8 with one scale per output channel and quantizes activations
 per call (``MatMulInteger``, int8 GEMM with VNNI where the CPU has it). Only matrix products
 with a constant weight are quantized (``MatMulConstBOnly``): the attention products, and so the
