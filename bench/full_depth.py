@@ -30,21 +30,16 @@ import time
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-PAGE_SIZE = (1100, 850)  # (height, width) px: a letter page at ~100 dpi
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from session_options import PAGE_SIZE, page_images  # noqa: E402
 
 
-def pages(directory: Path, n: int, size=PAGE_SIZE, seed: int = 0) -> list[Path]:
-    import numpy as np
-
-    from sapindex.testing.toy_pages import WORDS, render_page
-
+def pages(directory: Path, n: int) -> list[Path]:
+    """``n`` benchmark pages (``page_images``) written as PNG files, for the CLI."""
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        path = directory / f"page-{i:02d}.png"
-        render_page([str(w) for w in rng.choice(WORDS, 40)], size, rng).save(path)
-        paths.append(path)
+    paths = [directory / f"page-{i:02d}.png" for i in range(n)]
+    for path, image in zip(paths, page_images(n)):
+        image.save(path)
     return paths
 
 
@@ -95,6 +90,7 @@ def search_child(index: str, queries: int) -> None:
 
 
 def bench_family(family: str, work: Path, args) -> list[dict]:
+    from sapindex.runtime.bundle import manifest_bytes
     from sapindex.testing.real_size import REAL_SIZES, build_real_size
 
     real = REAL_SIZES[family]
@@ -128,7 +124,7 @@ def bench_family(family: str, work: Path, args) -> list[dict]:
         seconds, peak, stdout = timed(sapindex("export", "--model", model, "--calibration", calibration, "--out", out,
                                                "--dtype", dtype, "--json"))
         manifest = json.loads(stdout)
-        size = sum(f["size"] for f in manifest["files"].values())
+        size = manifest_bytes(manifest)
         v = manifest["validation"]
         note(f"export {dtype}", seconds=seconds, peak_gb=peak, bundle_gb=size / 1e9,
              max_abs_diff=v["max_abs_diff_embeddings"], min_cosine=v["min_cosine_embeddings"],

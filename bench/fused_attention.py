@@ -27,7 +27,7 @@ import numpy as np
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from session_options import build_bundle  # noqa: E402
+from session_options import build_bundle, page_images  # noqa: E402
 
 
 def fused_copy(bundle: Path, out: Path) -> dict[str, dict[str, int]]:
@@ -63,15 +63,13 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None)
     args = parser.parse_args()
     from sapindex import sap
-    from sapindex.testing.toy_pages import WORDS, render_page
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bundle = args.bundle or build_bundle(work, args.family, args.text_layers, args.vision_blocks)
         counts = fused_copy(bundle, work / "fused.sap")
         encoders = {"eager form (as exported)": open_unverified(bundle), "fused": open_unverified(work / "fused.sap")}
-        rng = np.random.default_rng(0)
-        images = [render_page([str(w) for w in rng.choice(WORDS, 40)], (1100, 850), rng) for _ in range(args.pages)]
+        images = page_images(args.pages)
         outputs, best = {}, {name: float("inf") for name in encoders}
         for name, encoder in encoders.items():
             outputs[name] = encoder.encode_pages(images[:1])  # warm-up, and the parity page

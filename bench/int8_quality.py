@@ -31,7 +31,7 @@ def main() -> None:
     from sapindex import sap
     from sapindex.eval.cache import EncodingCache
     from sapindex.eval.datasets import load_dataset
-    from sapindex.runtime.bundle import Bundle
+    from sapindex.runtime.bundle import Bundle, manifest_bytes
     from sapindex.runtime.defaults import default_bundle_path, default_weights_path
 
     work = Path(args.work)
@@ -52,8 +52,8 @@ def main() -> None:
         caches[name] = EncodingCache(out / "cache", Bundle.open(bundle, verify=False), dataset).load()
 
     manifest = json.loads((int8 / "manifest.json").read_text())
-    fp32_size = sum(f["size"] for f in Bundle.open(default_bundle_path()).manifest["files"].values())
-    int8_size = sum(f["size"] for f in manifest["files"].values())
+    fp32_size = manifest_bytes(Bundle.open(default_bundle_path()).manifest)
+    int8_size = manifest_bytes(manifest)
     v = manifest["validation"]
     print(f"# int8 vs fp32 on the trained micro model: synthetic held-out set ({SYNTHETIC['pages']} pages, "
           f"{SYNTHETIC['queries']} queries); bundles {fp32_size / 1e6:.1f} MB fp32, {int8_size / 1e6:.1f} MB int8; "
@@ -75,8 +75,7 @@ def main() -> None:
     for key, page in fp32.items():
         other = q8[key]
         for r in RATIOS:
-            ours, theirs = sap.top_k(other.centrality, r), sap.top_k(page.centrality, r)
-            jaccard[r].append(len(np.intersect1d(ours, theirs)) / len(np.union1d(ours, theirs)))
+            jaccard[r].append(sap.jaccard(sap.top_k(other.centrality, r), sap.top_k(page.centrality, r)))
         a, b = np.asarray(other.embeddings, np.float64), np.asarray(page.embeddings, np.float64)
         cosines.append((a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12))
     cosines = np.concatenate(cosines)

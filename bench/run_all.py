@@ -70,7 +70,7 @@ SECTIONS = [
      ["session_options.py", "--family", "colqwen2", "--text-layers", "8", "--vision-blocks", "8"],
      ["--text-layers", "2", "--vision-blocks", "2", "--pages", "1", "--rounds", "1"],
      "Each variant in a fresh process on the same bundle and pages, alternating over rounds; sapindex's "
-     "sessions use the last row (sapindex.runtime.session.SESSION_CONFIG)."),
+     "sessions use the last row (sapindex.runtime.session.SESSION_CONFIG and CPU_MEM_ARENA)."),
     ("Fused attention outside the SAP window (ONNX Runtime MultiHeadAttention)",
      ["fused_attention.py", "--family", "colqwen2", "--text-layers", "8", "--vision-blocks", "8"],
      ["--text-layers", "2", "--vision-blocks", "2", "--pages", "1", "--rounds", "1"],

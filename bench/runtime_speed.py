@@ -74,7 +74,7 @@ def export_text_variant(adapter, window, path, centrality):
 
 def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
     from sapindex.models.adapters import load_adapter
-    from sapindex.runtime.bundle import Bundle
+    from sapindex.runtime.bundle import Bundle, manifest_bytes
     from sapindex.runtime.encoder import Encoder
     from sapindex.runtime.session import make_session
     from sapindex.testing.pipeline import calibrate_and_export
@@ -86,7 +86,7 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
     encoder = Encoder(bundle)
     adapter = load_adapter(model_dir)
     images = page_images(n_pages)
-    size_mb = sum(f["size"] for f in bundle.manifest["files"].values()) / 1e6
+    size_mb = manifest_bytes(bundle.manifest) / 1e6
     print(f"\n### {label}: {adapter.info.parameter_count() / 1e6:.1f} M parameters, {adapter.n_layers} decoder layers, "
           f"bundle {size_mb:.1f} MB, export + validation {export_s:.0f} s, {n_pages} pages "
           f"(~{np.mean([p.n_visual for p in encoder.encode_pages(images[:2])]):.0f} visual tokens each)\n")

@@ -36,21 +36,28 @@ VARIANTS = {
 }
 
 
-def child(bundle: str, variant: str, pages: int) -> None:
-    """Run one variant in this process and print its measurements as one JSON line."""
+PAGE_SIZE = (1100, 850)  # (height, width) px: a letter page at ~100 dpi, ~744 visual tokens for ColQwen2
+
+
+def page_images(n: int, seed: int = 0) -> list:
+    """``n`` deterministic text pages of :data:`PAGE_SIZE`, the real-size benchmarks' pages."""
     import numpy as np
 
+    from sapindex.testing.toy_pages import WORDS, render_page
+
+    rng = np.random.default_rng(seed)
+    return [render_page([str(w) for w in rng.choice(WORDS, 40)], PAGE_SIZE, rng) for _ in range(n)]
+
+
+def child(bundle: str, variant: str, pages: int) -> None:
+    """Run one variant in this process and print its measurements as one JSON line."""
     from sapindex.runtime import session
     from sapindex.runtime.bundle import Bundle
     from sapindex.runtime.encoder import Encoder
-    from sapindex.testing.toy_pages import WORDS, render_page
 
     settings = VARIANTS[variant]
-    session.SESSION_CONFIG = settings["config"]
-    chosen = session.session_options
-    session.session_options = lambda threads=None, arena=False: chosen(threads, arena=settings["arena"])
-    rng = np.random.default_rng(0)
-    images = [render_page([str(w) for w in rng.choice(WORDS, 40)], (1100, 850), rng) for _ in range(pages + 1)]
+    session.SESSION_CONFIG, session.CPU_MEM_ARENA = settings["config"], settings["arena"]
+    images = page_images(pages + 1)
     started = time.perf_counter()
     encoder = Encoder(Bundle.open(bundle, verify=False))
     load = time.perf_counter() - started

@@ -139,6 +139,11 @@ def top_k(scores, ratio: float) -> np.ndarray:
     return np.sort(order[:k])
 
 
+def jaccard(ours, theirs) -> float:
+    """|ours & theirs| / |ours | theirs| of two kept sets (token indices): how far two selections agree."""
+    return len(np.intersect1d(ours, theirs)) / max(len(np.union1d(ours, theirs)), 1)
+
+
 def causal_correction(centrality, seq_rank=None) -> np.ndarray:
     """In-degree per attending row for ``V`` visual tokens under causal attention.
 

@@ -218,6 +218,12 @@ def test_top_k_ascending_and_ties_to_lower_index():
     assert sap.top_k([2, 7, 7, 7], 0.25).tolist() == [1]
 
 
+def test_jaccard_of_kept_sets():
+    assert sap.jaccard([1, 2, 3], [1, 2, 3]) == 1.0
+    assert sap.jaccard([0, 1, 2], [1, 2, 3]) == 2 / 4
+    assert sap.jaccard([0], [5]) == 0.0 and sap.jaccard([], []) == 0.0
+
+
 @FAST
 @given(arrays(np.float64, st.integers(1, 50), elements=st.sampled_from([-1.0, 0.0, 0.5, 2.0, 3.25])),
        st.floats(0.01, 1.0))

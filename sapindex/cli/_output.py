@@ -30,6 +30,21 @@ def size(n: float) -> str:
     return f"{n / 1000:.1f} TB"
 
 
+def agreement(validation: dict) -> str:
+    """A bundle's validation figures beyond max |diff| (cosine, kept-set Jaccard), as export and
+    inspect print them; empty for bundles exported before these were recorded."""
+    if "min_cosine_embeddings" not in validation:
+        return ""
+    return (f"smallest cosine {validation['min_cosine_embeddings']:.4f}, kept-set Jaccard at 0.1 "
+            f"{validation['min_kept_jaccard_at_0.1']:.3f} (mean {validation['mean_kept_jaccard_at_0.1']:.3f})")
+
+
+def quantized(quantization: dict) -> str:
+    """How an int8 bundle was made, labelled as the approximation it is."""
+    return (f"{quantization['weights']} weights, {quantization['activations']} activations "
+            "(an approximation of the fp32 model)")
+
+
 class ProgressBar:
     """A tqdm bar on stderr, hidden when ``quiet`` (``--json``) or when stderr is not a terminal.
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from sapindex.cli._options import base_model_option, json_option
-from sapindex.cli._output import size
+from sapindex.cli._output import agreement, quantized, size
 from sapindex.exporter.graphs import DTYPES
+from sapindex.runtime.bundle import manifest_bytes
 
 
 @click.command()
@@ -48,15 +49,12 @@ def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite,
         click.echo(json.dumps(manifest, indent=2))
         return
     v = manifest["validation"]
-    total = sum(f["size"] for f in manifest["files"].values())
+    total = manifest_bytes(manifest)
     click.echo(f"bundle     {out_dir} ({size(total)}, fingerprint {manifest['fingerprint'][:16]})")
     click.echo(f"window     layers [{manifest['window'][0]}, {manifest['window'][1]}) of {manifest['n_layers']} "
                f"(from {manifest['window_source']})")
     click.echo(f"validated  {v['pages']} pages, batch sizes {v['batch_sizes']}: max |diff| embeddings "
                f"{v['max_abs_diff_embeddings']:.1e}, centrality {v['max_abs_diff_centrality']:.1e}, "
-               f"smallest cosine {v['min_cosine_embeddings']:.4f}, kept-set Jaccard at 0.1 "
-               f"{v['min_kept_jaccard_at_0.1']:.3f} (mean {v['mean_kept_jaccard_at_0.1']:.3f}), "
-               f"mismatches {len(v['kept_set_mismatches'])}")
+               f"{agreement(v)}, mismatches {len(v['kept_set_mismatches'])}")
     if "quantization" in manifest:
-        click.echo(f"quantized  {manifest['quantization']['weights']} weights, "
-                   f"{manifest['quantization']['activations']} activations: an approximation of the fp32 model")
+        click.echo(f"quantized  {quantized(manifest['quantization'])}")

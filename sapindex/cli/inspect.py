@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from sapindex.cli._options import json_option
-from sapindex.cli._output import kv_table, size
+from sapindex.cli._output import agreement, kv_table, quantized, size
 
 INDEX_KEYS = ("path", "bundle_fingerprint", "dim", "vector_dtype", "files", "pages", "vectors",
               "vectors_before_pruning", "failures")
@@ -39,13 +39,9 @@ def inspect(target, as_json):
             click.echo(f"  {failure}")
     else:
         v = summary["validation"]
-        checked = f"max |diff| embeddings {v['max_abs_diff_embeddings']:.1e} over {v['pages']} pages"
-        if "min_cosine_embeddings" in v:  # bundles exported before the per-dtype rules lack these
-            checked += (f", smallest cosine {v['min_cosine_embeddings']:.4f}, kept-set Jaccard at 0.1 "
-                        f"{v['min_kept_jaccard_at_0.1']:.3f} (mean {v['mean_kept_jaccard_at_0.1']:.3f})")
+        checked = ", ".join(filter(None, (f"max |diff| embeddings {v['max_abs_diff_embeddings']:.1e} over "
+                                          f"{v['pages']} pages", agreement(v))))
         rows = [*((key, summary[key]) for key in BUNDLE_KEYS), ("validation", checked)]
         if summary["quantization"]:
-            q = summary["quantization"]
-            rows.append(("quantization", f"{q['weights']} weights, {q['activations']} activations "
-                                         "(an approximation of the fp32 model)"))
+            rows.append(("quantization", quantized(summary["quantization"])))
         kv_table(rows, width=19)

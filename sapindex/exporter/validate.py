@@ -125,7 +125,7 @@ def validate(reference: Reference, bundle: Bundle, dtype: str = "fp32",
             for ratio in VALIDATION_RATIOS:
                 ours, theirs = sap.top_k(ort_cent, ratio), sap.top_k(ref_cent, ratio)
                 if ratio == 0.1:
-                    jaccard_at_01.append(len(np.intersect1d(ours, theirs)) / len(np.union1d(ours, theirs)))
+                    jaccard_at_01.append(sap.jaccard(ours, theirs))
                 if not np.array_equal(ours, theirs):
                     mismatched.append({"page": n_pages, "grid": list(ref.grid), "keep_ratio": ratio})
     limits = reference.tolerances[dtype]

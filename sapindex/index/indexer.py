@@ -17,7 +17,7 @@ from sapindex.errors import SapIndexError
 from sapindex.index.inputs import DEFAULT_DPI, iter_pages, iter_sources
 from sapindex.index.records import Failure, FileInfo, Page
 from sapindex.index.store import Hit, Index, PageRow
-from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.bundle import Bundle, manifest_bytes
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder, check_position_correction, prune
 from sapindex.sap import DEFAULT_KEEP_RATIO
@@ -51,8 +51,7 @@ def default_batch_size(bundle: Bundle, device: str) -> int:
     the progress bar moves per page instead of once per several minutes. 8 otherwise (small models,
     where a call's overhead matters, and GPUs), which also keeps commits (LanceDB versions) few.
     """
-    size = sum(int(f["size"]) for f in bundle.manifest["files"].values())
-    return 1 if device == "cpu" and size >= LARGE_BUNDLE_BYTES else 8
+    return 1 if device == "cpu" and manifest_bytes(bundle.manifest) >= LARGE_BUNDLE_BYTES else 8
 
 
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,

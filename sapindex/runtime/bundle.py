@@ -45,6 +45,11 @@ def seal_manifest(directory: Path, manifest: dict) -> dict:
     return manifest
 
 
+def manifest_bytes(manifest: dict) -> int:
+    """A bundle's size on disk: the sum of the sizes its (sealed) manifest records."""
+    return sum(int(meta["size"]) for meta in manifest["files"].values())
+
+
 def is_bundle_dir(path: str | Path) -> bool:
     """Whether ``path`` is a directory holding a sapindex bundle manifest (of any format version)."""
     manifest = Path(path) / MANIFEST
@@ -146,7 +151,7 @@ class Bundle:
             "quantization": m.get("quantization"),  # int8 bundles: how (an approximation of the fp32 model)
             "fingerprint": m["fingerprint"],
             "source_fingerprint": m["source_model"]["fingerprint"],
-            "bytes": sum(f["size"] for f in m["files"].values()),
+            "bytes": manifest_bytes(m),
             "validation": m.get("validation"),
             "calibration": {k: m["calibration"][k] for k in ("keep_ratio", "pairs_used", "random_floor")},
         }

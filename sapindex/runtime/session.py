@@ -20,25 +20,25 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-# Session settings, each chosen by measurement (bench/session_options.py, bench/RESULTS.md; Qwen2-VL-2B
-# widths, pages of 744 visual tokens):
+# Session settings, each chosen by measurement at real width (bench/session_options.py, figures in
+# bench/RESULTS.md, "ONNX Runtime session settings"):
 # - no pre-packing: ORT then maps the bundle's external weights from disk instead of copying them
-#   into packed buffers, so a session opens in ~0.1 s instead of 4 s and holds no second copy of
-#   the weights; s/page is unchanged (1.01x);
+#   into packed buffers, so a session opens at once and holds no second copy of the weights, at
+#   the same time per page;
 # - no CPU memory arena: the arena keeps every activation buffer it ever grew (the vision tower's
-#   [heads, P, P] attention over ~3,000 patches); without it peak memory fell from 6.1 to 4.0 GB
-#   for 1.02x the time per page.
+#   [heads, P, P] attention), so without it peak memory is far lower, at about the same time per page.
 SESSION_CONFIG = {"session.disable_prepacking": "1"}
+CPU_MEM_ARENA = False
 
 
-def session_options(threads: int | None = None, arena: bool = False):
-    """The ``SessionOptions`` every sapindex session uses (``SESSION_CONFIG``, threads, arena)."""
+def session_options(threads: int | None = None):
+    """The ``SessionOptions`` every sapindex session uses (``SESSION_CONFIG``, the arena, threads)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    options.enable_cpu_mem_arena = arena
+    options.enable_cpu_mem_arena = CPU_MEM_ARENA
     options.log_severity_level = 3
     for key, value in SESSION_CONFIG.items():
         options.add_session_config_entry(key, value)

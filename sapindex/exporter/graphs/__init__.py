@@ -43,9 +43,6 @@ class Tolerance:
     cosine: float = -1.0  # smallest cosine between ORT's and PyTorch's embedding of the same token or query token
 
 
-# The dtypes a bundle can be exported in (``sapindex export --dtype``); each has a tolerance below.
-DTYPES = ("fp32", "fp16", "int8")
-
 # fp32: identical kept sets. fp16 bundles (for the CUDA Execution Provider): half-precision
 # weights move embeddings well past fp32 rounding; centrality stays fp32 inside the graph, but
 # near-ties may flip. int8 bundles (CPU speed, ``sapindex.exporter.quantize``): quantized weights
@@ -55,6 +52,8 @@ DTYPES = ("fp32", "fp16", "int8")
 TOLERANCES = {"fp32": Tolerance(embeddings=1e-4, kept_jaccard=1.0, kept_jaccard_mean=1.0),
               "fp16": Tolerance(embeddings=1e-2, kept_jaccard=0.9, kept_jaccard_mean=0.95),
               "int8": Tolerance(embeddings=None, kept_jaccard=0.9, kept_jaccard_mean=0.95, cosine=0.98)}
+# The dtypes a bundle can be exported in (``sapindex export --dtype``): those with a tolerance.
+DTYPES = tuple(TOLERANCES)
 
 
 @dataclass(frozen=True)
