@@ -1,5 +1,7 @@
 """int8 bundles: ONNX Runtime's dynamic quantization, validated by the quantized-bundle rules."""
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +12,7 @@ from sapindex import families, sap
 from sapindex.errors import SapIndexError
 from sapindex.exporter.export import ExportConfig, export_bundle
 from sapindex.exporter.graphs import Tolerance, graph_spec
+from sapindex.exporter.quantize import quantize_graph
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, default_weights_path, example_pages
 from sapindex.runtime.encoder import Encoder
@@ -87,3 +90,72 @@ def test_int8_rules_refuse_a_bundle_that_breaks_them(tiny_models, calibrations, 
         export_bundle(ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]),
                                    out=str(tmp_path / "q.sap"), dtype="int8"))
     assert list(tmp_path.iterdir()) == []
+
+
+def _graph_content(path):
+    """A graph's nodes (order aside) and its initializers' values."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    nodes = sorted((n.op_type, n.domain, tuple(n.input), tuple(n.output)) for n in model.graph.node)
+    return nodes, {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("graph", ["vision", "text"])
+def test_quantizing_in_passes_makes_the_graph_quantize_dynamic_makes(tmp_path, graph):
+    """One pass per group of products (the smallest parts possible) ends where ORT's single pass does."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = default_bundle_path()
+    for side in ("ours", "ort"):
+        (tmp_path / side).mkdir()
+        for name in (f"{graph}.onnx", f"{graph}.onnx.data"):
+            shutil.copy(source / name, tmp_path / side / name)
+    parts = []
+    quantize_graph(tmp_path / "ours" / f"{graph}.onnx", parts.append, part_bytes=1)
+    quantize_dynamic(tmp_path / "ort" / f"{graph}.onnx", tmp_path / "ort" / "q.onnx", op_types_to_quantize=["MatMul"],
+                     per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=True,
+                     extra_options={"MatMulConstBOnly": True})
+    assert len(parts) > 5  # it did run in passes
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [f"{graph}.onnx", f"{graph}.onnx.data"]
+    ours, theirs = _graph_content(tmp_path / "ours" / f"{graph}.onnx"), _graph_content(tmp_path / "ort" / "q.onnx")
+    assert ours[0] == theirs[0]
+    assert ours[1].keys() == theirs[1].keys()
+    assert all(np.array_equal(ours[1][name], theirs[1][name]) for name in ours[1])
+
+
+MEMORY_CHILD = """
+import resource, sys
+from pathlib import Path
+from sapindex.exporter.quantize import quantize_graph
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+quantize_graph(Path(sys.argv[1]), part_bytes=32 << 20)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_quantizing_holds_one_part_of_the_weights_not_the_graph(tmp_path):
+    """400 MB of fp32 weights quantize with far less memory than the graph (ORT's single pass: ~3x)."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng, size, count = np.random.default_rng(0), 1024, 96
+    weights = [numpy_helper.from_array(rng.standard_normal((size, size), dtype=np.float32), f"w{i}")
+               for i in range(count)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}"]) for i in range(count)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, size])],
+                              [helper.make_tensor_value_info(f"h{count - 1}", TensorProto.FLOAT, [None, size])],
+                              weights)
+    path = tmp_path / "chain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path),
+              save_as_external_data=True, location="chain.onnx.data")
+    del weights, graph
+    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path)], capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    growth, fp32 = int(child.stdout.split()[-1]), count * size * size * 4
+    assert growth < 0.6 * fp32, f"peak grew {growth / 1e6:.0f} MB for {fp32 / 1e6:.0f} MB of weights"
+    model = onnx.load(str(path), load_external_data=False)  # and the result is whole: every product int8
+    assert sum(n.op_type == "MatMulInteger" for n in model.graph.node) == count
+    assert not any(n.op_type == "MatMul" for n in model.graph.node)
