@@ -54,7 +54,9 @@ class TinySpec:
     seed: int = 0
 
 
-DEFAULTS = {"colqwen2": TinySpec("colqwen2", n_layers=6), "colqwen2_5": TinySpec("colqwen2_5", n_layers=8)}
+# Qwen2.5-VL's published 112 px windows: 4 x 4 merge blocks, so tiny pages have whole and edge windows
+DEFAULTS = {"colqwen2": TinySpec("colqwen2", n_layers=6),
+            "colqwen2_5": TinySpec("colqwen2_5", n_layers=8, vision_window=112)}
 
 
 def tiny_spec(family: str, **overrides) -> TinySpec:
