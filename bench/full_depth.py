@@ -11,7 +11,10 @@ For each family: a random-weight checkpoint at its published size and depth
 - `sapindex search`: the first answer from the CLI (bundle load included), then later answers
   through the Python API with the searcher loaded.
 Random weights say nothing about retrieval quality; they show memory, time and numerics.
-Usage: python bench/full_depth.py [--families colqwen2,colpali] [--pages 2] [--pairs 2] [--work DIR]
+An int8 bundle that breaks the int8 validation rules is refused by `export`: the table says so
+with the validation's figures, and times the fp32 bundle only.
+Usage: python bench/full_depth.py [--families colqwen2,colpali] [--pages 2] [--pairs 2] [--dtypes fp32,int8]
+       [--work DIR]
        [--text-layers N --vision-blocks M]  (cut the depth; the table says so)
 """
 
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -43,14 +47,19 @@ def pages(directory: Path, n: int) -> list[Path]:
     return paths
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS GB, stdout) of one command in a fresh process; exits with its stderr on failure."""
+def timed(cmd: list[str], refusal: str | None = None) -> tuple[float, float, str]:
+    """(seconds, peak RSS GB, stdout) of one command in a fresh process; exits with its stderr on
+    failure, unless its error line starts with ``refusal`` (then that line is the stdout)."""
     started = time.perf_counter()
     run = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    lines = run.stderr.strip().splitlines()
     if run.returncode:
-        sys.exit(f"{' '.join(cmd[:4])} failed:\n{run.stderr[-3000:]}")
-    return seconds, int(run.stderr.strip().splitlines()[-1]) / 1e6, run.stdout
+        refused = [line for line in lines if refusal and line.startswith(refusal)]
+        if not refused:
+            sys.exit(f"{' '.join(cmd[:4])} failed:\n{run.stderr[-3000:]}")
+        return seconds, int(lines[-1]) / 1e6, refused[0]
+    return seconds, int(lines[-1]) / 1e6, run.stdout
 
 
 def sapindex(*args) -> list[str]:
@@ -119,10 +128,13 @@ def bench_family(family: str, work: Path, args) -> list[dict]:
     calibration = work / "calib" / "calibration.json"
 
     bundles = {}
-    for dtype in ("fp32", "int8"):
+    for dtype in args.dtypes.split(","):
         out = work / f"{dtype}.sap"
         seconds, peak, stdout = timed(sapindex("export", "--model", model, "--calibration", calibration, "--out", out,
-                                               "--dtype", dtype, "--json"))
+                                               "--dtype", dtype, "--json"), refusal="error: export validation failed")
+        if stdout.startswith("error:"):  # the bundle broke its dtype's validation rules: no bundle to time
+            note(f"export {dtype}", seconds=seconds, peak_gb=peak, refused=stdout)
+            continue
         manifest = json.loads(stdout)
         size = manifest_bytes(manifest)
         v = manifest["validation"]
@@ -147,18 +159,31 @@ def bench_family(family: str, work: Path, args) -> list[dict]:
     return rows
 
 
+def _refusal_figures(line: str) -> dict:
+    """The validation figures of a refused export's error line."""
+    found = re.search(r"smallest cosine ([0-9.]+).*smallest ([0-9.]+), mean ([0-9.]+)", line)
+    return dict(zip(("min_cosine", "min_jaccard", "mean_jaccard"), map(float, found.groups()))) if found else {}
+
+
 def table(rows: list[dict]) -> None:
     by = {(r["family"], r["step"]): r for r in rows}
     families = list(dict.fromkeys(r["family"] for r in rows))
+
+    def cell(f: str, step: str, key: str, spec: str = ".1f") -> str:
+        row = by.get((f, step), {})
+        return format(row[key], spec) if key in row else ("refused" if "refused" in row else "—")
+
     print("| family | depth (text / vision) | checkpoint GB | bundle GB fp32 / int8 | export s fp32 / int8 | "
           "export peak GB fp32 / int8 | peak / fp32 bundle | calibrate s/pair (500 pairs, extrapolated) |")
     print("|---|---|---|---|---|---|---|---|")
     for f in families:
-        b, c, e32, e8 = by[(f, "build")], by[(f, "calibrate")], by[(f, "export fp32")], by[(f, "export int8")]
+        b, c, e32 = by[(f, "build")], by[(f, "calibrate")], by[(f, "export fp32")]
         per_pair = c["seconds"] / c["pairs"]
         print(f"| {f} | {b['text_layers']} / {b['vision_blocks']} of {b['of']} | {b['checkpoint_gb']:.2f} | "
-              f"{e32['bundle_gb']:.2f} / {e8['bundle_gb']:.2f} | {e32['seconds']:.0f} / {e8['seconds']:.0f} | "
-              f"{e32['peak_gb']:.1f} / {e8['peak_gb']:.1f} | {e32['peak_gb'] / e32['bundle_gb']:.2f}x | "
+              f"{e32['bundle_gb']:.2f} / {cell(f, 'export int8', 'bundle_gb', '.2f')} | "
+              f"{e32['seconds']:.0f} / {cell(f, 'export int8', 'seconds', '.0f')} | "
+              f"{e32['peak_gb']:.1f} / {cell(f, 'export int8', 'peak_gb')} | "
+              f"{e32['peak_gb'] / e32['bundle_gb']:.2f}x | "
               f"{per_pair:.0f} ({500 * per_pair / 3600:.1f} h) |")
     print()
     print("| family | index fp32 s/page (peak GB) | index int8 s/page (peak GB) | PyTorch eager s/page | "
@@ -166,14 +191,18 @@ def table(rows: list[dict]) -> None:
           "kept-set Jaccard min / mean | search: first answer s (CLI) | later answers s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for f in families:
-        i32, i8 = by[(f, "index fp32")], by[(f, "index int8")]
+        i32, i8 = by[(f, "index fp32")], by.get((f, "index int8"))
         eager, sdpa = by[(f, "pytorch eager")], by[(f, "pytorch sdpa")]
-        e8, s = by[(f, "export int8")], by[(f, "search")]
-        print(f"| {f} | {i32['s_per_page']:.1f} ({i32['peak_gb']:.1f}) | {i8['s_per_page']:.1f} ({i8['peak_gb']:.1f}) "
+        e8, s = by.get((f, "export int8"), {}), by[(f, "search")]
+        figures = {**e8, **_refusal_figures(e8.get("refused", ""))}
+        validation = (f"{figures['min_cosine']:.4f}, {figures['min_jaccard']:.2f} / {figures['mean_jaccard']:.2f}"
+                      if "min_cosine" in figures else "—") + (" (refused)" if "refused" in e8 else "")
+        int8 = (f"{i8['s_per_page']:.1f} ({i8['peak_gb']:.1f})", f"{eager['s_per_page'] / i8['s_per_page']:.2f}x") \
+            if i8 else ("—", "—")
+        print(f"| {f} | {i32['s_per_page']:.1f} ({i32['peak_gb']:.1f}) | {int8[0]} "
               f"| {eager['s_per_page']:.1f} | {sdpa['s_per_page']:.1f} "
               f"| {eager['s_per_page'] / i32['s_per_page']:.2f}x | "
-              f"{sdpa['s_per_page'] / i32['s_per_page']:.2f}x | {eager['s_per_page'] / i8['s_per_page']:.2f}x | "
-              f"{e8['min_cosine']:.4f}, {e8['min_jaccard']:.2f} / {e8['mean_jaccard']:.2f} | "
+              f"{sdpa['s_per_page'] / i32['s_per_page']:.2f}x | {int8[1]} | {validation} | "
               f"{s['first_answer_s']:.1f} | {s['later_answer_s']:.2f} |")
 
 
@@ -182,6 +211,7 @@ def main() -> None:
     parser.add_argument("--families", default="colqwen2,colpali,colidefics3,colqwen2_5,jina_v4")
     parser.add_argument("--pages", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--dtypes", default="fp32,int8", help="bundles to export and time (fp32 first)")
     parser.add_argument("--text-layers", type=int, default=None)
     parser.add_argument("--vision-blocks", type=int, default=None)
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
