@@ -76,6 +76,16 @@ SECTIONS = [
      ["--text-layers", "2", "--vision-blocks", "2", "--pages", "1", "--rounds", "1"],
      "onnxscript's ORT fusions applied to a copy of the exported bundle (attention outside the window "
      "becomes MultiHeadAttention; norms, rotary and GELU fused too), timed against the bundle as exported."),
+    ("Vision attention at real width: the graph's form now vs before, against PyTorch",
+     ["vision_attention.py", "--families", "colqwen2,colqwen2_5", "--vision-blocks", "8"],
+     ["--families", "colqwen2_5", "--vision-blocks", "2", "--rounds", "1"],
+     "The vision graph alone, exported from this checkout's VisionGraph and from the mask form it replaced "
+     "(git revision in the header), one real page, in one process with colpali-engine's vision tower in eager "
+     "and sdpa attention on the same weights. ColQwen2.5's 8 blocks keep its proportion of windowed blocks (7 of 8)."),
+    ("int8 quantization memory: ONNX Runtime's single pass vs sapindex's passes",
+     ["quantize_memory.py", "--layers", "16"], ["--layers", "2", "--width", "256", "--mlp", "512"],
+     "A synthetic stack of transformer-like layers at Qwen2-VL-2B's text width, written as an export writes it; "
+     "each quantizer in a fresh process, its peak RSS above the process's own baseline."),
     ("int8 bundles on the trained micro model: selection and retrieval vs fp32",
      ["int8_quality.py"], [],
      "`sapindex export --dtype int8` of the shipped micro checkpoint (its calibration and window) against the "

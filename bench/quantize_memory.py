@@ -1,0 +1,122 @@
+"""int8 quantization's memory and time, side by side: ONNX Runtime's ``quantize_dynamic`` in one
+pass against sapindex's quantizer in passes (``sapindex.exporter.quantize``), on the same graph.
+
+Why: quantizing holds weights in memory; a 3.75 B model's text graph is ~11 GB of fp32 weights,
+so a quantizer whose peak is a multiple of the graph cannot run on a 24 GB machine. The graph
+here is a stack of transformer-like layers at a real width (q/k/v sharing an input, gate/up
+sharing one, o and down alone), written with external data as an export writes it; each
+quantizer runs in a fresh process, and its peak RSS is measured above the process's own
+baseline (imports included in neither). Both results are checked to run and agree.
+Usage: python bench/quantize_memory.py [--layers 8 --width 1536 --mlp 8960]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def build(path: Path, layers: int, width: int, mlp: int) -> int:
+    """Write the layer stack at ``path``; returns its fp32 weight bytes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights, x = [], [], "x"
+
+    def product(name: str, source: str, rows: int, cols: int) -> str:
+        weights.append(numpy_helper.from_array(rng.standard_normal((rows, cols), dtype=np.float32) / rows**0.5, name))
+        nodes.append(helper.make_node("MatMul", [source, name], [f"{name}.out"], name=f"{name}.matmul"))
+        return f"{name}.out"
+
+    for i in range(layers):
+        q, k, v = (product(f"l{i}.{n}", x, width, width) for n in "qkv")
+        nodes.append(helper.make_node("Sum", [q, k, v], [f"l{i}.attn"]))
+        h = product(f"l{i}.o", f"l{i}.attn", width, width)
+        gate, up = product(f"l{i}.gate", h, width, mlp), product(f"l{i}.up", h, width, mlp)
+        nodes.append(helper.make_node("Mul", [gate, up], [f"l{i}.act"]))
+        x = product(f"l{i}.down", f"l{i}.act", mlp, width)
+    graph = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, width])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path),
+              save_as_external_data=True, location=path.name + ".data")
+    return sum(w.dims[0] * w.dims[1] * 4 for w in weights)
+
+
+def child(method: str, path: Path) -> None:
+    """Quantize ``path`` in place with ``method``; prints seconds and peak growth as JSON."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from sapindex.exporter.quantize import QUANTIZATION, quantize_graph
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    if method == "ort-single-pass":
+        out = path.with_name("q.onnx")
+        quantize_dynamic(path, out, op_types_to_quantize=QUANTIZATION["ops"], per_channel=True,
+                         weight_type=QuantType.QInt8, use_external_data_format=True,
+                         extra_options={"MatMulConstBOnly": True})
+    else:
+        quantize_graph(path)
+    seconds = time.perf_counter() - started
+    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    print(json.dumps({"seconds": seconds, "peak_growth_bytes": growth}))
+
+
+def run_child(method: str, directory: Path) -> dict:
+    run = subprocess.run([sys.executable, __file__, "--child", method, str(directory / "stack.onnx")],
+                         capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"{method} failed:\n{run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def outputs(path: Path, width: int) -> np.ndarray:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((4, width), dtype=np.float32)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--width", type=int, default=1536)
+    parser.add_argument("--mlp", type=int, default=8960)
+    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child[0], Path(args.child[1]))
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="sap-quantize-") as tmp:
+        for method in ("ort-single-pass", "sapindex-passes"):
+            directory = Path(tmp) / method
+            directory.mkdir()
+            weights = build(directory / "stack.onnx", args.layers, args.width, args.mlp)
+            results[method] = run_child(method, directory)
+            quantized = directory / ("q.onnx" if method == "ort-single-pass" else "stack.onnx")
+            results[method]["out"] = outputs(quantized, args.width)
+    same = np.array_equal(results["ort-single-pass"]["out"], results["sapindex-passes"]["out"])
+    print(f"# int8 quantization memory: {args.layers} layers at width {args.width} / MLP {args.mlp}, "
+          f"{weights / 1e9:.2f} GB of fp32 weights; {platform.machine()} {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| quantizer | seconds | peak above baseline GB | peak / fp32 weights |")
+    print("|---|---|---|---|")
+    for method, r in results.items():
+        growth = r["peak_growth_bytes"]
+        print(f"| {method} | {r['seconds']:.1f} | {growth / 1e9:.2f} | {growth / weights:.2f}x |")
+    print(f"\nThe two quantized graphs give identical outputs on the same input: {same}.")
+
+
+if __name__ == "__main__":
+    main()
