@@ -5,9 +5,10 @@ For each family: a random-weight checkpoint at its published size and depth
 - `sapindex calibrate` on a few pairs (seconds per pair, 500 pairs extrapolated and labelled so);
 - `sapindex export` in fp32 and in int8 (time, peak RSS, bundle size, the validation's figures);
 - pages/s on realistic pages (1100 x 850 px; ~744 visual tokens for ColQwen2): `sapindex index`
-  with each bundle (the CLI as a user runs it: process start, preprocessing and writing included)
-  against colpali-engine's PyTorch forward on the same weights with eager and with sdpa attention
-  (model loaded, one small warm-up page, then the same pages);
+  with each bundle (the CLI as a user runs it: process start, bundle load, preprocessing and
+  writing included), and the runtime's ``Encoder`` under PyTorch's conditions (bundle open, one
+  small warm-up page, then the same pages) against colpali-engine's PyTorch forward on the same
+  weights with eager and with sdpa attention; the ratios compare the latter two;
 - `sapindex search`: the first answer from the CLI (bundle load included), then later answers
   through the Python API with the searcher loaded.
 Random weights say nothing about retrieval quality; they show memory, time and numerics.
@@ -66,24 +67,40 @@ def sapindex(*args) -> list[str]:
     return [sys.executable, "-m", "sapindex.cli", *map(str, args)]
 
 
-def torch_child(model: str, attention: str, page_dir: str) -> None:
-    """colpali-engine's forward on the pages, one at a time, after one small warm-up page; prints JSON."""
-    import torch
+def _per_page(encode, page_dir: str) -> None:
+    """Time ``encode(image)`` over the pages, after one small warm-up page; prints JSON."""
     from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in sorted(Path(page_dir).glob("*.png"))]
+    encode(images[0].resize((280, 364)))  # warm-up
+    started = time.perf_counter()
+    for image in images:
+        encode(image)
+    seconds = (time.perf_counter() - started) / len(images)
+    print(json.dumps({"s_per_page": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+
+
+def torch_child(model: str, attention: str, page_dir: str) -> None:
+    """colpali-engine's forward on the pages, one at a time (model loaded, warmed up)."""
+    import torch
 
     from sapindex.models.adapters import load_adapter
 
     adapter = load_adapter(model)
     if attention != "eager":
         adapter.model.set_attn_implementation(attention)
-    images = [Image.open(p).convert("RGB") for p in sorted(Path(page_dir).glob("*.png"))]
     with torch.no_grad():
-        adapter.model(**adapter.page_inputs([images[0].resize((280, 364))]))  # warm-up
-        started = time.perf_counter()
-        for image in images:
-            adapter.model(**adapter.page_inputs([image]))
-    seconds = (time.perf_counter() - started) / len(images)
-    print(json.dumps({"s_per_page": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+        _per_page(lambda image: adapter.model(**adapter.page_inputs([image])), page_dir)
+
+
+def runtime_child(bundle: str, page_dir: str) -> None:
+    """sapindex's runtime (preprocessing, both graphs, in-graph SAP) on the pages under the same
+    conditions as PyTorch: bundle open, warmed up, one page per call."""
+    from sapindex.runtime.bundle import Bundle
+    from sapindex.runtime.encoder import Encoder
+
+    encoder = Encoder(Bundle.open(bundle, verify=False))
+    _per_page(lambda image: encoder.encode_pages([image]), page_dir)
 
 
 def search_child(index: str, queries: int) -> None:
@@ -147,6 +164,8 @@ def bench_family(family: str, work: Path, args) -> list[dict]:
         index = work / f"index-{dtype}"
         seconds, peak, stdout = timed(sapindex("index", page_dir, "--bundle", bundle, "--out", index, "--json"))
         note(f"index {dtype}", s_per_page=seconds / len(page_paths), peak_gb=peak)
+        _, peak, stdout = timed([sys.executable, __file__, "--runtime-child", str(bundle), str(page_dir)])
+        note(f"runtime {dtype}", s_per_page=json.loads(stdout)["s_per_page"], peak_gb=peak)
     for attention in ("eager", "sdpa"):
         _, peak, stdout = timed([sys.executable, __file__, "--torch-child", str(model), attention, str(page_dir)])
         note(f"pytorch {attention}", s_per_page=json.loads(stdout)["s_per_page"], peak_gb=peak)
@@ -186,23 +205,22 @@ def table(rows: list[dict]) -> None:
               f"{e32['peak_gb'] / e32['bundle_gb']:.2f}x | "
               f"{per_pair:.0f} ({500 * per_pair / 3600:.1f} h) |")
     print()
-    print("| family | index fp32 s/page (peak GB) | index int8 s/page (peak GB) | PyTorch eager s/page | "
+    print("| family | `index` CLI s/page fp32 / int8 (peak GB) | runtime s/page fp32 / int8 | PyTorch eager s/page | "
           "PyTorch sdpa s/page | fp32 vs eager | fp32 vs sdpa | int8 vs eager | int8 validation: min cosine, "
           "kept-set Jaccard min / mean | search: first answer s (CLI) | later answers s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for f in families:
-        i32, i8 = by[(f, "index fp32")], by.get((f, "index int8"))
-        eager, sdpa = by[(f, "pytorch eager")], by[(f, "pytorch sdpa")]
+        eager, sdpa = by[(f, "pytorch eager")]["s_per_page"], by[(f, "pytorch sdpa")]["s_per_page"]
         e8, s = by.get((f, "export int8"), {}), by[(f, "search")]
         figures = {**e8, **_refusal_figures(e8.get("refused", ""))}
         validation = (f"{figures['min_cosine']:.4f}, {figures['min_jaccard']:.2f} / {figures['mean_jaccard']:.2f}"
                       if "min_cosine" in figures else "—") + (" (refused)" if "refused" in e8 else "")
-        int8 = (f"{i8['s_per_page']:.1f} ({i8['peak_gb']:.1f})", f"{eager['s_per_page'] / i8['s_per_page']:.2f}x") \
-            if i8 else ("—", "—")
-        print(f"| {f} | {i32['s_per_page']:.1f} ({i32['peak_gb']:.1f}) | {int8[0]} "
-              f"| {eager['s_per_page']:.1f} | {sdpa['s_per_page']:.1f} "
-              f"| {eager['s_per_page'] / i32['s_per_page']:.2f}x | "
-              f"{sdpa['s_per_page'] / i32['s_per_page']:.2f}x | {int8[1]} | {validation} | "
+        cli = " / ".join(f"{r['s_per_page']:.1f} ({r['peak_gb']:.1f})" if r else "—"
+                         for r in (by.get((f, "index fp32")), by.get((f, "index int8"))))
+        fp32, int8 = (by.get((f, f"runtime {d}"), {}).get("s_per_page") for d in ("fp32", "int8"))
+        runtime = " / ".join(f"{x:.1f}" if x else "—" for x in (fp32, int8))
+        print(f"| {f} | {cli} | {runtime} | {eager:.1f} | {sdpa:.1f} | {eager / fp32:.2f}x | {sdpa / fp32:.2f}x | "
+              f"{f'{eager / int8:.2f}x' if int8 else '—'} | {validation} | "
               f"{s['first_answer_s']:.1f} | {s['later_answer_s']:.2f} |")
 
 
@@ -218,9 +236,12 @@ def main() -> None:
     parser.add_argument("--rows", type=Path, default=None, help="append each family's raw figures to this JSONL")
     parser.add_argument("--torch-child", nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--search-child", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--runtime-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_child:
         return torch_child(*args.torch_child)
+    if args.runtime_child:
+        return runtime_child(*args.runtime_child)
     if args.search_child:
         return search_child(args.search_child[0], int(args.search_child[1]))
 
