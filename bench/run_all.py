@@ -95,8 +95,9 @@ SECTIONS = [
      ["--families", "colidefics3", "--pages", "1", "--pairs", "1", "--text-layers", "1", "--vision-blocks", "1"],
      "Random weights at the published sizes and depths (sapindex.testing.real_size); every step is the CLI "
      "a user runs, in its own process, with its peak RSS. `index` s/page is the command's wall time over "
-     "its pages (process start, preprocessing and writing included); PyTorch is colpali-engine's forward "
-     "on the same weights after a small warm-up page. Calibration s/pair includes the model load "
+     "its pages (process start, bundle load, preprocessing and writing included); the runtime s/page and "
+     "PyTorch's (colpali-engine's forward on the same weights) are timed after load and a small warm-up "
+     "page, and the ratios compare those two. Calibration s/pair includes the model load "
      "(2 pairs), so the 500-pair figure is an extrapolation and an overestimate of the load's share."),
     ("Eval scoring speed: exact masked MaxSim, 1,000 queries x 1,000 pages",
      ["maxsim_speed.py"], ["--queries", "100", "--pages", "100"],
