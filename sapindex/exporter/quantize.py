@@ -11,7 +11,7 @@ approximation, validated by the int8 rules of ``graphs.TOLERANCES`` (kept-set Ja
 embedding cosine against fp32 PyTorch) and labelled in the manifest (``dtype``, ``quantization``).
 
 Why in passes: ``quantize_dynamic`` loads every weight of a graph, then copies the whole model to
-re-run shape inference, so it needs about twice a graph's fp32 size in memory; a 3.75 B model's
+re-run shape inference, so it needs several times a graph's fp32 size in memory; a 3.75 B model's
 text graph (~11 GB) would not quantize in 24 GB. Here the quantizer runs once per part of at
 most ``PART_BYTES`` of weights: only that part is in memory; every other weight stays in its file
 and stands in as a graph input of the same type and shape, and the int8 weights a pass makes are
@@ -24,6 +24,7 @@ the graph's size.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -91,10 +92,7 @@ def _name_nodes(graph) -> None:
 def _nbytes(tensor) -> int:
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    return count * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return math.prod(tensor.dims) * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def _parts(graph, part_bytes: int) -> Iterator[tuple[list[str], set[str]]]:

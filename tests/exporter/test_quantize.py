@@ -74,7 +74,7 @@ def test_int8_micro_model_keeps_sap_selection(tmp_path):
     jaccards = []
     for a, b in zip(q.encode_pages(pages), full.encode_pages(pages)):
         ours, theirs = sap.top_k(a.centrality, 0.1), sap.top_k(b.centrality, 0.1)
-        jaccards.append(len(np.intersect1d(ours, theirs)) / len(np.union1d(ours, theirs)))
+        jaccards.append(sap.jaccard(ours, theirs))
     assert min(jaccards) >= 0.8 and np.mean(jaccards) >= 0.9
     shown = run_cli("inspect", out)  # labelled as an approximation wherever a user looks
     assert shown.returncode == 0, shown.stderr
