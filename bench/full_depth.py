@@ -14,7 +14,8 @@ For each family: a random-weight checkpoint at its published size and depth
 Random weights say nothing about retrieval quality; they show memory, time and numerics.
 An int8 bundle that breaks the int8 validation rules is refused by `export`: the table says so
 with the validation's figures, and times the fp32 bundle only.
-Usage: python bench/full_depth.py [--families colqwen2,colpali] [--pages 2] [--pairs 2] [--dtypes fp32,int8]
+Usage: python bench/full_depth.py [--families colqwen2,colpali] [--pages 2] [--pairs 2]
+       [--dtypes fp32,int8 | fp32,int8-blockwise]
        [--work DIR]
        [--text-layers N --vision-blocks M]  (cut the depth; the table says so)
 """
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import subprocess
@@ -50,16 +50,13 @@ def pages(directory: Path, n: int) -> list[Path]:
 
 def timed(cmd: list[str], refusal: str | None = None) -> tuple[float, float, str]:
     """(seconds, peak RSS GB, stdout) of one command in a fresh process; exits with its stderr on
-    failure, unless its error line starts with ``refusal`` (then that line is the stdout)."""
+    failure, unless an error line starts with ``refusal`` (an expected refusal: its stdout is returned)."""
     started = time.perf_counter()
     run = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     lines = run.stderr.strip().splitlines()
-    if run.returncode:
-        refused = [line for line in lines if refusal and line.startswith(refusal)]
-        if not refused:
-            sys.exit(f"{' '.join(cmd[:4])} failed:\n{run.stderr[-3000:]}")
-        return seconds, int(lines[-1]) / 1e6, refused[0]
+    if run.returncode and not any(refusal and line.startswith(refusal) for line in lines):
+        sys.exit(f"{' '.join(cmd[:4])} failed:\n{run.stderr[-3000:]}")
     return seconds, int(lines[-1]) / 1e6, run.stdout
 
 
@@ -145,20 +142,22 @@ def bench_family(family: str, work: Path, args) -> list[dict]:
     calibration = work / "calib" / "calibration.json"
 
     bundles = {}
-    for dtype in args.dtypes.split(","):
-        out = work / f"{dtype}.sap"
+    for name in args.dtypes.split(","):
+        out = work / f"{name}.sap"
+        dtype, _, scheme = name.partition("-")  # int8-blockwise: --dtype int8 --int8-scheme blockwise
         seconds, peak, stdout = timed(sapindex("export", "--model", model, "--calibration", calibration, "--out", out,
-                                               "--dtype", dtype, "--json"), refusal="error: export validation failed")
-        if stdout.startswith("error:"):  # the bundle broke its dtype's validation rules: no bundle to time
-            note(f"export {dtype}", seconds=seconds, peak_gb=peak, refused=stdout)
+                                               "--dtype", dtype, *(["--int8-scheme", scheme] if scheme else []),
+                                               "--json"), refusal="error: export validation failed")
+        printed = json.loads(stdout)
+        refused = "error" in printed  # the bundle broke its dtype's validation rules: no bundle to time
+        v = printed["validation"]
+        figures = dict(min_cosine=v["min_cosine_embeddings"], min_jaccard=v["min_kept_jaccard_at_0.1"],
+                       mean_jaccard=v["mean_kept_jaccard_at_0.1"], max_abs_diff=v["max_abs_diff_embeddings"])
+        if refused:
+            note(f"export {name}", seconds=seconds, peak_gb=peak, refused=printed["error"], **figures)
             continue
-        manifest = json.loads(stdout)
-        size = manifest_bytes(manifest)
-        v = manifest["validation"]
-        note(f"export {dtype}", seconds=seconds, peak_gb=peak, bundle_gb=size / 1e9,
-             max_abs_diff=v["max_abs_diff_embeddings"], min_cosine=v["min_cosine_embeddings"],
-             min_jaccard=v["min_kept_jaccard_at_0.1"], mean_jaccard=v["mean_kept_jaccard_at_0.1"])
-        bundles[dtype] = out
+        note(f"export {name}", seconds=seconds, peak_gb=peak, bundle_gb=manifest_bytes(printed) / 1e9, **figures)
+        bundles[name] = out
 
     for dtype, bundle in bundles.items():
         index = work / f"index-{dtype}"
@@ -178,14 +177,12 @@ def bench_family(family: str, work: Path, args) -> list[dict]:
     return rows
 
 
-def _refusal_figures(line: str) -> dict:
-    """The validation figures of a refused export's error line."""
-    found = re.search(r"smallest cosine ([0-9.]+).*smallest ([0-9.]+), mean ([0-9.]+)", line)
-    return dict(zip(("min_cosine", "min_jaccard", "mean_jaccard"), map(float, found.groups()))) if found else {}
-
-
-def table(rows: list[dict]) -> None:
+def table(rows: list[dict], int8: str) -> None:
+    """The two tables; the int8 columns are the ``int8`` bundle's (a name of --dtypes, e.g. int8-blockwise)."""
     by = {(r["family"], r["step"]): r for r in rows}
+    for r in rows:  # one int8 bundle per table: its columns read "int8"
+        if r["step"].endswith(f" {int8}"):
+            by[(r["family"], r["step"][: -len(int8)] + "int8")] = r
     families = list(dict.fromkeys(r["family"] for r in rows))
 
     def cell(f: str, step: str, key: str, spec: str = ".1f") -> str:
@@ -212,9 +209,8 @@ def table(rows: list[dict]) -> None:
     for f in families:
         eager, sdpa = by[(f, "pytorch eager")]["s_per_page"], by[(f, "pytorch sdpa")]["s_per_page"]
         e8, s = by.get((f, "export int8"), {}), by[(f, "search")]
-        figures = {**e8, **_refusal_figures(e8.get("refused", ""))}
-        validation = (f"{figures['min_cosine']:.4f}, {figures['min_jaccard']:.2f} / {figures['mean_jaccard']:.2f}"
-                      if "min_cosine" in figures else "—") + (" (refused)" if "refused" in e8 else "")
+        validation = (f"{e8['min_cosine']:.4f}, {e8['min_jaccard']:.2f} / {e8['mean_jaccard']:.2f}"
+                      if "min_cosine" in e8 else "—") + (" (refused)" if "refused" in e8 else "")
         cli = " / ".join(f"{r['s_per_page']:.1f} ({r['peak_gb']:.1f})" if r else "—"
                          for r in (by.get((f, "index fp32")), by.get((f, "index int8"))))
         fp32, int8 = (by.get((f, f"runtime {d}"), {}).get("s_per_page") for d in ("fp32", "int8"))
@@ -229,7 +225,8 @@ def main() -> None:
     parser.add_argument("--families", default="colqwen2,colpali,colidefics3,colqwen2_5,jina_v4")
     parser.add_argument("--pages", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--dtypes", default="fp32,int8", help="bundles to export and time (fp32 first)")
+    parser.add_argument("--dtypes", default="fp32,int8",
+                        help="bundles to export and time (fp32 first; int8 or int8-blockwise, one of them)")
     parser.add_argument("--text-layers", type=int, default=None)
     parser.add_argument("--vision-blocks", type=int, default=None)
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
@@ -256,10 +253,11 @@ def main() -> None:
         if args.rows:
             with args.rows.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in family_rows)
+    int8 = next((name for name in args.dtypes.split(",") if name.startswith("int8")), "int8")
     print(f"# full-depth benchmark, random weights at published sizes; {args.pages} pages of "
-          f"{PAGE_SIZE[0]}x{PAGE_SIZE[1]} px, {args.pairs} calibration pairs; {platform.machine()} "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
-    table(rows)
+          f"{PAGE_SIZE[0]}x{PAGE_SIZE[1]} px, {args.pairs} calibration pairs; int8 columns: {int8}; "
+          f"{platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
+    table(rows, int8)
 
 
 if __name__ == "__main__":

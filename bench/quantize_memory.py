@@ -63,17 +63,17 @@ def child(method: str, path: Path) -> None:
     """Quantize ``path`` in place with ``method``; prints seconds and peak growth as JSON."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from sapindex.exporter.quantize import QUANTIZATION, quantize_graph
+    from sapindex.exporter.quantize import SCHEMES, quantize_graph
 
     before = peak_rss()
     started = time.perf_counter()
     if method == "ort-single-pass":
         out = path.with_name("q.onnx")
-        quantize_dynamic(path, out, op_types_to_quantize=QUANTIZATION["ops"], per_channel=True,
+        quantize_dynamic(path, out, op_types_to_quantize=SCHEMES["dynamic"]["ops"], per_channel=True,
                          weight_type=QuantType.QInt8, use_external_data_format=True,
                          extra_options={"MatMulConstBOnly": True})
     else:
-        quantize_graph(path)
+        quantize_graph(path, "dynamic")
     seconds = time.perf_counter() - started
     growth = peak_rss() - before
     print(json.dumps({"seconds": seconds, "peak_growth_bytes": growth}))

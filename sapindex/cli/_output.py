@@ -41,8 +41,8 @@ def agreement(validation: dict) -> str:
 
 def quantized(quantization: dict) -> str:
     """How an int8 bundle was made, labelled as the approximation it is."""
-    return (f"{quantization['weights']} weights, {quantization['activations']} activations "
-            "(an approximation of the fp32 model)")
+    return (f"{quantization.get('scheme', 'dynamic')}: {quantization['weights']} weights, "
+            f"{quantization['activations']} activations (an approximation of the fp32 model)")
 
 
 class ProgressBar:

@@ -9,7 +9,9 @@ import click
 
 from sapindex.cli._options import base_model_option, json_option
 from sapindex.cli._output import agreement, quantized, size
+from sapindex.errors import SapIndexError
 from sapindex.exporter.graphs import DTYPES
+from sapindex.exporter.quantize import SCHEMES
 from sapindex.runtime.bundle import manifest_bytes
 
 
@@ -22,29 +24,44 @@ from sapindex.runtime.bundle import manifest_bytes
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(DTYPES),
               help="fp32: exact; fp16: half the size, for the CUDA provider; int8: quantized weights, "
                    "faster on a CPU (an approximation, validated by its own rules, see README).")
+@click.option("--int8-scheme", type=click.Choice(SCHEMES), default=None,
+              help="With --dtype int8: blockwise (default: one scale per block of weights and of activations, "
+                   "keeps SAP's selection) or dynamic (one scale per activation tensor: faster, further from "
+                   "fp32; see README).")
 @click.option("--opset", default=18, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--window", "window_text", default=None, metavar="START:END",
               help="SAP layers to export instead of the calibrated window (0-indexed, END exclusive).")
 @json_option("Print the manifest.")
-def export(model_dir, base_model, calibration, out_dir, dtype, opset, overwrite, window_text, as_json):
+def export(model_dir, base_model, calibration, out_dir, dtype, int8_scheme, opset, overwrite, window_text, as_json):
     """Export the model to a self-contained ONNX bundle with in-graph SAP centrality.
 
     The bundle is validated against PyTorch (pages of several sizes, batch sizes 1 and 4)
-    before it is written; a failed validation writes nothing and exits 2.
+    before it is written; a failed validation writes nothing and exits 2 (with --json, its
+    figures are printed as {"error": ..., "validation": ...}).
 
     \b
     Example:
       sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out colqwen2.sap
       sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out w.sap --window 12:17
       sapindex export --model /models/colqwen2 --calibration calib/calibration.json --out q.sap --dtype int8
+      sapindex export --model /models/colqwen2 --calibration c.json --out q.sap --dtype int8 --int8-scheme dynamic
     """
     from sapindex.exporter.export import ExportConfig, export_bundle, parse_window
+    from sapindex.exporter.validate import ValidationFailed
 
+    if int8_scheme and dtype != "int8":
+        raise SapIndexError(f"--int8-scheme {int8_scheme}: applies to --dtype int8 only (this export is {dtype})")
     cfg = ExportConfig(model=str(model_dir), calibration=str(calibration), out=str(out_dir),
                        base_model=str(base_model) if base_model else None, dtype=dtype, opset=opset,
-                       overwrite=overwrite, window=parse_window(window_text) if window_text else None)
-    manifest = export_bundle(cfg, log=lambda msg: None if as_json else click.echo(msg, err=True))
+                       overwrite=overwrite, window=parse_window(window_text) if window_text else None,
+                       int8_scheme=int8_scheme or "blockwise")
+    try:
+        manifest = export_bundle(cfg, log=lambda msg: None if as_json else click.echo(msg, err=True))
+    except ValidationFailed as exc:
+        if as_json:
+            click.echo(json.dumps({"error": str(exc), "validation": exc.report}, indent=2))
+        raise
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return

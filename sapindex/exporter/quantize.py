@@ -1,14 +1,25 @@
-"""int8 bundles: ONNX Runtime's dynamic quantization of the exported fp32 graphs, in passes.
+"""int8 bundles: ONNX Runtime's quantization of the exported fp32 graphs, in passes.
 
 Why int8: on a CPU, fp32 indexing at real size is bound by arithmetic, so only cheaper arithmetic
-makes it faster (measured: README, "Memory and speed at real size"). ONNX Runtime's own quantizer
-(``ONNXQuantizer`` in dynamic mode, the class ``quantize_dynamic`` drives, with the same settings)
-stores each weight matrix as int8 with one scale per output channel and quantizes activations per
-call (``MatMulInteger``, int8 GEMM with VNNI where the CPU has it). Only matrix products with a
-constant weight are quantized (``MatMulConstBOnly``): the attention products, and so the window's
-attention probabilities that SAP's centrality is computed from, stay fp32. The result is an
-approximation, validated by the int8 rules of ``graphs.TOLERANCES`` (kept-set Jaccard and
-embedding cosine against fp32 PyTorch) and labelled in the manifest (``dtype``, ``quantization``).
+makes it faster (measured: README, "Memory and speed at real size"). Two schemes, both ONNX
+Runtime's own quantizers, both only for matrix products with a constant weight (the attention
+products, and so the window's attention probabilities that SAP's centrality is computed from,
+stay fp32):
+
+- ``blockwise`` (the default): ``MatMulNBitsQuantizer`` with 8 bits. Weights int8 with one
+  scale per block of ``BLOCK`` input rows; activations quantized per token and block inside the
+  kernel (``MatMulNBits``, ``accuracy_level`` 4). Finer scales follow the outliers that one scale
+  per tensor flattens: on the trained micro model it keeps SAP's selection where dynamic int8
+  does not meet the int8 rules on held-out pages.
+- ``dynamic`` (the fastest): ``ONNXQuantizer`` in dynamic mode, the class ``quantize_dynamic``
+  drives, with its settings. Weights int8 with one scale per output channel; activations
+  quantized per call with one scale for the whole tensor (``MatMulInteger``).
+
+Both measured (selection, speed): bench/RESULTS.md, "int8 schemes".
+
+Either result is an approximation, validated by the int8 rules of ``graphs.TOLERANCES``
+(kept-set Jaccard and embedding cosine against fp32 PyTorch) and labelled in the manifest
+(``dtype``, ``quantization``).
 
 Why in passes: ``quantize_dynamic`` loads every weight of a graph, then copies the whole model to
 re-run shape inference, so it needs several times a graph's fp32 size in memory; a 3.75 B model's
@@ -17,9 +28,9 @@ most ``PART_BYTES`` of weights: only that part is in memory; every other weight 
 and stands in as a graph input of the same type and shape, and the int8 weights a pass makes are
 appended to the new data file at once. Products that share an input (q/k/v, gate/up) or a weight
 are quantized in the same pass, so each activation is quantized once, as in a single pass: the
-graph is the one ``quantize_dynamic`` makes (tested). A pass holds its part a few times over
-(loaded, and ORT's shape-inference copy), so the peak is a small multiple of one part whatever
-the graph's size.
+graph is the one ``quantize_dynamic`` (or ``MatMulNBitsQuantizer``) makes in one pass (tested).
+A pass holds its part a few times over (loaded, and ORT's shape-inference copy), so the peak is
+a small multiple of one part whatever the graph's size.
 """
 
 from __future__ import annotations
@@ -30,15 +41,23 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-QUANTIZATION = {"method": "onnxruntime.quantization (dynamic, ONNXQuantizer), in passes",
-                "weights": "int8, per output channel", "activations": "uint8, dynamic (per call)",
-                "ops": ["MatMul"], "attention_products": "fp32"}
+BLOCK = 128  # blockwise: input rows per weight scale (ORT's default; bench/RESULTS.md, "int8 schemes")
+SCHEMES = {  # the first is the default
+    "blockwise": {"method": "onnxruntime.quantization (MatMulNBitsQuantizer, 8 bits, symmetric), in passes",
+                  "weights": f"int8, per block of {BLOCK} input rows",
+                  "activations": f"int8, dynamic (per token and block of {BLOCK}, accuracy_level 4)",
+                  "ops": ["MatMul"], "attention_products": "fp32"},
+    "dynamic": {"method": "onnxruntime.quantization (dynamic, ONNXQuantizer), in passes",
+                "weights": "int8, per output channel", "activations": "uint8, dynamic (per call, per tensor)",
+                "ops": ["MatMul"], "attention_products": "fp32"},
+}
 PART_BYTES = 256 << 20  # fp32 weights in memory per pass
 EXTERNAL_MIN_BYTES = 1024  # tensors this size and up live in the data file (onnx's own threshold)
 
 
-def quantize_graph(path: Path, log: Callable[[str], None] = lambda _msg: None, part_bytes: int = PART_BYTES) -> None:
-    """Replace the fp32 graph at ``path`` (and its ``.data`` file) by its int8 form, in place."""
+def quantize_graph(path: Path, scheme: str = "blockwise", log: Callable[[str], None] = lambda _msg: None,
+                   part_bytes: int = PART_BYTES) -> None:
+    """Replace the fp32 graph at ``path`` (and its ``.data`` file) by its int8 form (``SCHEMES``), in place."""
     import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.onnx_model import ONNXModel
@@ -55,9 +74,9 @@ def quantize_graph(path: Path, log: Callable[[str], None] = lambda _msg: None, p
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=path.parent) as tmp:
         with _DataFile(Path(tmp) / (path.name + ".data")) as data:
             for i, (nodes, weights) in enumerate(parts, 1):
-                log(f"quantizing {path.name} to int8: part {i}/{len(parts)} ({len(nodes)} matrix products)")
+                log(f"quantizing {path.name} to int8 ({scheme}): part {i}/{len(parts)} ({len(nodes)} matrix products)")
                 _load(model.graph, weights, source)
-                model = _quantize_pass(model, nodes)
+                model = _quantize_pass(model, nodes, scheme)
                 later = {w for _, ws in parts[i:] for w in ws}  # (the Gemm step's transposed weights wait)
                 data.store_loaded(model.graph, keep=later)
             data.store_loaded(model.graph, keep=set())
@@ -70,11 +89,11 @@ def quantize_graph(path: Path, log: Callable[[str], None] = lambda _msg: None, p
             shutil.move(str(new), path.parent / new.name)
 
 
-def quantization_record() -> dict:
+def quantization_record(scheme: str) -> dict:
     """What the manifest says about how an int8 bundle was made (with the ONNX Runtime version)."""
     import onnxruntime
 
-    return {**QUANTIZATION, "onnxruntime": onnxruntime.__version__}
+    return {"scheme": scheme, **SCHEMES[scheme], "onnxruntime": onnxruntime.__version__}
 
 
 def _name_nodes(graph) -> None:
@@ -141,13 +160,11 @@ def _load(graph, names: set[str], source: str) -> None:
             load_external_data_for_tensor(tensor, source)
 
 
-def _quantize_pass(model, nodes: list[str]):
-    """ORT's dynamic quantization of ``nodes``; the weights not in memory stand in as graph inputs."""
+def _quantize_pass(model, nodes: list[str], scheme: str):
+    """ORT's quantization of ``nodes`` in ``scheme``; the weights not in memory stand in as graph inputs."""
     from onnx import TensorProto
     from onnx.external_data_helper import uses_external_data
     from onnx.helper import make_tensor_value_info
-    from onnxruntime.quantization import QuantizationMode, QuantType
-    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 
     graph = model.graph
     aside = []
@@ -158,14 +175,43 @@ def _quantize_pass(model, nodes: list[str]):
             del graph.initializer[i]
     names = {t.name for t in aside}
     graph.input.extend(make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in aside)
-    quantizer = ONNXQuantizer(model, True, False, QuantizationMode.IntegerOps, False, QuantType.QInt8,
-                              QuantType.QUInt8, None, nodes, [], QUANTIZATION["ops"], {"MatMulConstBOnly": True})
-    model = quantizer.quantize_model()
+    model = (_dynamic if scheme == "dynamic" else _blockwise)(model, nodes)
     for i in reversed(range(len(model.graph.input))):
         if model.graph.input[i].name in names:
             del model.graph.input[i]
     model.graph.initializer.extend(reversed(aside))
     return model
+
+
+def _dynamic(model, nodes: list[str]):
+    """``quantize_dynamic``'s quantizer and settings (per-channel int8 weights), on ``nodes`` only."""
+    from onnxruntime.quantization import QuantizationMode, QuantType
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+    quantizer = ONNXQuantizer(model, True, False, QuantizationMode.IntegerOps, False, QuantType.QInt8,
+                              QuantType.QUInt8, None, nodes, [], SCHEMES["dynamic"]["ops"], {"MatMulConstBOnly": True})
+    return quantizer.quantize_model()
+
+
+def _blockwise(model, nodes: list[str]):
+    """``MatMulNBitsQuantizer`` at 8 bits on ``nodes`` only (no op type is quantized wholesale)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    # the module configures the root logger at INFO when imported (a line per node on the user's
+    # terminal): undo that, and keep its own logger to warnings
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger(nbits.__name__).setLevel(logging.WARNING)
+    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8,
+                                          op_types_to_quantize=("sapindex: the named nodes only",))
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_include=nodes, algo_config=config)
+    quantizer.process()
+    return quantizer.model.model
 
 
 def _drop_unused_initializers(graph) -> None:

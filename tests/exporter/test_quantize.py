@@ -1,5 +1,6 @@
-"""int8 bundles: ONNX Runtime's dynamic quantization, validated by the quantized-bundle rules."""
+"""int8 bundles: ONNX Runtime's quantizers (dynamic and blockwise), validated by the quantized-bundle rules."""
 
+import json
 import shutil
 
 import numpy as np
@@ -12,7 +13,8 @@ from sapindex import families, sap
 from sapindex.errors import SapIndexError
 from sapindex.exporter.export import ExportConfig, export_bundle
 from sapindex.exporter.graphs import Tolerance, graph_spec
-from sapindex.exporter.quantize import quantize_graph
+from sapindex.exporter.quantize import BLOCK, quantize_graph
+from sapindex.exporter.validate import ValidationFailed
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, default_weights_path, example_pages
 from sapindex.runtime.encoder import Encoder
@@ -26,9 +28,14 @@ def _op_counts(path) -> dict[str, int]:
     return counts
 
 
-def _check_int8(manifest, bundle_dir, fp32_manifest):
+# the ops each scheme's weight products become (and that the other scheme's must not appear)
+SCHEME_OPS = {"dynamic": ("MatMulInteger", "DynamicQuantizeLinear"), "blockwise": ("MatMulNBits",)}
+
+
+def _check_int8(manifest, bundle_dir, scheme="dynamic"):
     assert manifest["dtype"] == "int8" and manifest["validation"]["dtype"] == "int8"
     assert manifest["quantization"]["ops"] == ["MatMul"] and manifest["quantization"]["onnxruntime"]
+    assert manifest["quantization"]["scheme"] == scheme
     v = manifest["validation"]
     rules = graph_spec(families.FAMILIES[manifest["family"]].backbone).tolerances["int8"]
     assert v["min_kept_jaccard_at_0.1"] >= rules.kept_jaccard
@@ -38,19 +45,26 @@ def _check_int8(manifest, bundle_dir, fp32_manifest):
     for name in ("vision", "text"):
         ops = _op_counts(bundle_dir / f"{name}.onnx")
         # weight products are int8; the attention products (scores, probabilities x values) stay fp32
-        assert ops.get("MatMulInteger", 0) > 0 and ops.get("DynamicQuantizeLinear", 0) > 0
+        for other, names in SCHEME_OPS.items():
+            assert all((ops.get(op, 0) > 0) == (other == scheme) for op in names), (name, ops)
         assert ops.get("MatMul", 0) > 0
     text = onnx.load(str(bundle_dir / "text.onnx"))
-    assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in text.graph.initializer)
+    if scheme == "dynamic":  # [K, N] int8
+        assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in text.graph.initializer)
+    else:  # MatMulNBits packs 8-bit blocks as [N, K / block, block] bytes
+        assert any(t.data_type == onnx.TensorProto.UINT8 and len(t.dims) == 3 and t.dims[2] == BLOCK
+                   for t in text.graph.initializer)
     assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) >= 32
                    and t.name.endswith("proj.weight") for t in text.graph.initializer)
 
 
-@pytest.mark.parametrize("family", ["colqwen2", "colpali", "colidefics3"])
-def test_int8_bundle_of_each_backbone(tiny_models, calibrations, bundles, tmp_path, family):
+@pytest.mark.parametrize("family, scheme", [("colqwen2", "blockwise"), ("colqwen2", "dynamic"),
+                                            ("colpali", "blockwise"), ("colpali", "dynamic"),
+                                            ("colidefics3", "blockwise"), ("colqwen2_5", "blockwise")])
+def test_int8_bundle_of_each_backbone(tiny_models, calibrations, bundles, tmp_path, family, scheme):
     manifest = export_bundle(ExportConfig(model=str(tiny_models[family]), calibration=str(calibrations[family]),
-                                          out=str(tmp_path / "q.sap"), dtype="int8"))
-    _check_int8(manifest, tmp_path / "q.sap", bundles[family][0])
+                                          out=str(tmp_path / "q.sap"), dtype="int8", int8_scheme=scheme))
+    _check_int8(manifest, tmp_path / "q.sap", scheme)
     # the bundle runs like any other, and stays close to the fp32 bundle's vectors
     q, full = Encoder(Bundle.open(tmp_path / "q.sap")), Encoder(Bundle.open(bundles[family][1]))
     page = np.full((196, 252, 3), 255, dtype=np.uint8)
@@ -60,14 +74,30 @@ def test_int8_bundle_of_each_backbone(tiny_models, calibrations, bundles, tmp_pa
     assert a.embeddings.dtype == np.float32 and cosine.min() > 0.98
 
 
-def test_int8_micro_model_keeps_sap_selection(tmp_path):
-    """The trained micro model (real attention structure): int8 keeps SAP's kept sets close to fp32."""
-    out = tmp_path / "micro-int8.sap"
-    manifest = export_bundle(ExportConfig(model=str(default_weights_path()),
-                                          calibration=str(default_weights_path() / "calibration.json"),
-                                          out=str(out), dtype="int8"))
+@pytest.fixture(scope="module")
+def micro_int8(tmp_path_factory):
+    """The trained micro model exported in each int8 scheme: scheme -> (validation figures, manifest
+    or None where the rules refused the bundle, bundle dir)."""
+    out = {}
+    for scheme in SCHEME_OPS:
+        path = tmp_path_factory.mktemp("micro") / f"micro-{scheme}.sap"
+        try:
+            manifest = export_bundle(ExportConfig(model=str(default_weights_path()),
+                                                  calibration=str(default_weights_path() / "calibration.json"),
+                                                  out=str(path), dtype="int8", int8_scheme=scheme))
+            out[scheme] = manifest["validation"], manifest, path
+        except ValidationFailed as refused:
+            out[scheme] = refused.report, None, path
+    return out
+
+
+def test_int8_micro_model_keeps_sap_selection(micro_int8):
+    """The trained micro model (real attention structure): the default int8 scheme keeps SAP's kept sets."""
+    scheme = ExportConfig.int8_scheme
+    _, manifest, out = micro_int8[scheme]
+    assert manifest is not None, "the default int8 scheme was refused on the trained micro model"
     fp32 = Bundle.open(default_bundle_path())
-    _check_int8(manifest, out, fp32.manifest)
+    _check_int8(manifest, out, scheme)
     assert manifest["files"]["text.onnx.data"]["size"] < 0.5 * fp32.manifest["files"]["text.onnx.data"]["size"]
     q, full = Encoder(Bundle.open(out)), Encoder(fp32)
     pages = [Image.open(path) for path in example_pages()]
@@ -79,17 +109,48 @@ def test_int8_micro_model_keeps_sap_selection(tmp_path):
     shown = run_cli("inspect", out)  # labelled as an approximation wherever a user looks
     assert shown.returncode == 0, shown.stderr
     assert "int8" in shown.stdout and "an approximation of the fp32 model" in shown.stdout
-    assert "smallest cosine 0.9" in shown.stdout
+    assert "smallest cosine 0.9" in shown.stdout and f"{scheme}: int8" in shown.stdout
+
+
+def test_blockwise_int8_stays_closer_to_fp32_than_dynamic(micro_int8):
+    """Why blockwise is the default: finer scales, smaller error against fp32 PyTorch, and kept sets
+    at least as close (dynamic's may be refused by the rules: its figures come with the refusal)."""
+    dynamic, blockwise = (micro_int8[s][0] for s in ("dynamic", "blockwise"))
+    assert 1 - blockwise["min_cosine_embeddings"] < 0.5 * (1 - dynamic["min_cosine_embeddings"])
+    assert blockwise["mean_kept_jaccard_at_0.1"] >= dynamic["mean_kept_jaccard_at_0.1"]
+    assert blockwise["min_kept_jaccard_at_0.1"] >= dynamic["min_kept_jaccard_at_0.1"]
 
 
 def test_int8_rules_refuse_a_bundle_that_breaks_them(tiny_models, calibrations, tmp_path, monkeypatch):
     """A cosine floor above what int8 reaches fails the export, names the rule, and writes nothing."""
     monkeypatch.setitem(graph_spec("qwen2_vl").tolerances, "int8",
                         Tolerance(embeddings=None, kept_jaccard=0.9, kept_jaccard_mean=0.95, cosine=1.5))
-    with pytest.raises(SapIndexError, match=r"export validation failed \(int8: cosine\): .*smallest cosine 0\.9"):
+    with pytest.raises(SapIndexError, match=r"export validation failed \(int8: cosine\): .*smallest cosine 0\.9.*"
+                                            r"try --int8-scheme blockwise$"):
         export_bundle(ExportConfig(model=str(tiny_models["colqwen2"]), calibration=str(calibrations["colqwen2"]),
-                                   out=str(tmp_path / "q.sap"), dtype="int8"))
+                                   out=str(tmp_path / "q.sap"), dtype="int8", int8_scheme="dynamic"))
     assert list(tmp_path.iterdir()) == []
+    # `export --json` prints the refused bundle's figures for scripts, and still exits as an error
+    from click.testing import CliRunner
+
+    from sapindex.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["export", "--model", str(tiny_models["colqwen2"]), "--calibration",
+                                      str(calibrations["colqwen2"]), "--out", str(tmp_path / "q.sap"),
+                                      "--dtype", "int8", "--json"])
+    assert isinstance(result.exception, ValidationFailed)
+    assert "try --int8-scheme" not in str(result.exception)  # the default is already the closer scheme
+    printed = json.loads(result.stdout)
+    assert printed["validation"]["failed"] == ["cosine"] and printed["error"].startswith("export validation failed")
+    assert 0.9 < printed["validation"]["min_cosine_embeddings"] < 1.0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_scheme_needs_int8(tiny_models, calibrations, tmp_path):
+    shown = run_cli("export", "--model", tiny_models["colqwen2"], "--calibration", calibrations["colqwen2"],
+                    "--out", tmp_path / "b.sap", "--int8-scheme", "blockwise")
+    assert shown.returncode == 2
+    assert shown.stderr.strip() == "error: --int8-scheme blockwise: applies to --dtype int8 only (this export is fp32)"
 
 
 def _graph_content(path):
@@ -101,21 +162,36 @@ def _graph_content(path):
     return nodes, {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-@pytest.mark.parametrize("graph", ["vision", "text"])
-def test_quantizing_in_passes_makes_the_graph_quantize_dynamic_makes(tmp_path, graph):
-    """One pass per group of products (the smallest parts possible) ends where ORT's single pass does."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _ort_single_pass(path, out, scheme):
+    """ONNX Runtime's own quantizer over the whole graph at once, with the scheme's settings."""
+    if scheme == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        quantize_dynamic(path, out, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
+                         use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+        return
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    model = onnx.load(str(path))
+    ONNXModel(model).replace_gemm_with_matmul()  # the step sapindex shares with dynamic mode, for both schemes
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    onnx.save(quantizer.model.model, str(out))
+
+
+@pytest.mark.parametrize("scheme", list(SCHEME_OPS))
+@pytest.mark.parametrize("graph", ["vision", "text"])
+def test_quantizing_in_passes_makes_the_graph_ort_makes(tmp_path, graph, scheme):
+    """One pass per group of products (the smallest parts possible) ends where ORT's single pass does."""
     source = default_bundle_path()
     for side in ("ours", "ort"):
         (tmp_path / side).mkdir()
         for name in (f"{graph}.onnx", f"{graph}.onnx.data"):
             shutil.copy(source / name, tmp_path / side / name)
     parts = []
-    quantize_graph(tmp_path / "ours" / f"{graph}.onnx", parts.append, part_bytes=1)
-    quantize_dynamic(tmp_path / "ort" / f"{graph}.onnx", tmp_path / "ort" / "q.onnx", op_types_to_quantize=["MatMul"],
-                     per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=True,
-                     extra_options={"MatMulConstBOnly": True})
+    quantize_graph(tmp_path / "ours" / f"{graph}.onnx", scheme, parts.append, part_bytes=1)
+    _ort_single_pass(tmp_path / "ort" / f"{graph}.onnx", tmp_path / "ort" / "q.onnx", scheme)
     assert len(parts) > 5  # it did run in passes
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [f"{graph}.onnx", f"{graph}.onnx.data"]
     ours, theirs = _graph_content(tmp_path / "ours" / f"{graph}.onnx"), _graph_content(tmp_path / "ort" / "q.onnx")
@@ -134,12 +210,13 @@ def peak():
 import onnx, onnxruntime.quantization
 from sapindex.exporter.quantize import quantize_graph
 before = peak()
-quantize_graph(Path(sys.argv[1]), part_bytes=32 << 20)
+quantize_graph(Path(sys.argv[1]), sys.argv[2], part_bytes=32 << 20)
 print(peak() - before)
 """
 
 
-def test_quantizing_holds_one_part_of_the_weights_not_the_graph(tmp_path):
+@pytest.mark.parametrize("scheme", list(SCHEME_OPS))
+def test_quantizing_holds_one_part_of_the_weights_not_the_graph(tmp_path, scheme):
     """400 MB of fp32 weights quantize with far less memory than the graph (ORT's single pass: ~3x)."""
     import subprocess
     import sys
@@ -157,10 +234,10 @@ def test_quantizing_holds_one_part_of_the_weights_not_the_graph(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path),
               save_as_external_data=True, location="chain.onnx.data")
     del weights, graph
-    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path)], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), scheme], capture_output=True, text=True)
     assert child.returncode == 0, child.stderr
     growth, fp32 = int(child.stdout.split()[-1]), count * size * size * 4
     assert growth < 0.6 * fp32, f"peak grew {growth / 1e6:.0f} MB for {fp32 / 1e6:.0f} MB of weights"
     model = onnx.load(str(path), load_external_data=False)  # and the result is whole: every product int8
-    assert sum(n.op_type == "MatMulInteger" for n in model.graph.node) == count
+    assert sum(n.op_type == SCHEME_OPS[scheme][0] for n in model.graph.node) == count
     assert not any(n.op_type == "MatMul" for n in model.graph.node)
