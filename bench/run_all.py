@@ -86,10 +86,17 @@ SECTIONS = [
      ["quantize_memory.py", "--layers", "16"], ["--layers", "2", "--width", "256", "--mlp", "512"],
      "A synthetic stack of transformer-like layers at Qwen2-VL-2B's text width, written as an export writes it; "
      "each quantizer in a fresh process, its peak RSS above the process's own baseline."),
-    ("int8 bundles on the trained micro model: selection and retrieval vs fp32",
+    ("int8 schemes at real width: speed and closeness to fp32",
+     ["int8_schemes.py"], ["--layers", "1", "--width", "256", "--mlp", "512", "--tokens", "64", "--repeats", "2"],
+     "A synthetic stack of transformer-like layers at Qwen2-VL-2B's text width (random weights), each variant "
+     "quantized by sapindex's quantizer as `export --dtype int8` does, timed alternately in one process; the "
+     "blockwise scheme also at other block sizes than its 128."),
+    ("int8 schemes on the trained micro model: selection and retrieval vs fp32",
      ["int8_quality.py"], [],
-     "`sapindex export --dtype int8` of the shipped micro checkpoint (its calibration and window) against the "
-     "shipped fp32 bundle, both scored by `sapindex eval --methods full,sap` on the synthetic held-out set."),
+     "The shipped micro checkpoint exported in fp32 (its calibration and window); each int8 scheme's bundle is "
+     "that bundle's graphs quantized as `export --dtype int8 --int8-scheme S` does before validating, and "
+     "`export`'s own verdict on each scheme is reported beside it; every bundle scored by `sapindex eval "
+     "--methods full,sap` on the synthetic held-out set."),
     ("Full depth at real size: calibrate, export, index, search (per family)",
      ["full_depth.py", "--families", "colqwen2", "--pages", "2", "--pairs", "2"],
      ["--families", "colidefics3", "--pages", "1", "--pairs", "1", "--text-layers", "1", "--vision-blocks", "1"],

@@ -22,17 +22,21 @@ def available_providers() -> list[str]:
 
 # Session settings, each chosen by measurement at real width (bench/session_options.py, figures in
 # bench/RESULTS.md, "ONNX Runtime session settings"):
-# - no pre-packing: ORT then maps the bundle's external weights from disk instead of copying them
-#   into packed buffers, so a session opens at once and holds no second copy of the weights, at
-#   the same time per page;
+# - no pre-packing for fp32 / fp16 weights: ORT then maps the bundle's external weights from disk
+#   instead of copying them into packed buffers, so a session opens at once and holds no second
+#   copy of the weights, at the same time per page. int8 bundles pre-pack: the blockwise scheme's
+#   kernel (MatMulNBits) only runs fast on weights packed at load (unpacked it dequantizes every
+#   call: measured ~2x slower, as slow as fp32), and int8 weights are a quarter of fp32's;
 # - no CPU memory arena: the arena keeps every activation buffer it ever grew (the vision tower's
 #   [heads, P, P] attention), so without it peak memory is far lower, at about the same time per page.
 SESSION_CONFIG = {"session.disable_prepacking": "1"}
+PREPACKED_DTYPES = ("int8",)
 CPU_MEM_ARENA = False
 
 
-def session_options(threads: int | None = None):
-    """The ``SessionOptions`` every sapindex session uses (``SESSION_CONFIG``, the arena, threads)."""
+def session_options(threads: int | None = None, dtype: str = "fp32"):
+    """The ``SessionOptions`` every sapindex session uses for a bundle of ``dtype`` (``SESSION_CONFIG``,
+    pre-packing for ``PREPACKED_DTYPES``, the arena, threads)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -40,12 +44,13 @@ def session_options(threads: int | None = None):
         options.intra_op_num_threads = threads
     options.enable_cpu_mem_arena = CPU_MEM_ARENA
     options.log_severity_level = 3
-    for key, value in SESSION_CONFIG.items():
+    config = {**SESSION_CONFIG, **({"session.disable_prepacking": "0"} if dtype in PREPACKED_DTYPES else {})}
+    for key, value in config.items():
         options.add_session_config_entry(key, value)
     return options
 
 
-def make_session(path, device: str = "cpu", threads: int | None = None):
+def make_session(path, device: str = "cpu", threads: int | None = None, dtype: str = "fp32"):
     import onnxruntime as ort
 
     if device not in PROVIDERS:
@@ -56,7 +61,7 @@ def make_session(path, device: str = "cpu", threads: int | None = None):
             f"--device {device}: this onnxruntime ({ort.__version__}) offers {', '.join(available_providers())}; "
             "for CUDA install onnxruntime-gpu instead of onnxruntime (see README, 'GPU machines')"
         )
-    options = session_options(threads)
+    options = session_options(threads, dtype)
     providers = [wanted, "CPUExecutionProvider"] if device == "cuda" else [wanted]
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -98,7 +103,7 @@ class BundleSessions:
         """The session of graph ``name``, made (and checked against the manifest) on first use."""
         if name not in self._sessions:
             path = self.bundle.graph_path(name)
-            session = make_session(path, self.device, self.threads)
+            session = make_session(path, self.device, self.threads, self.bundle.manifest.get("dtype", "fp32"))
             outputs = [o.name for o in session.get_outputs()]
             missing = [o for o in GRAPH_OUTPUTS[name] if o not in outputs]
             if missing:

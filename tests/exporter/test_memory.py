@@ -28,3 +28,7 @@ def test_sessions_map_weights_instead_of_packing_copies():
     options = session_options(threads=2)
     assert options.get_session_config_entry("session.disable_prepacking") == "1"
     assert options.enable_cpu_mem_arena is False and options.intra_op_num_threads == 2
+    # int8 bundles pre-pack: MatMulNBits is only fast on weights packed at load
+    packed = session_options(threads=2, dtype="int8")
+    assert packed.get_session_config_entry("session.disable_prepacking") == "0"
+    assert packed.enable_cpu_mem_arena is False
