@@ -5,7 +5,9 @@ The graph is ``quantize_memory.build``'s stack of transformer-like layers at Qwe
 width (q/k/v, o, gate/up, down); the input is one page's tokens, Gaussian, and again with a few
 outlier channels 30x larger (as hidden states of trained transformers have: what one activation
 scale per tensor handles worst). Each variant is quantized by ``quantize_graph`` exactly as
-`export --dtype int8` does, then run by ONNX Runtime on the CPU, alternating with the others.
+`export --dtype int8` does (4-bit blockwise rows: the same quantizer at 4 bits, which sapindex
+does not offer), then run by ONNX Runtime on the CPU with the runtime's session settings for its
+dtype, alternating with the others.
 Usage: python bench/int8_schemes.py [--layers 4 --width 1536 --mlp 8960 --tokens 768 --repeats 5]
 """
 
@@ -39,6 +41,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from sapindex.exporter import quantize
+    from sapindex.runtime.session import session_options
 
     rng = np.random.default_rng(1)
     gaussian = rng.standard_normal((args.tokens, args.width), dtype=np.float32)
@@ -49,15 +52,17 @@ def main() -> None:
         source.parent.mkdir()
         weights = build(source, args.layers, args.width, args.mlp)
         variants = {"fp32": source}
-        for scheme, block in [("dynamic", None), *(("blockwise", b) for b in BLOCKS)]:
-            name = scheme if block is None else f"blockwise, block {block}"
+        for scheme, block, bits in [("dynamic", None, 8), *(("blockwise", b, 8) for b in BLOCKS),
+                                    *(("blockwise", b, 4) for b in (32, 128))]:
+            name = scheme if block is None else f"blockwise, block {block}" + (", 4 bits" if bits == 4 else "")
             folder = Path(tmp) / name.replace(", ", "-").replace(" ", "")
             shutil.copytree(source.parent, folder)
             if block is not None:
-                quantize.BLOCK = block  # the module's block size, read at each pass
+                quantize.BLOCK, quantize.BITS = block, bits  # the module's settings, read at each pass
             quantize.quantize_graph(folder / "stack.onnx", scheme)
             variants[name] = folder / "stack.onnx"
-        sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sessions = {name: ort.InferenceSession(str(path), session_options(dtype="fp32" if name == "fp32" else "int8"),
+                                               providers=["CPUExecutionProvider"])
                     for name, path in variants.items()}
         outputs = {name: {label: s.run(None, {"x": x})[0] for label, x in (("gaussian", gaussian),
                                                                              ("outliers", outliers))}

@@ -42,8 +42,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 BLOCK = 128  # blockwise: input rows per weight scale (ORT's default; bench/RESULTS.md, "int8 schemes")
+BITS = 8  # blockwise: bits per weight (4 breaks the int8 rules: bench/RESULTS.md, "int8 schemes")
 SCHEMES = {  # the first is the default
-    "blockwise": {"method": "onnxruntime.quantization (MatMulNBitsQuantizer, 8 bits, symmetric), in passes",
+    "blockwise": {"method": f"onnxruntime.quantization (MatMulNBitsQuantizer, {BITS} bits, symmetric), in passes",
                   "weights": f"int8, per block of {BLOCK} input rows",
                   "activations": f"int8, dynamic (per token and block of {BLOCK}, accuracy_level 4)",
                   "ops": ["MatMul"], "attention_products": "fp32"},
@@ -207,7 +208,7 @@ def _blockwise(model, nodes: list[str]):
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.getLogger(nbits.__name__).setLevel(logging.WARNING)
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8,
+    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=BITS,
                                           op_types_to_quantize=("sapindex: the named nodes only",))
     quantizer = MatMulNBitsQuantizer(model, nodes_to_include=nodes, algo_config=config)
     quantizer.process()
