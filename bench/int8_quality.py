@@ -108,7 +108,7 @@ def main() -> None:
               + " | ".join(cells) + " |")
     print()
     print(f"Per page against the fp32 bundle, on the same {len(caches['fp32'])} pages: kept-set Jaccard "
-          "(mean / smallest / share of pages >= 0.9, the int8 rule's per-page floor) and each visual token's cosine")
+          "(mean / smallest / pages >= 0.9, the int8 rule's per-page floor) and each visual token's cosine")
     print()
     print("| bundle | " + " | ".join(f"Jaccard at {r}: mean / smallest / pages >= 0.9" for r in RATIOS)
           + " | token cosine mean / smallest |")
@@ -129,7 +129,8 @@ def _agreement(name: str, quantized: dict, fp32: dict, sap) -> str:
         a, b = np.asarray(other.embeddings, np.float64), np.asarray(page.embeddings, np.float64)
         cosines.append((a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12))
     cosines = np.concatenate(cosines)
-    cells = [f"{np.mean(v):.3f} / {np.min(v):.3f} / {np.mean(np.asarray(v) >= 0.9):.0%}" for v in jaccard.values()]
+    cells = [f"{np.mean(v):.3f} / {np.min(v):.3f} / {int((np.asarray(v) >= 0.9).sum())} of {len(v)}"
+             for v in jaccard.values()]
     return f"| {name} | " + " | ".join(cells) + f" | {cosines.mean():.5f} / {cosines.min():.5f} |"
 
 if __name__ == "__main__":
