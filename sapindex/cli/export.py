@@ -9,7 +9,6 @@ import click
 
 from sapindex.cli._options import base_model_option, json_option
 from sapindex.cli._output import agreement, quantized, size
-from sapindex.errors import SapIndexError
 from sapindex.exporter.graphs import DTYPES
 from sapindex.exporter.quantize import SCHEMES
 from sapindex.runtime.bundle import manifest_bytes
@@ -50,12 +49,10 @@ def export(model_dir, base_model, calibration, out_dir, dtype, int8_scheme, opse
     from sapindex.exporter.export import ExportConfig, export_bundle, parse_window
     from sapindex.exporter.validate import ValidationFailed
 
-    if int8_scheme and dtype != "int8":
-        raise SapIndexError(f"--int8-scheme {int8_scheme}: applies to --dtype int8 only (this export is {dtype})")
     cfg = ExportConfig(model=str(model_dir), calibration=str(calibration), out=str(out_dir),
                        base_model=str(base_model) if base_model else None, dtype=dtype, opset=opset,
                        overwrite=overwrite, window=parse_window(window_text) if window_text else None,
-                       int8_scheme=int8_scheme or "blockwise")
+                       int8_scheme=int8_scheme)
     try:
         manifest = export_bundle(cfg, log=lambda msg: None if as_json else click.echo(msg, err=True))
     except ValidationFailed as exc:

@@ -25,7 +25,7 @@ from sapindex.calibration.calibrate import CALIBRATION_FORMAT, CALIBRATION_VERSI
 from sapindex.errors import SapIndexError
 from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_spec
 from sapindex.exporter.preprocessing_params import write_tokenizer_json
-from sapindex.exporter.quantize import SCHEMES, quantization_record, quantize_graph
+from sapindex.exporter.quantize import DEFAULT_SCHEME, SCHEMES, quantization_record, quantize_graph
 from sapindex.exporter.validate import ValidationFailed, reference_outputs, validate, validation_pages
 from sapindex.families import FAMILIES
 from sapindex.formats import read_artifact
@@ -42,7 +42,7 @@ class ExportConfig:
     opset: int = 18
     overwrite: bool = False
     window: tuple[int, int] | None = None  # (start, end) overriding the calibrated window
-    int8_scheme: str = "blockwise"  # --dtype int8 only: quantize.SCHEMES
+    int8_scheme: str | None = None  # --dtype int8 only: a quantize.SCHEMES name (None: DEFAULT_SCHEME)
 
 
 def parse_window(text: str) -> tuple[int, int]:
@@ -83,8 +83,12 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
     """
     if cfg.dtype not in DTYPES:
         raise SapIndexError(f"--dtype {cfg.dtype}: choose {', '.join(DTYPES)}")
-    if cfg.int8_scheme not in SCHEMES:
-        raise SapIndexError(f"--int8-scheme {cfg.int8_scheme}: choose {', '.join(SCHEMES)}")
+    if cfg.int8_scheme is not None and cfg.dtype != "int8":
+        raise SapIndexError(f"--int8-scheme {cfg.int8_scheme}: applies to --dtype int8 only "
+                            f"(this export is {cfg.dtype})")
+    scheme = cfg.int8_scheme or DEFAULT_SCHEME
+    if scheme not in SCHEMES:
+        raise SapIndexError(f"--int8-scheme {scheme}: choose {', '.join(SCHEMES)}")
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not cfg.overwrite:
@@ -118,13 +122,13 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
         gc.collect()
         if cfg.dtype == "int8":  # from the fp32 graphs just written, with PyTorch's weights freed
             for graph in manifest["graphs"].values():
-                quantize_graph(staging / graph["file"], cfg.int8_scheme, log)
-            manifest["quantization"] = quantization_record(cfg.int8_scheme)
+                quantize_graph(staging / graph["file"], scheme, log)
+            manifest["quantization"] = quantization_record(scheme)
         log("validating ONNX Runtime against the PyTorch reference")
         try:
             manifest["validation"] = validate(reference, Bundle(staging, manifest), cfg.dtype, log)
         except ValidationFailed as exc:
-            if cfg.dtype != "int8" or cfg.int8_scheme != "dynamic":
+            if cfg.dtype != "int8" or scheme != "dynamic":
                 raise
             raise ValidationFailed(f"{exc}; the blockwise scheme stays closer to fp32: try --int8-scheme blockwise",
                                    exc.report) from None

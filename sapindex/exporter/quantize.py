@@ -43,7 +43,8 @@ from pathlib import Path
 
 BLOCK = 128  # blockwise: input rows per weight scale (ORT's default; bench/RESULTS.md, "int8 schemes")
 BITS = 8  # blockwise: bits per weight (4 breaks the int8 rules: bench/RESULTS.md, "int8 schemes")
-SCHEMES = {  # the first is the default
+DEFAULT_SCHEME = "blockwise"  # why: module docstring, and bench/RESULTS.md "int8 schemes"
+SCHEMES = {
     "blockwise": {"method": f"onnxruntime.quantization (MatMulNBitsQuantizer, {BITS} bits, symmetric), in passes",
                   "weights": f"int8, per block of {BLOCK} input rows",
                   "activations": f"int8, dynamic (per token and block of {BLOCK}, accuracy_level 4)",
@@ -56,7 +57,7 @@ PART_BYTES = 256 << 20  # fp32 weights in memory per pass
 EXTERNAL_MIN_BYTES = 1024  # tensors this size and up live in the data file (onnx's own threshold)
 
 
-def quantize_graph(path: Path, scheme: str = "blockwise", log: Callable[[str], None] = lambda _msg: None,
+def quantize_graph(path: Path, scheme: str = DEFAULT_SCHEME, log: Callable[[str], None] = lambda _msg: None,
                    part_bytes: int = PART_BYTES) -> None:
     """Replace the fp32 graph at ``path`` (and its ``.data`` file) by its int8 form (``SCHEMES``), in place."""
     import onnx

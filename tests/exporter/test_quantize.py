@@ -13,7 +13,7 @@ from sapindex import families, sap
 from sapindex.errors import SapIndexError
 from sapindex.exporter.export import ExportConfig, export_bundle
 from sapindex.exporter.graphs import Tolerance, graph_spec
-from sapindex.exporter.quantize import BLOCK, quantize_graph
+from sapindex.exporter.quantize import BLOCK, DEFAULT_SCHEME, quantize_graph
 from sapindex.exporter.validate import ValidationFailed
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, default_weights_path, example_pages
@@ -93,7 +93,7 @@ def micro_int8(tmp_path_factory):
 
 def test_int8_micro_model_keeps_sap_selection(micro_int8):
     """The trained micro model (real attention structure): the default int8 scheme keeps SAP's kept sets."""
-    scheme = ExportConfig.int8_scheme
+    scheme = DEFAULT_SCHEME
     _, manifest, out = micro_int8[scheme]
     assert manifest is not None, "the default int8 scheme was refused on the trained micro model"
     fp32 = Bundle.open(default_bundle_path())
