@@ -5,8 +5,8 @@ The public Python API, the same objects the CLI uses (README, "Python API")::
     import sapindex
 
     summary = sapindex.run_index(sapindex.default_bundle_path(), ["pages/"], "my-index")
-    index, encoder = sapindex.open_for_search("my-index")
-    hits = sapindex.search(index, encoder, ["annual revenue"], k=5)[0]
+    with sapindex.Searcher.open("my-index") as searcher:
+        hits = searcher.search("annual revenue", k=5)
 
 Import-light on purpose: the names load on first use, and none of them imports torch or
 transformers. The torch side (``sapindex.calibration``, ``sapindex.exporter``,
@@ -27,8 +27,7 @@ _API = {
     "Index": "sapindex.index.store",
     "Hit": "sapindex.index.store",
     "run_index": "sapindex.index.indexer",
-    "open_for_search": "sapindex.index.indexer",
-    "search": "sapindex.index.indexer",
+    "Searcher": "sapindex.search",
     "SapIndexError": "sapindex.errors",
 }
 

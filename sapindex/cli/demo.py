@@ -33,8 +33,7 @@ def demo(out_dir, keep_ratio, pipeline, family):
     if pipeline:
         _pipeline_demo(out_dir, family)
         return
-    from sapindex.index.indexer import open_for_search, run_index
-    from sapindex.index.indexer import search as run_search
+    from sapindex.index.indexer import run_index
     from sapindex.runtime.defaults import default_bundle_path, example_pages, example_queries
 
     summary = run_index(default_bundle_path(), [str(p) for p in example_pages()], out_dir / "index",
@@ -42,9 +41,10 @@ def demo(out_dir, keep_ratio, pipeline, family):
     click.echo(f"index      {out_dir / 'index'}: {summary.index_pages} example pages, "
                f"{summary.vectors_kept} of {summary.vectors_before} vectors kept (keep ratio {keep_ratio})")
     examples = example_queries()
-    index, encoder = open_for_search(out_dir / "index")
-    with index:
-        results = run_search(index, encoder, [e["query"] for e in examples], k=3)
+    from sapindex.search import Searcher
+
+    with Searcher.open(out_dir / "index") as searcher:
+        results = searcher.search_many([e["query"] for e in examples], k=3)
         found = 0
         for example, hits in zip(examples, results):
             right = bool(hits) and Path(hits[0].path).name == example["page"]
@@ -55,7 +55,7 @@ def demo(out_dir, keep_ratio, pipeline, family):
                 click.echo(f"  {rank}. {hit.score:8.3f}  {Path(hit.path).name}  {mark}")
         click.echo(f"top-1      {found} of {len(examples)} queries found the page they were read from")
         top = results[0][0]
-        row = index.get(top.path, top.page)
+        row = searcher.index.get(top.path, top.page)
     _draw_kept(out_dir, top.path, row)
 
 

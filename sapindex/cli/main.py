@@ -25,6 +25,7 @@ from sapindex.cli.index import index
 from sapindex.cli.info import info
 from sapindex.cli.inspect import inspect
 from sapindex.cli.search import search
+from sapindex.cli.serve import serve
 from sapindex.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SapIndexError
 
 
@@ -40,7 +41,7 @@ def cli() -> None:
     """
 
 
-for command in (calibrate, info, export, index, search, eval_command, inspect, demo):
+for command in (calibrate, info, export, index, search, serve, eval_command, inspect, demo):
     cli.add_command(command)
 
 

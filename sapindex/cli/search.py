@@ -1,39 +1,74 @@
-"""``sapindex search``: exact MaxSim over an index's kept vectors, the query encoded by its bundle (torch-free)."""
+"""``sapindex search``: rank an index's pages for one query or a file of them (torch-free)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
 from sapindex.cli._options import device_option, json_option
+from sapindex.cli._output import ProgressBar
+
+QUERIES_PER_STEP = 32  # queries searched between progress-bar updates (one text-graph batch)
 
 
 @click.command()
 @click.argument("index_dir", type=click.Path(path_type=Path))
-@click.argument("query", nargs=-1, required=True)
-@click.option("-k", "k", default=5, show_default=True, help="Results per query.")
+@click.argument("query", nargs=-1)
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="Results per query.")
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path), default=None,
+              help="A file of queries: one per line, or JSONL objects with \"id\" and \"query\".")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl", "trec"]), default=None,
+              help="Output: text (people), jsonl (one object per query) or trec (qid Q0 doc rank score run). "
+                   "Default: text for one query, jsonl with --queries.")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), default=None,
+              help="Write the results to this file instead of stdout.")
+@click.option("--run-name", default="sapindex", show_default=True, help="The run column of a TREC run.")
+@click.option("--where", default=None, help="SQL filter on page columns, e.g. \"path LIKE '/archive/finance/%'\".")
+@click.option("--path-prefix", default=None, help="Only pages of paths starting with this.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
-              help="Bundle to encode the query (default: the one the index was built with).")
+              help="Bundle to encode the queries (default: the one the index was built with).")
 @device_option()
-@json_option("Print a JSON array of {path, page, score}, best first.")
-def search(index_dir, query, k, bundle, device, as_json):
+@json_option("Print a JSON array of {path, page, score}, best first (one query).")
+def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, path_prefix, bundle, device, as_json):
     """Search an index with exact MaxSim over the kept vectors.
 
-    \b
-    Example:
-      sapindex search myindex "what was the 2023 revenue?" -k 5
-    """
-    from sapindex.index.indexer import open_for_search
-    from sapindex.index.indexer import search as run_search
+    The bundle is loaded once for all queries of a --queries file.
 
-    text = " ".join(query)
-    idx, encoder = open_for_search(index_dir, bundle, device)
-    with idx:
-        hits = run_search(idx, encoder, [text], k=k)[0]
-    if as_json:
-        click.echo(json.dumps([{"path": h.path, "page": h.page, "score": h.score} for h in hits], indent=2))
-        return
-    for rank, h in enumerate(hits, start=1):
-        click.echo(f"{rank:>3}. {h.score:9.4f}  {h.path}  page {h.page}")
+    \b
+    Examples:
+      sapindex search myindex "what was the 2023 revenue?" -k 5
+      sapindex search myindex --queries questions.jsonl --format trec --out run.trec
+      sapindex search myindex "travel policy" --where "path LIKE '/archive/hr/%'"
+    """
+    from sapindex.errors import SapIndexError
+    from sapindex.search import Searcher
+    from sapindex.search.runs import Query, read_queries, write_run
+
+    if bool(query) == bool(queries_file):
+        raise SapIndexError("give one QUERY or --queries FILE (not both, not neither)")
+    if as_json and (queries_file or fmt):
+        raise SapIndexError("--json prints one query's hits; with --queries use --format jsonl")
+    queries = read_queries(queries_file) if queries_file else [Query("q1", " ".join(query), "the query")]
+    fmt = fmt or ("jsonl" if queries_file else "text")
+    with Searcher.open(index_dir, bundle, device) as searcher:
+        searcher.check_queries([q.text for q in queries], [q.where for q in queries])
+        out = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
+        try:
+            with ProgressBar("searching", "query", quiet=not queries_file) as bar:
+                for i in range(0, len(queries), QUERIES_PER_STEP):
+                    part = queries[i:i + QUERIES_PER_STEP]
+                    results = searcher.search_many([q.text for q in part], k, where=where, path_prefix=path_prefix)
+                    if as_json:
+                        click.echo(json.dumps([h._asdict() for h in results[0]], indent=2))
+                    elif fmt == "text" and not queries_file:
+                        for rank, h in enumerate(results[0], start=1):
+                            out.write(f"{rank:>3}. {h.score:9.4f}  {h.path}  page {h.page}\n")
+                    else:
+                        write_run(out, part, results, fmt, run_name)
+                    bar.reach(i + len(part), len(queries))
+        finally:
+            if out_file:
+                out.close()

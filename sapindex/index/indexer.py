@@ -1,4 +1,4 @@
-"""``sapindex index`` and ``sapindex search``: files -> SAP-pruned LanceDB index -> ranked pages.
+"""``sapindex index``: files -> SAP-pruned LanceDB index (searched by :mod:`sapindex.search`).
 
 Streaming: pages are rendered one at a time and encoded ``batch_size`` at a time; each batch is
 one atomic commit, so a run killed at any moment loses at most the batch in flight, and the
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sapindex.errors import SapIndexError
 from sapindex.index.inputs import DEFAULT_DPI, iter_pages, iter_sources
 from sapindex.index.records import Failure, FileInfo, Page
-from sapindex.index.store import Hit, Index, PageRow
+from sapindex.index.store import Index, PageRow
 from sapindex.runtime.bundle import Bundle, manifest_bytes
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder, check_position_correction, prune
@@ -152,31 +152,3 @@ def _is_builtin(bundle_path) -> bool:
         return Path(bundle_path).resolve() == default_bundle_path().resolve()
     except SapIndexError:
         return False
-
-
-def open_for_search(index_path: str | Path, bundle_path: str | Path | None = None, device: str = "cpu"):
-    """The index and an encoder for its bundle (the one it was built with, or ``bundle_path``)."""
-    index = Index.open(index_path)
-    path = bundle_path or index.meta.get("bundle_path")
-    if not path:
-        raise SapIndexError(f"{index_path}: the index does not record its bundle; pass --bundle")
-    if bundle_path is None and index.meta.get("builtin") and not Path(path).exists():
-        path = default_bundle_path()  # built with the shipped model, since moved (another install)
-    bundle = Bundle.open(path, verify=False)
-    if bundle.fingerprint != index.bundle_fingerprint:
-        raise SapIndexError(
-            f"{path}: bundle fingerprint {bundle.fingerprint[:12]} differs from the index's "
-            f"{index.bundle_fingerprint[:12]}; search with the bundle the index was built with"
-        )
-    return index, Encoder(bundle, device=device, graphs=("text",))  # queries never need the vision graph
-
-
-def search(index: Index, encoder: Encoder, queries: Iterable[str], k: int = 5) -> list[list[Hit]]:
-    """Exact MaxSim over every page's kept vectors, best first, for each query."""
-    queries = list(queries)
-    if not queries or any(not q.strip() for q in queries):
-        raise SapIndexError("empty query")
-    if k < 1:
-        raise SapIndexError("-k must be at least 1")
-    return [index.search(q, k=k) for q in encoder.encode_queries(queries)]
-

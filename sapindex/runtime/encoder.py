@@ -104,6 +104,10 @@ class Encoder:
                                      layout, layout.to_spatial(eos[b, pos])))
         return pages
 
+    def query_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens each query feeds the text graph (prefix and augmentation tokens included)."""
+        return self.preprocessor.queries(texts)["attention_mask"].sum(axis=1).astype(int).tolist()
+
     def encode_queries(self, texts: list[str]) -> list[np.ndarray]:
         """One ``[M, dim]`` array per query, padding dropped."""
         batch = self.preprocessor.queries(texts)

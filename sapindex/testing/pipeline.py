@@ -82,7 +82,8 @@ def run_pipeline(out_dir: Path, family: str,
     next), ``"calibrated"``, ``"exported"``, ``"indexed"``, ``"searched"`` (the first pair's query,
     top 3). ``progress(pairs_done, pairs_total)`` follows the calibration.
     """
-    from sapindex.index.indexer import open_for_search, run_index, search
+    from sapindex.index.indexer import run_index
+    from sapindex.search import Searcher
     from sapindex.testing.tiny import build_tiny
     from sapindex.testing.toy_pages import write_pairs
 
@@ -98,7 +99,6 @@ def run_pipeline(out_dir: Path, family: str,
     run.summary = run_index(run.bundle, [str(run.pairs.parent / "pages")], run.index_dir)
     yield "indexed", run
     run.query = json.loads(run.pairs.read_text().splitlines()[0])["query"]
-    index, encoder = open_for_search(run.index_dir)
-    with index:
-        run.hits = search(index, encoder, [run.query], k=3)[0]
+    with Searcher.open(run.index_dir) as searcher:
+        run.hits = searcher.search(run.query, k=3)
     yield "searched", run

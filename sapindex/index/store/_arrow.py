@@ -15,15 +15,17 @@ import pyarrow as pa
 from sapindex.index.store.schema import PageRow, failure_schema, page_schema
 
 
-def vectors_from_list(col: pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(all vectors [n, dim] float32, offsets [rows + 1] from 0) of a list<fixed_size_list> column."""
+def vectors_from_list(col: pa.Array, dim: int, dtype: type | None = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(all vectors [n, dim], offsets [rows + 1] from 0) of a list<fixed_size_list> column, as
+    ``dtype`` (None: the stored one, e.g. float16 for a resident copy at half the memory)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     offsets = col.offsets.to_numpy().astype(np.int64)
     inner = col.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     offsets -= offsets[0]
     flat = inner.flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(-1, dim).astype(np.float32, copy=False), offsets
+    flat = flat.reshape(-1, dim)
+    return (flat if dtype is None else flat.astype(dtype, copy=False)), offsets
 
 
 def ints_from_list(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:

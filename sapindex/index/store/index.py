@@ -496,6 +496,32 @@ class Index:
         rows = self._rows(f"path = {sql_str(path)} AND page = {int(page)}")
         return max(rows, key=lambda r: r["indexed_at"], default=None)
 
+    @property
+    def version(self) -> int:
+        """The pages table's current version (0 before the first page): each commit adds one, so a
+        long-lived reader compares versions to learn that the index changed."""
+        if self._pages is None and self.readonly:
+            self._pages = self._open_table(PAGES, page_schema(self.dim, self.vector_dtype))  # created since
+        return 0 if self._pages is None else int(self._pages.version)
+
+    def scan_pages(self, columns: list[str], where: str | None = None, version: int | None = None,
+                   chunk_pages: int = DEFAULT_CHUNK_PAGES) -> Iterator[pa.RecordBatch]:
+        """Record batches of the pages table's ``columns`` (rows matching the SQL ``where``), as of
+        ``version`` (None: the latest), so that several reads see one consistent state of an index
+        that a writer keeps committing to. A malformed ``where`` is a SapIndexError naming it."""
+        if self.version == 0:
+            return
+        table = self._pages
+        if version is not None:
+            table = self._db.open_table(PAGES)
+            table.checkout(int(version))
+        try:
+            yield from self._scan(table, columns, where, batch_size=chunk_pages)
+        except (ValueError, RuntimeError) as exc:
+            if where:
+                raise SapIndexError(f"filter {where!r}: {str(exc).splitlines()[0]}") from None
+            raise
+
     def search(self, query_vectors: Any, k: int | None = 10,
                chunk_pages: int = DEFAULT_CHUNK_PAGES) -> list[Hit]:
         """Exact MaxSim of one query ``[M, dim]`` over every stored page, best first, reading

@@ -5,12 +5,13 @@ matmul per chunk of pages and stays bounded in memory by the chunk; per chunk, a
 are concatenated and scored with :func:`sapindex.sap.maxsim_segments` (the kernel the eval's
 score matrix runs too). ``score(page) = sum_i max_j q_i . d_j`` over the query's vectors q_i and
 the page's kept vectors d_j (stored float16 -> computed float32). Ties are broken by (path, page),
-so the ranking does not depend on the order or the chunking of the stored pages.
+so the ranking does not depend on the order or the chunking of the stored pages. :class:`TopK`
+is the merge that this scan and :mod:`sapindex.search` (the resident, long-lived searcher) share.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -36,27 +37,52 @@ def _order(c: tuple[float, str, int]) -> tuple[float, str, int]:
     return (-c[0], c[1], c[2])
 
 
+def _take(values: Sequence | pa.Array, idx: np.ndarray) -> list:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.take(pa.array(idx)).to_pylist()
+    if isinstance(values, np.ndarray):
+        return values[idx].tolist()
+    return [values[i] for i in idx.tolist()]
+
+
+class TopK:
+    """The ``k`` best (score, path, page) of scores that arrive a chunk at a time (every page when
+    ``k`` is None); only the top k of each chunk and its ties stay in memory. Pages scored ``-inf``
+    (filtered out) are never returned."""
+
+    def __init__(self, k: int | None):
+        self.k = k
+        self._best: list[tuple[float, str, int]] = []
+
+    def add(self, scores: np.ndarray, paths: Sequence | pa.Array, pages: Sequence | pa.Array | np.ndarray) -> None:
+        n = scores.shape[0]
+        if self.k is not None and n > self.k:
+            kth = np.partition(scores, n - self.k)[n - self.k]
+            idx = np.nonzero(scores >= kth)[0]  # the top k and every tie with the k-th
+        else:
+            idx = np.arange(n)
+        idx = idx[np.isfinite(scores[idx])]
+        if not idx.size:
+            return
+        self._best.extend(zip(scores[idx].tolist(), _take(paths, idx), _take(pages, idx)))
+        if self.k is not None and len(self._best) > 4 * self.k:
+            self._best = sorted(self._best, key=_order)[:self.k]  # (score, path, page) is a total order: exact
+
+    def hits(self) -> list[Hit]:
+        best = sorted(self._best, key=_order)
+        if self.k is not None:
+            best = best[:self.k]
+        return [Hit(path, int(page), float(score)) for score, path, page in best]
+
+
 def ranked_hits(batches: Iterable[pa.RecordBatch], q: np.ndarray, dim: int, k: int | None) -> list[Hit]:
     """The ``k`` best pages (every page when ``k`` is None) of batches with columns path, page
-    and vectors, best first; only the top k of each chunk (and its ties) is kept in memory."""
-    best: list[tuple[float, str, int]] = []
+    and vectors, best first."""
+    top = TopK(k)
     for batch in batches:
         if batch.num_rows == 0:
             continue
         vecs, offsets = vectors_from_list(batch.column("vectors"), dim)
         scores = maxsim_segments(q, _ONE_QUERY, vecs, offsets[:-1])[0]  # [pages]
-        n = scores.shape[0]
-        if k is not None and n > k:
-            kth = np.partition(scores, n - k)[n - k]
-            idx = np.nonzero(scores >= kth)[0]  # the top k and every tie with the k-th
-        else:
-            idx = np.arange(n)
-        paths = batch.column("path").take(pa.array(idx)).to_pylist()
-        pages = batch.column("page").take(pa.array(idx)).to_pylist()
-        best.extend(zip(scores[idx].tolist(), paths, pages))
-        if k is not None and len(best) > 4 * k:
-            best = sorted(best, key=_order)[:k]  # (score, path, page) is a total order: exact
-    best.sort(key=_order)
-    if k is not None:
-        best = best[:k]
-    return [Hit(path, int(page), float(score)) for score, path, page in best]
+        top.add(scores, batch.column("path"), batch.column("page"))
+    return top.hits()

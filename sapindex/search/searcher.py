@@ -1,0 +1,175 @@
+"""The :class:`Searcher`: an index and its query encoder opened once, answering many queries.
+
+Why an object: opening is the expensive part (a real-size text graph is gigabytes; reading every
+kept vector of a large index takes seconds), so scripts, ``search --queries`` and ``serve`` open
+one and keep it. Each search first checks the index version (:mod:`sapindex.search.resident`):
+pages that an ``index`` run commits meanwhile become searchable, nothing is reloaded otherwise.
+Scores are exact MaxSim over the kept vectors, the same as :meth:`Index.search`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sapindex.errors import SapIndexError
+from sapindex.index.store import Hit, Index
+from sapindex.index.store.search import TopK, query_matrix
+from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.defaults import default_bundle_path
+from sapindex.runtime.encoder import Encoder
+from sapindex.search import resident
+
+# Queries longer than this are refused: ColPali-family queries are a sentence or two, and the text
+# graph's attention grows with the square of the length (a pasted document would take gigabytes).
+MAX_QUERY_TOKENS = 512
+QUERY_BATCH = 32  # queries per text-graph call in search_many
+
+
+def open_encoder(index: Index, bundle_path: str | Path | None = None, device: str = "cpu",
+                 threads: int | None = None) -> Encoder:
+    """A query encoder for ``index``: its own bundle (or ``bundle_path``), checked by fingerprint."""
+    path = bundle_path or index.meta.get("bundle_path")
+    if not path:
+        raise SapIndexError(f"{index.path}: the index does not record its bundle; pass --bundle")
+    if bundle_path is None and index.meta.get("builtin") and not Path(path).exists():
+        path = default_bundle_path()  # built with the shipped model, since moved (another install)
+    bundle = Bundle.open(path, verify=False)
+    if bundle.fingerprint != index.bundle_fingerprint:
+        raise SapIndexError(
+            f"{path}: bundle fingerprint {bundle.fingerprint[:12]} differs from the index's "
+            f"{index.bundle_fingerprint[:12]}; search with the bundle the index was built with")
+    return Encoder(bundle, device=device, threads=threads, graphs=("text",))  # queries never need the vision graph
+
+
+class Searcher:
+    """Search one index with its bundle's query encoder; both stay loaded.
+
+    >>> with Searcher.open("my-index") as s:
+    ...     hits = s.search("what was the 2023 revenue?", k=5)
+
+    Thread-safe: a service calls it from many threads (queries are encoded one batch at a time,
+    scoring runs in parallel on immutable snapshots).
+    """
+
+    def __init__(self, index: Index, encoder: Encoder, *, max_query_tokens: int = MAX_QUERY_TOKENS):
+        self.index = index
+        self.encoder = encoder
+        self.max_query_tokens = max_query_tokens
+        self._encode_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._snap = resident.load(index)
+
+    @classmethod
+    def open(cls, index: str | Path, bundle: str | Path | None = None, device: str = "cpu",
+             threads: int | None = None, **kwargs) -> Searcher:
+        """Open the index at ``index`` read-only with its bundle (or ``bundle``, same fingerprint)."""
+        idx = Index.open(index)
+        return cls(idx, open_encoder(idx, bundle, device, threads), **kwargs)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ state
+
+    def refresh(self) -> bool:
+        """Take in what a writer committed since the last call; True when the index changed."""
+        with self._refresh_lock:
+            before = self._snap
+            self._snap = resident.refresh(self.index, before)
+            return self._snap is not before
+
+    def stats(self) -> dict:
+        """Pages, vectors and version as searched now, and the bundle's identity."""
+        self.refresh()
+        snap, bundle = self._snap, self.encoder.bundle
+        return {"index": str(self.index.path), "version": snap.version, "pages": snap.n_pages,
+                "vectors": snap.n_vectors, "dim": self.index.dim, "loaded_at": snap.loaded_at.isoformat(),
+                "bundle": {"path": str(bundle.path), "family": bundle.family,
+                           "fingerprint": bundle.fingerprint, "window": list(bundle.window)}}
+
+    # ------------------------------------------------------------------ queries
+
+    def check_queries(self, queries: Sequence[str], names: Sequence[str] | None = None) -> None:
+        """SapIndexError naming the first query that is not a non-empty string within
+        :attr:`max_query_tokens` tokens (``names[i]`` says where query ``i`` came from)."""
+        names = list(names) if names is not None else [f"query {i + 1}" for i in range(len(queries))]
+        if not queries:
+            raise SapIndexError("no queries")
+        for name, q in zip(names, queries):
+            if not isinstance(q, str) or not q.strip():
+                raise SapIndexError(f"{name}: empty query")
+        lengths = self.encoder.query_lengths(list(queries))
+        for name, n in zip(names, lengths):
+            if n > self.max_query_tokens:
+                raise SapIndexError(f"{name}: {n} tokens, the limit is {self.max_query_tokens}; shorten the query")
+
+    def encode(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """``[M, dim]`` float32 per query (checked first), a batch of :data:`QUERY_BATCH` per call."""
+        queries = list(queries)
+        self.check_queries(queries)
+        out: list[np.ndarray] = []
+        for i in range(0, len(queries), QUERY_BATCH):
+            with self._encode_lock:
+                out.extend(self.encoder.encode_queries(queries[i:i + QUERY_BATCH]))
+        return out
+
+    def search(self, query: str, k: int = 10, *, where: str | None = None,
+               path_prefix: str | None = None) -> list[Hit]:
+        """The ``k`` best pages for ``query``, best first (see :meth:`search_many` for the filters)."""
+        return self.search_many([query], k, where=where, path_prefix=path_prefix)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 10, *, where: str | None = None,
+                    path_prefix: str | None = None) -> list[list[Hit]]:
+        """The ``k`` best pages for each query, best first, ties broken by (path, page).
+
+        ``where``: a SQL filter on the index's page columns (``"path LIKE '/archive/finance/%'"``,
+        ``"page <= 3"``); ``path_prefix``: only paths starting with it. Both may be given.
+        """
+        return self.search_vectors(self.encode(queries), k, where=where, path_prefix=path_prefix)
+
+    def search_vectors(self, query_vectors: Sequence[np.ndarray], k: int = 10, *, where: str | None = None,
+                       path_prefix: str | None = None) -> list[list[Hit]]:
+        """:meth:`search_many` for queries already encoded (``[M, dim]`` each)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise SapIndexError(f"k must be a positive integer, got {k!r}")
+        qs = [query_matrix(q, self.index.dim) for q in query_vectors]
+        if not qs:
+            return []
+        self.refresh()
+        snap = self._snap
+        allowed = self._allowed(snap, where)
+        stacked = np.concatenate(qs)
+        starts = np.cumsum([0] + [len(q) for q in qs[:-1]]).astype(np.int64)
+        tops = [TopK(int(k)) for _ in qs]
+        for block, scores in snap.scores(stacked, starts):
+            mask = np.ones(block.n_pages, bool)
+            if allowed is not None:
+                mask &= np.fromiter(((h, p) in allowed for h, p in zip(block.hashes, block.pages.tolist())),
+                                    bool, block.n_pages)
+            if path_prefix:
+                mask &= np.fromiter((p.startswith(path_prefix) for p in block.paths), bool, block.n_pages)
+            if not mask.all():
+                scores[:, ~mask] = -np.inf
+            for top, row in zip(tops, scores):
+                top.add(row, block.paths, block.pages)
+        return [top.hits() for top in tops]
+
+    def _allowed(self, snap: resident.Snapshot, where: str | None) -> set[tuple[str, int]] | None:
+        """The (content_hash, page) keys of the snapshot's version that pass ``where`` (None: no filter)."""
+        if not where:
+            return None
+        keys: set[tuple[str, int]] = set()
+        for batch in self.index.scan_pages(["content_hash", "page"], where=where, version=snap.version,
+                                           chunk_pages=65536):
+            keys.update(zip(batch.column("content_hash").to_pylist(), batch.column("page").to_pylist()))
+        return keys
