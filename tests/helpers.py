@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import numpy as np
+
+from sapindex.index.store import PageRow
+
 # Python source that makes importing torch, transformers, colpali_engine or torchvision fail: put
 # it first in a `python -c` program to prove the rest runs without them.
 BLOCK_TORCH = """
@@ -124,3 +128,21 @@ def idefics3_variant(processor, **image_processor_overrides):
     config.pop("image_processor_type", None)
     return ColIdefics3Processor(Idefics3ImageProcessor(**config), copy.deepcopy(processor.tokenizer),
                                 image_seq_len=processor.image_seq_len)
+
+
+# -- index rows (tests/index, tests/search) ------------------------------------------------------------
+
+DIM = 16
+
+
+def make_row(path, content_hash, page, k, seed, dim=DIM, n_visual=64):
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((k, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    positions = np.sort(rng.choice(n_visual, size=k, replace=False))
+    return PageRow(path=path, content_hash=content_hash, page=page, width=100, height=140,
+                   grid=(8, 8), n_visual=n_visual, positions=positions, vectors=v, keep_ratio=0.1)
+
+
+def h(i) -> str:
+    return f"{i:064x}"

@@ -62,7 +62,7 @@ class Snapshot:
     newest: _dt.datetime | None = None  # the latest indexed_at held
     n_pages: int = 0
     n_vectors: int = 0
-    loaded_at: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
+    loaded_at: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))  # last full read
 
     def scores(self, queries: np.ndarray, query_starts: np.ndarray):
         """Yield ``(block, scores [Q, P])`` for each block: exact MaxSim of the queries (stacked
@@ -87,9 +87,10 @@ def _read(index: Index, version: int, where: str | None) -> tuple[list[Block], _
     return blocks, newest
 
 
-def _snapshot(version: int, blocks: list[Block], newest) -> Snapshot:
+def _snapshot(version: int, blocks: list[Block], newest, loaded_at: _dt.datetime | None = None) -> Snapshot:
+    extra = {"loaded_at": loaded_at} if loaded_at else {}
     return Snapshot(version, tuple(blocks), newest, sum(b.n_pages for b in blocks),
-                    sum(len(b.vectors) for b in blocks))
+                    sum(len(b.vectors) for b in blocks), **extra)
 
 
 def load(index: Index) -> Snapshot:
@@ -117,4 +118,4 @@ def refresh(index: Index, snap: Snapshot) -> Snapshot:
         blocks[-1] = Block.concat([blocks[-1], *added])  # keep many one-page commits from making many blocks
     else:
         blocks.extend(added)
-    return _snapshot(version, blocks, newest or snap.newest)
+    return _snapshot(version, blocks, newest or snap.newest, snap.loaded_at)

@@ -1,8 +1,9 @@
 """The indexing run and search through the Python API, on the built-in micro model (no torch)."""
 
-from sapindex.index.indexer import default_batch_size, open_for_search, run_index, search
+from sapindex.index.indexer import default_batch_size, run_index
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, example_pages
+from sapindex.search import Searcher
 
 
 def test_search_loads_only_the_text_graph(tmp_path):
@@ -11,9 +12,9 @@ def test_search_loads_only_the_text_graph(tmp_path):
     pages = example_pages()[:2]
     summary = run_index(default_bundle_path(), [str(p) for p in pages], tmp_path / "idx")
     assert summary.pages_indexed == 2
-    index, encoder = open_for_search(tmp_path / "idx")
-    with index:
-        hits = search(index, encoder, ["annual report"], k=2)[0]
+    with Searcher.open(tmp_path / "idx") as searcher:
+        hits = searcher.search("annual report", k=2)
+        encoder = searcher.encoder
     assert len(hits) == 2
     assert encoder.sessions.loaded() == ["text"]
     from PIL import Image

@@ -13,27 +13,13 @@ import time
 
 import numpy as np
 import pytest
+from helpers import DIM, h, make_row
 
 from sapindex import sap
 from sapindex.errors import SapIndexError
 from sapindex.eval.metrics import maxsim_matrix
 from sapindex.index.records import Failure
 from sapindex.index.store import META_FILE, Hit, Index, PageRow
-
-DIM = 16
-
-
-def make_row(path, content_hash, page, k, seed, dim=DIM, n_visual=64):
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal((k, dim)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    positions = np.sort(rng.choice(n_visual, size=k, replace=False))
-    return PageRow(path=path, content_hash=content_hash, page=page, width=100, height=140,
-                   grid=(8, 8), n_visual=n_visual, positions=positions, vectors=v, keep_ratio=0.1)
-
-
-def h(i) -> str:
-    return f"{i:064x}"
 
 
 @pytest.fixture

@@ -1,0 +1,183 @@
+"""``sapindex serve`` tested as a client meets it: a real server process on a free port, queried over
+HTTP while ``sapindex index`` adds pages; every kind of bad request answered with a 4xx JSON error
+and the service still alive; the bearer token; the refusals before it starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from sapindex.index.indexer import run_index
+from sapindex.runtime.defaults import default_bundle_path, example_pages
+
+from helpers import run_cli
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, index: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "sapindex.cli", "serve", str(index), "--port",
+                                      str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stderr.read()}")
+            try:
+                self.call("GET", "/health", token=TOKEN)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("server did not start")
+
+    def call(self, method: str, route: str, body=None, *, raw: bytes | None = None, token: str | None = None,
+             content_type: str | None = "application/json") -> tuple[int, dict]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + route, data=data, method=method)
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def new_pages(directory: Path, n: int) -> Path:
+    """``n`` pages the index has not seen (mirrored example pages: new content hashes)."""
+    directory.mkdir(parents=True)
+    for i, page in enumerate(example_pages()[:n]):
+        with Image.open(page) as im:
+            ImageOps.mirror(im.convert("RGB")).save(directory / f"new-{i}.png")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    pages = root / "pages"
+    pages.mkdir()
+    for p in example_pages()[:4]:
+        shutil.copy(p, pages / p.name)
+    run_index(default_bundle_path(), [str(pages)], root / "idx")
+    server = Server(root / "idx")
+    yield server, root
+    server.stop()
+
+
+def test_search_batch_stats_and_health(served):
+    server, root = served
+    status, health = server.call("GET", "/health")
+    assert status == 200 and health["status"] == "ok" and health["version"] >= 1
+    status, stats = server.call("GET", "/stats")
+    assert status == 200 and stats["pages"] == 4 and stats["bundle"]["family"] == "colqwen2"
+    assert stats["limits"]["k"] == 1000
+    status, one = server.call("POST", "/search", {"query": "annual report", "k": 3})
+    assert status == 200 and [h["rank"] for h in one["hits"]] == [1, 2, 3]
+    scores = [h["score"] for h in one["hits"]]
+    assert scores == sorted(scores, reverse=True) and all(h["page"] == 1 for h in one["hits"])
+    status, batch = server.call("POST", "/search/batch", {"queries": ["annual report", "travel"], "k": 3})
+    assert status == 200 and len(batch["results"]) == 2
+    assert [h["path"] for h in batch["results"][0]["hits"]] == [h["path"] for h in one["hits"]]
+    name = Path(one["hits"][0]["path"]).name
+    status, only = server.call("POST", "/search", {"query": "annual report", "k": 10,
+                                                   "where": f"path LIKE '%{name}'"})
+    assert status == 200 and [Path(h["path"]).name for h in only["hits"]] == [name]
+
+
+@pytest.mark.parametrize("route, body, raw, content_type, status, message", [
+    ("/search", {"k": 3}, None, "application/json", 422, "query: Field required"),
+    ("/search", {"query": "x", "k": 0}, None, "application/json", 422, "k: Input should be greater than or equal to 1"),
+    ("/search", {"query": "x", "k": 10**6}, None, "application/json", 422, "k: Input should be less than or equal to 1000"),
+    ("/search", {"query": "x", "k": "5"}, None, "application/json", 422, "k: Input should be a valid integer"),
+    ("/search", {"query": "x", "limit": 5}, None, "application/json", 422, "limit: unknown field"),
+    ("/search", {"query": "   "}, None, "application/json", 400, "query: empty query"),
+    ("/search", {"query": "word " * 600}, None, "application/json", 400, "tokens, the limit is 512"),
+    ("/search", {"query": "x", "where": "bogus (("}, None, "application/json", 400, "filter 'bogus (('"),
+    ("/search", None, b"{not json", "application/json", 400, "not valid JSON"),
+    ("/search", None, b"[1, 2]", "application/json", 422, "must be a JSON object"),
+    ("/search", None, None, "application/json", 422, "must be a JSON object"),
+    ("/search", None, b"query=x", "application/x-www-form-urlencoded", 415, "send JSON"),
+    ("/search/batch", {"queries": []}, None, "application/json", 422, "queries: List should have at least 1 item"),
+    ("/search/batch", {"queries": ["ok", ""]}, None, "application/json", 400, "queries[1]: empty query"),
+    ("/search/batch", {"queries": ["q"] * 300}, None, "application/json", 422, "queries: List should have at most 256"),
+    ("/nowhere", None, None, None, 404, "Not Found"),
+])
+def test_bad_requests_get_a_json_error_and_the_service_lives(served, route, body, raw, content_type, status, message):
+    server, _ = served
+    method = "GET" if route == "/nowhere" else "POST"
+    got, answer = server.call(method, route, body, raw=raw, content_type=content_type)
+    assert got == status and message in answer["error"], answer
+    assert server.call("GET", "/health")[0] == 200 and server.proc.poll() is None
+
+
+def test_pages_indexed_while_serving_become_searchable(served):
+    server, root = served
+    _, before = server.call("GET", "/stats")
+    added = new_pages(root / "more", 2)
+    result = run_cli("index", str(added), "--out", str(root / "idx"))
+    assert result.returncode == 0, result.stderr
+    status, stats = server.call("GET", "/stats")
+    assert status == 200 and stats["pages"] == before["pages"] + 2 and stats["version"] > before["version"]
+    _, hits = server.call("POST", "/search", {"query": "annual report", "k": 100})
+    assert {Path(h["path"]).name for h in hits["hits"]} >= {"new-0.png", "new-1.png"}
+    _, only_new = server.call("POST", "/search", {"query": "annual report", "k": 100,
+                                                  "path_prefix": str(added)})
+    assert sorted(Path(h["path"]).name for h in only_new["hits"]) == ["new-0.png", "new-1.png"]
+
+
+def test_bearer_token(served, tmp_path):
+    _, root = served
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    os.chmod(token_file, 0o600)
+    server = Server(root / "idx", "--token-file", str(token_file))
+    try:
+        status, answer = server.call("POST", "/search", {"query": "annual report"})
+        assert status == 401 and "bearer token" in answer["error"]
+        assert server.call("GET", "/stats", token="wrong-token-wrong-token")[0] == 401
+        assert server.call("GET", "/health")[0] == 401
+        status, answer = server.call("POST", "/search", {"query": "annual report", "k": 2}, token=TOKEN)
+        assert status == 200 and len(answer["hits"]) == 2
+    finally:
+        server.stop()
+
+
+def test_refusals_before_serving(served, tmp_path):
+    server, root = served
+    busy = run_cli("serve", root / "idx", "--port", server.port)
+    assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{server.port}" in busy.stderr
+    exposed = run_cli("serve", root / "idx", "--host", "0.0.0.0", "--port", free_port())
+    assert exposed.returncode == 2 and "give --token-file" in exposed.stderr
+    short = tmp_path / "short"
+    short.write_text("abc")
+    weak = run_cli("serve", root / "idx", "--token-file", short, "--port", free_port())
+    assert weak.returncode == 2 and "at least 16 characters" in weak.stderr
+    missing = run_cli("serve", tmp_path / "nope", "--port", free_port())
+    assert missing.returncode == 2 and "not a sapindex index" in missing.stderr
