@@ -4,9 +4,9 @@ Errors: every refused request gets a JSON body ``{"error": "<one line naming the
 reason>"}`` and a 4xx status: 400 for a body that is not JSON or a query the model refuses (too
 long, a malformed ``where``), 401 without the bearer token (when one is configured), 404 for a
 page the index does not hold, 422 for a field that is missing, unknown, mistyped or out of
-range, 415 for a body sent as something other than JSON. An unexpected exception in one request answers 500 with its one-line reason and leaves
-the service running. Sync routes run in the server's thread pool, so slow requests do not block
-``/health``; the searcher is thread-safe.
+range, 415 for a body sent as something other than JSON. An unexpected exception in one request
+answers 500 with its one-line reason and leaves the service running. Sync routes run in the
+server's thread pool, so slow requests do not block ``/health``; the searcher is thread-safe.
 """
 
 from __future__ import annotations

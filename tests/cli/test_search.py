@@ -5,12 +5,11 @@ import json
 import shutil
 
 import pytest
+from helpers import run_cli
 
 from sapindex.index.indexer import run_index
 from sapindex.runtime.defaults import default_bundle_path, example_pages, example_queries
 from sapindex.search import Searcher
-
-from helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from sapindex.search.runs import Query, docno, read_queries, write_run
 def test_plain_and_jsonl_query_files(tmp_path):
     plain = tmp_path / "q.txt"
     plain.write_text("annual report\n\n  travel policy  \n")
-    assert read_queries(plain) == [Query("q1", "annual report", f"{plain}:1"), Query("q2", "travel policy", f"{plain}:3")]
+    assert read_queries(plain) == [Query("q1", "annual report", f"{plain}:1"),
+                                   Query("q2", "travel policy", f"{plain}:3")]
     jl = tmp_path / "q.jsonl"
     jl.write_text('{"id": "A-1", "query": "annual report"}\n\n{"query": "no id"}\n{"id": 7, "query": "int id"}\n')
     assert [(q.id, q.text, q.where) for q in read_queries(jl)] == [

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import h, make_row
 
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Index
@@ -14,8 +15,6 @@ from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
 from sapindex.search import Searcher, resident
-
-from helpers import h, make_row
 
 DIM = 128  # the micro bundle's, so that text queries can search the synthetic rows too
 
@@ -124,7 +123,8 @@ def test_bad_queries_are_refused_with_their_name(writer, encoder):
 
 
 def test_open_checks_the_bundle(tmp_path):
-    with Index.create_or_open(tmp_path / "idx", "not-the-micro-bundle", DIM, {"bundle_path": str(default_bundle_path())}):
+    meta = {"bundle_path": str(default_bundle_path())}
+    with Index.create_or_open(tmp_path / "idx", "not-the-micro-bundle", DIM, meta):
         pass
     with pytest.raises(SapIndexError, match="differs from the index's"):
         Searcher.open(tmp_path / "idx")

@@ -16,12 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 from PIL import Image, ImageOps
 
 from sapindex.index.indexer import run_index
 from sapindex.runtime.defaults import default_bundle_path, example_pages
-
-from helpers import run_cli
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -114,7 +113,8 @@ def test_search_batch_stats_and_health(served):
 @pytest.mark.parametrize("route, body, raw, content_type, status, message", [
     ("/search", {"k": 3}, None, "application/json", 422, "query: Field required"),
     ("/search", {"query": "x", "k": 0}, None, "application/json", 422, "k: Input should be greater than or equal to 1"),
-    ("/search", {"query": "x", "k": 10**6}, None, "application/json", 422, "k: Input should be less than or equal to 1000"),
+    ("/search", {"query": "x", "k": 10**6}, None, "application/json", 422,
+     "k: Input should be less than or equal to 1000"),
     ("/search", {"query": "x", "k": "5"}, None, "application/json", 422, "k: Input should be a valid integer"),
     ("/search", {"query": "x", "limit": 5}, None, "application/json", 422, "limit: unknown field"),
     ("/search", {"query": "   "}, None, "application/json", 400, "query: empty query"),
