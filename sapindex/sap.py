@@ -167,11 +167,17 @@ def causal_correction(centrality, seq_rank=None) -> np.ndarray:
     return centrality / (n - rank)
 
 
+def ranking_scores(centrality, seq_rank=None) -> np.ndarray:
+    """The float64 scores SAP ranks tokens by: the centrality, or, given each token's sequence
+    rank, its :func:`causal_correction` (causal decoders only). The index stores them per kept
+    token, so that a lower keep ratio can be taken later without re-encoding."""
+    centrality = np.asarray(centrality, dtype=np.float64)
+    return centrality if seq_rank is None else causal_correction(centrality, seq_rank)
+
+
 def select(centrality, ratio: float, seq_rank=None) -> np.ndarray:
-    """SAP's kept positions: the ``keep_count(n, ratio)`` most central tokens (:func:`top_k`), or,
-    given each token's sequence rank, ranked by :func:`causal_correction` (causal decoders only)."""
-    scores = centrality if seq_rank is None else causal_correction(centrality, seq_rank)
-    return top_k(scores, ratio)
+    """SAP's kept positions: the ``keep_count(n, ratio)`` highest :func:`ranking_scores` (:func:`top_k`)."""
+    return top_k(ranking_scores(centrality, seq_rank), ratio)
 
 
 def random_k(n: int, ratio: float, rng: np.random.Generator) -> np.ndarray:

@@ -135,13 +135,15 @@ def idefics3_variant(processor, **image_processor_overrides):
 DIM = 16
 
 
-def make_row(path, content_hash, page, k, seed, dim=DIM, n_visual=64):
+def make_row(path, content_hash, page, k, seed, dim=DIM, n_visual=64, scores=True):
+    """A page of ``k`` random unit vectors at random positions (with random SAP scores unless told not)."""
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((k, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     positions = np.sort(rng.choice(n_visual, size=k, replace=False))
     return PageRow(path=path, content_hash=content_hash, page=page, width=100, height=140,
-                   grid=(8, 8), n_visual=n_visual, positions=positions, vectors=v, keep_ratio=0.1)
+                   grid=(8, 8), n_visual=n_visual, positions=positions, vectors=v, keep_ratio=k / n_visual,
+                   scores=rng.random(k) if scores else None)
 
 
 def h(i) -> str:

@@ -18,12 +18,15 @@ import click
 
 from sapindex import __version__
 from sapindex.cli.calibrate import calibrate
+from sapindex.cli.compact import compact
 from sapindex.cli.demo import demo
 from sapindex.cli.eval import eval_command
 from sapindex.cli.export import export
 from sapindex.cli.index import index
 from sapindex.cli.info import info
 from sapindex.cli.inspect import inspect
+from sapindex.cli.prune import prune
+from sapindex.cli.remove import remove
 from sapindex.cli.search import search
 from sapindex.cli.serve import serve
 from sapindex.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SapIndexError
@@ -41,7 +44,8 @@ def cli() -> None:
     """
 
 
-for command in (calibrate, info, export, index, search, serve, eval_command, inspect, demo):
+for command in (calibrate, info, export, index, search, serve, prune, remove, compact, eval_command, inspect,
+                demo):
     cli.add_command(command)
 
 

@@ -53,6 +53,7 @@ class PrunedPage:
     grid: tuple[int, int]
     n_visual: int
     global_grid: tuple[int, int] | None = None  # tokens >= rows*cols: cells of this whole-page grid
+    scores: np.ndarray | None = None  # [k] float64, the score each kept token was ranked by
 
 
 def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False) -> PrunedPage:
@@ -61,9 +62,10 @@ def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False
     ``position_correction`` ranks by :func:`sapindex.sap.causal_correction` of the centrality
     with each token's sequence rank (causal decoders only; see there).
     """
-    kept = sap.select(page.centrality, keep_ratio, page.layout.seq_rank if position_correction else None)
+    scores = sap.ranking_scores(page.centrality, page.layout.seq_rank if position_correction else None)
+    kept = sap.top_k(scores, keep_ratio)
     return PrunedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual,
-                       page.layout.global_grid)
+                      page.layout.global_grid, scores[kept])
 
 
 def check_position_correction(bundle: Bundle) -> None:

@@ -143,7 +143,7 @@ def test_changed_file_replaces_its_rows(tmp_path):
     with Index.create_or_open(path, "fp-A", DIM) as idx:
         # changed to content already indexed elsewhere: nothing to add, drop_stale cleans up
         assert idx.drop_stale("other.pdf", h(2)) == 1
-        assert idx.remove_path("report.pdf") == 2
+        assert idx.remove_paths(["report.pdf"]) == {"report.pdf": ["report.pdf"]}
         assert idx.stats().pages == 0
 
 
@@ -173,7 +173,7 @@ def test_failures_recorded_replaced_and_cleared(tmp_path, monkeypatch):
         idx.add_failures([Failure("bad.pdf", "not a valid PDF (corrupt or truncated)")])
     with Index.create_or_open(path, "fp-A", DIM) as idx:
         assert [f.reason for f in idx.failures()] == ["not a valid PDF (corrupt or truncated)"]
-        idx.remove_path("bad.pdf")
+        idx.remove_paths(["bad.pdf"])
         assert idx.failures() == []
 
 

@@ -83,7 +83,7 @@ def test_new_versions_are_searched_without_reopening(writer, encoder):
     assert sorted(x.page for x in hits if x.path == "/a/doc0.pdf") == [1, 2]
     same(hits, writer.search(q[0], k=100))
 
-    writer.remove_path("/a/doc1.pdf")
+    writer.remove_paths(["/a/doc1.pdf"])
     assert all(x.path != "/a/doc1.pdf" for x in searcher.search_vectors(q, 100)[0])
 
 

@@ -58,6 +58,8 @@ def _checked(row: PageRow, dim: int, np_dtype: type, vector_dtype: str) -> tuple
         raise ValueError(f"{where}: page numbers are 1-based")
     if not row.path or not row.content_hash:
         raise ValueError(f"{where}: path and content_hash must be non-empty")
+    if row.scores is not None and (np.shape(row.scores) != p.shape or not np.all(np.isfinite(row.scores))):
+        raise ValueError(f"{where}: scores must be [{p.shape[0]}] finite values, got shape {np.shape(row.scores)}")
     v = v.astype(np_dtype)
     if not np.all(np.isfinite(v)):
         raise ValueError(f"{where}: vectors are not finite in {vector_dtype}")
@@ -79,6 +81,12 @@ def page_table(rows: list[PageRow], dim: int, vector_dtype: str, bundle_fingerpr
     vectors = pa.ListArray.from_arrays(
         offsets, pa.FixedSizeListArray.from_arrays(pa.array(flat, value_type), dim))
     positions = pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(poss), pa.int32()))
+    if all(r.scores is not None for r in rows):
+        scores = pa.ListArray.from_arrays(offsets, pa.array(np.concatenate([np.asarray(r.scores, np.float64)
+                                                                            for r in rows]), pa.float64()))
+    else:
+        scores = pa.array([None if r.scores is None else np.asarray(r.scores, np.float64) for r in rows],
+                          pa.list_(pa.float64()))
     n = len(rows)
     columns = {
         "path": pa.array([str(r.path) for r in rows], pa.string()),
@@ -96,6 +104,7 @@ def page_table(rows: list[PageRow], dim: int, vector_dtype: str, bundle_fingerpr
         "method": pa.array([str(r.method) for r in rows], pa.string()),
         "bundle_fingerprint": pa.array([bundle_fingerprint] * n, pa.string()),
         "positions": positions,
+        "scores": scores,
         "vectors": vectors,
         "indexed_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
     }

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -159,6 +160,16 @@ class Index:
         # check for a newer table version at every read: a long-lived reader sees new pages
         db = _lancedb().connect(str(path), read_consistency_interval=_dt.timedelta(0))
         return cls(path, info, db, readonly=True, lock_fd=None)
+
+    @classmethod
+    def open_writer(cls, path: str | os.PathLike) -> Index:
+        """Lock an existing index for writing with its own fingerprint and dimension (the index
+        operations: prune's source, remove, compact); refuses a locked or missing index."""
+        path = Path(path)
+        if not (path / META_FILE).is_file():
+            raise SapIndexError(f"{path}: not a sapindex index (no {META_FILE})")
+        info = cls._read_info(path)
+        return cls.create_or_open(path, info["bundle_fingerprint"], int(info["dim"]))
 
     @staticmethod
     def _read_info(path: Path) -> dict:
@@ -378,14 +389,28 @@ class Index:
         stale = self._path_hashes.get(str(path), set()) - {str(content_hash)}
         return self._delete_hashes(str(path), stale)
 
-    def remove_path(self, path: str) -> int:
-        """Forget every row and failure of ``path`` (e.g. the file was deleted); return rows deleted.
-
-        Public for the commands that will maintain an index (no command calls it yet)."""
+    def remove_paths(self, targets: Iterable[str]) -> dict[str, list[str]]:
+        """Forget the documents at each target: a path as the index run was given it, or a
+        directory (every path under it). Pages go in one commit, then their failures. Returns
+        target -> the paths removed; SapIndexError naming a target that matches no indexed or
+        failed path, before anything is removed."""
         self._writable()
-        n = self._delete_hashes(str(path), set(self._path_hashes.get(str(path), set())))
-        self._delete_failures([k for k in self._failure_keys if k[0] == str(path)])
-        return n
+        known = self._path_hashes.keys() | {p for p, _ in self._failure_keys}
+        matched: dict[str, list[str]] = {}
+        for target in targets:
+            under = str(target).rstrip("/") + "/"
+            hits = sorted(p for p in known if p == str(target) or p.startswith(under))
+            if not hits:
+                raise SapIndexError(f"{target}: no indexed path is or lies under it; nothing removed")
+            matched[str(target)] = hits
+        gone = set().union(*matched.values()) if matched else set()
+        with_pages = sorted(p for p in gone if p in self._path_hashes)
+        if with_pages:
+            self._pages.delete(" OR ".join(in_lists("path", with_pages)))  # one commit, however many paths
+        for p in with_pages:
+            self._forget(p, set(self._path_hashes[p]))
+        self._delete_failures([k for k in self._failure_keys if k[0] in gone])
+        return matched
 
     def _delete_hashes(self, path: str, hashes: set[str]) -> int:
         if not hashes:
@@ -414,11 +439,10 @@ class Index:
         return len(latest)
 
     def compact(self, cleanup_older_than: _dt.timedelta | None = _dt.timedelta(0)) -> None:
-        """Merge the small fragments that many batches leave and delete old table versions
-        (older than ``cleanup_older_than``; do not run it while a reader is searching).
-
-        Public for the commands that will maintain an index (``run_index`` does not compact; the
-        benchmarks call it)."""
+        """Merge the small fragments that many batches leave and delete the table versions older
+        than ``cleanup_older_than`` (their files: what ``remove`` and re-indexed files left).
+        ``sapindex compact`` runs it; a reader that is reading one of those versions that moment
+        fails its read, hence the command's default grace period."""
         self._writable()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than")
@@ -437,9 +461,7 @@ class Index:
         return keys
 
     def indexed_paths(self) -> dict[str, set[str]]:
-        """path -> the content hashes stored for it (one, unless a re-index was interrupted).
-
-        Public for the commands that will maintain an index (no command calls it yet)."""
+        """path -> the content hashes stored for it (one, unless a re-index was interrupted)."""
         if not self.readonly:
             return {p: set(hs) for p, hs in self._path_hashes.items()}
         out: dict[str, set[str]] = {}
@@ -471,24 +493,28 @@ class Index:
                           vectors_before_pruning=before, failures=len(self.failures()),
                           bytes_on_disk=_dir_bytes(self.path))
 
-    def _rows(self, where: str | None = None, chunk_pages: int = DEFAULT_CHUNK_PAGES) -> Iterator[dict]:
+    def _rows(self, where: str | None = None, chunk_pages: int = DEFAULT_CHUNK_PAGES,
+              version: int | None = None) -> Iterator[dict]:
         stored = self._page_columns()
         names = [c for c in page_schema(self.dim, self.vector_dtype).names if c in stored]
-        for batch in self._scan(self._pages, names, where, batch_size=chunk_pages):
+        for batch in self.scan_pages(names, where, version, chunk_pages):
             vecs, voff = vectors_from_list(batch.column("vectors"), self.dim)
             pos, poff = ints_from_list(batch.column("positions"))
-            scalars = {c: batch.column(c).to_pylist() for c in names if c not in ("vectors", "positions")}
+            scores = batch.column("scores").to_numpy(zero_copy_only=False) if "scores" in names else None
+            scalars = {c: batch.column(c).to_pylist() for c in names if c not in ("vectors", "positions", "scores")}
             for i in range(batch.num_rows):
                 row = {c: scalars[c][i] for c in scalars}
                 row["global_rows"] = row.get("global_rows") or 0  # missing column or null: no global tile
                 row["global_cols"] = row.get("global_cols") or 0
                 row["positions"] = pos[poff[i]:poff[i + 1]]
+                row["scores"] = None if scores is None or scores[i] is None else np.asarray(scores[i], np.float64)
                 row["vectors"] = vecs[voff[i]:voff[i + 1]]
                 yield row
 
-    def iter_rows(self, chunk_pages: int = DEFAULT_CHUNK_PAGES) -> Iterator[dict]:
-        """Every stored row as a dict; ``positions`` int32 and ``vectors`` [n_kept, dim] float32."""
-        return self._rows(chunk_pages=chunk_pages)
+    def iter_rows(self, chunk_pages: int = DEFAULT_CHUNK_PAGES, version: int | None = None) -> Iterator[dict]:
+        """Every stored row as a dict; ``positions`` int32, ``vectors`` [n_kept, dim] float32 and
+        ``scores`` float64 (None for pages stored without them). ``version``: as of that version."""
+        return self._rows(chunk_pages=chunk_pages, version=version)
 
     def get(self, path: str, page: int) -> dict | None:
         """The stored row of ``page`` (1-based) of ``path``, as :meth:`iter_rows` gives it, or None.

@@ -16,6 +16,13 @@ A page row stores the kept, L2-normalised vectors of one page as
 page (1-based), width, height, grid_rows, grid_cols, global_rows, global_cols, n_visual (visual
 tokens before pruning), n_kept, keep_ratio, method, bundle_fingerprint, indexed_at.
 
+``scores`` (``list<float64>``, one per kept token, in the order of ``positions``) is the score
+SAP ranked the token by (its centrality, or the causally corrected one for method
+``sap-poscorr``), stored so that ``sapindex prune`` can lower the keep ratio without re-encoding:
+the top ``keep_count(n_visual, r)`` of them, ties to the lower position, is exactly the set an
+index run at ratio ``r`` keeps. Indexes from before this column open and search as before, and
+store no scores for their new pages; ``prune`` refuses them.
+
 Positions are spatial (``sapindex.runtime.layout``): position ``k < grid_rows*grid_cols`` is cell
 ``(k // grid_cols, k % grid_cols)`` of the page grid; Idefics3 pages also encode a downscaled copy
 of the whole page (the global tile), whose tokens follow as cells of a ``global_rows x
@@ -33,7 +40,8 @@ Changed files: when ``add_pages`` receives rows for a path that the index holds 
 content hash, the old rows of that path are deleted in the same commit as the new rows are
 added (a LanceDB merge-insert), so a re-indexed file never shows old and new pages together
 once its new pages are in. :meth:`Index.drop_stale` does the same when every page of the new
-content is already indexed elsewhere (nothing to add), :meth:`Index.remove_path` forgets a path.
+content is already indexed elsewhere (nothing to add), :meth:`Index.remove_paths` forgets paths
+(documents, or every path under a directory) in one commit.
 
 Failures: :meth:`Index.add_failures` records :class:`~sapindex.index.records.Failure` s (page
 None = the whole file, stored as page 0), replacing an earlier failure of the same (path, page).
@@ -99,6 +107,7 @@ def page_schema(dim: int, vector_dtype: str = "float16") -> pa.Schema:
         ("method", pa.string()),
         ("bundle_fingerprint", pa.string()),
         ("positions", pa.list_(pa.int32())),
+        ("scores", pa.list_(pa.float64())),  # SAP ranking score per kept token; absent in older indexes
         ("vectors", pa.list_(pa.list_(value, dim))),
         ("indexed_at", pa.timestamp("us", tz="UTC")),
     ])
@@ -155,6 +164,7 @@ class KeptVectors(Protocol):
     grid: tuple[int, int]
     n_visual: int
     global_grid: tuple[int, int] | None
+    scores: np.ndarray  # [k], the SAP ranking score of each kept token
 
 
 @dataclass
@@ -173,6 +183,7 @@ class PageRow:
     keep_ratio: float
     method: str = "sap"
     global_grid: tuple[int, int] = (0, 0)  # (rows, cols) of the global tile's grid; (0, 0): none
+    scores: np.ndarray | None = None  # [k] SAP ranking scores of the kept tokens (None: not known)
 
     @classmethod
     def from_encoded(cls, page: PageSource, encoded: KeptVectors, keep_ratio: float | None = None,
@@ -186,4 +197,4 @@ class PageRow:
                    height=height, grid=tuple(encoded.grid), n_visual=encoded.n_visual,
                    positions=encoded.positions, vectors=encoded.vectors,
                    keep_ratio=float(keep_ratio), method=method,
-                   global_grid=tuple(encoded.global_grid or (0, 0)))
+                   global_grid=tuple(encoded.global_grid or (0, 0)), scores=encoded.scores)
