@@ -17,9 +17,13 @@ def describe(path: str | Path) -> tuple[str, dict]:
     from sapindex.index.store import META_FILE, Index
 
     if (Path(path) / META_FILE).is_file():
+        from sapindex.search.first_stage import load_info
+
         with Index.open(path) as idx:
             return "index", {"path": str(path), "bundle_fingerprint": idx.bundle_fingerprint, "dim": idx.dim,
                              "vector_dtype": idx.vector_dtype, "meta": idx.meta, **idx.stats().to_dict(),
+                             "version": idx.version, "sap_scores": "scores" in idx._page_columns(),
+                             "first_stage": load_info(path),
                              "failure_list": [str(f) for f in idx.failures()]}
     from sapindex.runtime.bundle import Bundle
 

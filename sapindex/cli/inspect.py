@@ -33,8 +33,11 @@ def inspect(target, as_json):
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     elif kind == "index":
-        kv_table([*((key, summary[key]) for key in INDEX_KEYS), ("bytes_on_disk", size(summary["bytes_on_disk"]))],
-                 width=23)
+        kv_table([*((key, summary[key]) for key in INDEX_KEYS), ("bytes_on_disk", size(summary["bytes_on_disk"])),
+                  ("version", summary["version"]),
+                  ("sap_scores", "stored (prune can lower the keep ratio)" if summary["sap_scores"]
+                   else "not stored (an older index: prune refuses it)"),
+                  ("first_stage", _first_stage(summary["first_stage"]))], width=23)
         for failure in summary["failure_list"]:
             click.echo(f"  {failure}")
     else:
@@ -45,3 +48,12 @@ def inspect(target, as_json):
         if summary["quantization"]:
             rows.append(("quantization", quantized(summary["quantization"])))
         kv_table(rows, width=19)
+
+
+def _first_stage(info: dict | None) -> str:
+    from sapindex.search.searcher import TWO_STAGE_MIN_PAGES
+
+    if info is None:
+        return f"none: exact search (sapindex optimize builds one; used from {TWO_STAGE_MIN_PAGES} pages)"
+    return (f"{info['kind']}, {info['n_centroids']} centroids over {info['pages']} pages, built {info['built']} "
+            f"(two-stage search from {TWO_STAGE_MIN_PAGES} pages)")

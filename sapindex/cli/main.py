@@ -25,6 +25,7 @@ from sapindex.cli.export import export
 from sapindex.cli.index import index
 from sapindex.cli.info import info
 from sapindex.cli.inspect import inspect
+from sapindex.cli.optimize import optimize
 from sapindex.cli.prune import prune
 from sapindex.cli.remove import remove
 from sapindex.cli.search import search
@@ -44,8 +45,8 @@ def cli() -> None:
     """
 
 
-for command in (calibrate, info, export, index, search, serve, prune, remove, compact, eval_command, inspect,
-                demo):
+for command in (calibrate, info, export, index, search, serve, optimize, prune, remove, compact, eval_command,
+                inspect, demo):
     cli.add_command(command)
 
 

@@ -28,12 +28,15 @@ QUERIES_PER_STEP = 32  # queries searched between progress-bar updates (one text
 @click.option("--run-name", default="sapindex", show_default=True, help="The run column of a TREC run.")
 @click.option("--where", default=None, help="SQL filter on page columns, e.g. \"path LIKE '/archive/finance/%'\".")
 @click.option("--path-prefix", default=None, help="Only pages of paths starting with this.")
+@click.option("--exact", is_flag=True, help="Scan every page even where two-stage search applies (see optimize).")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle to encode the queries (default: the one the index was built with).")
 @device_option()
 @json_option("Print a JSON array of {path, page, score}, best first (one query).")
-def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, path_prefix, bundle, device, as_json):
-    """Search an index with exact MaxSim over the kept vectors.
+def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, path_prefix, exact, bundle, device,
+           as_json):
+    """Search an index: exact MaxSim over the kept vectors of every page, or of the first stage's
+    best candidates on a large optimized index (see `sapindex optimize`; --exact scans anyway).
 
     The bundle is loaded once for all queries of a --queries file.
 
@@ -60,7 +63,8 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
             with ProgressBar("searching", "query", quiet=not queries_file) as bar:
                 for i in range(0, len(queries), QUERIES_PER_STEP):
                     part = queries[i:i + QUERIES_PER_STEP]
-                    results = searcher.search_many([q.text for q in part], k, where=where, path_prefix=path_prefix)
+                    results = searcher.search_many([q.text for q in part], k, where=where, path_prefix=path_prefix,
+                                                   exact=exact)
                     if as_json:
                         click.echo(json.dumps([h._asdict() for h in results[0]], indent=2))
                     elif fmt == "text" and not queries_file:

@@ -17,7 +17,8 @@ Snapshots are immutable, so a search running while another thread refreshes keep
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class Block:
     pages: np.ndarray  # [P] int32, 1-based
     vectors: np.ndarray  # [n, dim], stored dtype
     starts: np.ndarray  # [P] int64, first vector of each page
+    codes: np.ndarray | None = None  # [n] uint16 first-stage centroid of each vector (None: no first stage)
 
     @property
     def n_pages(self) -> int:
@@ -48,9 +50,18 @@ class Block:
         if len(blocks) == 1:
             return blocks[0]
         offsets = np.cumsum([0] + [len(b.vectors) for b in blocks[:-1]])
+        codes = None if any(b.codes is None for b in blocks) else np.concatenate([b.codes for b in blocks])
         return Block(np.concatenate([b.paths for b in blocks]), np.concatenate([b.hashes for b in blocks]),
                      np.concatenate([b.pages for b in blocks]), np.concatenate([b.vectors for b in blocks]),
-                     np.concatenate([b.starts + o for b, o in zip(blocks, offsets)]))
+                     np.concatenate([b.starts + o for b, o in zip(blocks, offsets)]), codes)
+
+    def page_vectors(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the vectors of pages ``local`` one after another, each page's first row) for rescoring."""
+        ends = np.append(self.starts[1:], len(self.vectors))
+        lengths = ends[local] - self.starts[local]
+        first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        rows = np.repeat(self.starts[local] - first, lengths) + np.arange(lengths.sum())
+        return self.vectors[rows], first
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,11 @@ class Snapshot:
     n_vectors: int = 0
     loaded_at: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))  # last full read
 
+    @property
+    def page_base(self) -> np.ndarray:
+        """``[blocks + 1]`` index of each block's first page in snapshot order (then the total)."""
+        return np.cumsum([0] + [b.n_pages for b in self.blocks]).astype(np.int64)
+
     def scores(self, queries: np.ndarray, query_starts: np.ndarray):
         """Yield ``(block, scores [Q, P])`` for each block: exact MaxSim of the queries (stacked
         ``[rows, dim]`` float32, query ``i`` from row ``query_starts[i]``) against its pages."""
@@ -72,16 +88,20 @@ class Snapshot:
             yield block, maxsim_segments(queries, query_starts, vecs, block.starts)
 
 
-def _read(index: Index, version: int, where: str | None) -> tuple[list[Block], _dt.datetime | None]:
+Coder = Callable[[Block], np.ndarray]  # a block's first-stage codes
+
+
+def _read(index: Index, version: int, where: str | None,
+          coder: Coder | None) -> tuple[list[Block], _dt.datetime | None]:
     blocks, newest = [], None
     for batch in index.scan_pages(_COLUMNS, where=where, version=version, chunk_pages=BLOCK_PAGES):
         if batch.num_rows == 0:
             continue
         vecs, offsets = vectors_from_list(batch.column("vectors"), index.dim, dtype=None)
-        blocks.append(Block(np.asarray(batch.column("path").to_pylist(), dtype=object),
-                            np.asarray(batch.column("content_hash").to_pylist(), dtype=object),
-                            batch.column("page").to_numpy().astype(np.int32), np.ascontiguousarray(vecs),
-                            offsets[:-1].copy()))
+        block = Block(np.asarray(batch.column("path").to_pylist(), dtype=object),
+                      np.asarray(batch.column("content_hash").to_pylist(), dtype=object),
+                      batch.column("page").to_numpy().astype(np.int32), np.ascontiguousarray(vecs), offsets[:-1].copy())
+        blocks.append(replace(block, codes=coder(block)) if coder else block)
         t = max(batch.column("indexed_at").to_pylist())
         newest = t if newest is None or t > newest else newest
     return blocks, newest
@@ -93,26 +113,26 @@ def _snapshot(version: int, blocks: list[Block], newest, loaded_at: _dt.datetime
                     sum(len(b.vectors) for b in blocks), **extra)
 
 
-def load(index: Index) -> Snapshot:
-    """Every page of the index's current version."""
+def load(index: Index, coder: Coder | None = None) -> Snapshot:
+    """Every page of the index's current version (with first-stage codes when given a ``coder``)."""
     version = index.version
-    return _snapshot(version, *_read(index, version, None))
+    return _snapshot(version, *_read(index, version, None, coder))
 
 
-def refresh(index: Index, snap: Snapshot) -> Snapshot:
+def refresh(index: Index, snap: Snapshot, coder: Coder | None = None) -> Snapshot:
     """``snap`` if the index has not changed since, else a snapshot of its current version
     (appending the pages a writer added, or reloading after anything else)."""
     version = index.version
     if version == snap.version:
         return snap
     if snap.newest is None:
-        return _snapshot(version, *_read(index, version, None))
+        return _snapshot(version, *_read(index, version, None, coder))
     stamp = snap.newest.isoformat().replace("+00:00", "")
-    added, newest = _read(index, version, f"indexed_at > timestamp '{stamp}'")
+    added, newest = _read(index, version, f"indexed_at > timestamp '{stamp}'", coder)
     n_added = sum(b.n_pages for b in added)
     total = sum(b.num_rows for b in index.scan_pages(["page"], version=version, chunk_pages=65536))
     if total != snap.n_pages + n_added:  # rows were deleted too: reload
-        return _snapshot(version, *_read(index, version, None))
+        return _snapshot(version, *_read(index, version, None, coder))
     blocks = list(snap.blocks)
     if added and blocks and blocks[-1].n_pages + n_added <= BLOCK_PAGES:
         blocks[-1] = Block.concat([blocks[-1], *added])  # keep many one-page commits from making many blocks

@@ -17,16 +17,22 @@ import numpy as np
 
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit, Index
-from sapindex.index.store.search import TopK, query_matrix
+from sapindex.index.store.search import ONE_QUERY, TopK, query_matrix
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
-from sapindex.search import resident
+from sapindex.sap import maxsim_segments
+from sapindex.search import first_stage, resident
 
 # Queries longer than this are refused: ColPali-family queries are a sentence or two, and the text
 # graph's attention grows with the square of the length (a pasted document would take gigabytes).
 MAX_QUERY_TOKENS = 512
 QUERY_BATCH = 32  # queries per text-graph call in search_many
+# Two-stage search (bench/two_stage.py, RESULTS.md "Two-stage search"): used from this many pages
+# on when the index has a first stage; centroids probed per query token; pages rescored exactly.
+TWO_STAGE_MIN_PAGES = 20000
+NPROBE = 16
+DEPTH = 512
 
 
 def open_encoder(index: Index, bundle_path: str | Path | None = None, device: str = "cpu",
@@ -51,17 +57,24 @@ class Searcher:
     >>> with Searcher.open("my-index") as s:
     ...     hits = s.search("what was the 2023 revenue?", k=5)
 
-    Thread-safe: a service calls it from many threads (queries are encoded one batch at a time,
-    scoring runs in parallel on immutable snapshots).
+    Exact MaxSim over every page, unless the index has a first stage (``sapindex optimize``) and
+    holds at least ``two_stage_min_pages`` pages: then the ``depth`` best candidates of the first
+    stage (:mod:`sapindex.search.first_stage`) are rescored exactly. ``exact=True`` (per search)
+    forces the full scan. Thread-safe: a service calls it from many threads (queries are encoded
+    one batch at a time, scoring runs in parallel on immutable snapshots).
     """
 
-    def __init__(self, index: Index, encoder: Encoder, *, max_query_tokens: int = MAX_QUERY_TOKENS):
+    def __init__(self, index: Index, encoder: Encoder, *, max_query_tokens: int = MAX_QUERY_TOKENS,
+                 two_stage_min_pages: int = TWO_STAGE_MIN_PAGES, nprobe: int = NPROBE, depth: int = DEPTH):
         self.index = index
         self.encoder = encoder
         self.max_query_tokens = max_query_tokens
+        self.two_stage_min_pages, self.nprobe, self.depth = two_stage_min_pages, nprobe, depth
         self._encode_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._snap = resident.load(index)
+        self._stage = first_stage.load(index.path)
+        self._snap = resident.load(index, self._coder())
+        self._postings: tuple[resident.Snapshot, first_stage.Postings] | None = None
 
     @classmethod
     def open(cls, index: str | Path, bundle: str | Path | None = None, device: str = "cpu",
@@ -81,19 +94,45 @@ class Searcher:
 
     # ------------------------------------------------------------------ state
 
+    def _coder(self):
+        stage = self._stage
+        if stage is None:
+            return None
+        return lambda b: stage.codes_for(b.hashes, b.pages, b.vectors, b.starts)
+
     def refresh(self) -> bool:
-        """Take in what a writer committed since the last call; True when the index changed."""
+        """Take in what a writer committed (and a first stage ``optimize`` rebuilt) since the last
+        call; True when anything changed."""
         with self._refresh_lock:
             before = self._snap
-            self._snap = resident.refresh(self.index, before)
+            info = first_stage.load_info(self.index.path)
+            if (info and info["dir"]) != (self._stage.info["dir"] if self._stage else None):
+                self._stage = first_stage.load(self.index.path)
+                self._snap = resident.load(self.index, self._coder())
+            else:
+                self._snap = resident.refresh(self.index, before, self._coder())
             return self._snap is not before
 
+    def first_stage(self) -> dict | None:
+        """The first stage searched with (its ``first_stage.json``), None without one."""
+        return self._stage.info if self._stage else None
+
+    def two_stage(self, exact: bool = False) -> bool:
+        """Whether a search now goes through the first stage."""
+        return not exact and self._stage is not None and self._snap.n_pages >= self.two_stage_min_pages
+
     def stats(self) -> dict:
-        """Pages, vectors and version as searched now, and the bundle's identity."""
+        """Pages, vectors and version as searched now, the search path, and the bundle's identity."""
         self.refresh()
         snap, bundle = self._snap, self.encoder.bundle
+        stage = self.first_stage()
         return {"index": str(self.index.path), "version": snap.version, "pages": snap.n_pages,
                 "vectors": snap.n_vectors, "dim": self.index.dim, "loaded_at": snap.loaded_at.isoformat(),
+                "search": "two-stage" if self.two_stage() else "exact",
+                "first_stage": None if stage is None else {
+                    "kind": stage["kind"], "n_centroids": stage["n_centroids"], "built": stage["built"],
+                    "pages_at_build": stage["pages"], "nprobe": self.nprobe, "depth": self.depth,
+                    "min_pages": self.two_stage_min_pages},
                 "bundle": {"path": str(bundle.path), "family": bundle.family,
                            "fingerprint": bundle.fingerprint, "window": list(bundle.window)}}
 
@@ -123,22 +162,23 @@ class Searcher:
                 out.extend(self.encoder.encode_queries(queries[i:i + QUERY_BATCH]))
         return out
 
-    def search(self, query: str, k: int = 10, *, where: str | None = None,
-               path_prefix: str | None = None) -> list[Hit]:
-        """The ``k`` best pages for ``query``, best first (see :meth:`search_many` for the filters)."""
-        return self.search_many([query], k, where=where, path_prefix=path_prefix)[0]
+    def search(self, query: str, k: int = 10, *, where: str | None = None, path_prefix: str | None = None,
+               exact: bool = False) -> list[Hit]:
+        """The ``k`` best pages for ``query``, best first (see :meth:`search_many`)."""
+        return self.search_many([query], k, where=where, path_prefix=path_prefix, exact=exact)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 10, *, where: str | None = None,
-                    path_prefix: str | None = None) -> list[list[Hit]]:
+                    path_prefix: str | None = None, exact: bool = False) -> list[list[Hit]]:
         """The ``k`` best pages for each query, best first, ties broken by (path, page).
 
         ``where``: a SQL filter on the index's page columns (``"path LIKE '/archive/finance/%'"``,
         ``"page <= 3"``); ``path_prefix``: only paths starting with it. Both may be given.
+        ``exact``: scan every page even where the first stage would be used.
         """
-        return self.search_vectors(self.encode(queries), k, where=where, path_prefix=path_prefix)
+        return self.search_vectors(self.encode(queries), k, where=where, path_prefix=path_prefix, exact=exact)
 
     def search_vectors(self, query_vectors: Sequence[np.ndarray], k: int = 10, *, where: str | None = None,
-                       path_prefix: str | None = None) -> list[list[Hit]]:
+                       path_prefix: str | None = None, exact: bool = False) -> list[list[Hit]]:
         """:meth:`search_many` for queries already encoded (``[M, dim]`` each)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise SapIndexError(f"k must be a positive integer, got {k!r}")
@@ -147,22 +187,64 @@ class Searcher:
             return []
         self.refresh()
         snap = self._snap
-        allowed = self._allowed(snap, where)
+        masks = self._masks(snap, where, path_prefix)
+        if self.two_stage(exact) and snap.n_pages > self.depth:
+            return [self._two_stage(snap, q, int(k), masks) for q in qs]
         stacked = np.concatenate(qs)
         starts = np.cumsum([0] + [len(q) for q in qs[:-1]]).astype(np.int64)
         tops = [TopK(int(k)) for _ in qs]
-        for block, scores in snap.scores(stacked, starts):
+        for (block, scores), mask in zip(snap.scores(stacked, starts), masks or [None] * len(snap.blocks)):
+            if mask is not None and not mask.all():
+                scores[:, ~mask] = -np.inf
+            for top, row in zip(tops, scores):
+                top.add(row, block.paths, block.pages)
+        return [top.hits() for top in tops]
+
+    def _two_stage(self, snap: resident.Snapshot, q: np.ndarray, k: int, masks) -> list[Hit]:
+        postings = self._postings_for(snap)
+        allowed = None if masks is None else np.concatenate(masks)
+        cand = np.sort(postings.candidates(q @ self._stage.codebook.centroids.T, self.nprobe,
+                                           max(self.depth, k), allowed))
+        base = snap.page_base
+        which = np.searchsorted(base, cand, side="right") - 1
+        top = TopK(k)
+        for b in np.unique(which):
+            block, local = snap.blocks[b], cand[which == b] - base[b]
+            vecs, first = block.page_vectors(local)
+            scores = maxsim_segments(q, ONE_QUERY, vecs.astype(np.float32, copy=False), first)[0]
+            top.add(scores, block.paths[local], block.pages[local])
+        return top.hits()
+
+    def _postings_for(self, snap: resident.Snapshot) -> first_stage.Postings:
+        cached = self._postings
+        if cached is not None and cached[0] is snap:
+            return cached[1]
+        with self._refresh_lock:
+            cached = self._postings
+            if cached is not None and cached[0] is snap:
+                return cached[1]
+            codes = np.concatenate([b.codes for b in snap.blocks])
+            lengths = np.concatenate([np.diff(np.append(b.starts, len(b.vectors))) for b in snap.blocks])
+            page_of_token = np.repeat(np.arange(snap.n_pages, dtype=np.int64), lengths)
+            postings = first_stage.Postings(codes, page_of_token, snap.n_pages, self._stage.codebook.size)
+            self._postings = (snap, postings)
+            return postings
+
+    def _masks(self, snap: resident.Snapshot, where: str | None, path_prefix: str | None) -> list[np.ndarray] | None:
+        """Per block, which pages pass the filters (None: no filter)."""
+        if not where and not path_prefix:
+            return None
+        allowed = self._allowed(snap, where)
+        masks = []
+        for block in snap.blocks:
             mask = np.ones(block.n_pages, bool)
             if allowed is not None:
                 mask &= np.fromiter(((h, p) in allowed for h, p in zip(block.hashes, block.pages.tolist())),
                                     bool, block.n_pages)
             if path_prefix:
                 mask &= np.fromiter((p.startswith(path_prefix) for p in block.paths), bool, block.n_pages)
-            if not mask.all():
-                scores[:, ~mask] = -np.inf
-            for top, row in zip(tops, scores):
-                top.add(row, block.paths, block.pages)
-        return [top.hits() for top in tops]
+            masks.append(mask)
+        return masks
 
     def _allowed(self, snap: resident.Snapshot, where: str | None) -> set[tuple[str, int]] | None:
         """The (content_hash, page) keys of the snapshot's version that pass ``where`` (None: no filter)."""

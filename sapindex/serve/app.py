@@ -110,7 +110,8 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         """The ``k`` best pages for one query: ``{"hits": [{rank, path, page, score}], ...}``."""
         started = time.perf_counter()
         searcher.check_queries([body.query], ["query"])
-        hits = searcher.search(body.query, body.k, where=body.where, path_prefix=body.path_prefix)
+        hits = searcher.search(body.query, body.k, where=body.where, path_prefix=body.path_prefix,
+                               exact=body.exact)
         return {"hits": _hits(hits), "version": searcher.index.version,
                 "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 
@@ -119,7 +120,8 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         """The ``k`` best pages for each query, in order: ``{"results": [{"hits": [...]}, ...]}``."""
         started = time.perf_counter()
         searcher.check_queries(body.queries, [f"queries[{i}]" for i in range(len(body.queries))])
-        results = searcher.search_many(body.queries, body.k, where=body.where, path_prefix=body.path_prefix)
+        results = searcher.search_many(body.queries, body.k, where=body.where, path_prefix=body.path_prefix,
+                                       exact=body.exact)
         return {"results": [{"hits": _hits(h)} for h in results], "version": searcher.index.version,
                 "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 

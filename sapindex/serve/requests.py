@@ -20,6 +20,7 @@ class Filters(_Strict):
     k: int = Field(10, ge=1, le=MAX_K, strict=True, description="hits per query")
     where: str | None = Field(None, description="SQL filter on page columns, e.g. \"path LIKE '/a/%'\"")
     path_prefix: str | None = Field(None, description="only paths starting with this")
+    exact: bool = Field(False, strict=True, description="scan every page even where two-stage search applies")
 
 
 class SearchRequest(Filters):

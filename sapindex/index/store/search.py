@@ -20,7 +20,7 @@ from sapindex.index.store._arrow import vectors_from_list
 from sapindex.index.store.schema import Hit
 from sapindex.sap import maxsim_segments
 
-_ONE_QUERY = np.zeros(1, dtype=np.int64)  # query_starts of a single query
+ONE_QUERY = np.zeros(1, dtype=np.int64)  # query_starts of a single query
 
 
 def query_matrix(query_vectors: Any, dim: int) -> np.ndarray:
@@ -83,6 +83,6 @@ def ranked_hits(batches: Iterable[pa.RecordBatch], q: np.ndarray, dim: int, k: i
         if batch.num_rows == 0:
             continue
         vecs, offsets = vectors_from_list(batch.column("vectors"), dim)
-        scores = maxsim_segments(q, _ONE_QUERY, vecs, offsets[:-1])[0]  # [pages]
+        scores = maxsim_segments(q, ONE_QUERY, vecs, offsets[:-1])[0]  # [pages]
         top.add(scores, batch.column("path"), batch.column("page"))
     return top.hits()
