@@ -10,6 +10,7 @@ import click
 
 from sapindex.cli._options import device_option, json_option
 from sapindex.cli._output import ProgressBar
+from sapindex.errors import EXIT_PARTIAL
 
 QUERIES_PER_STEP = 32  # queries searched between progress-bar updates (one text-graph batch)
 
@@ -28,13 +29,15 @@ QUERIES_PER_STEP = 32  # queries searched between progress-bar updates (one text
 @click.option("--run-name", default="sapindex", show_default=True, help="The run column of a TREC run.")
 @click.option("--where", default=None, help="SQL filter on page columns, e.g. \"path LIKE '/archive/finance/%'\".")
 @click.option("--path-prefix", default=None, help="Only pages of paths starting with this.")
+@click.option("--explain", "explain_dir", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG per hit to this directory: kept patches outlined, the matched ones filled.")
 @click.option("--exact", is_flag=True, help="Scan every page even where two-stage search applies (see optimize).")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle to encode the queries (default: the one the index was built with).")
 @device_option()
 @json_option("Print a JSON array of {path, page, score}, best first (one query).")
-def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, path_prefix, exact, bundle, device,
-           as_json):
+def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, path_prefix, explain_dir, exact, bundle,
+           device, as_json):
     """Search an index: exact MaxSim over the kept vectors of every page, or of the first stage's
     best candidates on a large optimized index (see `sapindex optimize`; --exact scans anyway).
 
@@ -45,6 +48,10 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
       sapindex search myindex "what was the 2023 revenue?" -k 5
       sapindex search myindex --queries questions.jsonl --format trec --out run.trec
       sapindex search myindex "travel policy" --where "path LIKE '/archive/hr/%'"
+      sapindex search myindex "2023 revenue" -k 3 --explain why/
+
+    Exit code 3: the results were written but some --explain pictures could not be drawn
+    (their files gone or changed since indexing; each is named on stderr).
     """
     from sapindex.errors import SapIndexError
     from sapindex.search import Searcher
@@ -56,6 +63,7 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
         raise SapIndexError("--json prints one query's hits; with --queries use --format jsonl")
     queries = read_queries(queries_file) if queries_file else [Query("q1", " ".join(query), "the query")]
     fmt = fmt or ("jsonl" if queries_file else "text")
+    failed = 0
     with Searcher.open(index_dir, bundle, device) as searcher:
         searcher.check_queries([q.text for q in queries], [q.where for q in queries])
         out = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
@@ -72,7 +80,29 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
                             out.write(f"{rank:>3}. {h.score:9.4f}  {h.path}  page {h.page}\n")
                     else:
                         write_run(out, part, results, fmt, run_name)
+                    if explain_dir:
+                        failed += _explain(searcher, explain_dir, part, results)
                     bar.reach(i + len(part), len(queries))
         finally:
             if out_file:
                 out.close()
+    if failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _explain(searcher, directory: Path, queries, results) -> int:
+    """``DIR/<query id>-<rank>.png`` for every hit; return how many could not be drawn."""
+    from sapindex.errors import SapIndexError
+    from sapindex.search import explain
+
+    directory.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for q, hits in zip(queries, results):
+        for rank, hit in enumerate(hits, start=1):
+            ex = explain.explain(searcher, q.text, hit.path, hit.page)
+            try:
+                explain.picture(ex).save(directory / f"{q.id}-{rank}.png")
+            except SapIndexError as exc:
+                click.echo(f"warning: no picture for {q.id} rank {rank}: {exc}", err=True)
+                failed += 1
+    return failed

@@ -387,6 +387,19 @@ def _open(path: str, max_pixels: int) -> tuple[_Doc, FileInfo]:
     return doc, FileInfo(path, content_hash, doc.n_pages, doc.kind, st.st_size)
 
 
+def render_page(path: str | os.PathLike, page: int, dpi: float = DEFAULT_DPI,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, FileInfo]:
+    """One page (1-based) of a file as RGB, and the file's info (its content hash tells whether it
+    is still the file that was indexed); InputError with the reason when it cannot be rendered."""
+    doc, info = _open(os.fspath(path), max_pixels)
+    try:
+        if not 1 <= page <= info.n_pages:
+            raise InputError(info.path, f"has {info.n_pages} page(s), no page {page}")
+        return doc.render(page, dpi, max_pixels), info
+    finally:
+        doc.close()
+
+
 def describe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileInfo:
     """Content hash and page count of one file, without rendering any page.
 

@@ -2,9 +2,10 @@
 
 Why resident: ``Index.search`` reads every stored vector from disk per query, which is right for
 one query and wrong for a service answering all day (at 10^5 pages the read alone takes seconds).
-A :class:`Snapshot` holds every page's kept vectors in the stored dtype (float16: 2 bytes a value,
-~1.9 GB for 10^5 pages of 74 vectors) in blocks of at most :data:`BLOCK_PAGES` pages, scored
-block by block in float32 so the temporary stays bounded.
+A :class:`Snapshot` holds every page's kept vectors as float32 (4 bytes a value: ~3.8 GB for 10^5
+pages of 74 vectors) in blocks of at most :data:`BLOCK_PAGES` pages. float32 and not the stored
+float16, because numpy converts float16 at ~2 GB/s on a 2-core machine: converting at query time
+cost more than the matmul itself (bench/two_stage.py profile, RESULTS.md "Two-stage search").
 
 Refresh: a snapshot records the pages table version it was read at. When the table has moved on,
 :func:`refresh` reads the newer version pinned (one consistent state however fast a writer
@@ -22,11 +23,12 @@ from typing import Callable
 
 import numpy as np
 
+from sapindex.errors import SapIndexError
 from sapindex.index.store import Index
 from sapindex.index.store._arrow import vectors_from_list
 from sapindex.sap import maxsim_segments
 
-BLOCK_PAGES = 2048  # pages per resident block: ~150k vectors, a ~75 MB float32 temporary when scored
+BLOCK_PAGES = 2048  # pages per resident block: ~150k vectors, a [query tokens, 150k] temporary when scored
 _COLUMNS = ["path", "content_hash", "page", "vectors", "indexed_at"]
 
 
@@ -37,7 +39,7 @@ class Block:
     paths: np.ndarray  # [P] object (str)
     hashes: np.ndarray  # [P] object (str)
     pages: np.ndarray  # [P] int32, 1-based
-    vectors: np.ndarray  # [n, dim], stored dtype
+    vectors: np.ndarray  # [n, dim] float32
     starts: np.ndarray  # [P] int64, first vector of each page
     codes: np.ndarray | None = None  # [n] uint16 first-stage centroid of each vector (None: no first stage)
 
@@ -84,8 +86,7 @@ class Snapshot:
         """Yield ``(block, scores [Q, P])`` for each block: exact MaxSim of the queries (stacked
         ``[rows, dim]`` float32, query ``i`` from row ``query_starts[i]``) against its pages."""
         for block in self.blocks:
-            vecs = block.vectors.astype(np.float32, copy=False)
-            yield block, maxsim_segments(queries, query_starts, vecs, block.starts)
+            yield block, maxsim_segments(queries, query_starts, block.vectors, block.starts)
 
 
 Coder = Callable[[Block], np.ndarray]  # a block's first-stage codes
@@ -97,7 +98,7 @@ def _read(index: Index, version: int, where: str | None,
     for batch in index.scan_pages(_COLUMNS, where=where, version=version, chunk_pages=BLOCK_PAGES):
         if batch.num_rows == 0:
             continue
-        vecs, offsets = vectors_from_list(batch.column("vectors"), index.dim, dtype=None)
+        vecs, offsets = vectors_from_list(batch.column("vectors"), index.dim)
         block = Block(np.asarray(batch.column("path").to_pylist(), dtype=object),
                       np.asarray(batch.column("content_hash").to_pylist(), dtype=object),
                       batch.column("page").to_numpy().astype(np.int32), np.ascontiguousarray(vecs), offsets[:-1].copy())
@@ -113,8 +114,32 @@ def _snapshot(version: int, blocks: list[Block], newest, loaded_at: _dt.datetime
                     sum(len(b.vectors) for b in blocks), **extra)
 
 
+def available_bytes() -> int | None:
+    """Memory the kernel says a new allocation can use (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(index: Index) -> None:
+    """SapIndexError when the index's kept vectors (float32) would not fit in 90 % of free memory."""
+    need = sum(int(b.column("n_kept").to_numpy().sum()) for b in index.scan_pages(["n_kept"], chunk_pages=65536))
+    need *= 4 * index.dim
+    free = available_bytes()
+    if free is not None and need > 0.9 * free:
+        raise SapIndexError(f"{index.path}: searching it keeps its kept vectors in memory ({need / 1e9:.1f} GB as "
+                            f"float32), but only {free / 1e9:.1f} GB is free; use a machine with more memory or "
+                            "a smaller index (sapindex prune)")
+
+
 def load(index: Index, coder: Coder | None = None) -> Snapshot:
     """Every page of the index's current version (with first-stage codes when given a ``coder``)."""
+    check_fits(index)
     version = index.version
     return _snapshot(version, *_read(index, version, None, coder))
 

@@ -32,7 +32,7 @@ QUERY_BATCH = 32  # queries per text-graph call in search_many
 # on when the index has a first stage; centroids probed per query token; pages rescored exactly.
 TWO_STAGE_MIN_PAGES = 20000
 NPROBE = 16
-DEPTH = 512
+DEPTH = 1024
 
 
 def open_encoder(index: Index, bundle_path: str | Path | None = None, device: str = "cpu",
@@ -211,7 +211,7 @@ class Searcher:
         for b in np.unique(which):
             block, local = snap.blocks[b], cand[which == b] - base[b]
             vecs, first = block.page_vectors(local)
-            scores = maxsim_segments(q, ONE_QUERY, vecs.astype(np.float32, copy=False), first)[0]
+            scores = maxsim_segments(q, ONE_QUERY, vecs, first)[0]
             top.add(scores, block.paths[local], block.pages[local])
         return top.hits()
 

@@ -2,11 +2,12 @@
 
 Errors: every refused request gets a JSON body ``{"error": "<one line naming the field and the
 reason>"}`` and a 4xx status: 400 for a body that is not JSON or a query the model refuses (too
-long, a malformed ``where``), 401 without the bearer token (when one is configured), 404 for a
-page the index does not hold, 422 for a field that is missing, unknown, mistyped or out of
-range, 415 for a body sent as something other than JSON. An unexpected exception in one request
-answers 500 with its one-line reason and leaves the service running. Sync routes run in the
-server's thread pool, so slow requests do not block ``/health``; the searcher is thread-safe.
+long, a malformed ``where``), 401 without the bearer token (when one is configured), 404 for a page
+the index does not hold, 409 for an ``/explain`` page whose file is gone or changed, 422 for a field
+that is missing, unknown, mistyped or out of range, 415 for a body sent as something other than
+JSON. An unexpected exception in one request answers 500 with its one-line reason and leaves the
+service running. Sync routes run in the server's thread pool, so slow requests do not block
+``/health``; the searcher is thread-safe.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from __future__ import annotations
 import hmac
 import time
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sapindex import __version__
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit
-from sapindex.search import Searcher
+from sapindex.search import Searcher, explain
 from sapindex.serve.requests import MAX_BATCH, MAX_K, BatchRequest, SearchRequest
 
 
@@ -40,7 +41,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     first = errors[0] if errors else {"type": "", "loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         return 400, "the request body is not valid JSON"
-    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    loc = [str(x) for x in first.get("loc", ())]
+    loc = loc[1:] if loc and loc[0] in ("body", "query") else loc  # where it was sent, not its name
     if not loc:  # no body, or a body that is not an object (a list, a number)
         return 422, "the request body must be a JSON object"
     field = ".".join(loc)
@@ -124,5 +126,23 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
                                        exact=body.exact)
         return {"results": [{"hits": _hits(h)} for h in results], "version": searcher.index.version,
                 "took_ms": round(1000 * (time.perf_counter() - started), 3)}
+
+    @app.get("/explain")
+    def explain_hit(query: str = Query(..., min_length=1), path: str = Query(...), page: int = Query(..., ge=1),
+                    format: str = Query("png", pattern="^(png|json)$")):
+        """Why ``path`` page ``page`` matched ``query``: a PNG (kept patches outlined, the patches the
+        query's tokens matched filled by their contribution) or, with ``format=json``, the numbers."""
+        searcher.check_queries([query], ["query"])
+        try:
+            ex = explain.explain(searcher, query, path, page)
+        except LookupError as exc:
+            raise _Refused(404, str(exc)) from None
+        if format == "json":
+            return ex.to_dict()
+        try:
+            image = explain.picture(ex)
+        except SapIndexError as exc:
+            raise _Refused(409, f"cannot draw the page: {exc}") from None
+        return Response(explain.png_bytes(image), media_type="image/png")
 
     return app

@@ -160,3 +160,12 @@ def test_concurrent_searches_while_a_writer_commits(writer, encoder):
     assert not errors
     assert set(counts) <= set(range(60, 91, 6))  # whole commits only
     same(searcher.search_vectors(q, 500)[0], writer.search(q[0], k=500))
+
+
+def test_an_index_too_large_for_memory_is_refused_before_loading(writer, encoder, monkeypatch):
+    writer.add_pages(rows(10))
+    monkeypatch.setattr(resident, "available_bytes", lambda: 1000)
+    with pytest.raises(SapIndexError, match=r"keeps its kept vectors in memory \(0.0 GB as float32\), but only"):
+        Searcher(Index.open(writer.path), encoder)
+    monkeypatch.setattr(resident, "available_bytes", lambda: None)  # unknown: no refusal
+    assert Searcher(Index.open(writer.path), encoder).stats()["pages"] == 10

@@ -4,6 +4,7 @@ and the service still alive; the bearer token; the refusals before it starts."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -63,6 +65,13 @@ class Server:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
 
+    def get_raw(self, route: str) -> tuple[int, str, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + route, timeout=60) as resp:
+                return resp.status, resp.headers.get("content-type", ""), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("content-type", ""), err.read()
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -110,6 +119,16 @@ def test_search_batch_stats_and_health(served):
     assert status == 200 and [Path(h["path"]).name for h in only["hits"]] == [name]
 
 
+def test_concurrent_clients_get_the_same_answers(served):
+    server, _ = served
+    queries = ["annual report", "travel policy", "revenue", "figure 2"]
+    want = {q: server.call("POST", "/search", {"query": q, "k": 3})[1]["hits"] for q in queries}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda q: (q, server.call("POST", "/search", {"query": q, "k": 3})), queries * 6))
+    assert all(status == 200 and [h["path"] for h in answer["hits"]] == [h["path"] for h in want[q]]
+               for q, (status, answer) in got)
+
+
 @pytest.mark.parametrize("route, body, raw, content_type, status, message", [
     ("/search", {"k": 3}, None, "application/json", 422, "query: Field required"),
     ("/search", {"query": "x", "k": 0}, None, "application/json", 422, "k: Input should be greater than or equal to 1"),
@@ -150,6 +169,30 @@ def test_pages_indexed_while_serving_become_searchable(served):
     _, only_new = server.call("POST", "/search", {"query": "annual report", "k": 100,
                                                   "path_prefix": str(added)})
     assert sorted(Path(h["path"]).name for h in only_new["hits"]) == ["new-0.png", "new-1.png"]
+
+
+def test_explain(served):
+    server, root = served
+    _, one = server.call("POST", "/search", {"query": "annual report", "k": 1})
+    hit = one["hits"][0]
+    route = "/explain?" + urllib.parse.urlencode({"query": "annual report", "path": hit["path"], "page": hit["page"]})
+    status, ctype, body = server.get_raw(route)
+    assert status == 200 and ctype == "image/png" and body.startswith(b"\x89PNG")
+    status, numbers = server.call("GET", route + "&format=json")
+    assert status == 200 and numbers["score"] == pytest.approx(hit["score"], rel=1e-5)
+    assert sum(m["contribution"] for m in numbers["matches"]) == pytest.approx(hit["score"], rel=1e-5)
+    missing = "/explain?" + urllib.parse.urlencode({"query": "x", "path": "/nope.png", "page": 1})
+    status, answer = server.call("GET", missing)
+    assert status == 404 and "is not in the index" in answer["error"]
+    status, answer = server.call("GET", "/explain?path=a.png&page=1")
+    assert status == 422 and answer["error"] == "query: Field required"
+    status, answer = server.call("GET", route.replace("page=1", "page=0"))
+    assert status == 422 and "page" in answer["error"]
+    gone = root / "more" / "new-1.png"  # indexed while serving (the test above), now deleted
+    gone.unlink()
+    route = "/explain?" + urllib.parse.urlencode({"query": "x", "path": str(gone), "page": 1})
+    status, answer = server.call("GET", route)
+    assert status == 409 and "no such file or directory" in answer["error"]
 
 
 def test_bearer_token(served, tmp_path):
