@@ -216,10 +216,12 @@ def first_stage_table(searcher, qs, exact_hits, depths, n_pages, work) -> list[d
     return rows
 
 
-def lancedb_multivector(searcher, qs, exact_hits, work: Path) -> dict:
-    """LanceDB's own multivector IVF_PQ index (cosine) over the same kept vectors, float32."""
+def lancedb_multivector(searcher, qs, exact_hits, work: Path, depth: int) -> list[dict]:
+    """LanceDB's own multivector IVF_PQ index (cosine) over the same kept vectors (float32): its own
+    top 10, and its top ``depth`` rescored exactly like the other first stages."""
     import lancedb
     import pyarrow as pa
+    from lancedb.index import IvfPq
 
     snap = searcher._snap
     vecs = np.concatenate([b.vectors for b in snap.blocks]).astype(np.float32)
@@ -227,26 +229,34 @@ def lancedb_multivector(searcher, qs, exact_hits, work: Path) -> dict:
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     col = pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)),
                                                                               vecs.shape[1]))
-    keys = [f"{p}#{n}" for b in snap.blocks for p, n in zip(b.paths, b.pages.tolist())]
     db = lancedb.connect(str(work / "lancedb-mv"))
-    table = db.create_table("pages", pa.table({"key": keys, "vectors": col}), mode="overwrite")
+    table = db.create_table("pages", pa.table({"idx": np.arange(snap.n_pages), "vectors": col}), mode="overwrite")
     t = time.perf_counter()
-    from lancedb.index import IvfPq
-
     table.create_index("vectors", config=IvfPq(distance_type="cosine"))
     build = time.perf_counter() - t
 
-    def one(q):
-        r = table.search(q, vector_column_name="vectors").limit(10).select(["key"]).to_arrow()
-        return [k for k in r["key"].to_pylist()]
+    def top(q, n):
+        return np.asarray(table.search(q, vector_column_name="vectors").limit(n).select(["idx"])
+                          .to_arrow()["idx"].to_numpy())
 
-    one(qs[0])
-    lat, got = timed(one, qs)
-    want = [[f"{h.path}#{h.page}" for h in w[:10]] for w in exact_hits]
-    rec = float(np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want)]))
+    base = snap.page_base
+    key = [(b.paths, b.pages) for b in snap.blocks]
+
+    def name(i):
+        j = np.searchsorted(base, i, side="right") - 1
+        return (key[j][0][i - base[j]], int(key[j][1][i - base[j]]))
+
+    top(qs[0], 10)
+    lat, got = timed(lambda q: top(q, 10), qs)
+    want = [{(h.path, h.page) for h in w[:10]} for w in exact_hits]
+    rows = [{"first_stage": "LanceDB multivector IVF_PQ (its own top 10, no rescoring)", "depth": "-",
+             "recall@10": float(np.mean([len({name(i) for i in g} & w) / 10 for g, w in zip(got, want)])),
+             "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "build_s": build}]
+    lat, got = timed(lambda q: rescore(searcher, q, top(q, depth), 10), qs)
+    rows.append({"first_stage": "LanceDB multivector IVF_PQ", "depth": depth, "recall@10": recall_at(got, exact_hits),
+                 "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "build_s": build})
     shutil.rmtree(work / "lancedb-mv", ignore_errors=True)
-    return {"first_stage": "LanceDB multivector IVF_PQ (its own scores, no rescoring)", "depth": "-",
-            "recall@10": rec, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "build_s": build}
+    return rows
 
 
 # ------------------------------------------------------------------ through the service
@@ -297,6 +307,22 @@ def serve_latency(index: Path, texts, clients_list, exact: bool) -> dict:
     return out
 
 
+def serve_table(path: Path, texts, clients) -> None:
+    from sapindex.search.searcher import DEPTH, NPROBE, TWO_STAGE_MIN_PAGES
+
+    print(f"Through `sapindex serve` {path.name} (HTTP, the micro bundle encodes each query; defaults: two-stage "
+          f"from {TWO_STAGE_MIN_PAGES} pages, nprobe {NPROBE}, {DEPTH} rescored):\n")
+    print("| search | clients | p50 ms | p99 ms | queries/s | server load s | server peak RSS GB |")
+    print("|---|---|---|---|---|---|---|")
+    for exact in (False, True):
+        s = serve_latency(path, texts if not exact else texts[:40], clients, exact)
+        for c in clients:
+            print(f"| {'exact' if exact else 'default'} | {c} | {s[c]['p50_ms']:.1f} | {s[c]['p99_ms']:.1f} | "
+                  f"{s[c]['qps']:.1f} | {s['load_s']:.1f} | {s['rss_gb']:.2f} |")
+    print()
+    sys.stdout.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scales", default="10000,100000")
@@ -306,6 +332,8 @@ def main() -> None:
     ap.add_argument("--lancedb-at", type=int, default=10000, help="scale to build LanceDB's index at (0: skip)")
     ap.add_argument("--clients", default="1,8")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sapindex-two-stage"))
+    ap.add_argument("--serve-only", action="store_true",
+                    help="only the service table, on indexes and first stages an earlier run left in --work")
     args = ap.parse_args()
     from sapindex import sap
     from sapindex.search import Searcher
@@ -329,7 +357,9 @@ def main() -> None:
             build_s = build_index(path, src["kept"], n)
         else:
             build_s = float("nan")
-        shutil.rmtree(path / "first_stage.json", ignore_errors=True)
+        if args.serve_only:
+            serve_table(path, texts, clients)
+            continue
         for old in list(path.glob("first_stage*")):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         searcher = Searcher.open(path)
@@ -344,8 +374,8 @@ def main() -> None:
         searcher = Searcher.open(path, two_stage_min_pages=0)
         rows = [exact_row, *first_stage_table(searcher, qs, exact_hits, depths, n, args.work)]
         if n == args.lancedb_at:
-            rows.append(lancedb_multivector(searcher, qs, exact_hits, args.work))
-            log(rows[-1])
+            rows.extend(lancedb_multivector(searcher, qs, exact_hits, args.work, 1024))
+            log(rows[-2:])
         stage_bytes = dir_bytes(path / info["dir"])
         print(f"## {n:,} pages ({searcher._snap.n_vectors:,} kept vectors)\n")
         print(f"index {dir_bytes(path) / 1e9:.2f} GB on disk (first stage {stage_bytes / 1e6:.0f} MB of it), "
@@ -359,16 +389,9 @@ def main() -> None:
         searcher.close()
         print()
         sys.stdout.flush()
-        print("Through `sapindex serve` (HTTP, the micro bundle encodes each query; default settings):\n")
-        print("| search | clients | p50 ms | p99 ms | queries/s | server load s | server peak RSS GB |")
-        print("|---|---|---|---|---|---|---|")
-        for exact in (False, True):
-            s = serve_latency(path, texts if not exact else texts[:40], clients, exact)
-            for c in clients:
-                print(f"| {'exact' if exact else 'two-stage'} | {c} | {s[c]['p50_ms']:.1f} | {s[c]['p99_ms']:.1f} | "
-                      f"{s[c]['qps']:.1f} | {s['load_s']:.1f} | {s['rss_gb']:.2f} |")
-        print()
-        sys.stdout.flush()
+        serve_table(path, texts, clients)
+    if args.serve_only:
+        return
     # pruned vs full MaxSim, one exact scan's kernel over the same pages
     n = min(int(s) for s in args.scales.split(","))
     rng = np.random.default_rng(0)

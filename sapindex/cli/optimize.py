@@ -17,8 +17,8 @@ from sapindex.cli._output import ProgressBar
 def optimize(index_dir, as_json):
     """Build the first stage of two-stage search: token centroids and every page's codes.
 
-    Searches of an index with a first stage and at least 20,000 pages rescore the first stage's
-    best 512 candidates exactly instead of scanning every page (recall and speed measured in
+    Searches of an index with a first stage and at least 5,000 pages rescore the first stage's
+    best 2,048 candidates exactly instead of scanning every page (recall and speed measured in
     bench/RESULTS.md); `search --exact` scans anyway. Pages indexed later are coded when a
     searcher loads them; run optimize again after large additions to retrain the centroids.
 

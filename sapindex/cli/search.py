@@ -66,6 +66,9 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
     failed = 0
     with Searcher.open(index_dir, bundle, device) as searcher:
         searcher.check_queries([q.text for q in queries], [q.where for q in queries])
+        if searcher.two_stage(exact):  # an approximation: say so where it is used
+            click.echo(f"two-stage search: the first stage's {searcher.depth} best candidates rescored exactly "
+                       "(recall in bench/RESULTS.md); --exact scans every page", err=True)
         out = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
         try:
             with ProgressBar("searching", "query", quiet=not queries_file) as bar:

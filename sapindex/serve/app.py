@@ -96,6 +96,10 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
     def internal(_request, exc: Exception):
         return _error(500, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}")
 
+    def _path(exact: bool) -> str:
+        """How the hits were found: "exact" (every page scored) or "two-stage" (candidates rescored exactly)."""
+        return "two-stage" if searcher.two_stage(exact) else "exact"
+
     @app.get("/health")
     def health() -> dict:
         """Liveness: the service answers, and the index version it searches."""
@@ -114,7 +118,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         searcher.check_queries([body.query], ["query"])
         hits = searcher.search(body.query, body.k, where=body.where, path_prefix=body.path_prefix,
                                exact=body.exact)
-        return {"hits": _hits(hits), "version": searcher.index.version,
+        return {"hits": _hits(hits), "version": searcher.index.version, "search": _path(body.exact),
                 "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 
     @app.post("/search/batch")
@@ -125,7 +129,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         results = searcher.search_many(body.queries, body.k, where=body.where, path_prefix=body.path_prefix,
                                        exact=body.exact)
         return {"results": [{"hits": _hits(h)} for h in results], "version": searcher.index.version,
-                "took_ms": round(1000 * (time.perf_counter() - started), 3)}
+                "search": _path(body.exact), "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 
     @app.get("/explain")
     def explain_hit(query: str = Query(..., min_length=1), path: str = Query(...), page: int = Query(..., ge=1),
