@@ -115,7 +115,8 @@ SECTIONS = [
      "Synthetic pages built from the micro model's real kept vectors (described in the script's docstring), "
      "real queries encoded by the bundle. Recall@10 is against the exact scan of the same index; in-process "
      "latencies exclude query encoding, the service's include it (HTTP, the micro bundle's text graph). "
-     "Every first stage but LanceDB's is followed by the same exact rescoring of its `rescored` best pages."),
+     "Each first stage is followed by the same exact rescoring of its `rescored` best pages, except the row of "
+     "LanceDB's own top 10."),
 ]
 
 
