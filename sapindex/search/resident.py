@@ -18,7 +18,7 @@ Snapshots are immutable, so a search running while another thread refreshes keep
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Index
 from sapindex.index.store._arrow import vectors_from_list
+from sapindex.index.store.search import ONE_QUERY
 from sapindex.sap import maxsim_segments
 
 BLOCK_PAGES = 2048  # pages per resident block: ~150k vectors, a [query tokens, 150k] temporary when scored
@@ -42,6 +43,7 @@ class Block:
     vectors: np.ndarray  # [n, dim] float32
     starts: np.ndarray  # [P] int64, first vector of each page
     codes: np.ndarray | None = None  # [n] uint16 first-stage centroid of each vector (None: no first stage)
+    reduced: np.ndarray | None = None  # [n, d] the vectors on the first stage's principal axes
 
     @property
     def n_pages(self) -> int:
@@ -53,17 +55,19 @@ class Block:
             return blocks[0]
         offsets = np.cumsum([0] + [len(b.vectors) for b in blocks[:-1]])
         codes = None if any(b.codes is None for b in blocks) else np.concatenate([b.codes for b in blocks])
+        reduced = None if any(b.reduced is None for b in blocks) else np.concatenate([b.reduced for b in blocks])
         return Block(np.concatenate([b.paths for b in blocks]), np.concatenate([b.hashes for b in blocks]),
                      np.concatenate([b.pages for b in blocks]), np.concatenate([b.vectors for b in blocks]),
-                     np.concatenate([b.starts + o for b, o in zip(blocks, offsets)]), codes)
+                     np.concatenate([b.starts + o for b, o in zip(blocks, offsets)]), codes, reduced)
 
-    def page_vectors(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the vectors of pages ``local`` one after another, each page's first row) for rescoring."""
+    def page_vectors(self, local: np.ndarray, reduced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(the vectors of pages ``local`` one after another, each page's first row) for rescoring;
+        ``reduced``: their projections instead."""
         ends = np.append(self.starts[1:], len(self.vectors))
         lengths = ends[local] - self.starts[local]
         first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         rows = np.repeat(self.starts[local] - first, lengths) + np.arange(lengths.sum())
-        return self.vectors[rows], first
+        return (self.reduced if reduced else self.vectors)[rows], first
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,30 @@ class Snapshot:
         """``[blocks + 1]`` index of each block's first page in snapshot order (then the total)."""
         return np.cumsum([0] + [b.n_pages for b in self.blocks]).astype(np.int64)
 
+    def score_pages(self, q: np.ndarray, pages: np.ndarray, reduced: bool = False) -> np.ndarray:
+        """Exact MaxSim of one query ``[M, d]`` against the pages at snapshot indices ``pages``
+        (ascending), over their vectors or (``reduced``) their projections; aligned with ``pages``."""
+        base = self.page_base
+        which = np.searchsorted(base, pages, side="right") - 1
+        out = np.empty(len(pages), np.float32)
+        for b in np.unique(which):
+            sel = which == b
+            vecs, first = self.blocks[b].page_vectors(pages[sel] - base[b], reduced)
+            out[sel] = maxsim_segments(q, ONE_QUERY, vecs, first)[0]
+        return out
+
+    def names(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(paths, page numbers) of the pages at snapshot indices ``pages``."""
+        base = self.page_base
+        which = np.searchsorted(base, pages, side="right") - 1
+        paths = np.empty(len(pages), object)
+        numbers = np.empty(len(pages), np.int32)
+        for b in np.unique(which):
+            sel = which == b
+            local = pages[sel] - base[b]
+            paths[sel], numbers[sel] = self.blocks[b].paths[local], self.blocks[b].pages[local]
+        return paths, numbers
+
     def scores(self, queries: np.ndarray, query_starts: np.ndarray):
         """Yield ``(block, scores [Q, P])`` for each block: exact MaxSim of the queries (stacked
         ``[rows, dim]`` float32, query ``i`` from row ``query_starts[i]``) against its pages."""
@@ -89,7 +117,7 @@ class Snapshot:
             yield block, maxsim_segments(queries, query_starts, block.vectors, block.starts)
 
 
-Coder = Callable[[Block], np.ndarray]  # a block's first-stage codes
+Coder = Callable[[Block], Block]  # a block with its first-stage codes and projections
 
 
 def _read(index: Index, version: int, where: str | None,
@@ -102,7 +130,7 @@ def _read(index: Index, version: int, where: str | None,
         block = Block(np.asarray(batch.column("path").to_pylist(), dtype=object),
                       np.asarray(batch.column("content_hash").to_pylist(), dtype=object),
                       batch.column("page").to_numpy().astype(np.int32), np.ascontiguousarray(vecs), offsets[:-1].copy())
-        blocks.append(replace(block, codes=coder(block)) if coder else block)
+        blocks.append(coder(block) if coder else block)
         t = max(batch.column("indexed_at").to_pylist())
         newest = t if newest is None or t > newest else newest
     return blocks, newest

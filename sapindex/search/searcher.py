@@ -10,6 +10,7 @@ Scores are exact MaxSim over the kept vectors, the same as :meth:`Index.search`.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -17,11 +18,10 @@ import numpy as np
 
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit, Index
-from sapindex.index.store.search import ONE_QUERY, TopK, query_matrix
+from sapindex.index.store.search import TopK, query_matrix
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
-from sapindex.sap import maxsim_segments
 from sapindex.search import first_stage, resident
 
 # Queries longer than this are refused: ColPali-family queries are a sentence or two, and the text
@@ -29,12 +29,12 @@ from sapindex.search import first_stage, resident
 MAX_QUERY_TOKENS = 512
 QUERY_BATCH = 32  # queries per text-graph call in search_many
 # Two-stage search (bench/two_stage.py, RESULTS.md "Two-stage search"): used from this many pages
-# on when the index has a first stage (the exact scan costs ~7 us a page on 2 cores: ~35 ms here,
-# and two-stage ~14 ms with recall@10 1.0 at 10^4 pages); centroids probed per query token; pages
-# rescored exactly.
+# on when the index has a first stage (the exact scan costs ~7 us a page on 2 cores: ~35 ms here);
+# centroids probed per query token; pages rescored on projections, then exactly.
 TWO_STAGE_MIN_PAGES = 5000
 NPROBE = 16
-DEPTH = 2048
+CANDIDATES = 4096  # first-stage candidates rescored on the projections
+DEPTH = 256  # of those, rescored exactly
 
 
 def open_encoder(index: Index, bundle_path: str | Path | None = None, device: str = "cpu",
@@ -60,18 +60,21 @@ class Searcher:
     ...     hits = s.search("what was the 2023 revenue?", k=5)
 
     Exact MaxSim over every page, unless the index has a first stage (``sapindex optimize``) and
-    holds at least ``two_stage_min_pages`` pages: then the ``depth`` best candidates of the first
-    stage (:mod:`sapindex.search.first_stage`) are rescored exactly. ``exact=True`` (per search)
+    holds at least ``two_stage_min_pages`` pages: then the first stage's ``candidates`` best pages
+    (:mod:`sapindex.search.first_stage`) are rescored on projections and the ``depth`` best of those
+    exactly. ``exact=True`` (per search)
     forces the full scan. Thread-safe: a service calls it from many threads (queries are encoded
     one batch at a time, scoring runs in parallel on immutable snapshots).
     """
 
     def __init__(self, index: Index, encoder: Encoder, *, max_query_tokens: int = MAX_QUERY_TOKENS,
-                 two_stage_min_pages: int = TWO_STAGE_MIN_PAGES, nprobe: int = NPROBE, depth: int = DEPTH):
+                 two_stage_min_pages: int = TWO_STAGE_MIN_PAGES, nprobe: int = NPROBE, candidates: int = CANDIDATES,
+                 depth: int = DEPTH):
         self.index = index
         self.encoder = encoder
         self.max_query_tokens = max_query_tokens
         self.two_stage_min_pages, self.nprobe, self.depth = two_stage_min_pages, nprobe, depth
+        self.candidates = candidates
         self._encode_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._stage = first_stage.load(index.path)
@@ -100,7 +103,8 @@ class Searcher:
         stage = self._stage
         if stage is None:
             return None
-        return lambda b: stage.codes_for(b.hashes, b.pages, b.vectors, b.starts)
+        return lambda b: replace(b, codes=stage.codes_for(b.hashes, b.pages, b.vectors, b.starts),
+                                 reduced=np.ascontiguousarray(b.vectors @ stage.projection))
 
     def refresh(self) -> bool:
         """Take in what a writer committed (and a first stage ``optimize`` rebuilt) since the last
@@ -133,7 +137,8 @@ class Searcher:
                 "search": "two-stage" if self.two_stage() else "exact",
                 "first_stage": None if stage is None else {
                     "kind": stage["kind"], "n_centroids": stage["n_centroids"], "built": stage["built"],
-                    "pages_at_build": stage["pages"], "nprobe": self.nprobe, "depth": self.depth,
+                    "pages_at_build": stage["pages"], "nprobe": self.nprobe, "candidates": self.candidates,
+                    "depth": self.depth, "projection_dims": stage.get("projection_dims"),
                     "min_pages": self.two_stage_min_pages},
                 "bundle": {"path": str(bundle.path), "family": bundle.family,
                            "fingerprint": bundle.fingerprint, "window": list(bundle.window)}}
@@ -203,18 +208,18 @@ class Searcher:
         return [top.hits() for top in tops]
 
     def _two_stage(self, snap: resident.Snapshot, q: np.ndarray, k: int, masks) -> list[Hit]:
+        """Centroid estimates -> the ``candidates`` best rescored on projections -> the ``depth``
+        best of those rescored exactly."""
         postings = self._postings_for(snap)
         allowed = None if masks is None else np.concatenate(masks)
+        depth = max(self.depth, k)
         cand = np.sort(postings.candidates(q @ self._stage.codebook.centroids.T, self.nprobe,
-                                           max(self.depth, k), allowed))
-        base = snap.page_base
-        which = np.searchsorted(base, cand, side="right") - 1
+                                           max(self.candidates, depth), allowed))
+        if len(cand) > depth:
+            approx = snap.score_pages(q @ self._stage.projection, cand, reduced=True)
+            cand = np.sort(cand[np.argpartition(-approx, depth - 1)[:depth]])
         top = TopK(k)
-        for b in np.unique(which):
-            block, local = snap.blocks[b], cand[which == b] - base[b]
-            vecs, first = block.page_vectors(local)
-            scores = maxsim_segments(q, ONE_QUERY, vecs, first)[0]
-            top.add(scores, block.paths[local], block.pages[local])
+        top.add(snap.score_pages(q, cand), *snap.names(cand))
         return top.hits()
 
     def _postings_for(self, snap: resident.Snapshot) -> first_stage.Postings:

@@ -139,3 +139,13 @@ def test_cli_optimize_inspect_and_exact(tmp_path):
         pass
     nothing = run_cli("optimize", empty)
     assert nothing.returncode == 2 and "holds no pages" in nothing.stderr
+
+
+def test_projection_keeps_the_fewest_axes_with_most_of_the_variance():
+    rng = np.random.default_rng(0)
+    low_rank = rng.standard_normal((4000, 10)) @ rng.standard_normal((10, DIM))
+    axes, kept = first_stage.projection(low_rank.astype(np.float32))
+    assert axes.shape == (DIM, 16) and kept > 0.999
+    np.testing.assert_allclose(axes.T @ axes, np.eye(16), atol=1e-5)  # orthonormal axes
+    axes, kept = first_stage.projection(rng.standard_normal((4000, DIM)).astype(np.float32))
+    assert axes.shape == (DIM, 64) and 0.5 < kept < 0.9  # isotropic: no 64 axes keep 90 %
