@@ -15,12 +15,14 @@ from sapindex.cli._output import ProgressBar
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @json_option("Print the first stage's description as JSON.")
 def optimize(index_dir, as_json):
-    """Build the first stage of two-stage search: token centroids and every page's codes.
+    """Build the first stage of two-stage search: token centroids, every page's codes, and the
+    vectors' principal axes.
 
-    Searches of an index with a first stage and at least 5,000 pages rescore the first stage's
-    best 2,048 candidates exactly instead of scanning every page (recall and speed measured in
-    bench/RESULTS.md); `search --exact` scans anyway. Pages indexed later are coded when a
-    searcher loads them; run optimize again after large additions to retrain the centroids.
+    Searches of an index with a first stage and at least 5,000 pages take the first stage's 4,096
+    best candidates, rescore them on projections and the best 256 exactly, instead of scanning
+    every page (recall and speed measured in bench/RESULTS.md); `search --exact` scans anyway.
+    Pages indexed later are coded when a searcher loads them; run optimize again after large
+    additions to retrain the centroids.
 
     \b
     Example:

@@ -67,8 +67,8 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
     with Searcher.open(index_dir, bundle, device) as searcher:
         searcher.check_queries([q.text for q in queries], [q.where for q in queries])
         if searcher.two_stage(exact):  # an approximation: say so where it is used
-            click.echo(f"two-stage search: the first stage's {searcher.depth} best candidates rescored exactly "
-                       "(recall in bench/RESULTS.md); --exact scans every page", err=True)
+            click.echo(f"two-stage search: the first stage's {searcher.candidates} best candidates, {searcher.depth} "
+                       "of them rescored exactly (recall in bench/RESULTS.md); --exact scans every page", err=True)
         out = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
         try:
             with ProgressBar("searching", "query", quiet=not queries_file) as bar:
