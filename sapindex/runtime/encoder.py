@@ -87,14 +87,15 @@ class Encoder:
     """Encode pages and queries with a bundle, on CPU or CUDA.
 
     ``graphs``: the bundle graphs loaded at once (the others load on first use); a query encoder
-    needs only ``("text",)``.
+    needs only ``("text",)``. ``spinning=False``: ORT's threads sleep between runs (for a process
+    that scores with numpy right after encoding: ``sapindex.runtime.session``).
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None,
-                 graphs: tuple[str, ...] = ("vision", "text")):
+                 graphs: tuple[str, ...] = ("vision", "text"), spinning: bool = True):
         self.bundle = bundle
         self.preprocessor = preprocessor_for(bundle)
-        self.sessions = BundleSessions(bundle, device=device, threads=threads, preload=graphs)
+        self.sessions = BundleSessions(bundle, device=device, threads=threads, preload=graphs, spinning=spinning)
 
     def encode_pages(self, images) -> list[PageTokens]:
         batch = self.preprocessor.pages(images)

@@ -29,14 +29,18 @@ def available_providers() -> list[str]:
 #   call: measured ~2x slower, as slow as fp32), and int8 weights are a quarter of fp32's;
 # - no CPU memory arena: the arena keeps every activation buffer it ever grew (the vision tower's
 #   [heads, P, P] attention), so without it peak memory is far lower, at about the same time per page.
+# - no spinning for sessions that share the CPU with numpy (the searcher's query encoder): ORT's
+#   intra-op threads spin after each run and take the cores that the MaxSim matmul that follows
+#   needs (bench/two_stage.py: query encoding + two-stage search 45.7 -> 23.5 ms per query).
 SESSION_CONFIG = {"session.disable_prepacking": "1"}
+NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
 PREPACKED_DTYPES = ("int8",)
 CPU_MEM_ARENA = False
 
 
-def session_options(threads: int | None = None, dtype: str = "fp32"):
+def session_options(threads: int | None = None, dtype: str = "fp32", spinning: bool = True):
     """The ``SessionOptions`` every sapindex session uses for a bundle of ``dtype`` (``SESSION_CONFIG``,
-    pre-packing for ``PREPACKED_DTYPES``, the arena, threads)."""
+    pre-packing for ``PREPACKED_DTYPES``, the arena, threads, ``NO_SPINNING`` unless ``spinning``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -44,13 +48,15 @@ def session_options(threads: int | None = None, dtype: str = "fp32"):
         options.intra_op_num_threads = threads
     options.enable_cpu_mem_arena = CPU_MEM_ARENA
     options.log_severity_level = 3
-    config = {**SESSION_CONFIG, **({"session.disable_prepacking": "0"} if dtype in PREPACKED_DTYPES else {})}
+    config = {**SESSION_CONFIG, **({"session.disable_prepacking": "0"} if dtype in PREPACKED_DTYPES else {}),
+              **({} if spinning else NO_SPINNING)}
     for key, value in config.items():
         options.add_session_config_entry(key, value)
     return options
 
 
-def make_session(path, device: str = "cpu", threads: int | None = None, dtype: str = "fp32"):
+def make_session(path, device: str = "cpu", threads: int | None = None, dtype: str = "fp32",
+                 spinning: bool = True):
     import onnxruntime as ort
 
     if device not in PROVIDERS:
@@ -61,7 +67,7 @@ def make_session(path, device: str = "cpu", threads: int | None = None, dtype: s
             f"--device {device}: this onnxruntime ({ort.__version__}) offers {', '.join(available_providers())}; "
             "for CUDA install onnxruntime-gpu instead of onnxruntime (see README, 'GPU machines')"
         )
-    options = session_options(threads, dtype)
+    options = session_options(threads, dtype, spinning)
     providers = [wanted, "CPUExecutionProvider"] if device == "cuda" else [wanted]
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -79,8 +85,8 @@ class BundleSessions:
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None,
-                 preload: tuple[str, ...] = ("vision", "text")):
-        self.bundle, self.device, self.threads = bundle, device, threads
+                 preload: tuple[str, ...] = ("vision", "text"), spinning: bool = True):
+        self.bundle, self.device, self.threads, self.spinning = bundle, device, threads, spinning
         self._sessions: dict[str, object] = {}
         self.inputs: dict[str, dict] = {}  # graph -> input name -> the numpy dtype ORT wants
         self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
@@ -103,7 +109,8 @@ class BundleSessions:
         """The session of graph ``name``, made (and checked against the manifest) on first use."""
         if name not in self._sessions:
             path = self.bundle.graph_path(name)
-            session = make_session(path, self.device, self.threads, self.bundle.manifest.get("dtype", "fp32"))
+            session = make_session(path, self.device, self.threads, self.bundle.manifest.get("dtype", "fp32"),
+                                   self.spinning)
             outputs = [o.name for o in session.get_outputs()]
             missing = [o for o in GRAPH_OUTPUTS[name] if o not in outputs]
             if missing:

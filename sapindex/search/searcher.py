@@ -50,7 +50,8 @@ def open_encoder(index: Index, bundle_path: str | Path | None = None, device: st
         raise SapIndexError(
             f"{path}: bundle fingerprint {bundle.fingerprint[:12]} differs from the index's "
             f"{index.bundle_fingerprint[:12]}; search with the bundle the index was built with")
-    return Encoder(bundle, device=device, threads=threads, graphs=("text",))  # queries never need the vision graph
+    # queries never need the vision graph; no spinning: the MaxSim scoring right after needs the cores
+    return Encoder(bundle, device=device, threads=threads, graphs=("text",), spinning=False)
 
 
 class Searcher:
