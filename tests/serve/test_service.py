@@ -224,3 +224,17 @@ def test_refusals_before_serving(served, tmp_path):
     assert weak.returncode == 2 and "at least 16 characters" in weak.stderr
     missing = run_cli("serve", tmp_path / "nope", "--port", free_port())
     assert missing.returncode == 2 and "not a sapindex index" in missing.stderr
+
+
+def test_without_the_serve_extra_the_error_says_what_to_install(served):
+    _, root = served
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('fastapi', 'uvicorn'):\n"
+            "            raise ImportError('blocked: ' + name, name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"sys.argv = ['sapindex', 'serve', {str(root / 'idx')!r}, '--port', '{free_port()}']\n"
+            "from sapindex.cli.main import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2 and 'pip install "sapindex[serve]"' in result.stderr, result.stderr
