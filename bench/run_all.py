@@ -117,6 +117,11 @@ SECTIONS = [
      "latencies exclude query encoding, the service's include it (HTTP, the micro bundle's text graph). "
      "Each first stage is followed by the same exact rescoring of its `rescored` best pages, except the row of "
      "LanceDB's own top 10."),
+    ("Single-writer commit rate: what bounds a scale-out index run",
+     ["writer_rate.py", "--prefill", "2000", "--pages", "2048"], ["--prefill", "200", "--pages", "256"],
+     "`Index.add_pages` (one atomic commit per call, as every `index` batch) on pages shaped like a real "
+     "ColQwen2's at keep 0.1; rows built before the timing. Groundwork for issue 17 (Ray): a cluster feeds "
+     "one writer."),
 ]
 
 
