@@ -78,8 +78,11 @@ class Searcher:
         self.candidates = candidates
         self._encode_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._stage = first_stage.load(index.path)
-        self._snap = resident.load(index, self._coder())
+        stage = first_stage.load(index.path)
+        # the snapshot and the first stage its codes came from, swapped together (one tuple) so that
+        # a search never pairs a snapshot with another build's codebook
+        self._state: tuple[resident.Snapshot, first_stage.StoredStage | None] = (
+            resident.load(index, self._coder(stage)), stage)
         self._postings: tuple[resident.Snapshot, first_stage.Postings] | None = None
 
     @classmethod
@@ -100,8 +103,16 @@ class Searcher:
 
     # ------------------------------------------------------------------ state
 
-    def _coder(self):
-        stage = self._stage
+    @property
+    def _snap(self) -> resident.Snapshot:
+        return self._state[0]
+
+    @property
+    def _stage(self) -> first_stage.StoredStage | None:
+        return self._state[1]
+
+    @staticmethod
+    def _coder(stage: first_stage.StoredStage | None):
         if stage is None:
             return None
         return lambda b: replace(b, codes=stage.codes_for(b.hashes, b.pages, b.vectors, b.starts),
@@ -111,14 +122,14 @@ class Searcher:
         """Take in what a writer committed (and a first stage ``optimize`` rebuilt) since the last
         call; True when anything changed."""
         with self._refresh_lock:
-            before = self._snap
+            before, stage = self._state
             info = first_stage.load_info(self.index.path)
-            if (info and info["dir"]) != (self._stage.info["dir"] if self._stage else None):
-                self._stage = first_stage.load(self.index.path)
-                self._snap = resident.load(self.index, self._coder())
+            if (info and info["dir"]) != (stage.info["dir"] if stage else None):
+                stage = first_stage.load(self.index.path)
+                self._state = (resident.load(self.index, self._coder(stage)), stage)
             else:
-                self._snap = resident.refresh(self.index, before, self._coder())
-            return self._snap is not before
+                self._state = (resident.refresh(self.index, before, self._coder(stage)), stage)
+            return self._state[0] is not before
 
     def first_stage(self) -> dict | None:
         """The first stage searched with (its ``first_stage.json``), None without one."""
@@ -126,7 +137,8 @@ class Searcher:
 
     def two_stage(self, exact: bool = False) -> bool:
         """Whether a search now goes through the first stage."""
-        return not exact and self._stage is not None and self._snap.n_pages >= self.two_stage_min_pages
+        snap, stage = self._state
+        return not exact and stage is not None and snap.n_pages >= self.two_stage_min_pages
 
     def stats(self) -> dict:
         """Pages, vectors and version as searched now, the search path, and the bundle's identity."""
@@ -194,10 +206,10 @@ class Searcher:
         if not qs:
             return []
         self.refresh()
-        snap = self._snap
+        snap, stage = self._state
         masks = self._masks(snap, where, path_prefix)
-        if self.two_stage(exact) and snap.n_pages > self.depth:
-            return [self._two_stage(snap, q, int(k), masks) for q in qs]
+        if not exact and stage is not None and snap.n_pages >= max(self.two_stage_min_pages, self.depth + 1):
+            return [self._two_stage(snap, stage, q, int(k), masks) for q in qs]
         stacked = np.concatenate(qs)
         starts = np.cumsum([0] + [len(q) for q in qs[:-1]]).astype(np.int64)
         tops = [TopK(int(k)) for _ in qs]
@@ -208,22 +220,23 @@ class Searcher:
                 top.add(row, block.paths, block.pages)
         return [top.hits() for top in tops]
 
-    def _two_stage(self, snap: resident.Snapshot, q: np.ndarray, k: int, masks) -> list[Hit]:
+    def _two_stage(self, snap: resident.Snapshot, stage: first_stage.StoredStage, q: np.ndarray, k: int,
+                   masks) -> list[Hit]:
         """Centroid estimates -> the ``candidates`` best rescored on projections -> the ``depth``
         best of those rescored exactly."""
-        postings = self._postings_for(snap)
+        postings = self._postings_for(snap, stage)
         allowed = None if masks is None else np.concatenate(masks)
         depth = max(self.depth, k)
-        cand = np.sort(postings.candidates(q @ self._stage.codebook.centroids.T, self.nprobe,
+        cand = np.sort(postings.candidates(q @ stage.codebook.centroids.T, self.nprobe,
                                            max(self.candidates, depth), allowed))
         if len(cand) > depth:
-            approx = snap.score_pages(q @ self._stage.projection, cand, reduced=True)
+            approx = snap.score_pages(q @ stage.projection, cand, reduced=True)
             cand = np.sort(cand[np.argpartition(-approx, depth - 1)[:depth]])
         top = TopK(k)
         top.add(snap.score_pages(q, cand), *snap.names(cand))
         return top.hits()
 
-    def _postings_for(self, snap: resident.Snapshot) -> first_stage.Postings:
+    def _postings_for(self, snap: resident.Snapshot, stage: first_stage.StoredStage) -> first_stage.Postings:
         cached = self._postings
         if cached is not None and cached[0] is snap:
             return cached[1]
@@ -234,7 +247,7 @@ class Searcher:
             codes = np.concatenate([b.codes for b in snap.blocks])
             lengths = np.concatenate([np.diff(np.append(b.starts, len(b.vectors))) for b in snap.blocks])
             page_of_token = np.repeat(np.arange(snap.n_pages, dtype=np.int64), lengths)
-            postings = first_stage.Postings(codes, page_of_token, snap.n_pages, self._stage.codebook.size)
+            postings = first_stage.Postings(codes, page_of_token, snap.n_pages, stage.codebook.size)
             self._postings = (snap, postings)
             return postings
 
