@@ -136,20 +136,12 @@ def timed(fn, items):
 # ------------------------------------------------------------------ alternative first stages (bench only)
 
 def rescore(searcher, q, cand, k):
-    """Exact rescoring of candidate pages (snapshot order), as the searcher's own second stage."""
-    from sapindex.index.store.search import ONE_QUERY, TopK
-    from sapindex.sap import maxsim_segments
+    """Exact rescoring of candidate pages (snapshot order), as the searcher's own last step."""
+    from sapindex.index.store.search import TopK
 
-    snap = searcher._snap
-    base = snap.page_base
-    which = np.searchsorted(base, np.sort(cand), side="right") - 1
-    cand = np.sort(cand)
+    snap, cand = searcher._snap, np.sort(cand)
     top = TopK(k)
-    for b in np.unique(which):
-        block, local = snap.blocks[b], cand[which == b] - base[b]
-        vecs, first = block.page_vectors(local)
-        top.add(maxsim_segments(q, ONE_QUERY, vecs.astype(np.float32), first)[0], block.paths[local],
-                block.pages[local])
+    top.add(snap.score_pages(q, cand), *snap.names(cand))
     return top.hits()
 
 
@@ -241,18 +233,15 @@ def lancedb_multivector(searcher, qs, exact_hits, work: Path, depth: int) -> lis
         return np.asarray(table.search(q, vector_column_name="vectors").limit(n).select(["idx"])
                           .to_arrow()["idx"].to_numpy())
 
-    base = snap.page_base
-    key = [(b.paths, b.pages) for b in snap.blocks]
-
-    def name(i):
-        j = np.searchsorted(base, i, side="right") - 1
-        return (key[j][0][i - base[j]], int(key[j][1][i - base[j]]))
+    def named(idx):
+        paths, pages = snap.names(np.asarray(idx))
+        return set(zip(paths.tolist(), pages.tolist()))
 
     top(qs[0], 10)
     lat, got = timed(lambda q: top(q, 10), qs)
     want = [{(h.path, h.page) for h in w[:10]} for w in exact_hits]
     rows = [{"first_stage": "LanceDB multivector IVF_PQ (its own top 10, no rescoring)", "depth": "-",
-             "recall@10": float(np.mean([len({name(i) for i in g} & w) / 10 for g, w in zip(got, want)])),
+             "recall@10": float(np.mean([len(named(g) & w) / 10 for g, w in zip(got, want)])),
              "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "build_s": build}]
     lat, got = timed(lambda q: rescore(searcher, q, top(q, depth), 10), qs)
     rows.append({"first_stage": "LanceDB multivector IVF_PQ", "depth": depth, "recall@10": recall_at(got, exact_hits),

@@ -132,9 +132,16 @@ def top_k(scores, ratio: float) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
+    return highest(scores, keep_count(scores.shape[0], ratio))
+
+
+def highest(scores, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest of 1-D ``scores``, ties to the lower index, in ascending order:
+    :func:`top_k`'s rule for a count given directly (``sapindex prune`` cuts stored scores to the
+    ``keep_count`` of the page's full token count)."""
+    scores = np.asarray(scores, dtype=np.float64)
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")
-    k = keep_count(scores.shape[0], ratio)
     order = np.lexsort((np.arange(scores.shape[0]), -scores))  # by score desc, then index asc
     return np.sort(order[:k])
 

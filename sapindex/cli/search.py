@@ -101,8 +101,9 @@ def _explain(searcher, directory: Path, queries, results) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     failed = 0
     for q, hits in zip(queries, results):
+        vectors = searcher.encode([q.text], [q.where])[0]
         for rank, hit in enumerate(hits, start=1):
-            ex = explain.explain(searcher, q.text, hit.path, hit.page)
+            ex = explain.explain_encoded(searcher.index, q.text, vectors, hit.path, hit.page)
             try:
                 explain.picture(ex).save(directory / f"{q.id}-{rank}.png")
             except SapIndexError as exc:

@@ -72,9 +72,8 @@ def _check_ratio(src: Index, version: int, keep_ratio: float) -> int:
 
 def pruned_row(row: dict, keep_ratio: float) -> PageRow:
     """A stored row (``Index.iter_rows``) cut to ``keep_count(n_visual, keep_ratio)`` tokens by its scores."""
-    k = sap.keep_count(int(row["n_visual"]), keep_ratio)
-    order = np.lexsort((row["positions"], -row["scores"]))  # score desc, then position asc: as sap.top_k
-    keep = np.sort(order[:k])
+    # positions ascend, so ties to the lower index are ties to the lower position, as at index time
+    keep = sap.highest(row["scores"], sap.keep_count(int(row["n_visual"]), keep_ratio))
     return PageRow(path=row["path"], content_hash=row["content_hash"], page=row["page"], width=row["width"],
                    height=row["height"], grid=(row["grid_rows"], row["grid_cols"]), n_visual=row["n_visual"],
                    positions=row["positions"][keep], vectors=row["vectors"][keep], keep_ratio=keep_ratio,

@@ -47,10 +47,16 @@ class Explanation:
 
 def explain(searcher, query: str, path: str, page: int) -> Explanation:
     """The MaxSim picks of ``query``'s tokens on the stored page ``(path, page)`` of the searcher's index."""
-    row = searcher.index.get(path, page)
+    q = searcher.encode([query], ["query"])[0]  # a refused query is named before the page is looked up
+    return explain_encoded(searcher.index, query, q, path, page)
+
+
+def explain_encoded(index, query: str, q: np.ndarray, path: str, page: int) -> Explanation:
+    """:func:`explain` for a query already encoded (``q [M, dim]``), so several hits of one query
+    share one text-graph run."""
+    row = index.get(path, page)
     if row is None:
         raise LookupError(f"{path} page {page} is not in the index")
-    q = searcher.encode([query])[0]
     sims = q @ row["vectors"].T  # [M, k]
     matched = sims.argmax(axis=1)
     contributions = sims[np.arange(len(q)), matched].astype(np.float64)

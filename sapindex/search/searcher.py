@@ -137,8 +137,15 @@ class Searcher:
 
     def two_stage(self, exact: bool = False) -> bool:
         """Whether a search now goes through the first stage."""
-        snap, stage = self._state
+        return self._uses_first_stage(*self._state, exact)
+
+    def _uses_first_stage(self, snap: resident.Snapshot, stage: first_stage.StoredStage | None, exact: bool) -> bool:
         return not exact and stage is not None and snap.n_pages >= self.two_stage_min_pages
+
+    @property
+    def version(self) -> int:
+        """The index version the last search (or refresh) searched."""
+        return self._snap.version
 
     def stats(self) -> dict:
         """Pages, vectors and version as searched now, the search path, and the bundle's identity."""
@@ -172,10 +179,11 @@ class Searcher:
             if n > self.max_query_tokens:
                 raise SapIndexError(f"{name}: {n} tokens, the limit is {self.max_query_tokens}; shorten the query")
 
-    def encode(self, queries: Sequence[str]) -> list[np.ndarray]:
-        """``[M, dim]`` float32 per query (checked first), a batch of :data:`QUERY_BATCH` per call."""
+    def encode(self, queries: Sequence[str], names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """``[M, dim]`` float32 per query (checked first, by :meth:`check_queries` with ``names``),
+        a batch of :data:`QUERY_BATCH` per call."""
         queries = list(queries)
-        self.check_queries(queries)
+        self.check_queries(queries, names)
         out: list[np.ndarray] = []
         for i in range(0, len(queries), QUERY_BATCH):
             with self._encode_lock:
@@ -188,14 +196,17 @@ class Searcher:
         return self.search_many([query], k, where=where, path_prefix=path_prefix, exact=exact)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 10, *, where: str | None = None,
-                    path_prefix: str | None = None, exact: bool = False) -> list[list[Hit]]:
+                    path_prefix: str | None = None, exact: bool = False,
+                    names: Sequence[str] | None = None) -> list[list[Hit]]:
         """The ``k`` best pages for each query, best first, ties broken by (path, page).
 
         ``where``: a SQL filter on the index's page columns (``"path LIKE '/archive/finance/%'"``,
         ``"page <= 3"``); ``path_prefix``: only paths starting with it. Both may be given.
-        ``exact``: scan every page even where the first stage would be used.
+        ``exact``: scan every page even where the first stage would be used. ``names``: what a
+        refused query is called in the error (default ``query 1``, ``query 2``, ...).
         """
-        return self.search_vectors(self.encode(queries), k, where=where, path_prefix=path_prefix, exact=exact)
+        return self.search_vectors(self.encode(queries, names), k, where=where, path_prefix=path_prefix,
+                                   exact=exact)
 
     def search_vectors(self, query_vectors: Sequence[np.ndarray], k: int = 10, *, where: str | None = None,
                        path_prefix: str | None = None, exact: bool = False) -> list[list[Hit]]:
@@ -208,7 +219,7 @@ class Searcher:
         self.refresh()
         snap, stage = self._state
         masks = self._masks(snap, where, path_prefix)
-        if not exact and stage is not None and snap.n_pages >= max(self.two_stage_min_pages, self.depth + 1):
+        if self._uses_first_stage(snap, stage, exact) and snap.n_pages > self.depth:
             return [self._two_stage(snap, stage, q, int(k), masks) for q in qs]
         stacked = np.concatenate(qs)
         starts = np.cumsum([0] + [len(q) for q in qs[:-1]]).astype(np.int64)

@@ -115,20 +115,18 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
     def search(body: SearchRequest) -> dict:
         """The ``k`` best pages for one query: ``{"hits": [{rank, path, page, score}], ...}``."""
         started = time.perf_counter()
-        searcher.check_queries([body.query], ["query"])
-        hits = searcher.search(body.query, body.k, where=body.where, path_prefix=body.path_prefix,
-                               exact=body.exact)
-        return {"hits": _hits(hits), "version": searcher.index.version, "search": _path(body.exact),
+        hits = searcher.search_many([body.query], body.k, where=body.where, path_prefix=body.path_prefix,
+                                    exact=body.exact, names=["query"])[0]
+        return {"hits": _hits(hits), "version": searcher.version, "search": _path(body.exact),
                 "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 
     @app.post("/search/batch")
     def search_batch(body: BatchRequest) -> dict:
         """The ``k`` best pages for each query, in order: ``{"results": [{"hits": [...]}, ...]}``."""
         started = time.perf_counter()
-        searcher.check_queries(body.queries, [f"queries[{i}]" for i in range(len(body.queries))])
         results = searcher.search_many(body.queries, body.k, where=body.where, path_prefix=body.path_prefix,
-                                       exact=body.exact)
-        return {"results": [{"hits": _hits(h)} for h in results], "version": searcher.index.version,
+                                       exact=body.exact, names=[f"queries[{i}]" for i in range(len(body.queries))])
+        return {"results": [{"hits": _hits(h)} for h in results], "version": searcher.version,
                 "search": _path(body.exact), "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 
     @app.get("/explain")
@@ -136,7 +134,6 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
                     format: str = Query("png", pattern="^(png|json)$")):
         """Why ``path`` page ``page`` matched ``query``: a PNG (kept patches outlined, the patches the
         query's tokens matched filled by their contribution) or, with ``format=json``, the numbers."""
-        searcher.check_queries([query], ["query"])
         try:
             ex = explain.explain(searcher, query, path, page)
         except LookupError as exc:

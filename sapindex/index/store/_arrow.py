@@ -17,7 +17,7 @@ from sapindex.index.store.schema import PageRow, failure_schema, page_schema
 
 def vectors_from_list(col: pa.Array, dim: int, dtype: type | None = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """(all vectors [n, dim], offsets [rows + 1] from 0) of a list<fixed_size_list> column, as
-    ``dtype`` (None: the stored one, e.g. float16 for a resident copy at half the memory)."""
+    ``dtype`` (None: the stored one, e.g. float16 where a large read should take half the memory)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     offsets = col.offsets.to_numpy().astype(np.int64)
