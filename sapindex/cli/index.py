@@ -10,7 +10,7 @@ import click
 
 from sapindex.cli._options import device_option, json_option, keep_ratio_option
 from sapindex.cli._output import ProgressBar, size
-from sapindex.errors import EXIT_PARTIAL
+from sapindex.errors import EXIT_PARTIAL, SapIndexError
 from sapindex.index.inputs import DEFAULT_DPI
 
 
@@ -29,8 +29,17 @@ from sapindex.index.inputs import DEFAULT_DPI
 @click.option("--position-correction", is_flag=True,
               help="Rank by in-degree per attending row (causal decoders only: refused for prefix-LM "
                    "bundles such as ColPali; experimental, off by default).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Encode on a Ray cluster: 'local' (a private one on this machine), 'auto' (the cluster this "
+                   "machine joined with `ray start`) or an address (head:6379, ray://head:10001). Needs the ray "
+                   "extra on every node, the bundle and the inputs at the same paths there.")
+@click.option("--encoders", type=int, default=None, help="With --ray: encoder actors, one bundle each.  [default: 1]")
+@click.option("--gpus-per-encoder", type=float, default=None,
+              help="With --ray: GPUs each encoder reserves (0.5: two share one); above 0 encodes on CUDA.  "
+                   "[default: 1 with --device cuda, else 0]")
 @json_option("Print the summary as JSON.")
-def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, threads, position_correction, as_json):
+def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, threads, position_correction,
+          ray_address, encoders, gpus_per_encoder, as_json):
     """Index PDFs and images into a SAP-pruned index (torch-free). Re-runs resume.
 
     [BUNDLE] INPUTS...: a first argument that is a bundle directory is the bundle (as is
@@ -44,14 +53,26 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
     Example:
       sapindex index colqwen2.sap ./pdfs ./scans --out myindex --keep-ratio 0.1
       sapindex index ./scans --out myindex        # the built-in micro model
+      sapindex index colqwen2.sap /mnt/archive --out /mnt/index --ray auto --encoders 8 --gpus-per-encoder 1
     """
-    from sapindex.index.indexer import run_index
     from sapindex.runtime.defaults import resolve_bundle
 
     bundle, inputs = resolve_bundle(inputs, bundle_option)
+    options = dict(keep_ratio=keep_ratio, device=device, batch_size=batch_size, dpi=dpi, threads=threads,
+                   position_correction=position_correction)
+    if ray_address is None:
+        if encoders is not None or gpus_per_encoder is not None:
+            raise SapIndexError("--encoders and --gpus-per-encoder spread the run over a Ray cluster: give --ray too")
+        from sapindex.index.indexer import run_index as run
+    else:
+        from functools import partial
+
+        from sapindex.cluster import run_index_on_ray
+
+        run = partial(run_index_on_ray, address=ray_address, encoders=1 if encoders is None else encoders,
+                      gpus_per_encoder=gpus_per_encoder or 0.0)
     with ProgressBar("indexing", "page", quiet=as_json) as bar:
-        summary = run_index(bundle, inputs, out_dir, keep_ratio=keep_ratio, device=device, batch_size=batch_size,
-                            dpi=dpi, threads=threads, position_correction=position_correction, progress=bar.reach)
+        summary = run(bundle, inputs, out_dir, progress=bar.reach, **options)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from sapindex.index.records import Failure, FileInfo, Page
 from sapindex.index.store import Index, PageRow
 from sapindex.runtime.bundle import Bundle, manifest_bytes
 from sapindex.runtime.defaults import default_bundle_path
-from sapindex.runtime.encoder import Encoder, check_position_correction, prune
+from sapindex.runtime.encoder import Encoder, PrunedPage, check_position_correction, prune
 from sapindex.sap import DEFAULT_KEEP_RATIO
 
 
@@ -54,6 +55,82 @@ def default_batch_size(bundle: Bundle, device: str) -> int:
     return 1 if device == "cpu" and manifest_bytes(bundle.manifest) >= LARGE_BUNDLE_BYTES else 8
 
 
+class Recorder:
+    """The write side of an indexing run, shared by the local loop below and the Ray driver
+    (:mod:`sapindex.cluster`): what is stored, what is skipped, the summary and the progress.
+
+    ``done`` holds every (content hash, page) stored or already handed to an encoder in this
+    run: the skip check before a page is rendered, and what makes a page that reaches
+    :meth:`store` twice (a Ray task retried after it delivered) be written once.
+    """
+
+    def __init__(self, index: Index, keep_ratio: float, method: str,
+                 progress: Callable[[int, int], None] | None = None):
+        self.index, self.keep_ratio, self.method, self.progress = index, keep_ratio, method, progress
+        self.summary = IndexSummary()
+        self.done = index.indexed_keys()
+        self.stored: set[tuple[str, int]] = set()
+        self.known = 0
+
+    def file_listed(self, info: FileInfo, already: list[bool] | None = None) -> None:
+        """A usable input file, before any of its pages is rendered: count its pages and those already
+        stored or planned (``already[p - 1]``; by default looked up in ``done``); a changed file
+        whose pages all exist elsewhere drops its old rows here."""
+        self.summary.files += 1
+        self.known += info.n_pages
+        if already is None:
+            already = [(info.content_hash, p) in self.done for p in range(1, info.n_pages + 1)]
+        self.summary.pages_skipped += sum(already)
+        if all(already):
+            self.index.drop_stale(info.path, info.content_hash)
+
+    def store(self, pages: list[tuple[Page, PrunedPage]], failures: list[Failure]) -> None:
+        """One atomic commit of encoded pages (a page already stored by this run is dropped), then
+        the failures, then the progress."""
+        rows = []
+        for page, kept in pages:
+            key = (page.content_hash, page.page)
+            if key in self.stored:
+                continue
+            self.stored.add(key)
+            self.summary.vectors_before += kept.n_visual
+            self.summary.vectors_kept += len(kept.positions)
+            rows.append(PageRow.from_encoded(page, kept, keep_ratio=self.keep_ratio, method=self.method))
+        if rows:
+            self.index.add_pages(rows)
+            self.summary.pages_indexed += len(rows)
+        if failures:
+            self.index.add_failures(failures)
+            self.summary.failures.extend(str(f) for f in failures)
+        if self.progress:
+            self.progress(self.summary.pages_indexed + self.summary.pages_skipped, self.known)
+
+    def finish(self, started: float) -> IndexSummary:
+        stats = self.index.stats()
+        self.summary.index_bytes, self.summary.index_pages = stats.bytes_on_disk, stats.pages
+        self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+
+@contextmanager
+def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, batch_size: int | None, device: str,
+              position_correction: bool, progress: Callable[[int, int], None] | None):
+    """Check a run's options, open its bundle and its index (created or resumed, writer-locked):
+    yields ``(bundle, batch_size, recorder)``; the index is closed (unlocked) on the way out."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
+    if batch_size is not None and batch_size < 1:
+        raise SapIndexError("--batch-size must be at least 1")
+    bundle = Bundle.open(bundle_path)
+    if position_correction:
+        check_position_correction(bundle)
+    meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
+            "builtin": _is_builtin(bundle_path)}
+    method = "sap-poscorr" if position_correction else "sap"
+    with Index.create_or_open(out, bundle.fingerprint, bundle.dim, meta=meta) as index:
+        yield bundle, batch_size or default_batch_size(bundle, device), Recorder(index, keep_ratio, method, progress)
+
+
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,
               device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI, threads: int | None = None,
               position_correction: bool = False, stdin=None,
@@ -75,58 +152,25 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
         progress: called as ``progress(pages_done, pages_known)`` after each batch.
 
     Returns the run's :class:`IndexSummary`; unreadable inputs are recorded in the index and
-    listed in ``summary.failures``, not raised.
+    listed in ``summary.failures``, not raised. :func:`sapindex.cluster.run_index_on_ray` is the
+    same run spread over a Ray cluster.
     """
-    if not 0.0 < keep_ratio <= 1.0:
-        raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
-    if batch_size is not None and batch_size < 1:
-        raise SapIndexError("--batch-size must be at least 1")
-    bundle = Bundle.open(bundle_path)
-    batch_size = batch_size or default_batch_size(bundle, device)
-    if position_correction:
-        check_position_correction(bundle)
-    encoder = Encoder(bundle, device=device, threads=threads)
-    meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
-            "builtin": _is_builtin(bundle_path)}
-    summary = IndexSummary()
-    method = "sap-poscorr" if position_correction else "sap"
     started = time.perf_counter()
-    with Index.create_or_open(out, bundle.fingerprint, bundle.dim, meta=meta) as index:
-        done = index.indexed_keys()
-        known = [0]
-
-        def on_file(info: FileInfo) -> None:
-            summary.files += 1
-            known[0] += info.n_pages
-            already = [(info.content_hash, p) in done for p in range(1, info.n_pages + 1)]
-            summary.pages_skipped += sum(already)
-            if all(already):
-                index.drop_stale(info.path, info.content_hash)  # a changed file whose new pages exist elsewhere
-
+    with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
+                   position_correction=position_correction, progress=progress) as (bundle, batch_size, recorder):
+        encoder = Encoder(bundle, device=device, threads=threads)
         batch: list[Page] = []
         failures: list[Failure] = []
 
         def flush() -> None:
-            if batch:
-                encoded = encoder.encode_pages([p.image for p in batch])
-                rows = []
-                for page, vectors in zip(batch, encoded):
-                    kept = prune(vectors, keep_ratio, position_correction)
-                    summary.vectors_before += kept.n_visual
-                    summary.vectors_kept += len(kept.positions)
-                    rows.append(PageRow.from_encoded(page, kept, keep_ratio=keep_ratio, method=method))
-                index.add_pages(rows)
-                summary.pages_indexed += len(batch)
-                batch.clear()
-            if failures:
-                index.add_failures(failures)
-                summary.failures.extend(str(f) for f in failures)
-                failures.clear()
-            if progress:
-                progress(summary.pages_indexed + summary.pages_skipped, known[0])
+            encoded = encoder.encode_pages([p.image for p in batch]) if batch else []
+            recorder.store([(page, prune(vectors, keep_ratio, position_correction))
+                            for page, vectors in zip(batch, encoded)], failures)
+            batch.clear()
+            failures.clear()
 
         pages = iter_pages(iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin), dpi=dpi,
-                           skip=lambda h, p: (h, p) in done, on_file=on_file)
+                           skip=lambda h, p: (h, p) in recorder.done, on_file=recorder.file_listed)
         for item in pages:
             if isinstance(item, Failure):
                 failures.append(item)
@@ -137,14 +181,11 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
                 failures.append(Failure(item.path, str(exc), item.page))
                 continue
             batch.append(item)
-            done.add((item.content_hash, item.page))
+            recorder.done.add((item.content_hash, item.page))
             if len(batch) >= batch_size:
                 flush()
         flush()
-        stats = index.stats()
-        summary.index_bytes, summary.index_pages = stats.bytes_on_disk, stats.pages
-    summary.seconds = time.perf_counter() - started
-    return summary
+        return recorder.finish(started)
 
 
 def _is_builtin(bundle_path) -> bool:

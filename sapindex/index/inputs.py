@@ -50,6 +50,7 @@ __all__ = [
     "iter_pages",
     "iter_sources",
     "is_supported",
+    "render_listed",
 ]
 
 DEFAULT_DPI = 144
@@ -368,8 +369,11 @@ class _ImageDoc(_Doc):
             image.close()
 
 
-def _open(path: str, max_pixels: int) -> tuple[_Doc, FileInfo]:
-    """Hash and open one file; raise InputError with the reason when it cannot be used."""
+def _open(path: str, max_pixels: int, listed: FileInfo | None = None) -> tuple[_Doc, FileInfo]:
+    """Hash and open one file; raise InputError with the reason when it cannot be used.
+
+    ``listed``: what an earlier :func:`describe` of this path found; the file is not hashed again
+    but must still have the size and modification time it had then."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise InputError(path, f"unsupported file type {suffix or '(none)'!r}")
@@ -380,11 +384,13 @@ def _open(path: str, max_pixels: int) -> tuple[_Doc, FileInfo]:
                              else "not a regular file (device, socket or pipe)")
         if st.st_size == 0:
             raise InputError(path, "empty file (0 bytes)")
-        content_hash = sha256_file(path)
+        if listed is not None and (st.st_size, st.st_mtime_ns) != (listed.n_bytes, listed.mtime_ns):
+            raise InputError(path, "changed since it was listed; run again to index the new content")
+        content_hash = sha256_file(path) if listed is None else listed.content_hash
     except OSError as err:
         raise InputError(path, _os_reason(err)) from None
     doc: _Doc = _PdfDoc(path) if suffix in PDF_SUFFIXES else _ImageDoc(path, max_pixels)
-    return doc, FileInfo(path, content_hash, doc.n_pages, doc.kind, st.st_size)
+    return doc, FileInfo(path, content_hash, doc.n_pages, doc.kind, st.st_size, st.st_mtime_ns)
 
 
 def render_page(path: str | os.PathLike, page: int, dpi: float = DEFAULT_DPI,
@@ -445,20 +451,45 @@ def iter_pages(
         try:
             if on_file is not None:
                 on_file(info)
-            for number in range(1, info.n_pages + 1):
-                if skip is not None and skip(info.content_hash, number):
-                    continue
-                try:
-                    image = doc.render(number, dpi, max_pixels)
-                except InputError as err:
-                    yield err.failure
-                    if err.page is None:  # the whole file is unusable: stop here
-                        break
-                    continue
-                except Exception as err:  # a PDF page pdfium cannot load or render
-                    yield Failure(path, f"cannot render page ({type(err).__name__}: {err})", number)
-                    continue
-                yield Page(path, number, info.content_hash, image, image.size, info.n_pages)
-                del image
+            numbers = (n for n in range(1, info.n_pages + 1)
+                       if skip is None or not skip(info.content_hash, n))
+            yield from _render_each(doc, info, numbers, dpi, max_pixels)
         finally:
             doc.close()
+
+
+def _render_each(doc: _Doc, info: FileInfo, numbers: Iterable[int], dpi: float,
+                 max_pixels: int) -> Iterator[Page | Failure]:
+    """The given pages of an opened file, in order; a page that fails alone is a Failure with
+    ``page`` set and the others go on, a failure of the whole file ends the stream."""
+    for number in numbers:
+        try:
+            image = doc.render(number, dpi, max_pixels)
+        except InputError as err:
+            yield err.failure
+            if err.page is None:  # the whole file is unusable: stop here
+                return
+            continue
+        except Exception as err:  # a PDF page pdfium cannot load or render
+            yield Failure(info.path, f"cannot render page ({type(err).__name__}: {err})", number)
+            continue
+        yield Page(info.path, number, info.content_hash, image, image.size, info.n_pages)
+        del image
+
+
+def render_listed(listed: FileInfo, numbers: Iterable[int], dpi: float = DEFAULT_DPI,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Page | Failure]:
+    """Pages of a file that :func:`describe` listed earlier, rendered elsewhere (a Ray worker).
+
+    The file is not hashed again (a task per batch would read a large PDF once per batch); its size
+    and modification time must be those it was listed with, else its pages would be stored under
+    a hash that is no longer its content: that is a Failure asking for another run."""
+    try:
+        doc, info = _open(listed.path, max_pixels, listed)
+    except InputError as err:
+        yield err.failure
+        return
+    try:
+        yield from _render_each(doc, info, numbers, dpi, max_pixels)
+    finally:
+        doc.close()

@@ -51,3 +51,4 @@ class FileInfo:
     n_pages: int
     kind: str  # "pdf" or "image"
     n_bytes: int
+    mtime_ns: int = 0  # modification time when it was hashed (a later change shows here)

@@ -299,7 +299,7 @@ def test_skip_predicate_prevents_rendering_and_pages_are_lazy(tmp_path, monkeypa
     stream = iter_pages([str(pdf)], skip=skip, on_file=files.append)
     first = next(stream)
     assert first.page == 2 and rendered == [2]  # one page rendered at a time, skipped ones never
-    assert files == [FileInfo(str(pdf), sha(pdf), 4, "pdf", pdf.stat().st_size)]
+    assert files == [FileInfo(str(pdf), sha(pdf), 4, "pdf", pdf.stat().st_size, pdf.stat().st_mtime_ns)]
     rest = list(stream)
     assert [p.page for p in rest] == [4] and rendered == [2, 4]
     assert asked == [(sha(pdf), n) for n in (1, 2, 3, 4)]
@@ -314,7 +314,7 @@ def test_describe_gives_hash_and_page_count_without_rendering(tmp_path, monkeypa
     pdf = colour_pdf(tmp_path / "two.pdf", [(0, 0, 0)] * 2)
     png = tmp_path / "one.png"
     Image.new("RGB", (5, 5)).save(png)
-    assert describe(pdf) == FileInfo(str(pdf), sha(pdf), 2, "pdf", pdf.stat().st_size)
+    assert describe(pdf) == FileInfo(str(pdf), sha(pdf), 2, "pdf", pdf.stat().st_size, pdf.stat().st_mtime_ns)
     assert describe(png).n_pages == 1 and describe(png).content_hash == sha(png)
     # a skip-everything run hashes and counts but renders nothing
     assert list(iter_pages([str(pdf), str(png)], skip=lambda h, n: True)) == []

@@ -1,0 +1,116 @@
+"""``sapindex index --ray``: the local run's index, encoded by a Ray cluster (Ray Data).
+
+What runs where:
+
+- **driver** (this process): lists the inputs, hashes each file and checks which pages are stored
+  (:mod:`sapindex.cluster.listing`), and is the index's only writer: each output batch is one
+  atomic LanceDB commit through the same :class:`~sapindex.index.indexer.Recorder` as a local run
+  (same schema, failure table, summary and progress);
+- **rendering tasks** (one CPU each): a chunk of one file's pages, read from the path the driver
+  listed (inputs must be readable at the same path on every node);
+- **encoder actors** (``--encoders``, each ``--threads`` CPUs and ``--gpus-per-encoder`` GPUs):
+  one ONNX Runtime session set each, fed ``batch_size`` pages; SAP pruning runs there too, so
+  only the kept ~10 % of the vectors travel back.
+
+Faults: Ray Data restarts a killed actor and retries its batch; a page that arrives twice is
+stored once (the recorder drops it). A killed driver leaves the index as of its last commit, and
+rerunning the command skips what is stored. The object store bounds memory: rendering waits when
+encoders fall behind, and the driver holds at most two waves of page references.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sapindex.cluster.connect import Resources, connected
+from sapindex.cluster.listing import Lister, Wave, plan_waves
+from sapindex.cluster.workers import PageEncoder, decode, render_chunk
+from sapindex.errors import SapIndexError
+from sapindex.index.indexer import IndexSummary, Recorder, recording
+from sapindex.index.inputs import DEFAULT_DPI, iter_sources
+from sapindex.sap import DEFAULT_KEEP_RATIO
+
+# the first wave: enough batches to keep every encoder busy a few rounds
+FIRST_WAVE_BATCHES_PER_ENCODER = 4
+
+
+def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path, *, address: str = "local",
+                     encoders: int = 1, gpus_per_encoder: float = 0.0, keep_ratio: float = DEFAULT_KEEP_RATIO,
+                     device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI,
+                     threads: int | None = None, position_correction: bool = False, stdin=None,
+                     progress: Callable[[int, int], None] | None = None) -> IndexSummary:
+    """:func:`sapindex.index.indexer.run_index` on a Ray cluster; the same arguments, plus:
+
+    Args:
+        address: ``local`` (a private cluster on this machine, ended with the run), ``auto``
+            (the cluster this machine joined with ``ray start``) or a Ray address.
+        encoders: encoder actors (each holds the bundle's sessions: its memory, or its GPU share).
+        gpus_per_encoder: GPUs each encoder reserves; above 0 the encoders run on CUDA.
+        threads: CPUs each encoder reserves and ONNX Runtime threads it runs (default 1).
+    """
+    if encoders < 1:
+        raise SapIndexError(f"--encoders must be at least 1, got {encoders}")
+    if gpus_per_encoder < 0:
+        raise SapIndexError(f"--gpus-per-encoder must be 0 or more, got {gpus_per_encoder}")
+    if threads is not None and threads < 1:
+        raise SapIndexError(f"--threads must be at least 1, got {threads}")
+    if device == "cuda" and gpus_per_encoder == 0:
+        gpus_per_encoder = 1.0
+    device = "cuda" if gpus_per_encoder > 0 else "cpu"
+    threads = threads or 1
+    started = time.perf_counter()
+    with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
+                   position_correction=position_correction, progress=progress) as (bundle, batch_size, recorder):
+        resources = Resources(encoders, float(threads), float(gpus_per_encoder))
+        with connected(address, resources) as ray:
+            sources = iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin)
+            lister = Lister(plan_waves(sources, recorder.done, chunk_pages=batch_size,
+                                       first_pages=batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
+            encoder_args = {"bundle_path": str(Path(bundle.path).resolve()), "fingerprint": bundle.fingerprint,
+                            "device": device, "threads": threads, "keep_ratio": keep_ratio,
+                            "position_correction": position_correction}
+            try:
+                for wave in lister:
+                    _run_wave(ray, wave, recorder, resources, encoder_args, batch_size, dpi)
+            finally:
+                lister.stop()
+        return recorder.finish(started)
+
+
+def _run_wave(ray, wave: Wave, recorder: Recorder, resources: Resources, encoder_args: dict, batch_size: int,
+              dpi: float) -> None:
+    for info, already in wave.files:
+        recorder.file_listed(info, already)
+    recorder.store([], wave.failures)
+    if not wave.chunks:
+        return
+    dataset = (
+        ray.data.from_items(wave.chunks, override_num_blocks=len(wave.chunks))  # one rendering task per chunk
+        .flat_map(render_chunk, fn_kwargs={"dpi": dpi}, num_cpus=1)
+        .map_batches(PageEncoder, fn_constructor_kwargs=encoder_args, batch_size=batch_size, batch_format="numpy",
+                     compute=ray.data.ActorPoolStrategy(size=resources.encoders),
+                     num_cpus=resources.cpus_per_encoder, num_gpus=resources.gpus_per_encoder or None)
+    )
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            recorder.store(*decode(batch))
+    except Exception as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def _user_error(err: BaseException) -> SapIndexError | None:
+    """The :class:`SapIndexError` a worker raised (e.g. another bundle on a node), found through
+    Ray's wrapping; None for anything else (a bug: it propagates with its traceback)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, SapIndexError):
+            return SapIndexError(str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
