@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def connected(address: str, resources: Resources):
     except (ConnectionError, ValueError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SapIndexError(f"--ray {address}: cannot join a Ray cluster: {reason}") from None
+    restore = _cluster_messages_to_stderr()
     try:
         resources.check(ray.cluster_resources())
         context = ray.data.DataContext.get_current()
@@ -77,6 +79,18 @@ def connected(address: str, resources: Resources):
         yield ray
     finally:
         ray.shutdown()
+        restore()
+
+
+def _cluster_messages_to_stderr():
+    """Ray prints the cluster's messages to the driver (a worker died, its task is retried) on
+    stdout, where they would corrupt ``--json``: send them to stderr. Returns the undo."""
+    module = sys.modules.get("ray._private.worker")
+    original = getattr(module, "print_to_stdstream", None)
+    if original is None:  # another Ray layout: leave it as it is
+        return lambda: None
+    module.print_to_stdstream = lambda data, *args, **kwargs: original({**data, "is_err": True}, *args, **kwargs)
+    return lambda: setattr(module, "print_to_stdstream", original)
 
 
 def _init(ray, address: str, resources: Resources) -> None:

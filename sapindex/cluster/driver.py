@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sapindex.cluster.connect import Resources, connected
+from sapindex.cluster.connect import Resources, connected, import_ray
 from sapindex.cluster.listing import Lister, Wave, plan_waves
 from sapindex.cluster.workers import PageEncoder, decode, render_chunk
 from sapindex.errors import SapIndexError
@@ -51,6 +51,7 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
         gpus_per_encoder: GPUs each encoder reserves; above 0 the encoders run on CUDA.
         threads: CPUs each encoder reserves and ONNX Runtime threads it runs (default 1).
     """
+    import_ray()  # before the index is created
     if encoders < 1:
         raise SapIndexError(f"--encoders must be at least 1, got {encoders}")
     if gpus_per_encoder < 0:
