@@ -61,7 +61,7 @@ def connected(address: str, resources: Resources):
     """
     ray = import_ray()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stderr_muted():
             # lancedb (the index is open) warns at every fork; Ray's forks exec at once
             warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
             _init(ray, address, resources)
@@ -91,6 +91,21 @@ def _cluster_messages_to_stderr():
         return lambda: None
     module.print_to_stdstream = lambda data, *args, **kwargs: original({**data, "is_err": True}, *args, **kwargs)
     return lambda: setattr(module, "print_to_stdstream", original)
+
+
+@contextmanager
+def _stderr_muted():
+    """File descriptor 2 to /dev/null: Ray's C++ core writes there directly at start (a line saying
+    which log level it read); a failure to start still reaches the user as the exception."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _init(ray, address: str, resources: Resources) -> None:
