@@ -15,7 +15,8 @@ Then the driver's listing alone (:func:`sapindex.cluster.listing.plan_waves` ove
 files, waves consumed and dropped as the driver does): its Python peak (tracemalloc) should not grow
 with the number of files.
 
-Usage: python bench/ray_scaleout.py [--pages 96] [--rounds 2] [--files 1000,20000]
+Usage: python bench/ray_scaleout.py [--pages 96] [--rounds 2] [--files 1000,20000,100000]
+  (--pages 0: the listing alone)
 """
 
 from __future__ import annotations
@@ -101,31 +102,36 @@ def listing_peak(root: Path, files: int) -> tuple[float, float]:
     return peak, seconds
 
 
+def print_runs(results: dict[str, list[dict]]) -> None:
+    print("| run | wall s | pages/s (whole run) | pages/s (first to last commit) | vs local (steady) "
+          "| driver peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    base = statistics.median(x["steady"] for x in results["local"])
+    for name, runs in results.items():
+        med = {k: statistics.median(x[k] for x in runs) for k in ("wall", "rate", "steady", "peak_mb")}
+        print(f"| {name} | {med['wall']:.1f} | {med['rate']:.2f} | {med['steady']:.2f} | "
+              f"{med['steady'] / base:.2f}x | {med['peak_mb']:.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pages", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--files", default="1000,20000", help="file counts for the listing's memory")
+    ap.add_argument("--files", default="1000,20000,100000", help="file counts for the listing's memory")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ray-scaleout-"))
     try:
-        inputs = make_inputs(root / "inputs", args.pages)
-        results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
-        for r in range(args.rounds):
+        results: dict[str, list[dict]] = {name: [] for name in CONFIGS} if args.pages else {}
+        inputs = make_inputs(root / "inputs", args.pages) if args.pages else None
+        for r in range(args.rounds if results else 0):
             for name, extra in CONFIGS.items():
                 out = root / f"idx-{r}-{name.replace(' ', '')}"
                 results[name].append(run(inputs, out, extra))
                 shutil.rmtree(out)
         print(f"# Ray on one machine: {platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
               f"built-in micro bundle, {args.pages} PDF pages at 72 dpi, median of {args.rounds} rounds\n")
-        print("| run | wall s | pages/s (whole run) | pages/s (first to last commit) | vs local (steady) "
-              "| driver peak RSS MB |")
-        print("|---|---|---|---|---|---|")
-        base = statistics.median(x["steady"] for x in results["local"])
-        for name, runs in results.items():
-            med = {k: statistics.median(x[k] for x in runs) for k in ("wall", "rate", "steady", "peak_mb")}
-            print(f"| {name} | {med['wall']:.1f} | {med['rate']:.2f} | {med['steady']:.2f} | "
-                  f"{med['steady'] / base:.2f}x | {med['peak_mb']:.0f} |")
+        if results:
+            print_runs(results)
         print("\n## The driver's listing: Python peak while listing into waves\n")
         print("| files | tracemalloc peak MB | seconds | files/s |")
         print("|---|---|---|---|")

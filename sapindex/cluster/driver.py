@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,8 +97,11 @@ def _run_wave(ray, wave: Wave, recorder: Recorder, resources: Resources, encoder
                      num_cpus=resources.cpus_per_encoder, num_gpus=resources.gpus_per_encoder or None)
     )
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            recorder.store(*decode(batch))
+        with warnings.catch_warnings():
+            # a wave smaller than the actor pool (the end of a run) is expected, not worth a warning
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                recorder.store(*decode(batch))
     except Exception as err:
         cause = _user_error(err)
         if cause is None:
