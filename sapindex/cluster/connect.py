@@ -67,6 +67,8 @@ def connected(address: str, resources: Resources):
             _init(ray, address, resources)
     except (ConnectionError, ValueError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if address == "auto" and isinstance(err, ConnectionError):
+            reason = "no running Ray cluster found from this machine (start one with `ray start`, or use --ray local)"
         raise SapIndexError(f"--ray {address}: cannot join a Ray cluster: {reason}") from None
     restore = _cluster_messages_to_stderr()
     try:

@@ -64,21 +64,21 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
     device = "cuda" if gpus_per_encoder > 0 else "cpu"
     threads = threads or 1
     started = time.perf_counter()
+    resources = Resources(encoders, float(threads), float(gpus_per_encoder))
     with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
-                   position_correction=position_correction, progress=progress) as (bundle, batch_size, recorder):
-        resources = Resources(encoders, float(threads), float(gpus_per_encoder))
-        with connected(address, resources) as ray:
-            sources = iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin)
-            lister = Lister(plan_waves(sources, recorder.done, chunk_pages=batch_size,
-                                       first_pages=batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
-            encoder_args = {"bundle_path": str(Path(bundle.path).resolve()), "fingerprint": bundle.fingerprint,
-                            "device": device, "threads": threads, "keep_ratio": keep_ratio,
-                            "position_correction": position_correction}
-            try:
-                for wave in lister:
-                    _run_wave(ray, wave, recorder, resources, encoder_args, batch_size, dpi)
-            finally:
-                lister.stop()
+                   position_correction=position_correction, progress=progress,
+                   around=lambda: connected(address, resources)) as (bundle, batch_size, recorder, ray):
+        sources = iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin)
+        lister = Lister(plan_waves(sources, recorder.done, chunk_pages=batch_size,
+                                   first_pages=batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
+        encoder_args = {"bundle_path": str(Path(bundle.path).resolve()), "fingerprint": bundle.fingerprint,
+                        "device": device, "threads": threads, "keep_ratio": keep_ratio,
+                        "position_correction": position_correction}
+        try:
+            for wave in lister:
+                _run_wave(ray, wave, recorder, resources, encoder_args, batch_size, dpi)
+        finally:
+            lister.stop()
         return recorder.finish(started)
 
 

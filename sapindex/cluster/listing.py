@@ -52,8 +52,9 @@ def plan_waves(sources: Iterable[str | Failure], stored: set[tuple[str, int]], c
                max_pages: int = WAVE_MAX_PAGES) -> Iterator[Wave]:
     """Waves over ``sources`` (paths and failures, as :func:`~sapindex.index.inputs.iter_sources`
     yields them). A page is planned once: not when ``stored`` holds it (read, never changed
-    here), nor when an earlier file of this run (the same content twice) planned it."""
-    planned: set[tuple[str, int]] = set()
+    here), nor when an earlier file of this run with the same content planned it (the driver
+    keeps one hash per file for that, not one key per page)."""
+    planned: set[str] = set()
     limit = max(1, first_pages)
     wave = Wave(chunk_pages)
     for source in sources:
@@ -65,9 +66,9 @@ def plan_waves(sources: Iterable[str | Failure], stored: set[tuple[str, int]], c
         except InputError as err:
             wave.failures.append(err.failure)
             continue
-        keys = [(info.content_hash, p) for p in range(1, info.n_pages + 1)]
-        already = [key in stored or key in planned for key in keys]
-        planned.update(keys)
+        twice = info.content_hash in planned
+        already = [twice or (info.content_hash, p) in stored for p in range(1, info.n_pages + 1)]
+        planned.add(info.content_hash)
         wave.add_file(info, already)
         if wave.pages >= limit:
             yield wave

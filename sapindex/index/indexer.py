@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ContextManager
 
 from sapindex.errors import SapIndexError
 from sapindex.index.inputs import DEFAULT_DPI, iter_pages, iter_sources
@@ -114,9 +115,13 @@ class Recorder:
 
 @contextmanager
 def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, batch_size: int | None, device: str,
-              position_correction: bool, progress: Callable[[int, int], None] | None):
+              position_correction: bool, progress: Callable[[int, int], None] | None,
+              around: Callable[[], ContextManager] = nullcontext):
     """Check a run's options, open its bundle and its index (created or resumed, writer-locked):
-    yields ``(bundle, batch_size, recorder)``; the index is closed (unlocked) on the way out."""
+    yields ``(bundle, batch_size, recorder, context)``; the index is closed (unlocked) on the way out.
+
+    ``around()`` is entered after the checks and before the index is opened, and ``context`` is what
+    it yields (a Ray cluster): a cluster that cannot be joined leaves no new index behind."""
     if not 0.0 < keep_ratio <= 1.0:
         raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
     if batch_size is not None and batch_size < 1:
@@ -127,8 +132,9 @@ def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, ba
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
             "builtin": _is_builtin(bundle_path)}
     method = "sap-poscorr" if position_correction else "sap"
-    with Index.create_or_open(out, bundle.fingerprint, bundle.dim, meta=meta) as index:
-        yield bundle, batch_size or default_batch_size(bundle, device), Recorder(index, keep_ratio, method, progress)
+    with around() as context, Index.create_or_open(out, bundle.fingerprint, bundle.dim, meta=meta) as index:
+        yield (bundle, batch_size or default_batch_size(bundle, device), Recorder(index, keep_ratio, method, progress),
+               context)
 
 
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,
@@ -157,7 +163,7 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
     """
     started = time.perf_counter()
     with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
-                   position_correction=position_correction, progress=progress) as (bundle, batch_size, recorder):
+                   position_correction=position_correction, progress=progress) as (bundle, batch_size, recorder, _):
         encoder = Encoder(bundle, device=device, threads=threads)
         batch: list[Page] = []
         failures: list[Failure] = []

@@ -137,4 +137,7 @@ def test_ray_options_refusals(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     result = _cli("index", page, "--out", tmp_path / "i", "--ray", "local", "--encoders", 0)
     assert result.returncode == 2 and "--encoders must be at least 1" in result.stderr
+    result = _cli("index", page, "--out", tmp_path / "i", "--ray", "auto")  # no cluster runs here
+    assert result.returncode == 2 and "no running Ray cluster found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "i").exists()  # refused before an index is created
