@@ -122,6 +122,14 @@ SECTIONS = [
      "`Index.add_pages` (one atomic commit per call, as every `index` batch) on pages shaped like a real "
      "ColQwen2's at keep 0.1; rows built before the timing. Groundwork for issue 17 (Ray): a cluster feeds "
      "one writer."),
+    ("Ray on one machine: `index` locally vs `--ray local` with 1 and 2 encoders",
+     ["ray_scaleout.py", "--pages", "96", "--rounds", "2", "--files", "1000,20000,100000"],
+     ["--pages", "12", "--rounds", "1", "--files", "1000"],
+     "Each run is the CLI in a fresh process on the same PDFs (the built-in micro bundle), alternating over rounds. "
+     "`ray AxT` is A encoder actors of T threads each on a private local cluster. The steady rate counts the pages "
+     "stored after the first commit over the time to the last (it leaves out the cluster's and the actors' start); "
+     "the driver's peak RSS is its VmHWM (for `local` that process also holds the model). The listing rows: "
+     "`plan_waves` over single-page PNGs, waves consumed and dropped as the driver does."),
 ]
 
 
