@@ -68,7 +68,7 @@ def export_text_variant(adapter, window, path, centrality):
         feats = VisionGraph(adapter.model.visual, windowed=False)(inputs["pixel_values"], inputs["image_grid_thw"])
     export_graph(TextGraph(adapter.model, window, centrality=centrality).eval(),
                  (inputs["input_ids"], inputs["attention_mask"], feats, inputs["image_grid_thw"]), path, "text", 18,
-                 adapter.info.family.name)
+                 adapter.info.family.name, adapter.info.family.graph_io(1))  # one text graph, as format 1
     return feats
 
 

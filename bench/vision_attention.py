@@ -60,6 +60,7 @@ def bench_family(family: str, args, work: Path) -> dict:
     from sapindex.exporter.export import export_graph
     from sapindex.exporter.graphs import qwen2_vl
     from sapindex.exporter.validate import validation_pages
+    from sapindex.families import FAMILIES
     from sapindex.models.adapters import load_adapter
     from sapindex.runtime.session import session_options
     from sapindex.testing.real_size import build_real_size
@@ -80,7 +81,7 @@ def bench_family(family: str, args, work: Path) -> dict:
     for name, graph in forms.items():
         path = work / f"{family}-{name}.onnx"
         with torch.no_grad():
-            export_graph(graph.eval(), trace, path, "vision", 18, family)
+            export_graph(graph.eval(), trace, path, "vision", 18, family, FAMILIES[family].graph_io())
         sessions[name] = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
         out = sessions[name].run(None, feed)[0][0]
         diffs[name] = float(np.abs(out - reference).max())

@@ -25,8 +25,15 @@ from sapindex.errors import SapIndexError
 from sapindex.fingerprint import model_fingerprint
 from sapindex.formats import read_json
 
-# What the runtime reads from each graph, whatever the backbone.
-GRAPH_OUTPUTS = {"vision": ("image_embeds",), "text": ("embeddings", "centrality", "eos_attention")}
+# What the runtime reads from each graph, whatever the backbone. Format-1 bundles have one text
+# graph; format 2 splits it at the end of the SAP window into a head (its outputs are what the tail
+# needs) and a tail, which adds the final layer's eos_attention when it has decoder layers.
+GRAPH_OUTPUTS = {"vision": ("image_embeds",), "text": ("embeddings", "centrality", "eos_attention"),
+                 "head": ("states", "centrality", "attention_bias", "rope_cos", "rope_sin", "eos_attention"),
+                 "tail": ("embeddings",)}
+TAIL_INPUTS = ("states", "attention_mask", "attention_bias", "rope_cos", "rope_sin")
+# the graphs of each bundle format
+FORMAT_GRAPHS = {1: ("vision", "text"), 2: ("vision", "head", "tail")}
 ATTENTION_KINDS = ("causal", "prefix-lm")
 
 
@@ -41,10 +48,13 @@ class Backbone:
     attention: str
     graph_inputs: dict  # graph name -> the input names it takes, in order
 
-    def graph_io(self) -> dict[str, dict[str, list[str]]]:
-        """``{graph: {"inputs": [...], "outputs": [...]}}``, as a bundle manifest records it."""
-        return {name: {"inputs": list(self.graph_inputs[name]), "outputs": list(outputs)}
-                for name, outputs in GRAPH_OUTPUTS.items()}
+    def graph_io(self, version: int = 2, tail_layers: int = 1) -> dict[str, dict[str, list[str]]]:
+        """``{graph: {"inputs": [...], "outputs": [...]}}`` of a bundle of format ``version``, as its
+        manifest records it (``tail_layers``: decoder layers after the SAP window)."""
+        inputs = {**self.graph_inputs, "head": self.graph_inputs["text"], "tail": TAIL_INPUTS}
+        outputs = {**GRAPH_OUTPUTS, "tail": GRAPH_OUTPUTS["tail"] + (("eos_attention",) if tail_layers else ())}
+        return {name: {"inputs": list(inputs[name]), "outputs": list(outputs[name])}
+                for name in FORMAT_GRAPHS[version]}
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -108,9 +118,8 @@ class FamilySpec:
     def attention(self) -> str:
         return self.arch.attention
 
-    @property
-    def graph_io(self) -> dict[str, dict[str, list[str]]]:
-        return self.arch.graph_io()
+    def graph_io(self, version: int = 2, tail_layers: int = 1) -> dict[str, dict[str, list[str]]]:
+        return self.arch.graph_io(version, tail_layers)
 
     def bundle_gb(self, dtype: str) -> tuple[float, ...]:
         """Estimated bundle size per checkpoint: every weight once, 4 (fp32) or 2 (fp16) bytes."""

@@ -13,7 +13,7 @@ from sapindex.families import BACKBONES, FAMILIES
 
 def _missing() -> list[str]:
     from sapindex.cli.demo import demo
-    from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_spec
+    from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_axes, graph_spec
     from sapindex.models.adapters import adapter_class
     from sapindex.runtime.preprocess import PREPROCESSORS
     from sapindex.testing import tiny
@@ -33,8 +33,9 @@ def _missing() -> list[str]:
             missing.append(f"{where}: no export graphs in sapindex/exporter/graphs GRAPHS")
         else:
             graph = graph_spec(spec.backbone)
-            inputs = {n for io in spec.graph_io.values() for n in io["inputs"]} - {"image_embeds"}
-            axes = {n for per_graph in graph.dynamic_axes.values() for n in per_graph}
+            io = spec.graph_io()
+            inputs = {n for graph_io in io.values() for n in graph_io["inputs"]} - {"image_embeds"}
+            axes = {n for name in io for n in graph_axes(graph, name)}
             if not inputs <= axes | {"image_grid_thw"}:
                 missing.append(f"{where}: graph inputs {sorted(inputs - axes)} have no dynamic axes in its GraphSpec")
             for dtype in DTYPES:

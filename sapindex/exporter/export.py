@@ -23,7 +23,7 @@ from pathlib import Path
 from sapindex import __version__
 from sapindex.calibration.calibrate import CALIBRATION_FORMAT, CALIBRATION_VERSION
 from sapindex.errors import SapIndexError
-from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_spec
+from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_axes, graph_spec
 from sapindex.exporter.preprocessing_params import write_tokenizer_json
 from sapindex.exporter.quantize import DEFAULT_SCHEME, SCHEMES, quantization_record, quantize_graph
 from sapindex.exporter.validate import ValidationFailed, reference_outputs, validate, validation_pages
@@ -149,26 +149,35 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
                   log: Callable[[str], None]) -> dict:
     import torch
 
+    from sapindex.exporter.graphs.decoder import TailGraph
+
     info = adapter.info
     family = info.family.name
     backbone = FAMILIES[family].backbone
     if backbone not in GRAPHS:
         raise SapIndexError(f"{info.path}: family {family!r} has no ONNX export in this sapindex")
     spec = graph_spec(backbone)
-    io = FAMILIES[family].graph_io
     if dtype == "fp16":  # in place: the fp32 reference outputs are already computed, and a copy would cost 0.5x
         adapter.model.half()
-    vision, text = (graph.eval() for graph in spec.build(adapter, window))
+    vision, head = (graph.eval() for graph in spec.build(adapter, window))
+    head.part = "head"
+    tail = TailGraph(head).eval()
+    io = FAMILIES[family].graph_io(BUNDLE_VERSION, head.tail_layers)
     # two pages: torch.export specialises any axis whose example size is 1
     example = adapter.graph_inputs(adapter.page_inputs(validation_pages(2)))
     vision_args = tuple(example[name] for name in io["vision"]["inputs"])
     with torch.no_grad():
         feats = vision(*vision_args)  # [B, T, hidden]
-    text_args = tuple(feats if name == "image_embeds" else example[name] for name in io["text"]["inputs"])
+    head_args = tuple(feats if name == "image_embeds" else example[name] for name in io["head"]["inputs"])
+    with torch.no_grad():
+        states = dict(zip(io["head"]["outputs"], head(*head_args)))
+    tail_args = tuple(example[name] if name == "attention_mask" else states[name] for name in io["tail"]["inputs"])
     log("tracing    the vision graph and writing vision.onnx")
-    export_graph(vision, vision_args, staging / "vision.onnx", "vision", opset, family)
-    log("tracing    the text graph (SAP centrality in-graph) and writing text.onnx")
-    export_graph(text, text_args, staging / "text.onnx", "text", opset, family)
+    export_graph(vision, vision_args, staging / "vision.onnx", "vision", opset, family, io)
+    log(f"tracing    the head graph (layers 0-{window[1] - 1}, SAP centrality in-graph) and writing head.onnx")
+    export_graph(head, head_args, staging / "head.onnx", "head", opset, family, io)
+    log(f"tracing    the tail graph ({head.tail_layers} layer(s) after the window, the head) and writing tail.onnx")
+    export_graph(tail, tail_args, staging / "tail.onnx", "tail", opset, family, io)
     write_tokenizer_json(adapter.processor, staging / "tokenizer.json")
     return {
         "format": BUNDLE_FORMAT,
@@ -194,18 +203,17 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
     }
 
 
-def export_graph(module, args, path: Path, name: str, opset: int, family: str) -> None:
+def export_graph(module, args, path: Path, name: str, opset: int, family: str, graph_io: dict) -> None:
     """Export one graph of a ``family`` bundle (``name``: a key of its ``graph_io``) with the dynamic
     axes its backbone's :class:`~sapindex.exporter.graphs.GraphSpec` declares, then check it."""
     import onnx
     import torch
 
-    family_spec = FAMILIES[family]
-    io = family_spec.graph_io[name]
+    io = graph_io[name]
     dims: dict[str, object] = {}  # one torch Dim per axis name, shared across inputs
     dynamic_shapes = {
         tensor: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
-        for tensor, axes in graph_spec(family_spec.backbone).dynamic_axes[name].items()
+        for tensor, axes in graph_axes(graph_spec(FAMILIES[family].backbone), name).items()
     }
     os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")  # a check with no ONNX translation
     try:

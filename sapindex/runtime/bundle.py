@@ -27,7 +27,7 @@ from sapindex.fingerprint import sha256_file
 from sapindex.formats import read_artifact, read_json, write_json_atomic
 
 BUNDLE_FORMAT = "sapindex-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # format 1 (one text graph) still loads and runs
 MANIFEST = "manifest.json"
 
 
@@ -119,11 +119,16 @@ class Bundle:
         source of truth; the family's default only fills in for manifests that lack it."""
         recorded = self.manifest.get("graphs", {}).get(name, {})
         spec = FAMILIES.get(self.family)
-        default = spec.graph_io.get(name, {}) if spec else {}
+        default = spec.graph_io(self.version).get(name, {}) if spec else {}
         io = {key: recorded.get(key, default.get(key)) for key in ("inputs", "outputs")}
         if not io["inputs"] or not io["outputs"]:
             raise SapIndexError(f"{self.path / MANIFEST}: graph {name!r} lists no inputs or outputs")
         return io
+
+    @property
+    def version(self) -> int:
+        """1: one text graph; 2: the text decoder split into head and tail (``FORMAT_GRAPHS``)."""
+        return int(self.manifest.get("format_version", 1))
 
     @property
     def window(self) -> tuple[int, int]:

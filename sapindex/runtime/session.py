@@ -91,15 +91,16 @@ class BundleSessions:
         self.inputs: dict[str, dict] = {}  # graph -> input name -> the numpy dtype ORT wants
         self.hidden = int(bundle.manifest["hidden_size"])  # width of the (dummy) image features for queries
         for name in preload:
-            self.session(name)
+            for graph in self._graphs(name):
+                self.session(graph)
+
+    def _graphs(self, name: str) -> tuple[str, ...]:
+        """The bundle's graphs behind a role: ``text`` is one graph in format 1, head + tail in format 2."""
+        return ("head", "tail") if name == "text" and self.bundle.version >= 2 else (name,)
 
     @property
     def vision(self):
         return self.session("vision")
-
-    @property
-    def text(self):
-        return self.session("text")
 
     def loaded(self) -> list[str]:
         """The graphs whose sessions exist so far."""
@@ -139,13 +140,27 @@ class BundleSessions:
         n_pages = len(next(iter(vision_feed.values())))
         image_embeds = np.concatenate([self.vision.run(None, {k: v[i:i + 1] for k, v in vision_feed.items()})[0]
                                        for i in range(n_pages)])  # [B, T, hidden]
-        emb, cent, eos = self.text.run(None, self._feed("text", {**feed, "image_embeds": image_embeds}))
-        return emb, cent, eos
+        return self._run_text({**feed, "image_embeds": image_embeds})
 
     def run_queries(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """``[B, M, dim]`` query embeddings (zero rows at padding); ``feed`` holds every text-graph
         input, the family's text-only stand-ins included (the preprocessor's ``query_extras``)."""
-        return self.text.run(["embeddings"], self._feed("text", feed))[0]
+        return self._run_text(feed)[0]
+
+    def _run_text(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The text decoder: one graph (format 1), or the head and then the tail on every token (format
+        2's exact mode): ``(embeddings, centrality, eos_attention)``."""
+        if self.bundle.version < 2:
+            emb, cent, eos = self.session("text").run(None, self._feed("text", feed))
+            return emb, cent, eos
+        head = self._run("head", feed)
+        tail = self._run("tail", {**head, "attention_mask": feed["attention_mask"]})
+        return tail["embeddings"], head["centrality"], tail.get("eos_attention", head["eos_attention"])
+
+    def _run(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Graph ``name`` on its inputs taken from ``feed``: its outputs by name."""
+        outputs = self.session(name).run(None, self._feed(name, feed))
+        return dict(zip(self.bundle.graph_io(name)["outputs"], outputs))
 
     def _feed(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.session(name)

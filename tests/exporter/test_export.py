@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import QUERIES
 from PIL import Image
 
 from sapindex import families, sap
@@ -16,6 +17,7 @@ from sapindex.errors import SapIndexError
 from sapindex.exporter.export import ExportConfig, export_bundle
 from sapindex.exporter.graphs import Tolerance, graph_spec
 from sapindex.runtime.bundle import Bundle
+from sapindex.runtime.defaults import default_bundle_path, default_weights_path, example_pages
 from sapindex.runtime.encoder import Encoder, check_position_correction, prune
 
 FAMILIES = ["colqwen2", "colqwen2_5", "jina_v4", "colpali", "colpali_hf", "colidefics3"]
@@ -51,9 +53,12 @@ def test_manifest_and_validation(bundles, family):
     assert bundle.fingerprint == manifest["fingerprint"]
     calib = json.loads((path / "calibration.json").read_text())
     assert manifest["window"] == [calib["window"]["start"], calib["window"]["end"]]
-    assert manifest["family"] == family and manifest["dim"] == 128 and manifest["format_version"] == 1
+    assert manifest["family"] == family and manifest["dim"] == 128 and manifest["format_version"] == 2
     assert manifest["attention"] == ("prefix-lm" if family in PREFIX_LM else "causal") == bundle.attention
-    assert manifest["graphs"]["text"]["inputs"][-1] == LAST_TEXT_INPUT.get(family, "image_grid_thw")
+    assert set(manifest["graphs"]) == {"vision", "head", "tail"}  # the text decoder split at the window's end
+    assert manifest["graphs"]["head"]["inputs"][-1] == LAST_TEXT_INPUT.get(family, "image_grid_thw")
+    has_tail_layers = manifest["window"][1] < manifest["n_layers"]
+    assert ("eos_attention" in manifest["graphs"]["tail"]["outputs"]) == has_tail_layers
     assert manifest["source_model"]["fingerprint"] == calib["model"]["fingerprint"]["sha256"]
     v = manifest["validation"]
     assert v["max_abs_diff_embeddings"] < 1e-4 and v["max_abs_diff_query_embeddings"] < 1e-4
@@ -65,9 +70,10 @@ def test_manifest_and_validation(bundles, family):
     if family in TILED:  # local page grids of 3x3, 2x3 and 3x1 tiles of 4x4 tokens
         assert v["visual_grids"] == [[8, 12], [12, 4], [12, 12]]
         assert "global tile" in manifest["image_token_scheme"] and manifest["preprocessing"]["image_seq_len"] == 16
-    expected_files = {"vision.onnx", "vision.onnx.data", "text.onnx", "text.onnx.data", "tokenizer.json"}
+    expected_files = {"vision.onnx", "vision.onnx.data", "head.onnx", "head.onnx.data", "tail.onnx", "tail.onnx.data",
+                      "tokenizer.json"}
     assert expected_files <= set(manifest["files"])
-    for name in ("vision.onnx", "text.onnx"):
+    for name in ("vision.onnx", "head.onnx", "tail.onnx"):
         graph = onnx.load(str(path / name), load_external_data=False).graph
         for tensor in graph.input:
             first = tensor.type.tensor_type.shape.dim[0]
@@ -194,10 +200,10 @@ def test_tampered_bundles_are_refused(bundles, tmp_path):
     src = bundles["colqwen2"][1]
     bad = tmp_path / "bad.sap"
     shutil.copytree(src, bad)
-    data = bytearray((bad / "text.onnx.data").read_bytes())
+    data = bytearray((bad / "head.onnx.data").read_bytes())
     data[100] ^= 0xFF
-    (bad / "text.onnx.data").write_bytes(bytes(data))
-    with pytest.raises(SapIndexError, match=r"text.onnx.data: sha256 differs"):
+    (bad / "head.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(SapIndexError, match=r"head.onnx.data: sha256 differs"):
         Bundle.open(bad)
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["format_version"] = 99
@@ -284,13 +290,13 @@ def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path, family):
     tolerance = graph_spec(families.FAMILIES[family].backbone).tolerances["fp16"]
     assert manifest["validation"]["max_abs_diff_embeddings"] < tolerance.embeddings
     assert manifest["validation"]["min_kept_jaccard_at_0.1"] >= tolerance.kept_jaccard
-    graph = onnx.load(str(tmp_path / "half.sap" / "text.onnx"))
+    graph = onnx.load(str(tmp_path / "half.sap" / "head.onnx"))
     weights = [t for t in graph.graph.initializer if len(t.dims) == 2]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in graph.graph.output)
     fp32_manifest = bundles[family][0]
-    half_bytes = manifest["files"]["text.onnx.data"]["size"]
-    assert half_bytes < 0.6 * fp32_manifest["files"]["text.onnx.data"]["size"]
+    half_bytes = manifest["files"]["head.onnx.data"]["size"]
+    assert half_bytes < 0.6 * fp32_manifest["files"]["head.onnx.data"]["size"]
     half = Encoder(Bundle.open(tmp_path / "half.sap"))  # runs on the CPU provider too
     full = Encoder(Bundle.open(bundles[family][1]))
     images = _pages(ALIGNED)
@@ -320,14 +326,15 @@ def test_manifest_graph_io_is_the_source_of_truth(bundles):
     old["graphs"] = {name: {"file": graph["file"]} for name, graph in manifest["graphs"].items()}
     bundle = Bundle(path, old)
     assert bundle.attention == "causal"
-    assert bundle.graph_io("text")["inputs"] == ["input_ids", "attention_mask", "image_embeds", "image_grid_thw"]
+    assert bundle.graph_io("head")["inputs"] == ["input_ids", "attention_mask", "image_embeds", "image_grid_thw"]
+    assert bundle.graph_io("tail")["inputs"] == list(families.TAIL_INPUTS)
     assert Encoder(bundle).encode_queries(["total revenue"])[0].shape[1] == 128
     with pytest.raises(SapIndexError, match="unknown attention 'sliding'"):
         _ = Bundle(path, {**manifest, "attention": "sliding"}).attention
     encoder = Encoder(Bundle.open(bundles["colpali"][1]))
     batch = encoder.preprocessor.pages(_pages([(112, 112)]))
     del batch["prefix_mask"]
-    with pytest.raises(SapIndexError, match=r"text.onnx: no value for graph input\(s\) prefix_mask"):
+    with pytest.raises(SapIndexError, match=r"head.onnx: no value for graph input\(s\) prefix_mask"):
         encoder.sessions.run_pages(batch)
 
 
@@ -372,3 +379,25 @@ def test_a_bad_window_is_one_line_and_writes_nothing(tiny_models, calibrations, 
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"error: {message}"
     assert not (tmp_path / "w.sap").exists()
+
+
+def test_format_2_head_and_tail_equal_the_format_1_text_graph(tmp_path):
+    """Exact mode: the shipped micro bundle is format 1 (one text graph); its checkpoint exported now
+    is format 2 (head through the SAP window, then the tail on every token). Both load and run, with
+    the same embeddings (1e-5), centrality, EOS rows and kept sets on the example pages and queries."""
+    export_bundle(ExportConfig(model=str(default_weights_path()), calibration=str(default_weights_path() /
+                                                                                    "calibration.json"),
+                               out=str(tmp_path / "v2.sap")))
+    old, new = Encoder(Bundle.open(default_bundle_path())), Encoder(Bundle.open(tmp_path / "v2.sap"))
+    assert (old.bundle.version, new.bundle.version) == (1, 2) and old.bundle.window == new.bundle.window
+    assert set(new.bundle.manifest["graphs"]) == {"vision", "head", "tail"}
+    pages = [Image.open(p).convert("RGB") for p in example_pages()[:4]]
+    for a, b in zip(old.encode_pages(pages), new.encode_pages(pages)):
+        assert np.abs(a.embeddings - b.embeddings).max() <= 1e-5
+        assert np.allclose(a.centrality, b.centrality, rtol=1e-5, atol=1e-7)
+        assert np.allclose(a.eos, b.eos, rtol=1e-5, atol=1e-7)
+        for ratio in (0.05, 0.1, 0.2):
+            assert np.array_equal(prune(a, ratio).positions, prune(b, ratio).positions)
+    for qa, qb in zip(old.encode_queries(QUERIES), new.encode_queries(QUERIES)):
+        assert qa.shape == qb.shape and np.abs(qa - qb).max() <= 1e-5
+    assert new.sessions.loaded() == ["head", "tail", "vision"]

@@ -15,7 +15,7 @@ def test_written_graphs_keep_no_pytorch_weight_alive(tiny_models, tmp_path):
     adapter = load_adapter(tiny_models["colqwen2"])
     weights = [weakref.ref(p) for p in adapter.model.parameters()]
     manifest = _write_graphs(adapter, (1, 3), tmp_path, 18, "fp32", lambda _msg: None)
-    assert (tmp_path / "text.onnx").exists() and manifest["window"] == [1, 3]
+    assert (tmp_path / "head.onnx").exists() and manifest["window"] == [1, 3]
     adapter = None
     gc.collect()
     alive = [w() for w in weights if w() is not None]

@@ -27,6 +27,10 @@ GRAPHS: dict[str, str] = {
 # get a one-token dummy image_embeds, so the token axis is dynamic everywhere.
 TEXT_AXES = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
              "image_embeds": {0: "batch", 1: "tokens"}}
+# A format-2 tail's inputs (the head's outputs), the same for every backbone.
+TAIL_AXES = {"states": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+             "attention_bias": {0: "batch", 2: "seq", 3: "seq"}, "rope_cos": {0: "batch", 2: "seq"},
+             "rope_sin": {0: "batch", 2: "seq"}}
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class GraphSpec:
     params: Callable[[object], dict]  # live processor -> the runtime preprocessor's manifest params
     dynamic_axes: dict  # graph -> input -> {axis: name}
     tolerances: dict[str, Tolerance]  # bundle dtype ("fp32", "fp16", "int8") -> validation tolerance
+
+
+def graph_axes(spec: GraphSpec, name: str) -> dict:
+    """The dynamic axes of graph ``name`` of a bundle: a head takes the text graph's inputs."""
+    return {"head": spec.dynamic_axes["text"], "tail": TAIL_AXES}.get(name) or spec.dynamic_axes[name]
 
 
 def graph_spec(backbone: str) -> GraphSpec:

@@ -83,32 +83,66 @@ class DecoderGraph(nn.Module):
         scale = self.lm.rotary_emb.attention_scaling
         return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
 
-    def _decode(self, x, attention_mask, is_image, mask, cos, sin):
-        """Decoder layers + head: ``(embeddings [B, S, dim], centrality [B, S], eos_attention [B, S])``."""
-        batch, seq = attention_mask.shape
-        valid = attention_mask.bool()  # [B, S]
-        i = torch.arange(seq, device=attention_mask.device)
-        rows = is_image.to(torch.float32)  # visual rows for the in-degree
-        centrality = torch.zeros(batch, seq, dtype=torch.float32, device=attention_mask.device)
+    # "whole": the text graph of a format-1 bundle (and the torch reference of head + tail);
+    # "head": the layers through the SAP window, as a format-2 bundle's head.onnx (:class:`TailGraph`)
+    part = "whole"
 
-        last = (valid.long() * i.view(1, seq)).max(dim=1).values  # [B] index of the last valid token
-        for idx, layer in enumerate(self.lm.layers):
-            residual = x
-            attn_out, probs = self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, mask)
-            if self.with_centrality and self.window[0] <= idx < self.window[1]:
+    def _decode(self, x, attention_mask, is_image, mask, cos, sin):
+        """What the graph returns once a family has placed the tokens, their mask and rotary tables:
+        ``(embeddings [B, S, dim], centrality [B, S], eos_attention [B, S])`` for the whole decoder,
+        or for the head ``(states [B, S, hidden], centrality, attention_bias [B, 1, S, S], rope_cos,
+        rope_sin [B, 1, S, hd], eos_attention of the head's last layer)``: all the tail needs."""
+        x, centrality, probs = self._head(x, is_image, mask, cos, sin)
+        if self.part == "head":
+            batch = x.shape[0]
+            return (x, centrality, mask, cos.expand(batch, -1, -1, -1), sin.expand(batch, -1, -1, -1),
+                    self._eos(probs, attention_mask))
+        emb, eos = self._tail(x, attention_mask, mask, cos, sin, probs)
+        return emb, centrality, eos
+
+    @property
+    def tail_layers(self) -> int:
+        return len(self.lm.layers) - self.window[1]
+
+    def _layer(self, layer: nn.Module, x, mask, cos, sin):
+        """One decoder layer: ``(x, attention probabilities [B, h, S, S])``."""
+        attn_out, probs = self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, mask)
+        x = x + attn_out
+        return x + layer.mlp(layer.post_attention_layernorm(x)), probs
+
+    def _head(self, x, is_image, mask, cos, sin):
+        """The layers up to the end of the SAP window: ``(states after the window [B, S, hidden],
+        centrality [B, S], the last layer's attention probabilities)``; what the tail starts from."""
+        rows = is_image.to(torch.float32)  # visual rows for the in-degree
+        centrality = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
+        probs = None
+        for idx in range(self.window[1]):
+            x, probs = self._layer(self.lm.layers[idx], x, mask, cos, sin)
+            if self.with_centrality and self.window[0] <= idx:
                 # in-degree: attention each column receives from visual rows, head mean  [B, S]
                 centrality = centrality + torch.einsum("bhij,bi->bj", probs, rows) / self.heads
-            if idx == len(self.lm.layers) - 1:
-                row = last.view(-1, 1, 1, 1).expand(-1, probs.shape[1], 1, seq)  # [B, h, 1, S]
-                eos = torch.gather(probs, 2, row).squeeze(2).mean(dim=1)  # [B, S]
-            x = residual + attn_out
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return x, centrality / (self.window[1] - self.window[0]) * rows, probs
+
+    def _tail(self, x, attention_mask, mask, cos, sin, probs):
+        """The layers after the window, the final norm and the multi-vector head: ``(embeddings
+        [B, S, dim], eos_attention [B, S])``, the final layer's attention row from the last valid
+        token (``probs``: the head's last layer, when the window ends at the last layer)."""
+        for layer in self.lm.layers[self.window[1]:]:
+            x, probs = self._layer(layer, x, mask, cos, sin)
+        eos = self._eos(probs, attention_mask) if probs is not None else None
         x = self.lm.norm(x)
         emb = self.proj(x).float()  # [B, S, dim], normalised in fp32
         emb = emb / emb.norm(dim=-1, keepdim=True)
-        emb = emb * attention_mask.unsqueeze(-1).to(emb.dtype)
-        centrality = centrality / (self.window[1] - self.window[0]) * rows
-        return emb, centrality, eos
+        return emb * attention_mask.unsqueeze(-1).to(emb.dtype), eos
+
+    @staticmethod
+    def _eos(probs, attention_mask):
+        """A layer's attention row from the last valid token, head mean ``[B, S]`` (the EOS baseline)."""
+        seq = attention_mask.shape[1]
+        i = torch.arange(seq, device=attention_mask.device)
+        last = (attention_mask.bool().long() * i.view(1, seq)).max(dim=1).values  # [B]
+        row = last.view(-1, 1, 1, 1).expand(-1, probs.shape[1], 1, seq)  # [B, h, 1, S]
+        return torch.gather(probs, 2, row).squeeze(2).mean(dim=1)
 
     def _attention(self, attn: nn.Module, x, cos, sin, mask):
         batch, seq, _ = x.shape
@@ -124,3 +158,19 @@ class DecoderGraph(nn.Module):
         probs = torch.softmax(scores, dim=-1)  # fp32: centrality and EOS are reduced from these
         out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(batch, seq, -1)  # [B, S, h*hd]
         return attn.o_proj(out), probs
+
+
+class TailGraph(nn.Module):
+    """A format-2 bundle's tail.onnx: the decoder layers after the SAP window, the final norm and
+    the multi-vector head, from the head's outputs. It knows no family: the head hands it each
+    token's mask row and rotary table, so it runs as well on a subset of the tokens (fast mode)
+    as on all of them. Outputs ``embeddings [B, S, dim]`` and, when it has layers, the final
+    layer's ``eos_attention [B, S]`` (else the head's is the final layer's)."""
+
+    def __init__(self, text: DecoderGraph):
+        super().__init__()
+        self.text = text
+
+    def forward(self, states, attention_mask, attention_bias, rope_cos, rope_sin):
+        emb, eos = self.text._tail(states, attention_mask, attention_bias, rope_cos, rope_sin, None)
+        return emb if eos is None else (emb, eos)
