@@ -37,7 +37,7 @@ def fused_copy(bundle: Path, out: Path) -> dict[str, dict[str, int]]:
 
     shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
     counts = {}
-    for name in ("vision", "text"):
+    for name in json.loads((bundle / "manifest.json").read_text())["graphs"]:  # format 1 or 2
         model = ir.load(str(bundle / f"{name}.onnx"))
         model, fused = optimize_for_ort(model)
         ir.save(model, str(out / f"{name}.onnx"), external_data=f"{name}.onnx.data")

@@ -33,7 +33,7 @@ def encode(bundle: str, dataset: str, mode: str, batch_size: int, threads: int, 
     if mode == "batched":  # the whole batch through the vision graph in one call
         def run_pages(feed):
             (image_embeds,) = sessions.vision.run(None, sessions._feed("vision", feed))
-            return tuple(sessions.text.run(None, sessions._feed("text", {**feed, "image_embeds": image_embeds})))
+            return sessions._run_text({**feed, "image_embeds": image_embeds})
         sessions.run_pages = run_pages
     images = [page.load() for page in load_dataset(dataset).pages]
     best, pages = float("inf"), []
