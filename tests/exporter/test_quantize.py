@@ -47,7 +47,8 @@ def _check_int8(manifest, bundle_dir, scheme="dynamic"):
         # weight products are int8; the attention products (scores, probabilities x values) stay fp32
         for other, names in SCHEME_OPS.items():
             assert all((ops.get(op, 0) > 0) == (other == scheme) for op in names), (name, ops)
-        assert ops.get("MatMul", 0) > 0
+        if name != "tail" or manifest["window"][1] < manifest["n_layers"]:  # a tail without layers: no attention
+            assert ops.get("MatMul", 0) > 0
     text = onnx.load(str(bundle_dir / "head.onnx"))
     if scheme == "dynamic":  # [K, N] int8
         assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in text.graph.initializer)
