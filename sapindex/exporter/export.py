@@ -176,7 +176,8 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
     export_graph(vision, vision_args, staging / "vision.onnx", "vision", opset, family, io)
     log(f"tracing    the head graph (layers 0-{window[1] - 1}, SAP centrality in-graph) and writing head.onnx")
     export_graph(head, head_args, staging / "head.onnx", "head", opset, family, io)
-    log(f"tracing    the tail graph ({head.tail_layers} layer(s) after the window, the head) and writing tail.onnx")
+    log(f"tracing    the tail graph ({head.tail_layers} layer(s) after the window, the projection) "
+        "and writing tail.onnx")
     export_graph(tail, tail_args, staging / "tail.onnx", "tail", opset, family, io)
     write_tokenizer_json(adapter.processor, staging / "tokenizer.json")
     return {

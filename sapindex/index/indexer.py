@@ -60,9 +60,11 @@ class Recorder:
     """The write side of an indexing run, shared by the local loop below and the Ray driver
     (:mod:`sapindex.cluster`): what is stored, what is skipped, the summary and the progress.
 
-    ``done`` holds every (content hash, page) stored or already handed to an encoder in this
-    run: the skip check before a page is rendered, and what makes a page that reaches
-    :meth:`store` twice (a Ray task retried after it delivered) be written once.
+    ``done`` holds the (content hash, page) keys stored before the run, plus, in a local run,
+    those handed to the encoder since: the skip check before a page is rendered. ``stored`` holds
+    the keys this run wrote, so that a page reaching :meth:`store` twice (a Ray task retried after
+    it delivered) is written once; the Ray driver's listing thread reads ``done`` while this
+    writes, which is why the two are separate sets.
     """
 
     def __init__(self, index: Index, keep_ratio: float, method: str,

@@ -14,6 +14,8 @@ Before a file's pages are rendered its sha256 (streamed, 1 MiB at a time) and pa
 known: :func:`describe` gives them for one path, ``iter_pages(on_file=...)`` reports them for
 every file, and ``iter_pages(skip=...)`` is asked ``skip(content_hash, page)`` before each page
 is rendered, so that an indexer resuming a run never renders a page it already has.
+:func:`render_listed` renders given pages of a file that :func:`describe` listed earlier, elsewhere
+(a Ray worker), without hashing it again.
 
 Every failure carries a one-line human reason (``str(failure)`` is ``"<path>: <reason>"`` or
 ``"<path> page <n>: <reason>"``). pypdfium2 is not thread-safe: consume a generator from one

@@ -140,27 +140,30 @@ class BundleSessions:
         n_pages = len(next(iter(vision_feed.values())))
         image_embeds = np.concatenate([self.vision.run(None, {k: v[i:i + 1] for k, v in vision_feed.items()})[0]
                                        for i in range(n_pages)])  # [B, T, hidden]
-        return self._run_text({**feed, "image_embeds": image_embeds})
+        out = self._run_text({**feed, "image_embeds": image_embeds}, queries=False)
+        return out["embeddings"], out["centrality"], out["eos_attention"]
 
     def run_queries(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """``[B, M, dim]`` query embeddings (zero rows at padding); ``feed`` holds every text-graph
         input, the family's text-only stand-ins included (the preprocessor's ``query_extras``)."""
-        return self._run_text(feed)[0]
+        return self._run_text(feed, queries=True)["embeddings"]
 
-    def _run_text(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _run_text(self, feed: dict[str, np.ndarray], queries: bool) -> dict[str, np.ndarray]:
         """The text decoder: one graph (format 1), or the head and then the tail on every token (format
-        2's exact mode): ``(embeddings, centrality, eos_attention)``."""
+        2's exact mode). Queries fetch only the embeddings (and the head only what the tail takes), so
+        ONNX Runtime skips the centrality and EOS reductions for them."""
         if self.bundle.version < 2:
-            emb, cent, eos = self.session("text").run(None, self._feed("text", feed))
-            return emb, cent, eos
-        head = self._run("head", feed)
-        tail = self._run("tail", {**head, "attention_mask": feed["attention_mask"]})
-        return tail["embeddings"], head["centrality"], tail.get("eos_attention", head["eos_attention"])
+            return self._run("text", feed, ["embeddings"] if queries else None)
+        tail_inputs = [n for n in self.bundle.graph_io("tail")["inputs"] if n != "attention_mask"]
+        head = self._run("head", feed, tail_inputs if queries else None)
+        only = ["embeddings"] if queries else None
+        tail = self._run("tail", {**head, "attention_mask": feed["attention_mask"]}, only)
+        return {**head, **tail}  # a tail without layers has no eos_attention: the head's is the final layer's
 
-    def _run(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Graph ``name`` on its inputs taken from ``feed``: its outputs by name."""
-        outputs = self.session(name).run(None, self._feed(name, feed))
-        return dict(zip(self.bundle.graph_io(name)["outputs"], outputs))
+    def _run(self, name: str, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Graph ``name`` on its inputs taken from ``feed``: the ``outputs`` asked for (None: all), by name."""
+        names = outputs or self.bundle.graph_io(name)["outputs"]
+        return dict(zip(names, self.session(name).run(names, self._feed(name, feed))))
 
     def _feed(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.session(name)
