@@ -26,8 +26,9 @@ from sapindex.errors import SapIndexError
 from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_axes, graph_spec
 from sapindex.exporter.preprocessing_params import write_tokenizer_json
 from sapindex.exporter.quantize import DEFAULT_SCHEME, SCHEMES, quantization_record, quantize_graph
-from sapindex.exporter.validate import ValidationFailed, reference_outputs, validate, validation_pages
-from sapindex.families import FAMILIES
+from sapindex.exporter.validate import (ValidationFailed, reference_outputs, replacement_record, validate,
+                                       validation_pages)
+from sapindex.families import FAMILIES, FORMAT_GRAPHS
 from sapindex.formats import read_artifact
 from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, Bundle, is_bundle_dir, seal_manifest
 
@@ -43,6 +44,8 @@ class ExportConfig:
     overwrite: bool = False
     window: tuple[int, int] | None = None  # (start, end) overriding the calibrated window
     int8_scheme: str | None = None  # --dtype int8 only: a quantize.SCHEMES name (None: DEFAULT_SCHEME)
+    bundle_format: int = BUNDLE_VERSION  # 1: one text graph (for runtimes that read only format 1)
+    replaces: str | None = None  # an earlier bundle of the same weights whose indexes this one goes on with
 
 
 def parse_window(text: str) -> tuple[int, int]:
@@ -86,6 +89,9 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
     if cfg.int8_scheme is not None and cfg.dtype != "int8":
         raise SapIndexError(f"--int8-scheme {cfg.int8_scheme}: applies to --dtype int8 only "
                             f"(this export is {cfg.dtype})")
+    if cfg.bundle_format not in FORMAT_GRAPHS:
+        raise SapIndexError(f"--bundle-format {cfg.bundle_format}: choose {', '.join(map(str, FORMAT_GRAPHS))}")
+    replaced = Bundle.open(cfg.replaces) if cfg.replaces else None
     scheme = cfg.int8_scheme or DEFAULT_SCHEME
     if scheme not in SCHEMES:
         raise SapIndexError(f"--int8-scheme {scheme}: choose {', '.join(SCHEMES)}")
@@ -116,7 +122,7 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
         log("validating PyTorch reference outputs first (kept as numpy)")
         reference = reference_outputs(adapter, window, log)
         log(f"exporting {adapter.info.family.name} with SAP window [{window[0]}, {window[1]}) (from {source})")
-        manifest = _write_graphs(adapter, window, staging, cfg.opset, cfg.dtype, log)
+        manifest = _write_graphs(adapter, window, staging, cfg.opset, cfg.dtype, log, cfg.bundle_format)
         manifest["window_source"] = source
         adapter = None
         gc.collect()
@@ -132,6 +138,8 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
                 raise
             raise ValidationFailed(f"{exc}; the blockwise scheme stays closer to fp32: try --int8-scheme blockwise",
                                    exc.report) from None
+        if replaced is not None:
+            manifest["replaces"] = replacement_record(replaced, Bundle(staging, manifest), reference, log)
         manifest["calibration"] = _calibration_summary(calibration)
         (staging / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
         log("sealing    hashing every file into the manifest")
@@ -146,7 +154,7 @@ def export_bundle(cfg: ExportConfig, log: Callable[[str], None] = lambda _msg: N
 
 
 def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, dtype: str,
-                  log: Callable[[str], None]) -> dict:
+                  log: Callable[[str], None], version: int = BUNDLE_VERSION) -> dict:
     import torch
 
     from sapindex.exporter.graphs.decoder import TailGraph
@@ -160,29 +168,34 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
     if dtype == "fp16":  # in place: the fp32 reference outputs are already computed, and a copy would cost 0.5x
         adapter.model.half()
     vision, head = (graph.eval() for graph in spec.build(adapter, window))
-    head.part = "head"
-    tail = TailGraph(head).eval()
-    io = FAMILIES[family].graph_io(BUNDLE_VERSION, head.tail_layers)
+    head.part = "head" if version >= 2 else "whole"
+    io = FAMILIES[family].graph_io(version, head.tail_layers)
     # two pages: torch.export specialises any axis whose example size is 1
     example = adapter.graph_inputs(adapter.page_inputs(validation_pages(2)))
     vision_args = tuple(example[name] for name in io["vision"]["inputs"])
     with torch.no_grad():
         feats = vision(*vision_args)  # [B, T, hidden]
-    head_args = tuple(feats if name == "image_embeds" else example[name] for name in io["head"]["inputs"])
-    with torch.no_grad():
-        states = dict(zip(io["head"]["outputs"], head(*head_args)))
-    tail_args = tuple(example[name] if name == "attention_mask" else states[name] for name in io["tail"]["inputs"])
+    text = "head" if version >= 2 else "text"
+    head_args = tuple(feats if name == "image_embeds" else example[name] for name in io[text]["inputs"])
     log("tracing    the vision graph and writing vision.onnx")
     export_graph(vision, vision_args, staging / "vision.onnx", "vision", opset, family, io)
-    log(f"tracing    the head graph (layers 0-{window[1] - 1}, SAP centrality in-graph) and writing head.onnx")
-    export_graph(head, head_args, staging / "head.onnx", "head", opset, family, io)
-    log(f"tracing    the tail graph ({head.tail_layers} layer(s) after the window, the projection) "
-        "and writing tail.onnx")
-    export_graph(tail, tail_args, staging / "tail.onnx", "tail", opset, family, io)
+    if version < 2:
+        log(f"tracing    the text graph ({adapter.n_layers} layers, SAP centrality in-graph) and writing text.onnx")
+        export_graph(head, head_args, staging / "text.onnx", "text", opset, family, io)
+    else:
+        with torch.no_grad():
+            states = dict(zip(io["head"]["outputs"], head(*head_args)))
+        tail_args = tuple(example[name] if name == "attention_mask" else states[name]
+                          for name in io["tail"]["inputs"])
+        log(f"tracing    the head graph (layers 0-{window[1] - 1}, SAP centrality in-graph) and writing head.onnx")
+        export_graph(head, head_args, staging / "head.onnx", "head", opset, family, io)
+        log(f"tracing    the tail graph ({head.tail_layers} layer(s) after the window, the projection) "
+            "and writing tail.onnx")
+        export_graph(TailGraph(head).eval(), tail_args, staging / "tail.onnx", "tail", opset, family, io)
     write_tokenizer_json(adapter.processor, staging / "tokenizer.json")
     return {
         "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_VERSION,
+        "format_version": version,
         "sapindex_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "family": family,

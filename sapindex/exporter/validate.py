@@ -179,6 +179,45 @@ def validate(reference: Reference, bundle: Bundle, dtype: str = "fp32",
     return report
 
 
+def replacement_record(old: Bundle, new: Bundle, reference: Reference,
+                       log: Callable[[str], None] = lambda _msg: None) -> list[dict]:
+    """The manifest's ``replaces`` list for ``export --replaces OLD``: ``old``'s fingerprint (and the
+    ones it replaced itself), once ``new`` is shown to stand in for it.
+
+    Why: an index records the fingerprint of the bundle that built it and refuses any other, so a
+    re-export (a new bundle format, a new sapindex) would strand every index built before it. A
+    bundle may replace another only if both come from the same weights (source fingerprint), window,
+    dtype and projection, and if both, run by the runtime on the validation pages and queries, give
+    vectors within the dtype's tolerance and the same kept sets at every validation ratio.
+    """
+    from sapindex.runtime.encoder import Encoder, prune
+
+    keys = ("family", "window", "dim", "dtype")
+    differ = [k for k in keys if old.manifest.get(k) != new.manifest.get(k)]
+    if old.manifest["source_model"]["fingerprint"] != new.manifest["source_model"]["fingerprint"]:
+        differ.insert(0, "source weights")
+    if differ:
+        raise SapIndexError(f"--replaces {old.path}: that bundle differs from this export in "
+                            f"{', '.join(differ)}; only a re-export of the same weights and window can replace it")
+    log(f"comparing  with {old.path} on the validation pages and queries (--replaces)")
+    encoders = Encoder(old), Encoder(new)
+    worst, mismatched = 0.0, []
+    for batch in reference.batches:
+        for a, b in zip(*(e.encode_pages(batch["images"]) for e in encoders)):
+            worst = max(worst, float(np.abs(a.embeddings - b.embeddings).max()))
+            mismatched += [r for r in VALIDATION_RATIOS
+                           if not np.array_equal(prune(a, r).positions, prune(b, r).positions)]
+    for qa, qb in zip(*(e.encode_queries(reference.queries) for e in encoders)):
+        worst = max(worst, float(np.abs(qa - qb).max()))
+    limit = reference.tolerances[new.manifest["dtype"]].embeddings or 0.0
+    if worst > limit or mismatched:
+        raise SapIndexError(f"--replaces {old.path}: the two bundles disagree on the validation pages (max |diff| "
+                            f"{worst:.1e}, limit {limit:.0e}; kept sets differ at {len(mismatched)} page ratio(s)); "
+                            "indexes built with it must be rebuilt")
+    return [{"fingerprint": old.fingerprint, "format_version": old.version, "max_abs_diff_embeddings": worst},
+            *old.manifest.get("replaces", [])]
+
+
 def _min_cosine(ours: np.ndarray, theirs: np.ndarray) -> float:
     """Smallest cosine between matching rows of ``[N, dim]`` arrays (1.0 when there are none)."""
     if not len(ours):

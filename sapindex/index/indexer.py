@@ -134,7 +134,7 @@ def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, ba
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
             "builtin": _is_builtin(bundle_path)}
     method = "sap-poscorr" if position_correction else "sap"
-    with around() as context, Index.create_or_open(out, bundle.fingerprint, bundle.dim, meta=meta) as index:
+    with around() as context, Index.create_or_open(out, bundle.fingerprints, bundle.dim, meta=meta) as index:
         yield (bundle, batch_size or default_batch_size(bundle, device), Recorder(index, keep_ratio, method, progress),
                context)
 

@@ -98,6 +98,18 @@ class Bundle:
         return self.manifest["fingerprint"]
 
     @property
+    def replaces(self) -> tuple[str, ...]:
+        """Fingerprints of earlier bundles this one stands in for (``export --replaces``: the same
+        weights and window, checked to give the same vectors and kept sets), so that an index built
+        with one of them goes on with this one."""
+        return tuple(str(r["fingerprint"]) for r in self.manifest.get("replaces", []))
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        """The fingerprints of the indexes this bundle may write and search: its own, then :attr:`replaces`."""
+        return (self.fingerprint, *self.replaces)
+
+    @property
     def family(self) -> str:
         return self.manifest["family"]
 

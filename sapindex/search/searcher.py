@@ -46,7 +46,7 @@ def open_encoder(index: Index, bundle_path: str | Path | None = None, device: st
     if bundle_path is None and index.meta.get("builtin") and not Path(path).exists():
         path = default_bundle_path()  # built with the shipped model, since moved (another install)
     bundle = Bundle.open(path, verify=False)
-    if bundle.fingerprint != index.bundle_fingerprint:
+    if index.bundle_fingerprint not in bundle.fingerprints:
         raise SapIndexError(
             f"{path}: bundle fingerprint {bundle.fingerprint[:12]} differs from the index's "
             f"{index.bundle_fingerprint[:12]}; search with the bundle the index was built with")

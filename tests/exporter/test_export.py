@@ -386,15 +386,25 @@ def test_a_bad_window_is_one_line_and_writes_nothing(tiny_models, calibrations, 
     assert not (tmp_path / "w.sap").exists()
 
 
-def test_format_2_head_and_tail_equal_the_format_1_text_graph(tmp_path):
-    """Exact mode: the shipped micro bundle is format 1 (one text graph); its checkpoint exported now
-    is format 2 (head through the SAP window, then the tail on every token). Both load and run, with
-    the same embeddings (1e-5), centrality, EOS rows and kept sets on the example pages and queries."""
-    export_bundle(ExportConfig(model=str(default_weights_path()), calibration=str(default_weights_path() /
-                                                                                    "calibration.json"),
-                               out=str(tmp_path / "v2.sap")))
-    old, new = Encoder(Bundle.open(default_bundle_path())), Encoder(Bundle.open(tmp_path / "v2.sap"))
+@pytest.fixture(scope="module")
+def format_1_micro(tmp_path_factory):
+    """The built-in micro checkpoint exported in bundle format 1 (one text graph), as bundles were before
+    format 2; the shipped bundle is format 2 and replaces the format-1 bundle shipped before it."""
+    out = tmp_path_factory.mktemp("v1") / "micro-v1.sap"
+    weights = default_weights_path()
+    export_bundle(ExportConfig(model=str(weights), calibration=str(weights / "calibration.json"), out=str(out),
+                               bundle_format=1))
+    return out
+
+
+def test_format_2_head_and_tail_equal_the_format_1_text_graph(format_1_micro):
+    """Exact mode, and format-1 bundles still load and run: the micro checkpoint exported in format 1 (one
+    text graph) and the shipped format-2 bundle (head through the SAP window, then the tail on every
+    token) give the same embeddings (1e-5), centrality, EOS rows and kept sets on the example pages and
+    queries."""
+    old, new = Encoder(Bundle.open(format_1_micro)), Encoder(Bundle.open(default_bundle_path()))
     assert (old.bundle.version, new.bundle.version) == (1, 2) and old.bundle.window == new.bundle.window
+    assert set(old.bundle.manifest["graphs"]) == {"vision", "text"}
     assert set(new.bundle.manifest["graphs"]) == {"vision", "head", "tail"}
     pages = [Image.open(p).convert("RGB") for p in example_pages()[:4]]
     for a, b in zip(old.encode_pages(pages), new.encode_pages(pages)):
@@ -405,4 +415,43 @@ def test_format_2_head_and_tail_equal_the_format_1_text_graph(tmp_path):
             assert np.array_equal(prune(a, ratio).positions, prune(b, ratio).positions)
     for qa, qb in zip(old.encode_queries(QUERIES), new.encode_queries(QUERIES)):
         assert qa.shape == qb.shape and np.abs(qa - qb).max() <= 1e-5
-    assert new.sessions.loaded() == ["head", "tail", "vision"]
+    assert new.sessions.loaded() == ["head", "tail", "vision"] and old.sessions.loaded() == ["text", "vision"]
+
+
+def test_an_index_of_a_replaced_bundle_goes_on_with_its_replacement(format_1_micro, tmp_path):
+    """``export --replaces``: an index built with the format-1 bundle is resumed and searched with the
+    format-2 re-export that replaces it; a bundle that replaces nothing is still refused."""
+    from helpers import run_cli
+
+    from sapindex.search import Searcher
+
+    weights = default_weights_path()
+    new = tmp_path / "v2.sap"
+    out = run_cli("export", "--model", weights, "--calibration", weights / "calibration.json", "--out", new,
+                  "--replaces", format_1_micro)
+    assert out.returncode == 0, out.stderr
+    assert "replaces" in out.stdout
+    old_fp = Bundle.open(format_1_micro).fingerprint
+    replacement = Bundle.open(new)
+    assert replacement.fingerprints == (replacement.fingerprint, old_fp)
+    record = replacement.manifest["replaces"][0]
+    assert record["format_version"] == 1 and record["max_abs_diff_embeddings"] <= 1e-5
+    pages = [str(p) for p in example_pages()[:4]]
+    assert run_cli("index", format_1_micro, *pages[:2], "--out", tmp_path / "idx").returncode == 0
+    resumed = run_cli("index", new, *pages, "--out", tmp_path / "idx", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["pages_indexed"] == 2
+    with Searcher.open(tmp_path / "idx", bundle=new) as searcher:
+        assert len(searcher.search("annual report", k=4)) == 4
+    refused = run_cli("index", default_bundle_path(), *pages, "--out", tmp_path / "idx")
+    assert refused.returncode == 2 and "bundle fingerprint" in refused.stderr  # the shipped one replaces another
+
+
+def test_replaces_refuses_another_model_or_window(tmp_path):
+    """Only a re-export of the same weights and window may replace a bundle: checked before encoding."""
+    from sapindex.exporter.validate import replacement_record
+
+    shipped = Bundle.open(default_bundle_path())
+    other = Bundle(tmp_path, {**shipped.manifest, "window": [1, 3]})
+    with pytest.raises(SapIndexError, match="differs from this export in window"):
+        replacement_record(shipped, other, reference=None)

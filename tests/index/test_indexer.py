@@ -7,7 +7,7 @@ from sapindex.search import Searcher
 
 
 def test_search_loads_only_the_text_graph(tmp_path):
-    """A searcher encodes queries with the text graph alone: the vision graph (gigabytes at real
+    """A searcher encodes queries with the text graphs (head and tail) alone: the vision graph (gigabytes at real
     size) is never loaded, and pages can still be encoded later, loading it on first use."""
     pages = example_pages()[:2]
     summary = run_index(default_bundle_path(), [str(p) for p in pages], tmp_path / "idx")
@@ -16,12 +16,12 @@ def test_search_loads_only_the_text_graph(tmp_path):
         hits = searcher.search("annual report", k=2)
         encoder = searcher.encoder
     assert len(hits) == 2
-    assert encoder.sessions.loaded() == ["text"]
+    assert encoder.sessions.loaded() == ["head", "tail"]
     from PIL import Image
 
     with Image.open(pages[0]) as image:
         encoder.encode_pages([image.convert("RGB")])
-    assert encoder.sessions.loaded() == ["text", "vision"]
+    assert encoder.sessions.loaded() == ["head", "tail", "vision"]
 
 
 def test_real_size_bundles_index_one_page_per_call_on_a_cpu(tmp_path):

@@ -101,10 +101,12 @@ class Index:
         return self.info.get("meta", {})
 
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike, bundle_fingerprint: str, dim: int,
+    def create_or_open(cls, path: str | os.PathLike, bundle_fingerprint: str | tuple[str, ...], dim: int,
                        meta: dict | None = None, *, vector_dtype: str = "float16") -> Index:
         """Open the index at ``path`` for writing, creating it when the directory is new or empty.
 
+        ``bundle_fingerprint``: the bundle's, or a tuple of fingerprints the bundle answers to
+        (``Bundle.fingerprints``: its own first, recorded at creation, then the bundles it replaces).
         Refuses (SapIndexError) an index built with another bundle fingerprint or dimension, a
         path that exists but is not a sapindex index, and an index another process is writing.
         ``meta`` (JSON-serialisable) and ``vector_dtype`` are recorded at creation only; an
@@ -114,7 +116,8 @@ class Index:
             raise ValueError(f"vector_dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
         if int(dim) <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
-        if not bundle_fingerprint:
+        accepted = (bundle_fingerprint,) if isinstance(bundle_fingerprint, str) else tuple(bundle_fingerprint)
+        if not accepted or not all(accepted):
             raise ValueError("bundle_fingerprint must be a non-empty string")
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -132,7 +135,7 @@ class Index:
                 info = {
                     "format": FORMAT,
                     "format_version": FORMAT_VERSION,
-                    "bundle_fingerprint": str(bundle_fingerprint),
+                    "bundle_fingerprint": str(accepted[0]),
                     "dim": int(dim),
                     "vector_dtype": vector_dtype,
                     "created": _now().isoformat(timespec="seconds"),
@@ -140,7 +143,7 @@ class Index:
                     "meta": dict(meta or {}),
                 }
                 write_json_atomic(path / META_FILE, info, sort_keys=True)
-            cls._check_compatible(path, info, bundle_fingerprint, dim)
+            cls._check_compatible(path, info, accepted, dim)
             db = _lancedb().connect(str(path))
             return cls(path, info, db, readonly=False, lock_fd=lock_fd)
         except BaseException:
@@ -148,7 +151,7 @@ class Index:
             raise
 
     @classmethod
-    def open(cls, path: str | os.PathLike, bundle_fingerprint: str | None = None) -> Index:
+    def open(cls, path: str | os.PathLike, bundle_fingerprint: str | tuple[str, ...] | None = None) -> Index:
         """Open an existing index read-only (search, stats, listings); no lock is taken, and
         every read sees the latest commit of a writer working beside it."""
         path = Path(path)
@@ -156,7 +159,8 @@ class Index:
             raise SapIndexError(f"{path}: not a sapindex index (no {META_FILE})")
         info = cls._read_info(path)
         if bundle_fingerprint is not None:
-            cls._check_compatible(path, info, bundle_fingerprint, None)
+            accepted = (bundle_fingerprint,) if isinstance(bundle_fingerprint, str) else tuple(bundle_fingerprint)
+            cls._check_compatible(path, info, accepted, None)
         # check for a newer table version at every read: a long-lived reader sees new pages
         db = _lancedb().connect(str(path), read_consistency_interval=_dt.timedelta(0))
         return cls(path, info, db, readonly=True, lock_fd=None)
@@ -187,11 +191,11 @@ class Index:
                                 f"not empty); choose a new or empty directory")
 
     @staticmethod
-    def _check_compatible(path: Path, info: dict, bundle_fingerprint: str, dim: int | None) -> None:
-        if info["bundle_fingerprint"] != bundle_fingerprint:
+    def _check_compatible(path: Path, info: dict, accepted: tuple[str, ...], dim: int | None) -> None:
+        if info["bundle_fingerprint"] not in accepted:
             raise SapIndexError(
                 f"{path}: index was built with bundle fingerprint {info['bundle_fingerprint']}, "
-                f"the current bundle has {bundle_fingerprint}; use the bundle it was built with "
+                f"the current bundle has {accepted[0]}; use the bundle it was built with "
                 f"or index into a new directory")
         if dim is not None and int(info["dim"]) != int(dim):
             raise SapIndexError(f"{path}: index stores {info['dim']}-d vectors, the current bundle "
