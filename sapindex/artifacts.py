@@ -21,7 +21,8 @@ def describe(path: str | Path) -> tuple[str, dict]:
 
         with Index.open(path) as idx:
             return "index", {"path": str(path), "bundle_fingerprint": idx.bundle_fingerprint, "dim": idx.dim,
-                             "vector_dtype": idx.vector_dtype, "meta": idx.meta, **idx.stats().to_dict(),
+                             "vector_dtype": idx.vector_dtype, "mode": idx.meta.get("mode", "exact"),
+                             "meta": idx.meta, **idx.stats().to_dict(),
                              "version": idx.version, "sap_scores": "scores" in idx._page_columns(),
                              "first_stage": load_info(path),
                              "failure_list": [str(f) for f in idx.failures()]}

@@ -29,6 +29,10 @@ from sapindex.index.inputs import DEFAULT_DPI
 @click.option("--position-correction", is_flag=True,
               help="Rank by in-degree per attending row (causal decoders only: refused for prefix-LM "
                    "bundles such as ColPali; experimental, off by default).")
+@click.option("--mode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
+              help="exact: the decoder on every token. fast: the layers after the SAP window on the prompt and the "
+                   "kept tokens only (format-2 bundles; an approximation that pays when the window ends early: see "
+                   "README). An index holds one mode.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Encode on a Ray cluster: 'local' (a private one on this machine), 'auto' (the cluster this "
                    "machine joined with `ray start`) or an address (head:6379, ray://head:10001). Needs the ray "
@@ -38,7 +42,7 @@ from sapindex.index.inputs import DEFAULT_DPI
               help="With --ray: GPUs each encoder reserves (0.5: two share one); above 0 encodes on CUDA.  "
                    "[default: 1 with --device cuda, else 0]")
 @json_option("Print the summary as JSON.")
-def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, threads, position_correction,
+def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, threads, position_correction, mode,
           ray_address, encoders, gpus_per_encoder, as_json):
     """Index PDFs and images into a SAP-pruned index (torch-free). Re-runs resume.
 
@@ -53,13 +57,14 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
     Example:
       sapindex index colqwen2.sap ./pdfs ./scans --out myindex --keep-ratio 0.1
       sapindex index ./scans --out myindex        # the built-in micro model
+      sapindex index colqwen2.sap ./pdfs --out fastindex --mode fast
       sapindex index colqwen2.sap /mnt/archive --out /mnt/index --ray auto --encoders 8 --gpus-per-encoder 1
     """
     from sapindex.runtime.defaults import resolve_bundle
 
     bundle, inputs = resolve_bundle(inputs, bundle_option)
     options = dict(keep_ratio=keep_ratio, device=device, batch_size=batch_size, dpi=dpi, threads=threads,
-                   position_correction=position_correction)
+                   position_correction=position_correction, mode=mode)
     if ray_address is None:
         if encoders is not None or gpus_per_encoder is not None:
             raise SapIndexError("--encoders and --gpus-per-encoder spread the run over a Ray cluster: give --ray too")

@@ -10,10 +10,10 @@ import click
 from sapindex.cli._options import json_option
 from sapindex.cli._output import agreement, kv_table, quantized, size
 
-INDEX_KEYS = ("path", "bundle_fingerprint", "dim", "vector_dtype", "files", "pages", "vectors",
+INDEX_KEYS = ("path", "bundle_fingerprint", "dim", "vector_dtype", "mode", "files", "pages", "vectors",
               "vectors_before_pruning", "failures")
 BUNDLE_KEYS = ("path", "family", "attention", "n_layers", "window", "window_source", "dim", "dtype", "bytes",
-               "fingerprint", "source_fingerprint")
+               "format_version", "fingerprint", "replaces", "source_fingerprint")
 
 
 @click.command()

@@ -49,7 +49,7 @@ class PageEncoder:
     """
 
     def __init__(self, bundle_path: str, fingerprint: str, device: str, threads: int | None, keep_ratio: float,
-                 position_correction: bool):
+                 position_correction: bool, mode: str = "exact"):
         from sapindex.runtime.bundle import Bundle
         from sapindex.runtime.encoder import Encoder
 
@@ -59,12 +59,10 @@ class PageEncoder:
                                 f"(fingerprint {bundle.fingerprint[:12]}, driver {fingerprint[:12]}); "
                                 "copy the same bundle to every node")
         self.encoder = Encoder(bundle, device=device, threads=threads)
-        self.keep_ratio, self.position_correction = keep_ratio, position_correction
+        self.keep_ratio, self.position_correction, self.mode = keep_ratio, position_correction, mode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
-
-        from sapindex.runtime.encoder import prune
 
         out = []
         images, slots = [], []
@@ -80,9 +78,10 @@ class PageEncoder:
                 images.append(Image.frombytes("RGB", size, batch["image"][i]))
                 slots.append(len(out))
             out.append(row)
-        for slot, tokens in zip(slots, self.encoder.encode_pages(images) if images else []):
-            kept = prune(tokens, self.keep_ratio, self.position_correction)
-            out[slot].update(_pruned_columns(kept))
+        kept = (self.encoder.encode_pages_pruned(images, self.keep_ratio, self.position_correction, self.mode)
+                if images else [])
+        for slot, page in zip(slots, kept):
+            out[slot].update(_pruned_columns(page))
         return {key: np.array([row.get(key, _EMPTY.get(key)) for row in out], dtype=object if key in _OBJECTS else None)
                 for key in (*_PAGE_FIELDS, "error", *_EMPTY)}
 

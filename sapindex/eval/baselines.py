@@ -350,6 +350,9 @@ class Baseline:
     ``keep_count(n, ratio)`` vectors per page (Adaptive-EOS matches only the global rate; pooling
     may return fewer on exact ties; full keeps every vector). ``causal_only``: applies only to
     bundles with a causal decoder (the position correction has nothing to correct in a prefix-LM).
+    ``fast``: selects as SAP does, but the stored vectors are the ones ``index --mode fast`` computes (the
+    layers after the window on the prompt and the kept tokens only); the eval runner re-encodes the pages
+    for them, so it runs only when asked for (``--methods ...,sap-fast``), on format-2 bundles.
     """
 
     name: str
@@ -361,6 +364,7 @@ class Baseline:
     merging: bool = False
     matched: bool = True
     causal_only: bool = False
+    fast: bool = False  # the kept tokens' vectors come from the fast-mode tail run, not from the exact vectors
 
     @property
     def calibrated(self) -> bool:
@@ -394,6 +398,9 @@ METHODS: dict[str, Baseline] = {
         Baseline("sap-poscorr", lambda v, a: sap_select(v, a.centrality, a.ratio, a.seq_rank),
                  needs=("ratio", "centrality", "seq_rank"), causal_only=True,
                  description="SAP ranked by the causal position correction (index --position-correction)"),
+        Baseline("sap-fast", lambda v, a: sap_select(v, a.centrality, a.ratio), needs=("ratio", "centrality"),
+                 fast=True, description="SAP's kept tokens with fast-mode vectors (index --mode fast: the layers "
+                                        "after the window on the prompt and kept tokens only; an approximation)"),
         Baseline("random", lambda v, a: random(v, a.ratio, a.seed), needs=("ratio",), seeds=RANDOM_SEEDS,
                  description="uniform random subset, averaged over 5 seeds"),
         Baseline("eos", lambda v, a: eos(v, a.eos, a.ratio), needs=("ratio", "eos"),

@@ -26,7 +26,7 @@ from sapindex.eval.datasets import EvalDataset, load_dataset
 from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
 from sapindex.eval.report import HEADLINE, REPORT_FORMAT, REPORT_VERSION
 from sapindex.runtime.bundle import Bundle
-from sapindex.runtime.encoder import Encoder, PageTokens, check_position_correction
+from sapindex.runtime.encoder import Encoder, PageTokens, PrunedPage, check_fast_mode, check_position_correction
 
 
 @dataclass
@@ -53,12 +53,16 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 def bundle_methods(bundle: Bundle, methods: tuple[str, ...] | None) -> tuple[str, ...]:
     """``methods``, or by default all of :data:`METHODS` that apply: the ``causal_only`` ones
-    (``sap-poscorr``) only on causal bundles. Asking for one on a prefix-LM bundle is refused (no
-    causal bias to correct)."""
+    (``sap-poscorr``) only on causal bundles; ``sap-fast`` only when asked for (it re-encodes every
+    page once per ratio). Asking for a causal-only method on a prefix-LM bundle, or for ``sap-fast``
+    on a format-1 bundle, is refused."""
     if methods is None:
-        return tuple(m for m in METHODS if not METHODS[m].causal_only or bundle.attention == "causal")
+        return tuple(m for m in METHODS if not METHODS[m].fast
+                     and (not METHODS[m].causal_only or bundle.attention == "causal"))
     if any(METHODS[m].causal_only for m in methods):
         check_position_correction(bundle)
+    if any(METHODS[m].fast for m in methods):
+        check_fast_mode(bundle)
     return tuple(methods)
 
 
@@ -103,6 +107,34 @@ def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache,
     return pages, failed
 
 
+def encode_fast(encoder: Encoder, dataset: EvalDataset, page_ids: list[str], ratio: float, batch_size: int,
+                progress: Callable[[int], None] | None = None) -> list[PrunedPage]:
+    """The pages ``page_ids`` as ``index --mode fast --keep-ratio ratio`` stores them (in that order);
+    ``progress(pages)`` after each batch."""
+    by_id = {p.id: p for p in dataset.pages}
+    out = []
+    for start in range(0, len(page_ids), batch_size):
+        chunk = page_ids[start:start + batch_size]
+        out.extend(encoder.encode_pages_pruned([by_id[i].load() for i in chunk], ratio, mode="fast"))
+        if progress:
+            progress(len(chunk))
+    return out
+
+
+def fast_vs_exact(fast: list[PrunedPage], pages: list[PageTokens], ratio: float) -> dict:
+    """How far fast-mode vectors are from the exact vectors of the same tokens: the cosine per kept
+    token (mean, 1st percentile, min) and the pages whose kept set differs from exact SAP's (none: the
+    head is the same)."""
+    cosines, differ = [], 0
+    for f, page in zip(fast, pages):
+        exact = METHODS["sap"].compress(page.embeddings, ratio=ratio, centrality=page.centrality)
+        differ += not np.array_equal(f.positions, exact.positions)
+        cosines.append((f.vectors * page.embeddings[f.positions]).sum(axis=1))
+    cosines = np.concatenate(cosines)
+    return {"mean": float(cosines.mean()), "p01": float(np.percentile(cosines, 1)), "min": float(cosines.min()),
+            "kept_sets_differing": differ}
+
+
 def compress_pages(method: Baseline, pages: list[PageTokens], ratio: float, seed: int,
                    adaptive_k: float | None) -> list[np.ndarray]:
     """Every page compressed by ``method`` at ``ratio``: a list of ``[k, dim]`` arrays."""
@@ -123,7 +155,12 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
     encoder = Encoder(bundle, device=cfg.device, threads=cfg.threads)
     out = Path(cfg.out)
     cache = EncodingCache(out / "cache", bundle, dataset)
-    encoded, failed = encode_dataset(encoder, dataset, cache, cfg.batch_size, progress)
+    # fast methods re-encode every page once per ratio after the exact pass: one bar for all of it
+    fast_passes = len(cfg.keep_ratios) * sum(METHODS[m].fast for m in methods)
+    extra = fast_passes * len(dataset.pages)
+    encoded, failed = encode_dataset(encoder, dataset, cache, cfg.batch_size,
+                                     progress and (lambda done, total: progress(done, total + extra)))
+    reached = len(dataset.pages)
 
     page_ids = [p.id for p in dataset.pages if p.id in encoded]
     pages = [encoded[i] for i in page_ids]
@@ -151,11 +188,23 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
             seeds = method.seeds if len(method.seeds) > 1 else (cfg.seed,)  # one run: the eval's seed
             runs = []
             for seed in seeds:
-                vectors = compress_pages(method, pages, ratio, seed, adaptive_k)
+                if method.fast:
+                    def step(n: int) -> None:
+                        nonlocal reached
+                        reached += n
+                        if progress:
+                            progress(reached, len(dataset.pages) + extra)
+
+                    fast = encode_fast(encoder, dataset, page_ids, ratio, cfg.batch_size, step)
+                    vectors = [f.vectors for f in fast]
+                else:
+                    vectors = compress_pages(method, pages, ratio, seed, adaptive_k)
                 scores = maxsim_matrix(q_vecs, vectors)
                 metrics = retrieval_metrics(scores, query_ids, page_ids, dataset.qrels)
                 sret = mean_score_retention(scores, full_scores, relevant)
                 runs.append(_cell(metrics, full_metrics, sret, pages, vectors))
+                if method.fast:
+                    runs[-1]["cosine_vs_exact"] = fast_vs_exact(fast, pages, ratio)
             results[name][f"{ratio:g}"] = _mean_cells(runs) if len(runs) > 1 else runs[0]
             if adaptive_k is not None:
                 results[name][f"{ratio:g}"]["adaptive_k"] = adaptive_k

@@ -26,8 +26,13 @@ from sapindex.errors import SapIndexError
 from sapindex.exporter.graphs import DTYPES, GRAPHS, graph_axes, graph_spec
 from sapindex.exporter.preprocessing_params import write_tokenizer_json
 from sapindex.exporter.quantize import DEFAULT_SCHEME, SCHEMES, quantization_record, quantize_graph
-from sapindex.exporter.validate import (ValidationFailed, reference_outputs, replacement_record, validate,
-                                       validation_pages)
+from sapindex.exporter.validate import (
+    ValidationFailed,
+    reference_outputs,
+    replacement_record,
+    validate,
+    validation_pages,
+)
 from sapindex.families import FAMILIES, FORMAT_GRAPHS
 from sapindex.formats import read_artifact
 from sapindex.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, Bundle, is_bundle_dir, seal_manifest

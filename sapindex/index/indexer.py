@@ -21,7 +21,7 @@ from sapindex.index.records import Failure, FileInfo, Page
 from sapindex.index.store import Index, PageRow
 from sapindex.runtime.bundle import Bundle, manifest_bytes
 from sapindex.runtime.defaults import default_bundle_path
-from sapindex.runtime.encoder import Encoder, PrunedPage, check_position_correction, prune
+from sapindex.runtime.encoder import MODES, Encoder, PrunedPage, check_fast_mode, check_position_correction
 from sapindex.sap import DEFAULT_KEEP_RATIO
 
 
@@ -68,8 +68,9 @@ class Recorder:
     """
 
     def __init__(self, index: Index, keep_ratio: float, method: str,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, mode: str = "exact"):
         self.index, self.keep_ratio, self.method, self.progress = index, keep_ratio, method, progress
+        self.mode = mode
         self.summary = IndexSummary()
         self.done = index.indexed_keys()
         self.stored: set[tuple[str, int]] = set()
@@ -98,7 +99,8 @@ class Recorder:
             self.stored.add(key)
             self.summary.vectors_before += kept.n_visual
             self.summary.vectors_kept += len(kept.positions)
-            rows.append(PageRow.from_encoded(page, kept, keep_ratio=self.keep_ratio, method=self.method))
+            rows.append(PageRow.from_encoded(page, kept, keep_ratio=self.keep_ratio, method=self.method,
+                                             mode=self.mode))
         if rows:
             self.index.add_pages(rows)
             self.summary.pages_indexed += len(rows)
@@ -118,7 +120,7 @@ class Recorder:
 @contextmanager
 def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, batch_size: int | None, device: str,
               position_correction: bool, progress: Callable[[int, int], None] | None,
-              around: Callable[[], ContextManager] = nullcontext):
+              around: Callable[[], ContextManager] = nullcontext, mode: str = "exact"):
     """Check a run's options, open its bundle and its index (created or resumed, writer-locked):
     yields ``(bundle, batch_size, recorder, context)``; the index is closed (unlocked) on the way out.
 
@@ -131,17 +133,25 @@ def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, ba
     bundle = Bundle.open(bundle_path)
     if position_correction:
         check_position_correction(bundle)
+    if mode not in MODES:
+        raise SapIndexError(f"--mode {mode}: choose {' or '.join(MODES)}")
+    if mode == "fast":
+        check_fast_mode(bundle)
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
-            "builtin": _is_builtin(bundle_path)}
+            "builtin": _is_builtin(bundle_path), "mode": mode}
     method = "sap-poscorr" if position_correction else "sap"
     with around() as context, Index.create_or_open(out, bundle.fingerprints, bundle.dim, meta=meta) as index:
-        yield (bundle, batch_size or default_batch_size(bundle, device), Recorder(index, keep_ratio, method, progress),
-               context)
+        held = index.meta.get("mode", "exact")  # indexes from before fast mode are exact
+        if held != mode:
+            raise SapIndexError(f"{out}: this index holds {held}-mode vectors and never mixes modes (fast vectors are "
+                                f"an approximation of exact ones); index with --mode {held}, or into a new directory")
+        yield (bundle, batch_size or default_batch_size(bundle, device),
+               Recorder(index, keep_ratio, method, progress, mode), context)
 
 
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,
               device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI, threads: int | None = None,
-              position_correction: bool = False, stdin=None,
+              position_correction: bool = False, mode: str = "exact", stdin=None,
               progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index ``inputs`` into the index at ``out`` (created, or resumed) with the bundle's encoder and SAP.
 
@@ -156,6 +166,8 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
         dpi: the resolution PDF pages are rendered at.
         threads: ONNX Runtime intra-op threads (None: its default).
         position_correction: rank by the causally corrected centrality (method ``sap-poscorr``).
+        mode: ``"exact"`` (the decoder on every token) or ``"fast"`` (format-2 bundles: the layers after
+            the SAP window on the prompt and kept tokens only, an approximation); an index holds one mode.
         stdin: the stream a ``-`` input reads paths from (None: ``sys.stdin``).
         progress: called as ``progress(pages_done, pages_known)`` after each batch.
 
@@ -165,15 +177,16 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
     """
     started = time.perf_counter()
     with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
-                   position_correction=position_correction, progress=progress) as (bundle, batch_size, recorder, _):
+                   position_correction=position_correction, progress=progress, mode=mode) as (bundle, batch_size,
+                                                                                             recorder, _):
         encoder = Encoder(bundle, device=device, threads=threads)
         batch: list[Page] = []
         failures: list[Failure] = []
 
         def flush() -> None:
-            encoded = encoder.encode_pages([p.image for p in batch]) if batch else []
-            recorder.store([(page, prune(vectors, keep_ratio, position_correction))
-                            for page, vectors in zip(batch, encoded)], failures)
+            kept = (encoder.encode_pages_pruned([p.image for p in batch], keep_ratio, position_correction, mode)
+                    if batch else [])
+            recorder.store(list(zip(batch, kept)), failures)
             batch.clear()
             failures.clear()
 

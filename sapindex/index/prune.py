@@ -45,6 +45,10 @@ class PruneSummary:
 
 def _check_ratio(src: Index, version: int, keep_ratio: float) -> int:
     """Refuse what cannot be pruned exactly; return the number of pages."""
+    if src.meta.get("mode") == "fast":
+        raise SapIndexError(f"{src.path}: a fast-mode index cannot be pruned exactly (each vector was computed "
+                            "with the other kept tokens of its page); index again with --mode fast "
+                            f"--keep-ratio {keep_ratio}")
     if "scores" not in src._page_columns():
         raise SapIndexError(f"{src.path}: this index predates stored SAP scores (no scores column); "
                             "re-index the documents to prune, or index them again at the lower ratio")
@@ -77,7 +81,7 @@ def pruned_row(row: dict, keep_ratio: float) -> PageRow:
     return PageRow(path=row["path"], content_hash=row["content_hash"], page=row["page"], width=row["width"],
                    height=row["height"], grid=(row["grid_rows"], row["grid_cols"]), n_visual=row["n_visual"],
                    positions=row["positions"][keep], vectors=row["vectors"][keep], keep_ratio=keep_ratio,
-                   method=row["method"], global_grid=(row["global_rows"], row["global_cols"]),
+                   method=row["method"], mode=row["mode"], global_grid=(row["global_rows"], row["global_cols"]),
                    scores=row["scores"][keep])
 
 

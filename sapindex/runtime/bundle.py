@@ -166,7 +166,9 @@ class Bundle:
             "dim": m["dim"],
             "dtype": m.get("dtype"),
             "quantization": m.get("quantization"),  # int8 bundles: how (an approximation of the fp32 model)
+            "format_version": self.version,
             "fingerprint": m["fingerprint"],
+            "replaces": list(self.replaces),  # earlier bundles whose indexes this one goes on with
             "source_fingerprint": m["source_model"]["fingerprint"],
             "bytes": manifest_bytes(m),
             "validation": m.get("validation"),

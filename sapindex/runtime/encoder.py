@@ -17,7 +17,9 @@ from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.layout import TokenLayout
 from sapindex.runtime.preprocess import preprocessor_for
-from sapindex.runtime.session import BundleSessions
+from sapindex.runtime.session import BundleSessions, tail_feed
+
+MODES = ("exact", "fast")  # exact: the tail on every token; fast: on the prompt and the kept tokens only
 
 
 @dataclass
@@ -83,6 +85,14 @@ def check_position_correction(bundle: Bundle) -> None:
         )
 
 
+def check_fast_mode(bundle: Bundle) -> None:
+    """Refuse fast mode for a format-1 bundle: it has no head/tail split to run the tail on kept tokens."""
+    if bundle.version < 2:
+        raise SapIndexError(f"{bundle.path}: --mode fast needs a format-2 bundle (head and tail graphs), this one is "
+                            f"format {bundle.version}; re-export it with this sapindex (`sapindex export ... "
+                            f"--replaces {bundle.path}` keeps its indexes usable)")
+
+
 class Encoder:
     """Encode pages and queries with a bundle, on CPU or CUDA.
 
@@ -106,6 +116,41 @@ class Encoder:
             pages.append(PageTokens(layout.to_spatial(emb[b, pos], axis=0), layout.to_spatial(cent[b, pos]),
                                      layout, layout.to_spatial(eos[b, pos])))
         return pages
+
+    def encode_pages_pruned(self, images, keep_ratio: float, position_correction: bool = False,
+                            mode: str = "exact") -> list[PrunedPage]:
+        """Pages straight to what the index stores, in either mode.
+
+        ``exact``: :meth:`encode_pages` then :func:`prune`. ``fast`` (format-2 bundles): the head runs on
+        every token and SAP picks the kept tokens from its centrality, as in exact mode (the same kept
+        set); then the tail runs on the page's non-visual tokens (the prompt) and the kept visual tokens
+        only, at their original positions (:func:`sapindex.runtime.session.tail_feed`). Their vectors are
+        an approximation of exact mode's: in the layers after the window they attend the kept tokens
+        only (measured in bench/RESULTS.md, "Fast mode").
+        """
+        if mode not in MODES:
+            raise SapIndexError(f"unknown mode {mode!r} (use {' or '.join(MODES)})")
+        if mode == "exact":
+            return [prune(page, keep_ratio, position_correction) for page in self.encode_pages(images)]
+        check_fast_mode(self.bundle)
+        batch = self.preprocessor.pages(images)
+        head = self.sessions.run_head(batch)
+        valid = batch["attention_mask"].astype(bool)
+        picked, tokens = [], []
+        for b, (pos, layout) in enumerate(self.preprocessor.layouts(batch)):
+            scores = sap.ranking_scores(layout.to_spatial(head["centrality"][b, pos]),
+                                        layout.seq_rank if position_correction else None)
+            kept = sap.top_k(scores, keep_ratio)  # ascending spatial indices
+            kept_seq = layout.to_spatial(pos)[kept]  # their sequence positions
+            keep = valid[b].copy()
+            keep[pos] = False
+            keep[kept_seq] = True
+            tokens.append(np.flatnonzero(keep))
+            picked.append((kept, kept_seq, scores, layout))
+        emb = self.sessions.run_tail(tail_feed(head, tokens))  # [B, L, dim]
+        return [PrunedPage(emb[b, np.searchsorted(tokens[b], kept_seq)], kept.astype(np.int32), layout.grid,
+                           len(layout.order), layout.global_grid, scores[kept])
+                for b, (kept, kept_seq, scores, layout) in enumerate(picked)]
 
     def query_lengths(self, texts: list[str]) -> list[int]:
         """Tokens each query feeds the text graph (prefix and augmentation tokens included)."""

@@ -128,20 +128,32 @@ class BundleSessions:
         return self._sessions[name]
 
     def run_pages(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``[B, S, dim]`` embeddings, ``[B, S]`` centrality and ``[B, S]`` EOS attention for a page batch.
+        """``[B, S, dim]`` embeddings, ``[B, S]`` centrality and ``[B, S]`` EOS attention for a page batch."""
+        out = self._run_text({**feed, "image_embeds": self._image_features(feed)}, queries=False)
+        return out["embeddings"], out["centrality"], out["eos_attention"]
 
-        The vision graph runs one page at a time: its attention is quadratic in a page's patches
-        (``[B, heads, P, P]`` fp32, P ~ 3,000 for a ColQwen2 page), so a batch multiplies peak
-        memory by B for no speed-up (measured in bench/vision_batching.py). Pages are independent
-        in the vision tower, and every page of a batch is padded to the same patch count, so the
-        per-page outputs stack into the batch's ``[B, T, hidden]``.
+    def run_head(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A format-2 bundle's vision and head graphs on a page batch: every head output by name
+        (``states``, ``centrality``, ``attention_bias``, ``rope_cos``, ``rope_sin``, ``eos_attention``),
+        what fast mode picks the kept tokens from before :meth:`run_tail` runs on them."""
+        return self._run("head", {**feed, "image_embeds": self._image_features(feed)})
+
+    def run_tail(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """A format-2 bundle's tail on ``feed`` (its inputs: :func:`tail_feed`): ``[B, L, dim]`` embeddings."""
+        return self._run("tail", feed, ["embeddings"])["embeddings"]
+
+    def _image_features(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The vision graph's ``[B, T, hidden]`` features, one page per run.
+
+        Its attention is quadratic in a page's patches (``[B, heads, P, P]`` fp32, P ~ 3,000 for a
+        ColQwen2 page), so a batch multiplies peak memory by B for no speed-up (measured in
+        bench/vision_batching.py). Pages are independent in the vision tower, and every page of a
+        batch is padded to the same patch count, so the per-page outputs stack into the batch's.
         """
         vision_feed = self._feed("vision", feed)
         n_pages = len(next(iter(vision_feed.values())))
-        image_embeds = np.concatenate([self.vision.run(None, {k: v[i:i + 1] for k, v in vision_feed.items()})[0]
-                                       for i in range(n_pages)])  # [B, T, hidden]
-        out = self._run_text({**feed, "image_embeds": image_embeds}, queries=False)
-        return out["embeddings"], out["centrality"], out["eos_attention"]
+        return np.concatenate([self.vision.run(None, {k: v[i:i + 1] for k, v in vision_feed.items()})[0]
+                               for i in range(n_pages)])
 
     def run_queries(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """``[B, M, dim]`` query embeddings (zero rows at padding); ``feed`` holds every text-graph
@@ -174,3 +186,28 @@ class BundleSessions:
                                 f"(the {self.bundle.family} preprocessing produced {', '.join(sorted(feed))})")
         return {n: np.asarray(feed[n]) if dtype is None else np.asarray(feed[n]).astype(dtype, copy=False)
                 for n, dtype in wanted.items()}
+
+
+def tail_feed(head: dict[str, np.ndarray], tokens: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The tail's inputs for a subset of each page's tokens (fast mode): ``tokens[b]``, ascending
+    sequence indices of page ``b``, picked from the head's outputs with their original rotary rows and
+    their rows and columns of the attention bias (so causal order, the ColPali prefix block and M-RoPE
+    positions are those of the full sequence). Pages are right-padded to the longest; a padding row
+    attends only itself, no real row attends it, and its mask is 0."""
+    states, bias = head["states"], head["attention_bias"]
+    width, length = len(tokens), max(len(t) for t in tokens)
+    out = {"states": np.zeros((width, length, states.shape[-1]), states.dtype),
+           "attention_mask": np.zeros((width, length), np.int64),
+           "attention_bias": np.full((width, 1, length, length), np.finfo(bias.dtype).min, bias.dtype)}
+    for name in ("rope_cos", "rope_sin"):
+        out[name] = np.zeros((width, 1, length, head[name].shape[-1]), head[name].dtype)
+    diagonal = np.arange(length)
+    for b, t in enumerate(tokens):
+        n = len(t)
+        out["states"][b, :n] = states[b, t]
+        out["attention_mask"][b, :n] = 1
+        out["attention_bias"][b, 0, :n, :n] = bias[b, 0][np.ix_(t, t)]
+        out["attention_bias"][b, 0, diagonal[n:], diagonal[n:]] = 0.0
+        for name in ("rope_cos", "rope_sin"):
+            out[name][b, 0, :n] = head[name][b, 0, t]
+    return out

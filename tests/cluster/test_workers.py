@@ -18,7 +18,7 @@ from sapindex.index.inputs import describe, render_listed, render_page
 from sapindex.index.records import Failure
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, example_pages
-from sapindex.runtime.encoder import Encoder, prune
+from sapindex.runtime.encoder import Encoder
 
 
 def _pdf(path, n, size=(120, 160)):
@@ -81,14 +81,15 @@ def _as_ray_batch(rows):
             for key in rows[0]}
 
 
-def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_path):
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_path, mode):
     bundle = Bundle.open(default_bundle_path())
     pages = [str(p) for p in example_pages()[:2]]
     Image.new("RGB", (1, 500), "white").save(tmp_path / "strip.png")
     rows = [row for path in [*pages, str(tmp_path / "strip.png")]
             for row in render_chunk({**describe(path).__dict__, "pages": [1]})]
     rows.append({**rows[0], "page": 0, "image": b"", "error": "not a valid PDF", "path": "bad.pdf"})
-    actor = PageEncoder(str(bundle.path), bundle.fingerprint, "cpu", 1, 0.1, False)
+    actor = PageEncoder(str(bundle.path), bundle.fingerprint, "cpu", 1, 0.1, False, mode)
     stored, failures = decode(actor(_as_ray_batch(rows)))
     assert [str(f) for f in failures] == [
         f"{tmp_path / 'strip.png'} page 1: image aspect ratio 500.0 exceeds 200 (1x500); Qwen2-VL cannot take it",
@@ -96,7 +97,7 @@ def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_
     encoder = Encoder(bundle, threads=1)
     for (page, kept), path in zip(stored, pages):
         with Image.open(path) as image:
-            local = prune(encoder.encode_pages([image.convert("RGB")])[0], 0.1)
+            [local] = encoder.encode_pages_pruned([image.convert("RGB")], 0.1, mode=mode)
         listed = describe(path)
         assert (page.path, page.page, page.size, page.content_hash) == (path, 1, image.size, listed.content_hash)
         assert np.array_equal(kept.positions, local.positions) and kept.grid == local.grid

@@ -51,7 +51,8 @@ def test_eval_cli_reports(bundles, beir, tmp_path):
     assert report["dataset"]["skipped"]["qrel to unknown page"] == 1
     assert report["bundle"]["fingerprint"] == bundles["colqwen2"][0]["fingerprint"]
     assert report["command"].startswith("sapindex eval")
-    for method in tuple(baselines.METHODS)[1:]:
+    assert report["methods"] == [m for m in baselines.METHODS if not baselines.METHODS[m].fast]  # sap-fast: asked for
+    for method in report["methods"][1:]:
         for ratio in RATIOS:
             cell = report["results"][method][f"{ratio:g}"]
             row = next(line for line in md.splitlines() if line.startswith(f"| {method} |"))
@@ -91,6 +92,31 @@ def test_matched_counts_and_sap_cell_is_a_direct_computation(bundles, beir, tmp_
     monkeypatch.setattr(Encoder, "encode_pages", lambda self, images: calls.append(len(images)))
     again = ev.run_eval(cfg)
     assert calls == [] and again["results"]["sap"] == report["results"]["sap"]
+
+
+def test_sap_fast_cell_is_the_fast_index_of_the_pages(bundles, beir, tmp_path):
+    """``sap-fast``: SAP's kept sets with the vectors ``index --mode fast`` stores, scored like the rest,
+    and compared token by token with the exact vectors."""
+    from sapindex.runtime.bundle import Bundle
+    from sapindex.runtime.encoder import Encoder
+
+    cfg = ev.EvalConfig(bundle=str(bundles["colqwen2"][1]), dataset=str(beir), out=str(tmp_path / "r"),
+                        methods=("full", "sap", "sap-fast"), keep_ratios=(0.1,), batch_size=3)
+    steps = []
+    report = ev.run_eval(cfg, progress=lambda done, total: steps.append((done, total)))
+    assert steps[-1] == (16, 16)  # the 8 readable pages encoded exactly, then again in fast mode
+    cell, sap_cell = report["results"]["sap-fast"]["0.1"], report["results"]["sap"]["0.1"]
+    assert cell["vectors"] == sap_cell["vectors"]
+    assert cell["cosine_vs_exact"]["kept_sets_differing"] == 0
+    assert -1.0 <= cell["cosine_vs_exact"]["min"] <= cell["cosine_vs_exact"]["mean"] <= 1.0
+    dataset = load_dataset(beir)
+    encoder = Encoder(Bundle.open(cfg.bundle))
+    ids = [p.id for p in dataset.pages]
+    fast = encoder.encode_pages_pruned([p.load() for p in dataset.pages], 0.1, mode="fast")
+    queries = list(dataset.queries)
+    scores = maxsim_matrix(encoder.encode_queries([q.text for q in queries]), [f.vectors for f in fast])
+    direct = retrieval_metrics(scores, [q.id for q in queries], ids, dataset.qrels)
+    assert cell["metrics"]["ndcg@5"] == pytest.approx(direct["ndcg@5"])
 
 
 def test_bad_arguments():

@@ -102,6 +102,7 @@ def page_table(rows: list[PageRow], dim: int, vector_dtype: str, bundle_fingerpr
         "n_kept": pa.array(counts_np.astype(np.int32), pa.int32()),
         "keep_ratio": pa.array([float(r.keep_ratio) for r in rows], pa.float64()),
         "method": pa.array([str(r.method) for r in rows], pa.string()),
+        "mode": pa.array([str(r.mode) for r in rows], pa.string()),
         "bundle_fingerprint": pa.array([bundle_fingerprint] * n, pa.string()),
         "positions": positions,
         "scores": scores,

@@ -331,6 +331,9 @@ class Index:
             if any(tuple(r.global_grid) != (0, 0) for r in rows):
                 raise SapIndexError(f"{self.path}: this index predates global-tile pages (no {', '.join(missing)} "
                                     "columns); index this bundle into a new index")
+            if "mode" in missing and any(r.mode != "exact" for r in rows):
+                raise SapIndexError(f"{self.path}: this index predates fast mode and holds exact vectors only; "
+                                    "index fast-mode pages into a new index")
             table = table.drop_columns(missing)
         return table
 
@@ -510,6 +513,7 @@ class Index:
                 row = {c: scalars[c][i] for c in scalars}
                 row["global_rows"] = row.get("global_rows") or 0  # missing column or null: no global tile
                 row["global_cols"] = row.get("global_cols") or 0
+                row["mode"] = row.get("mode") or "exact"  # missing column: an index from before fast mode
                 row["positions"] = pos[poff[i]:poff[i + 1]]
                 row["scores"] = None if scores is None or scores[i] is None else np.asarray(scores[i], np.float64)
                 row["vectors"] = vecs[voff[i]:voff[i + 1]]

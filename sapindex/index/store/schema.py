@@ -14,7 +14,12 @@ A page row stores the kept, L2-normalised vectors of one page as
 ``list<fixed_size_list<float16, dim>>`` (``float32`` on request), their visual-token positions
 (``list<int32>``), and what is needed to trace it: path, content_hash (sha256 of the file),
 page (1-based), width, height, grid_rows, grid_cols, global_rows, global_cols, n_visual (visual
-tokens before pruning), n_kept, keep_ratio, method, bundle_fingerprint, indexed_at.
+tokens before pruning), n_kept, keep_ratio, method, mode, bundle_fingerprint, indexed_at.
+
+``mode`` is how the kept vectors were computed: ``exact`` (the decoder on every token) or ``fast``
+(the layers after the SAP window on the prompt and the kept tokens only, an approximation:
+``Encoder.encode_pages_pruned``). Indexes from before this column read ``exact`` for every row
+(fast mode did not exist) and take exact rows only.
 
 ``scores`` (``list<float64>``, one per kept token, in the order of ``positions``) is the score
 SAP ranked the token by (its centrality, or the causally corrected one for method
@@ -105,6 +110,7 @@ def page_schema(dim: int, vector_dtype: str = "float16") -> pa.Schema:
         ("n_kept", pa.int32()),
         ("keep_ratio", pa.float64()),
         ("method", pa.string()),
+        ("mode", pa.string()),  # "exact" or "fast"; absent in older indexes (all exact)
         ("bundle_fingerprint", pa.string()),
         ("positions", pa.list_(pa.int32())),
         ("scores", pa.list_(pa.float64())),  # SAP ranking score per kept token; absent in older indexes
@@ -182,12 +188,13 @@ class PageRow:
     vectors: np.ndarray
     keep_ratio: float
     method: str = "sap"
+    mode: str = "exact"  # how the vectors were computed: "exact" or "fast" (see the module docstring)
     global_grid: tuple[int, int] = (0, 0)  # (rows, cols) of the global tile's grid; (0, 0): none
     scores: np.ndarray | None = None  # [k] SAP ranking scores of the kept tokens (None: not known)
 
     @classmethod
     def from_encoded(cls, page: PageSource, encoded: KeptVectors, keep_ratio: float | None = None,
-                     method: str = "sap") -> PageRow:
+                     method: str = "sap", mode: str = "exact") -> PageRow:
         """From a rendered page and what SAP kept of it. ``keep_ratio`` defaults to n_kept / n_visual."""
         n_kept = len(encoded.positions)
         if keep_ratio is None:
@@ -196,5 +203,5 @@ class PageRow:
         return cls(path=page.path, content_hash=page.content_hash, page=page.page, width=width,
                    height=height, grid=tuple(encoded.grid), n_visual=encoded.n_visual,
                    positions=encoded.positions, vectors=encoded.vectors,
-                   keep_ratio=float(keep_ratio), method=method,
+                   keep_ratio=float(keep_ratio), method=method, mode=mode,
                    global_grid=tuple(encoded.global_grid or (0, 0)), scores=encoded.scores)
