@@ -68,8 +68,9 @@ def quality(args) -> None:
             print(f"\n{name}: {path} absent, skipped")
             continue
         out = Path(args.work) / f"eval-{path.name}"
-        run(sapindex("eval", args.bundle, path, "--methods", "full,sap,sap-fast", "--keep-ratios", ratios,
-                     "--out", out))
+        if not (out / "report.json").exists():  # a finished eval is reused: delete OUT to run it again
+            run(sapindex("eval", args.bundle, path, "--methods", "full,sap,sap-fast", "--keep-ratios", ratios,
+                         "--out", out))
         report = json.loads((out / "report.json").read_text())
         print(f"\n### {name}\n")
         print(f"- command: `sapindex eval {args.bundle} {path} --methods full,sap,sap-fast --keep-ratios {ratios} "

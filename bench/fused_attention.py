@@ -84,7 +84,7 @@ def main() -> None:
     print(f"# fused attention: {args.family} at real width, {args.text_layers} decoder layers, {args.vision_blocks} "
           f"vision blocks, pages of {a.n_visual} visual tokens; best of {args.rounds} rounds of {args.pages} pages; "
           f"{platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
-    print(f"fusions applied: vision {counts['vision']}; text {counts['text']}\n")
+    print("fusions applied: " + "; ".join(f"{graph} {fused}" for graph, fused in counts.items()) + "\n")
     print("| graphs | s/page | vs eager form |")
     print("|---|---|---|")
     base = best["eager form (as exported)"]

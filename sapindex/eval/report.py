@@ -16,7 +16,9 @@ needs no bundle, dataset or encoder.
   ``metrics`` (``ndcg@k``, ``recall@k``, ``mrr@k`` means), ``retention`` (each metric / full's,
   None where full's is 0), ``s_ret`` (mean pruned MaxSim / mean full MaxSim over relevant pairs),
   ``vectors`` (kept in all), ``vector_fraction``; a method averaged over several seeds adds
-  ``seeds`` and ``std`` (of the headline metric), Adaptive-EOS adds its fitted ``adaptive_k``.
+  ``seeds`` and ``std`` (of the headline metric), Adaptive-EOS adds its fitted ``adaptive_k``, and
+  ``sap-fast`` adds ``cosine_vs_exact`` (``mean``, ``p01``, ``min`` of the cosine between each kept
+  token's fast and exact vector, ``kept_sets_differing``: pages whose kept set is not exact SAP's).
 
 ``report.md`` is the table (rows = methods, columns = ratios) and ``retention.png`` the headline
 retention against the keep ratio, one line per method.
@@ -69,6 +71,11 @@ def markdown_table(report: dict) -> str:
             cells.append(f"{cell['metrics'][HEADLINE]:.3f}{std} ({100 * cell['retention'][HEADLINE]:.1f} %) "
                          f"[{cell['s_ret']:.3f}]")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for method in (m for m in report["methods"] if "cosine_vs_exact" in report["results"][m].get(ratios[0], {})):
+        cosines = ", ".join(f"keep {r}: mean {c['mean']:.3f}, 1st percentile {c['p01']:.3f}" for r in ratios
+                            for c in [report["results"][method][r]["cosine_vs_exact"]])
+        lines += ["", f"{method} is an approximation (the layers after the window saw the kept tokens only); "
+                      f"cosine of its vectors with the exact ones of the same tokens: {cosines}."]
     skipped = ", ".join(f"{k}: {v}" for k, v in ds["skipped"].items() if v) or "none"
     lines += ["", f"Skipped rows: {skipped}. Pages that failed to encode: {len(ds['pages_failed_to_encode'])}.", ""]
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 One encoding pass per page serves every method and ratio: the bundle's text graph returns the
 final vectors, the SAP window centrality and the final layer's EOS attention row. Encodings are
 cached in ``OUT/cache`` chunk by chunk (:mod:`sapindex.eval.cache`), so an interrupted eval
-resumes where it stopped. Every method (:data:`sapindex.eval.baselines.METHODS`) is
+resumes where it stopped; ``sap-fast`` alone re-encodes the pages, once per ratio, because its
+vectors depend on the kept set (:func:`encode_fast`). Every method (:data:`sapindex.eval.baselines.METHODS`) is
 query-agnostic and compresses each page to ``keep_count(n, ratio)`` vectors (adaptive-eos: the
 same count on average over the pages); scores are exact MaxSim. The report it returns is
 described, and written, by :mod:`sapindex.eval.report`.

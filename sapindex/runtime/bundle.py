@@ -4,15 +4,20 @@ Layout::
 
     manifest.json      format, family, attention (causal / prefix-lm), layers, SAP window, dim,
                        preprocessing, graphs (file, input and output names), calibration summary,
-                       validation numbers, source fingerprint, sha256 + size of every file
+                       validation numbers, source fingerprint, sha256 + size of every file,
+                       replaces (fingerprints of earlier bundles whose indexes this one goes on with)
     vision.onnx(.data) pixels -> image features (one row of D per visual token)
-    text.onnx(.data)   ids + image features -> embeddings, in-graph SAP centrality, final-layer
-                       EOS attention (for the baselines of ``sapindex eval``)
+    head.onnx(.data)   ids + image features -> the states after the SAP window, in-graph SAP
+                       centrality, and what the tail needs (mask, rotary tables); format 2
+    tail.onnx(.data)   the layers after the window, norm, projection -> embeddings, final-layer
+                       EOS attention (for the baselines of ``sapindex eval``); format 2
+    text.onnx(.data)   format 1 instead of head + tail: ids + image features -> embeddings,
+                       centrality, EOS attention
     tokenizer.json     the tokenizer transformers encodes with
     calibration.json   the full calibration record
 
 Nothing outside the directory is read. The bundle fingerprint is the sha256 over the files'
-sha256s, so an index can refuse vectors from any other bundle.
+sha256s, so an index can refuse vectors from any other bundle (but those it ``replaces``).
 """
 
 from __future__ import annotations
