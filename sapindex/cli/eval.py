@@ -21,7 +21,8 @@ from sapindex.sap import EVAL_KEEP_RATIOS
               help="Comma-separated keep ratios.")
 @click.option("--methods", default=None,
               help=f"Comma-separated methods of {','.join(METHODS)} "
-                   "(default: all; sap-poscorr only for causal bundles).")
+                   "(default: all but sap-fast, which re-encodes every page per ratio; sap-poscorr only for "
+                   "causal bundles).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
 @click.option("--batch-size", default=8, show_default=True)
 @device_option()

@@ -280,7 +280,8 @@ def test_cluster_with_fewer_distinct_vectors_than_k_still_stores_k():
 
 
 def test_registry_dispatches_to_the_methods():
-    assert list(B.METHODS) == ["full", "sap", "sap-poscorr", "random", "eos", "adaptive-eos", "pooling", "cluster"]
+    assert list(B.METHODS) == ["full", "sap", "sap-poscorr", "sap-fast", "random", "eos", "adaptive-eos", "pooling",
+                               "cluster"]
     rng = np.random.default_rng(13)
     v, e, c, rank = unit(rng, 80), rng.random(80), rng.random(80), rng.permutation(80)
     np.testing.assert_array_equal(B.compress("full", v).vectors, v)
@@ -288,6 +289,9 @@ def test_registry_dispatches_to_the_methods():
     np.testing.assert_array_equal(B.compress("sap-poscorr", v, ratio=0.2, centrality=c, seq_rank=rank).positions,
                                   sap.top_k(sap.causal_correction(c, rank), 0.2))
     assert B.METHODS["sap-poscorr"].causal_only and not B.METHODS["sap"].causal_only
+    # sap-fast selects as SAP; its vectors come from the fast-mode encoder (the eval runner)
+    np.testing.assert_array_equal(B.compress("sap-fast", v, ratio=0.2, centrality=c).positions, sap.top_k(c, 0.2))
+    assert B.METHODS["sap-fast"].fast and not any(B.METHODS[m].fast for m in B.METHODS if m != "sap-fast")
     np.testing.assert_array_equal(B.compress("random", v, ratio=0.2, seed=2).positions,
                                   B.random(v, 0.2, 2).positions)
     np.testing.assert_array_equal(B.compress("eos", v, ratio=0.2, eos=e).positions, B.eos(v, e, 0.2).positions)
