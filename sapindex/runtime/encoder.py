@@ -64,10 +64,16 @@ def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False
     ``position_correction`` ranks by :func:`sapindex.sap.causal_correction` of the centrality
     with each token's sequence rank (causal decoders only; see there).
     """
-    scores = sap.ranking_scores(page.centrality, page.layout.seq_rank if position_correction else None)
-    kept = sap.top_k(scores, keep_ratio)
+    kept, scores = _select(page.centrality, page.layout, keep_ratio, position_correction)
     return PrunedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual,
                       page.layout.global_grid, scores[kept])
+
+
+def _select(centrality: np.ndarray, layout: TokenLayout, keep_ratio: float, position_correction: bool):
+    """SAP's kept tokens of one page from its spatial-order centrality: ``(kept [k] ascending spatial
+    indices, every token's ranking score)``; the one rule of both modes."""
+    scores = sap.ranking_scores(centrality, layout.seq_rank if position_correction else None)
+    return sap.top_k(scores, keep_ratio), scores
 
 
 def check_position_correction(bundle: Bundle) -> None:
@@ -138,9 +144,8 @@ class Encoder:
         valid = batch["attention_mask"].astype(bool)
         picked, tokens = [], []
         for b, (pos, layout) in enumerate(self.preprocessor.layouts(batch)):
-            scores = sap.ranking_scores(layout.to_spatial(head["centrality"][b, pos]),
-                                        layout.seq_rank if position_correction else None)
-            kept = sap.top_k(scores, keep_ratio)  # ascending spatial indices
+            kept, scores = _select(layout.to_spatial(head["centrality"][b, pos]), layout, keep_ratio,
+                                   position_correction)
             kept_seq = layout.to_spatial(pos)[kept]  # their sequence positions
             keep = valid[b].copy()
             keep[pos] = False

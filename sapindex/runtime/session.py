@@ -133,10 +133,11 @@ class BundleSessions:
         return out["embeddings"], out["centrality"], out["eos_attention"]
 
     def run_head(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A format-2 bundle's vision and head graphs on a page batch: every head output by name
-        (``states``, ``centrality``, ``attention_bias``, ``rope_cos``, ``rope_sin``, ``eos_attention``),
-        what fast mode picks the kept tokens from before :meth:`run_tail` runs on them."""
-        return self._run("head", {**feed, "image_embeds": self._image_features(feed)})
+        """A format-2 bundle's vision and head graphs on a page batch: ``centrality`` and the tail's
+        inputs by name (``states``, ``attention_bias``, ``rope_cos``, ``rope_sin``), what fast mode picks
+        the kept tokens from before :meth:`run_tail` runs on them (the head's EOS row is not fetched)."""
+        return self._run("head", {**feed, "image_embeds": self._image_features(feed)},
+                         ["centrality", *self._tail_inputs()])
 
     def run_tail(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """A format-2 bundle's tail on ``feed`` (its inputs: :func:`tail_feed`): ``[B, L, dim]`` embeddings."""
@@ -166,11 +167,14 @@ class BundleSessions:
         ONNX Runtime skips the centrality and EOS reductions for them."""
         if self.bundle.version < 2:
             return self._run("text", feed, ["embeddings"] if queries else None)
-        tail_inputs = [n for n in self.bundle.graph_io("tail")["inputs"] if n != "attention_mask"]
-        head = self._run("head", feed, tail_inputs if queries else None)
+        head = self._run("head", feed, self._tail_inputs() if queries else None)
         only = ["embeddings"] if queries else None
         tail = self._run("tail", {**head, "attention_mask": feed["attention_mask"]}, only)
         return {**head, **tail}  # a tail without layers has no eos_attention: the head's is the final layer's
+
+    def _tail_inputs(self) -> list[str]:
+        """The tail's inputs that the head gives (the attention mask comes from the preprocessing)."""
+        return [n for n in self.bundle.graph_io("tail")["inputs"] if n != "attention_mask"]
 
     def _run(self, name: str, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Graph ``name`` on its inputs taken from ``feed``: the ``outputs`` asked for (None: all), by name."""

@@ -116,7 +116,7 @@ class Index:
             raise ValueError(f"vector_dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
         if int(dim) <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
-        accepted = (bundle_fingerprint,) if isinstance(bundle_fingerprint, str) else tuple(bundle_fingerprint)
+        accepted = cls._accepted(bundle_fingerprint)
         if not accepted or not all(accepted):
             raise ValueError("bundle_fingerprint must be a non-empty string")
         path = Path(path)
@@ -159,8 +159,7 @@ class Index:
             raise SapIndexError(f"{path}: not a sapindex index (no {META_FILE})")
         info = cls._read_info(path)
         if bundle_fingerprint is not None:
-            accepted = (bundle_fingerprint,) if isinstance(bundle_fingerprint, str) else tuple(bundle_fingerprint)
-            cls._check_compatible(path, info, accepted, None)
+            cls._check_compatible(path, info, cls._accepted(bundle_fingerprint), None)
         # check for a newer table version at every read: a long-lived reader sees new pages
         db = _lancedb().connect(str(path), read_consistency_interval=_dt.timedelta(0))
         return cls(path, info, db, readonly=True, lock_fd=None)
@@ -189,6 +188,11 @@ class Index:
         if entries:
             raise SapIndexError(f"{path}: exists and is not a sapindex index (no {META_FILE}, "
                                 f"not empty); choose a new or empty directory")
+
+    @staticmethod
+    def _accepted(bundle_fingerprint: str | tuple[str, ...]) -> tuple[str, ...]:
+        """One fingerprint, or a bundle's own and those it replaces (``Bundle.fingerprints``), as a tuple."""
+        return (bundle_fingerprint,) if isinstance(bundle_fingerprint, str) else tuple(bundle_fingerprint)
 
     @staticmethod
     def _check_compatible(path: Path, info: dict, accepted: tuple[str, ...], dim: int | None) -> None:
