@@ -67,7 +67,8 @@ def _draw_kept(out_dir: Path, page_path: str, row: dict) -> None:
 
     grid, global_grid = (row["grid_rows"], row["grid_cols"]), (row["global_rows"], row["global_cols"])
     with Image.open(page_path) as page:
-        picture = write_overlay(out_dir / "kept-patches.png", page, grid, row["positions"], global_grid)
+        picture = write_overlay(out_dir / "kept-patches.png", page, grid, row["positions"], global_grid,
+                                cover=row.get("cover"))
     click.echo(f"picture    {picture}: kept visual tokens of {Path(page_path).name} outlined")
     extra = global_cells(grid, row["positions"], global_grid)
     if extra:

@@ -33,6 +33,15 @@ from sapindex.index.inputs import DEFAULT_DPI
               help="exact: the decoder on every token. fast: the layers after the SAP window on the prompt and the "
                    "kept tokens only (format-2 bundles; an approximation that pays when the window ends early: see "
                    "README). An index holds one mode.")
+@click.option("--method", type=click.Choice(["sap", "sap-merge", "sap-kmeans", "sap-budget"]), default="sap",
+              show_default=True,
+              help="What is stored of each page. sap: SAP's kept tokens (the paper). Beyond the paper, at the same "
+                   "vector count: sap-merge (each kept token averaged with the dropped tokens most like it), "
+                   "sap-kmeans (centrality-weighted k-means), sap-budget (SAP with per-page counts spread by content; "
+                   "needs --budget-from). Measured in the README; exact mode only. An index holds one method.")
+@click.option("--budget-from", type=click.Path(path_type=Path), default=None, metavar="REPORT.json",
+              help="With --method sap-budget: the eval report (`sapindex eval BUNDLE CALIBRATION --methods sap-budget "
+                   "--keep-ratios R`) whose budget scale at --keep-ratio to use.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Encode on a Ray cluster: 'local' (a private one on this machine), 'auto' (the cluster this "
                    "machine joined with `ray start`) or an address (head:6379, ray://head:10001). Needs the ray "
@@ -43,7 +52,7 @@ from sapindex.index.inputs import DEFAULT_DPI
                    "[default: 1 with --device cuda, else 0]")
 @json_option("Print the summary as JSON.")
 def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, threads, position_correction, mode,
-          ray_address, encoders, gpus_per_encoder, as_json):
+          method, budget_from, ray_address, encoders, gpus_per_encoder, as_json):
     """Index PDFs and images into a SAP-pruned index (torch-free). Re-runs resume.
 
     [BUNDLE] INPUTS...: a first argument that is a bundle directory is the bundle (as is
@@ -58,13 +67,15 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
       sapindex index colqwen2.sap ./pdfs ./scans --out myindex --keep-ratio 0.1
       sapindex index ./scans --out myindex        # the built-in micro model
       sapindex index colqwen2.sap ./pdfs --out fastindex --mode fast
+      sapindex index colqwen2.sap ./pdfs --out kmindex --method sap-kmeans
       sapindex index colqwen2.sap /mnt/archive --out /mnt/index --ray auto --encoders 8 --gpus-per-encoder 1
     """
     from sapindex.runtime.defaults import resolve_bundle
 
     bundle, inputs = resolve_bundle(inputs, bundle_option)
     options = dict(keep_ratio=keep_ratio, device=device, batch_size=batch_size, dpi=dpi, threads=threads,
-                   position_correction=position_correction, mode=mode)
+                   position_correction=position_correction, mode=mode, method=method,
+                   budget_scale=_budget_scale(bundle, budget_from, method, keep_ratio))
     if ray_address is None:
         if encoders is not None or gpus_per_encoder is not None:
             raise SapIndexError("--encoders and --gpus-per-encoder spread the run over a Ray cluster: give --ray too")
@@ -92,3 +103,15 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
             click.echo(f"  {failure}")
     if summary.failures:
         sys.exit(EXIT_PARTIAL)
+
+
+def _budget_scale(bundle, report, method: str, keep_ratio: float) -> float | None:
+    """``--budget-from``'s scale for sap-budget (None for the other methods, which refuse the option)."""
+    if report is None:
+        return None
+    if method != "sap-budget":
+        raise SapIndexError(f"--budget-from calibrates --method sap-budget, not --method {method}")
+    from sapindex.eval.report import budget_scale_from
+    from sapindex.runtime.bundle import Bundle
+
+    return budget_scale_from(report, Bundle.open(bundle, verify=False).fingerprints, keep_ratio)  # run_index verifies

@@ -41,7 +41,8 @@ FIRST_WAVE_BATCHES_PER_ENCODER = 4
 def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path, *, address: str = "local",
                      encoders: int = 1, gpus_per_encoder: float = 0.0, keep_ratio: float = DEFAULT_KEEP_RATIO,
                      device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI,
-                     threads: int | None = None, position_correction: bool = False, mode: str = "exact", stdin=None,
+                     threads: int | None = None, position_correction: bool = False, mode: str = "exact",
+                     method: str = "sap", budget_scale: float | None = None, stdin=None,
                      progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """:func:`sapindex.index.indexer.run_index` on a Ray cluster; the same arguments, plus:
 
@@ -67,13 +68,15 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
     resources = Resources(encoders, float(threads), float(gpus_per_encoder))
     with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
                    position_correction=position_correction, progress=progress,
-                   around=lambda: connected(address, resources), mode=mode) as (bundle, batch_size, recorder, ray):
+                   around=lambda: connected(address, resources), mode=mode, method=method,
+                   budget_scale=budget_scale) as (bundle, batch_size, recorder, ray):
         sources = iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin)
         lister = Lister(plan_waves(sources, recorder.done, chunk_pages=batch_size,
                                    first_pages=batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
         encoder_args = {"bundle_path": str(Path(bundle.path).resolve()), "fingerprint": bundle.fingerprint,
                         "device": device, "threads": threads, "keep_ratio": keep_ratio,
-                        "position_correction": position_correction, "mode": mode}
+                        "position_correction": position_correction, "mode": mode, "method": method,
+                        "budget_scale": budget_scale}
         try:
             for wave in lister:
                 _run_wave(ray, wave, recorder, resources, encoder_args, batch_size, dpi)

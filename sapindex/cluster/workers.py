@@ -49,7 +49,8 @@ class PageEncoder:
     """
 
     def __init__(self, bundle_path: str, fingerprint: str, device: str, threads: int | None, keep_ratio: float,
-                 position_correction: bool, mode: str = "exact"):
+                 position_correction: bool, mode: str = "exact", method: str = "sap",
+                 budget_scale: float | None = None):
         from sapindex.runtime.bundle import Bundle
         from sapindex.runtime.encoder import Encoder
 
@@ -60,6 +61,7 @@ class PageEncoder:
                                 "copy the same bundle to every node")
         self.encoder = Encoder(bundle, device=device, threads=threads)
         self.keep_ratio, self.position_correction, self.mode = keep_ratio, position_correction, mode
+        self.method, self.budget_scale = method, budget_scale
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
@@ -78,8 +80,8 @@ class PageEncoder:
                 images.append(Image.frombytes("RGB", size, batch["image"][i]))
                 slots.append(len(out))
             out.append(row)
-        kept = (self.encoder.encode_pages_pruned(images, self.keep_ratio, self.position_correction, self.mode)
-                if images else [])
+        kept = (self.encoder.encode_pages_pruned(images, self.keep_ratio, self.position_correction, self.mode,
+                                                 self.method, self.budget_scale) if images else [])
         for slot, page in zip(slots, kept):
             out[slot].update(_pruned_columns(page))
         return {key: np.array([row.get(key, _EMPTY.get(key)) for row in out], dtype=object if key in _OBJECTS else None)
@@ -87,8 +89,8 @@ class PageEncoder:
 
 
 _EMPTY = {"n_visual": 0, "grid_rows": 0, "grid_cols": 0, "global_rows": 0, "global_cols": 0,
-          "positions": b"", "vectors": b"", "scores": b""}
-_OBJECTS = {"path", "content_hash", "error", "positions", "vectors", "scores"}
+          "positions": b"", "vectors": b"", "scores": b"", "cover": b""}
+_OBJECTS = {"path", "content_hash", "error", "positions", "vectors", "scores", "cover"}
 
 
 def _pruned_columns(kept: PrunedPage) -> dict:
@@ -97,7 +99,8 @@ def _pruned_columns(kept: PrunedPage) -> dict:
             "global_rows": global_rows, "global_cols": global_cols,
             "positions": np.ascontiguousarray(kept.positions, "<i4").tobytes(),
             "vectors": np.ascontiguousarray(kept.vectors, "<f4").tobytes(),
-            "scores": np.ascontiguousarray(kept.scores, "<f8").tobytes()}
+            "scores": np.ascontiguousarray(kept.scores, "<f8").tobytes(),
+            "cover": b"" if kept.cover is None else np.ascontiguousarray(kept.cover, "<i4").tobytes()}
 
 
 def decode(batch: dict[str, np.ndarray]) -> tuple[list[tuple[Page, PrunedPage]], list[Failure]]:
@@ -113,7 +116,8 @@ def decode(batch: dict[str, np.ndarray]) -> tuple[list[tuple[Page, PrunedPage]],
         kept = PrunedPage(np.frombuffer(batch["vectors"][i], "<f4").reshape(len(positions), -1), positions,
                           (int(batch["grid_rows"][i]), int(batch["grid_cols"][i])), int(batch["n_visual"][i]),
                           global_grid if global_grid != (0, 0) else None,
-                          np.frombuffer(batch["scores"][i], "<f8").astype(np.float64))
+                          np.frombuffer(batch["scores"][i], "<f8").astype(np.float64),
+                          np.frombuffer(batch["cover"][i], "<i4").astype(np.int32) if batch["cover"][i] else None)
         meta = Page(path, page, str(batch["content_hash"][i]), None,
                     (int(batch["width"][i]), int(batch["height"][i])), int(batch["n_pages"][i]))
         pages.append((meta, kept))

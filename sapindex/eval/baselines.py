@@ -29,8 +29,21 @@ paper compares with"):
 ``cluster(vectors, ratio, seed)``
     k-means with ``keep_count`` clusters; the L2-renormalised centroids are stored.
 
-Selection methods (full, SAP, random, eos, adaptive-eos) return the kept rows and their token positions;
-merging methods (pooling, cluster) return new vectors and ``positions=None``.
+Beyond the paper (:mod:`sapindex.merging`, also ``index --method`` options):
+
+``sap_merge(vectors, centrality, ratio)``
+    SAP's ``keep_count`` anchors, each the uniform mean of itself and the dropped tokens most
+    similar to it (cosine), L2-renormalised.
+``sap_kmeans(vectors, centrality, ratio, seed)``
+    k-means++ with ``keep_count`` clusters, tokens weighted by centrality; weighted centroids.
+``sap_budget(vectors, centrality, scale)``
+    SAP's selection with a per-page count, ``scale`` times the page's effective central tokens;
+    ``scale`` comes from :func:`sapindex.merging.calibrate_budget` over the evaluated pages, so the
+    corpus keeps the fixed ratio's total (up to rounding) and the per-page counts vary.
+
+Selection methods (full, SAP, random, eos, adaptive-eos, sap-budget) return the kept rows and their
+token positions; merging methods (pooling, cluster, sap-merge, sap-kmeans) return new vectors and
+``positions=None``.
 
 :data:`METHODS` maps eval's method names (``full``, ``sap``, ``sap-poscorr`` and the baselines)
 to :class:`Baseline` records with one uniform entry point, :meth:`Baseline.compress`, so the eval
@@ -48,7 +61,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from sapindex import sap
+from sapindex import merging, sap
 from sapindex.sap import RANDOM_SEEDS
 
 __all__ = [
@@ -66,6 +79,9 @@ __all__ = [
     "pooling",
     "pooling_labels",
     "cluster",
+    "sap_merge",
+    "sap_kmeans",
+    "sap_budget",
     "compress",
 ]
 
@@ -314,6 +330,26 @@ def cluster(vectors, ratio: float, seed: int = 0) -> Compressed:
     return Compressed(_normalize(centers).astype(np.float32), None)
 
 
+def sap_merge(vectors, centrality, ratio: float) -> Compressed:
+    """SAP anchors with the dropped tokens merged in (:func:`sapindex.merging.anchor_merge`, the variant
+    chosen on the training split: cosine assignment, uniform weights) at ``keep_count(n, ratio)``."""
+    v = _check_vectors(vectors)
+    return Compressed(merging.anchor_merge(v, centrality, sap.keep_count(v.shape[0], ratio)).vectors, None)
+
+
+def sap_kmeans(vectors, centrality, ratio: float, seed: int = 0) -> Compressed:
+    """Centrality-weighted k-means at ``keep_count(n, ratio)`` (:func:`sapindex.merging.central_kmeans`)."""
+    v = _check_vectors(vectors)
+    return Compressed(merging.central_kmeans(v, centrality, sap.keep_count(v.shape[0], ratio), seed=seed).vectors,
+                      None)
+
+
+def sap_budget(vectors, centrality, scale: float) -> Compressed:
+    """SAP's selection of :func:`sapindex.merging.budget_count` tokens (the page's share of a corpus budget)."""
+    v = _check_vectors(vectors)
+    return _select(v, sap.highest(centrality, merging.budget_count(centrality, scale)))
+
+
 # --------------------------------------------------------------------------------------------
 # registry
 
@@ -327,12 +363,14 @@ class _Inputs(NamedTuple):
     seq_rank: np.ndarray | None
     seed: int
     adaptive_k: float | None
+    budget_scale: float | None
 
 
 #: Why :meth:`Baseline.compress` refuses a call that lacks an input the method needs, in the order checked.
 _MISSING = {
     "eos": "needs the page's EOS attention scores",
     "adaptive_k": "needs adaptive_k (see calibrate_adaptive_eos)",
+    "budget_scale": "needs budget_scale (see sapindex.merging.calibrate_budget)",
     "ratio": "needs a keep ratio",
     "centrality": "needs the page's SAP centrality",
     "seq_rank": "needs the page's sequence ranks (TokenLayout.seq_rank)",
@@ -368,19 +406,20 @@ class Baseline:
 
     @property
     def calibrated(self) -> bool:
-        """Needs a parameter fitted on held-out pages (Adaptive-EOS's ``k``)."""
-        return "adaptive_k" in self.needs
+        """Needs a parameter fitted on pages (Adaptive-EOS's ``k``, sap-budget's scale)."""
+        return "adaptive_k" in self.needs or "budget_scale" in self.needs
 
     def compress(self, vectors, *, ratio: float | None = None, eos: np.ndarray | None = None,
                  centrality: np.ndarray | None = None, seq_rank: np.ndarray | None = None,
-                 seed: int = 0, adaptive_k: float | None = None) -> Compressed:
+                 seed: int = 0, adaptive_k: float | None = None, budget_scale: float | None = None) -> Compressed:
         """Uniform entry point: pass what the method needs (:attr:`needs`), extra inputs are ignored.
 
-        ``ratio`` for all but full and Adaptive-EOS, ``eos`` for the EOS methods, ``adaptive_k``
-        if ``calibrated``, ``centrality`` for SAP and ``seq_rank`` for ``sap-poscorr``; ``seed`` is
-        used by random and cluster and ignored by the others.
+        ``ratio`` for all but full, Adaptive-EOS and sap-budget, ``eos`` for the EOS methods,
+        ``adaptive_k`` for Adaptive-EOS, ``budget_scale`` for sap-budget, ``centrality`` for the SAP
+        methods and ``seq_rank`` for ``sap-poscorr``; ``seed`` is used by random and the k-means
+        methods and ignored by the others.
         """
-        inputs = _Inputs(ratio, eos, centrality, seq_rank, seed, adaptive_k)
+        inputs = _Inputs(ratio, eos, centrality, seq_rank, seed, adaptive_k, budget_scale)
         for name, why in _MISSING.items():
             if name in self.needs and getattr(inputs, name) is None:
                 raise ValueError(f"baseline {self.name!r} {why}")
@@ -412,6 +451,16 @@ METHODS: dict[str, Baseline] = {
                  description="colpali-engine hierarchical token pooling (Ward), keep_count clusters"),
         Baseline("cluster", lambda v, a: cluster(v, a.ratio, a.seed), needs=("ratio",), merging=True,
                  description="k-means (keep_count clusters), L2-renormalised centroids"),
+        Baseline("sap-merge", lambda v, a: sap_merge(v, a.centrality, a.ratio), needs=("ratio", "centrality"),
+                 merging=True, description="SAP anchors, each the mean of itself and the dropped tokens most "
+                                           "similar to it (beyond the paper)"),
+        Baseline("sap-kmeans", lambda v, a: sap_kmeans(v, a.centrality, a.ratio, a.seed),
+                 needs=("ratio", "centrality"), merging=True,
+                 description="k-means++ weighted by SAP centrality, weighted centroids (beyond the paper)"),
+        Baseline("sap-budget", lambda v, a: sap_budget(v, a.centrality, a.budget_scale),
+                 needs=("centrality", "budget_scale"), matched=False,
+                 description="SAP with per-page counts in proportion to the page's effective central tokens, "
+                             "the corpus total of the fixed ratio (beyond the paper)"),
     )
 }
 

@@ -16,7 +16,9 @@ needs no bundle, dataset or encoder.
   ``metrics`` (``ndcg@k``, ``recall@k``, ``mrr@k`` means), ``retention`` (each metric / full's,
   None where full's is 0), ``s_ret`` (mean pruned MaxSim / mean full MaxSim over relevant pairs),
   ``vectors`` (kept in all), ``vector_fraction``; a method averaged over several seeds adds
-  ``seeds`` and ``std`` (of the headline metric), Adaptive-EOS adds its fitted ``adaptive_k``, and
+  ``seeds`` and ``std`` (of the headline metric), Adaptive-EOS adds its fitted ``adaptive_k``,
+  ``sap-budget`` its fitted ``budget_scale`` (what ``index --budget-from`` reads), methods whose
+  per-page counts vary add ``per_page_vectors`` (``min``, ``p10``, ``median``, ``p90``, ``max``), and
   ``sap-fast`` adds ``cosine_vs_exact`` (``mean``, ``p01``, ``min`` of the cosine between each kept
   token's fast and exact vector, ``kept_sets_differing``: pages whose kept set is not exact SAP's).
 
@@ -26,11 +28,14 @@ retention against the keep ratio, one line per method.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from sapindex.errors import SapIndexError
 from sapindex.formats import write_json_atomic
 
-__all__ = ["REPORT_FORMAT", "REPORT_VERSION", "HEADLINE", "write_reports", "markdown_table", "plot_retention"]
+__all__ = ["REPORT_FORMAT", "REPORT_VERSION", "HEADLINE", "write_reports", "markdown_table", "plot_retention",
+           "budget_scale_from"]
 
 REPORT_FORMAT = "sapindex-eval"
 REPORT_VERSION = 1
@@ -76,6 +81,10 @@ def markdown_table(report: dict) -> str:
                             for c in [report["results"][method][r]["cosine_vs_exact"]])
         lines += ["", f"{method} is an approximation (the layers after the window saw the kept tokens only); "
                       f"cosine of its vectors with the exact ones of the same tokens: {cosines}."]
+    for method in (m for m in report["methods"] if "per_page_vectors" in report["results"][m].get(ratios[0], {})):
+        spreads = "; ".join(f"keep {r}: {c['min']}, {c['p10']:g}, {c['median']:g}, {c['p90']:g}, {c['max']}"
+                            for r in ratios for c in [report["results"][method][r]["per_page_vectors"]])
+        lines += ["", f"{method} vectors per page (min, 10th percentile, median, 90th percentile, max): {spreads}."]
     skipped = ", ".join(f"{k}: {v}" for k, v in ds["skipped"].items() if v) or "none"
     lines += ["", f"Skipped rows: {skipped}. Pages that failed to encode: {len(ds['pages_failed_to_encode'])}.", ""]
     return "\n".join(lines)
@@ -107,3 +116,29 @@ def plot_retention(report: dict, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def budget_scale_from(path: str | Path, fingerprints: tuple[str, ...], keep_ratio: float) -> float:
+    """The ``sap-budget`` scale an eval report fitted at ``keep_ratio``, for ``index --budget-from``.
+
+    The report must come from a bundle with one of ``fingerprints`` (the scale is a property of the
+    model's centrality) and hold ``sap-budget`` at that ratio; SapIndexError in one line otherwise.
+    """
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        fingerprint = report["bundle"]["fingerprint"]
+        cells = report["results"].get("sap-budget", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SapIndexError(f"{path}: not a readable sapindex eval report.json ({exc})") from None
+    if report.get("format") != REPORT_FORMAT:
+        raise SapIndexError(f"{path}: not a sapindex eval report (format {report.get('format')!r})")
+    if fingerprint not in fingerprints:
+        raise SapIndexError(f"{path}: calibrated with another bundle (fingerprint {str(fingerprint)[:12]}); run "
+                            "`sapindex eval` with this bundle and --methods sap-budget")
+    cell = cells.get(f"{keep_ratio:g}") if isinstance(cells, dict) else None
+    if not isinstance(cell, dict) or "budget_scale" not in cell:
+        have = ", ".join(sorted(cells)) if isinstance(cells, dict) and cells else "none"
+        raise SapIndexError(f"{path}: no sap-budget calibration at keep ratio {keep_ratio:g} (has: {have}); run "
+                            f"`sapindex eval ... --methods sap-budget --keep-ratios {keep_ratio:g}`")
+    return float(cell["budget_scale"])

@@ -26,6 +26,7 @@ from sapindex.eval.cache import EncodingCache
 from sapindex.eval.datasets import EvalDataset, load_dataset
 from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
 from sapindex.eval.report import HEADLINE, REPORT_FORMAT, REPORT_VERSION
+from sapindex.merging import calibrate_budget
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder, PageTokens, PrunedPage, check_fast_mode, check_position_correction
 
@@ -137,10 +138,23 @@ def fast_vs_exact(fast: list[PrunedPage], pages: list[PageTokens], ratio: float)
 
 
 def compress_pages(method: Baseline, pages: list[PageTokens], ratio: float, seed: int,
-                   adaptive_k: float | None) -> list[np.ndarray]:
-    """Every page compressed by ``method`` at ``ratio``: a list of ``[k, dim]`` arrays."""
+                   fitted: dict[str, float]) -> list[np.ndarray]:
+    """Every page compressed by ``method`` at ``ratio``: a list of ``[k, dim]`` arrays; ``fitted``: the
+    calibrated parameters (:func:`calibrate`)."""
     return [method.compress(p.embeddings, ratio=ratio, eos=p.eos, centrality=p.centrality,
-                            seq_rank=p.layout.seq_rank, seed=seed, adaptive_k=adaptive_k).vectors for p in pages]
+                            seq_rank=p.layout.seq_rank, seed=seed, **fitted).vectors for p in pages]
+
+
+def calibrate(method: Baseline, pages: list[PageTokens], held_out: np.ndarray, ratio: float) -> dict[str, float]:
+    """The parameters a calibrated method fits for ``ratio``: Adaptive-EOS's ``k`` on the held-out half
+    of the pages (as DocPruner fits it), sap-budget's scale on every page (a corpus budget: the same
+    total as the fixed ratio on this corpus). Query-agnostic both."""
+    fitted = {}
+    if "adaptive_k" in method.needs:
+        fitted["adaptive_k"] = calibrate_adaptive_eos([pages[i].eos for i in held_out], ratio)
+    if "budget_scale" in method.needs:
+        fitted["budget_scale"] = calibrate_budget([p.centrality for p in pages], ratio)
+    return fitted
 
 
 def mean_score_retention(scores: np.ndarray, full: np.ndarray, relevant: np.ndarray) -> float:
@@ -175,7 +189,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
         q_vecs.extend(encoder.encode_queries([q.text for q in queries[start:start + 32]]))
     relevant = np.array([[dataset.qrels[q].get(p, 0) > 0 for p in page_ids] for q in query_ids])  # [Q, D]
 
-    full_vectors = compress_pages(METHODS["full"], pages, 1.0, cfg.seed, None)
+    full_vectors = compress_pages(METHODS["full"], pages, 1.0, cfg.seed, {})
     full_scores = maxsim_matrix(q_vecs, full_vectors)
     full_metrics = retrieval_metrics(full_scores, query_ids, page_ids, dataset.qrels)
     held_out = np.random.default_rng(cfg.seed).permutation(len(pages))[: max(1, len(pages) // 2)]
@@ -184,8 +198,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
         method = METHODS[name]
         results[name] = {}
         for ratio in cfg.keep_ratios:
-            adaptive_k = (calibrate_adaptive_eos([pages[i].eos for i in held_out], ratio)
-                          if method.calibrated else None)
+            fitted = calibrate(method, pages, held_out, ratio)
             seeds = method.seeds if len(method.seeds) > 1 else (cfg.seed,)  # one run: the eval's seed
             runs = []
             for seed in seeds:
@@ -199,7 +212,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
                     fast = encode_fast(encoder, dataset, page_ids, ratio, cfg.batch_size, step)
                     vectors = [f.vectors for f in fast]
                 else:
-                    vectors = compress_pages(method, pages, ratio, seed, adaptive_k)
+                    vectors = compress_pages(method, pages, ratio, seed, fitted)
                 scores = maxsim_matrix(q_vecs, vectors)
                 metrics = retrieval_metrics(scores, query_ids, page_ids, dataset.qrels)
                 sret = mean_score_retention(scores, full_scores, relevant)
@@ -207,8 +220,9 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
                 if method.fast:
                     runs[-1]["cosine_vs_exact"] = fast_vs_exact(fast, pages, ratio)
             results[name][f"{ratio:g}"] = _mean_cells(runs) if len(runs) > 1 else runs[0]
-            if adaptive_k is not None:
-                results[name][f"{ratio:g}"]["adaptive_k"] = adaptive_k
+            results[name][f"{ratio:g}"].update(fitted)
+            if not method.matched and name != "full":
+                results[name][f"{ratio:g}"]["per_page_vectors"] = _spread(vectors)
     return {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
@@ -240,6 +254,13 @@ def _cell(metrics: dict, full: dict, sret: float, pages: list[PageTokens], vecto
         "vectors": kept,
         "vector_fraction": kept / total,
     }
+
+
+def _spread(vectors) -> dict:
+    """The distribution of per-page vector counts (methods whose counts vary from page to page)."""
+    counts = np.array([len(v) for v in vectors])
+    return {"min": int(counts.min()), "p10": float(np.percentile(counts, 10)), "median": float(np.median(counts)),
+            "p90": float(np.percentile(counts, 90)), "max": int(counts.max())}
 
 
 def _mean_cells(runs: list[dict]) -> dict:

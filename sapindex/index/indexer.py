@@ -22,6 +22,7 @@ from sapindex.index.store import Index, PageRow
 from sapindex.runtime.bundle import Bundle, manifest_bytes
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import MODES, Encoder, PrunedPage, check_fast_mode, check_position_correction
+from sapindex.runtime.methods import check_method, method_name
 from sapindex.sap import DEFAULT_KEEP_RATIO
 
 
@@ -120,7 +121,8 @@ class Recorder:
 @contextmanager
 def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, batch_size: int | None, device: str,
               position_correction: bool, progress: Callable[[int, int], None] | None,
-              around: Callable[[], ContextManager] = nullcontext, mode: str = "exact"):
+              around: Callable[[], ContextManager] = nullcontext, mode: str = "exact", method: str = "sap",
+              budget_scale: float | None = None):
     """Check a run's options, open its bundle and its index (created or resumed, writer-locked):
     yields ``(bundle, batch_size, recorder, context)``; the index is closed (unlocked) on the way out.
 
@@ -137,21 +139,28 @@ def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, ba
         raise SapIndexError(f"--mode {mode}: choose {' or '.join(MODES)}")
     if mode == "fast":
         check_fast_mode(bundle)
+    check_method(method, mode=mode, position_correction=position_correction, budget_scale=budget_scale)
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
             "builtin": _is_builtin(bundle_path), "mode": mode}
-    method = "sap-poscorr" if position_correction else "sap"
+    method = method_name(method, position_correction)
     with around() as context, Index.create_or_open(out, bundle.fingerprints, bundle.dim, meta=meta) as index:
         held = index.meta.get("mode", "exact")  # indexes from before fast mode are exact
         if held != mode:
             raise SapIndexError(f"{out}: this index holds {held}-mode vectors and never mixes modes (fast vectors are "
                                 f"an approximation of exact ones); index with --mode {held}, or into a new directory")
+        others = index.methods() - {method}
+        if others:
+            raise SapIndexError(f"{out}: this index holds {', '.join(sorted(others))} pages and never mixes methods "
+                                f"(its pages would not be comparable with {method} ones); index with the same "
+                                "--method (and --position-correction), or into a new directory")
         yield (bundle, batch_size or default_batch_size(bundle, device),
                Recorder(index, keep_ratio, method, progress, mode), context)
 
 
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,
               device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI, threads: int | None = None,
-              position_correction: bool = False, mode: str = "exact", stdin=None,
+              position_correction: bool = False, mode: str = "exact", method: str = "sap",
+              budget_scale: float | None = None, stdin=None,
               progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index ``inputs`` into the index at ``out`` (created, or resumed) with the bundle's encoder and SAP.
 
@@ -168,6 +177,9 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
         position_correction: rank by the causally corrected centrality (method ``sap-poscorr``).
         mode: ``"exact"`` (the decoder on every token) or ``"fast"`` (format-2 bundles: the layers after
             the SAP window on the prompt and kept tokens only, an approximation); an index holds one mode.
+        method: what is stored of each page (:data:`sapindex.runtime.methods.INDEX_METHODS`: ``sap``, or
+            ``sap-merge``, ``sap-kmeans``, ``sap-budget`` in exact mode); an index holds one method.
+        budget_scale: ``sap-budget`` only, the scale calibrated by ``sapindex eval`` (:func:`budget_scale_from`).
         stdin: the stream a ``-`` input reads paths from (None: ``sys.stdin``).
         progress: called as ``progress(pages_done, pages_known)`` after each batch.
 
@@ -177,15 +189,15 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
     """
     started = time.perf_counter()
     with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
-                   position_correction=position_correction, progress=progress, mode=mode) as (bundle, batch_size,
-                                                                                             recorder, _):
+                   position_correction=position_correction, progress=progress, mode=mode, method=method,
+                   budget_scale=budget_scale) as (bundle, batch_size, recorder, _):
         encoder = Encoder(bundle, device=device, threads=threads)
         batch: list[Page] = []
         failures: list[Failure] = []
 
         def flush() -> None:
-            kept = (encoder.encode_pages_pruned([p.image for p in batch], keep_ratio, position_correction, mode)
-                    if batch else [])
+            kept = (encoder.encode_pages_pruned([p.image for p in batch], keep_ratio, position_correction, mode,
+                                                method, budget_scale) if batch else [])
             recorder.store(list(zip(batch, kept)), failures)
             batch.clear()
             failures.clear()

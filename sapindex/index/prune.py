@@ -26,6 +26,7 @@ import numpy as np
 from sapindex import sap
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Index, PageRow
+from sapindex.runtime.methods import PRUNABLE_METHODS
 
 CHUNK_PAGES = 512  # pages per read and per commit into the new index
 
@@ -49,6 +50,10 @@ def _check_ratio(src: Index, version: int, keep_ratio: float) -> int:
         raise SapIndexError(f"{src.path}: a fast-mode index cannot be pruned exactly (each vector was computed "
                             "with the other kept tokens of its page); index again with --mode fast "
                             f"--keep-ratio {keep_ratio}")
+    merged = src.methods() - set(PRUNABLE_METHODS)
+    if merged:
+        raise SapIndexError(f"{src.path}: a {', '.join(sorted(merged))} index cannot be pruned (its vectors are merged "
+                            "or budgeted per page, not SAP's ranked tokens); index again at the lower --keep-ratio")
     if "scores" not in src._page_columns():
         raise SapIndexError(f"{src.path}: this index predates stored SAP scores (no scores column); "
                             "re-index the documents to prune, or index them again at the lower ratio")

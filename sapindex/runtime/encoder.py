@@ -16,6 +16,7 @@ from sapindex import sap
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.layout import TokenLayout
+from sapindex.runtime.methods import check_method, reduce_page
 from sapindex.runtime.preprocess import preprocessor_for
 from sapindex.runtime.session import BundleSessions, tail_feed
 
@@ -56,6 +57,7 @@ class PrunedPage:
     n_visual: int
     global_grid: tuple[int, int] | None = None  # tokens >= rows*cols: cells of this whole-page grid
     scores: np.ndarray | None = None  # [k] float64, the score each kept token was ranked by
+    cover: np.ndarray | None = None  # [n_visual] int32: the row each token was merged into (-1: none); merging methods
 
 
 def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False) -> PrunedPage:
@@ -67,6 +69,17 @@ def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False
     kept, scores = _select(page.centrality, page.layout, keep_ratio, position_correction)
     return PrunedPage(page.embeddings[kept], kept.astype(np.int32), page.grid, page.n_visual,
                       page.layout.global_grid, scores[kept])
+
+
+def reduce(page: PageTokens, keep_ratio: float, position_correction: bool = False, method: str = "sap",
+           budget_scale: float | None = None) -> PrunedPage:
+    """What index ``method`` (:data:`sapindex.runtime.methods.INDEX_METHODS`) stores of a page: :func:`prune`
+    for ``sap``, :func:`sapindex.runtime.methods.reduce_page` for the others."""
+    if method == "sap":
+        return prune(page, keep_ratio, position_correction)
+    kept = reduce_page(page.embeddings, page.centrality, method, keep_ratio, budget_scale=budget_scale)
+    return PrunedPage(kept.vectors, kept.positions, page.grid, page.n_visual, page.layout.global_grid, kept.scores,
+                      kept.cover)
 
 
 def _select(centrality: np.ndarray, layout: TokenLayout, keep_ratio: float, position_correction: bool):
@@ -124,20 +137,24 @@ class Encoder:
         return pages
 
     def encode_pages_pruned(self, images, keep_ratio: float, position_correction: bool = False,
-                            mode: str = "exact") -> list[PrunedPage]:
+                            mode: str = "exact", method: str = "sap",
+                            budget_scale: float | None = None) -> list[PrunedPage]:
         """Pages straight to what the index stores, in either mode.
 
-        ``exact``: :meth:`encode_pages` then :func:`prune`. ``fast`` (format-2 bundles): the head runs on
-        every token and SAP picks the kept tokens from its centrality, as in exact mode (the same kept
-        set); then the tail runs on the page's non-visual tokens (the prompt) and the kept visual tokens
-        only, at their original positions (:func:`sapindex.runtime.session.tail_feed`). Their vectors are
+        ``exact``: :meth:`encode_pages` then :func:`reduce` with the index ``method`` (``sap``:
+        :func:`prune`). ``fast`` (format-2 bundles, ``sap`` only): the head runs on every token and
+        SAP picks the kept tokens from its centrality, as in exact mode (the same kept set); then
+        the tail runs on the page's non-visual tokens (the prompt) and the kept visual tokens only,
+        at their original positions (:func:`sapindex.runtime.session.tail_feed`). Their vectors are
         an approximation of exact mode's: in the layers after the window they attend the kept tokens
         only (measured in bench/RESULTS.md, "Fast mode").
         """
         if mode not in MODES:
             raise SapIndexError(f"unknown mode {mode!r} (use {' or '.join(MODES)})")
+        check_method(method, mode=mode, position_correction=position_correction, budget_scale=budget_scale)
         if mode == "exact":
-            return [prune(page, keep_ratio, position_correction) for page in self.encode_pages(images)]
+            return [reduce(page, keep_ratio, position_correction, method, budget_scale)
+                    for page in self.encode_pages(images)]
         check_fast_mode(self.bundle)
         batch = self.preprocessor.pages(images)
         head = self.sessions.run_head(batch)

@@ -4,7 +4,8 @@ MaxSim scores a page as ``sum_i max_j q_i . d_j``: each query token ``i`` picks 
 vector ``j``. :func:`explain` records those picks (the argmax per token) and their dot products,
 so that the contributions add up to the hit's exact score; :func:`picture` draws them over the
 page (``sapindex.index.overlay.match_overlay``): kept patches outlined, matched ones filled by the
-sum of what they contributed, an Idefics3 global tile as a panel of its own.
+sum of what they contributed (a merged vector over every cell it stands for), an Idefics3 global
+tile as a panel of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Explanation:
     grid: tuple[int, int]
     global_grid: tuple[int, int] | None
     content_hash: str
+    cover: np.ndarray | None = None  # [n_visual] the vector each token was merged into (merging methods)
 
     def weights(self) -> np.ndarray:
         """Per kept position, the sum of the contributions of the query tokens that matched it."""
@@ -42,7 +44,12 @@ class Explanation:
         return {"query": self.query, "path": self.path, "page": self.page, "score": self.score,
                 "grid": list(self.grid), "global_grid": list(self.global_grid) if self.global_grid else None,
                 "matches": [{"position": int(self.positions[j]), "tokens": int(np.sum(self.matched == j)),
-                             "contribution": float(w[j])} for j in np.argsort(-w) if np.any(self.matched == j)]}
+                             "contribution": float(w[j]), **self._cells(j)}
+                            for j in np.argsort(-w) if np.any(self.matched == j)]}
+
+    def _cells(self, j: int) -> dict:
+        """For a merged vector, the positions of the tokens it stands for (its anchor among them)."""
+        return {} if self.cover is None else {"cells": np.flatnonzero(self.cover == j).tolist()}
 
 
 def explain(searcher, query: str, path: str, page: int) -> Explanation:
@@ -62,7 +69,8 @@ def explain_encoded(index, query: str, q: np.ndarray, path: str, page: int) -> E
     contributions = sims[np.arange(len(q)), matched].astype(np.float64)
     g = (row["global_rows"], row["global_cols"])
     return Explanation(query, path, int(page), float(contributions.sum()), row["positions"], matched, contributions,
-                       (row["grid_rows"], row["grid_cols"]), g if all(g) else None, row["content_hash"])
+                       (row["grid_rows"], row["grid_cols"]), g if all(g) else None, row["content_hash"],
+                       row.get("cover"))
 
 
 def picture(ex: Explanation, dpi: float = 72.0) -> Image.Image:
@@ -71,7 +79,7 @@ def picture(ex: Explanation, dpi: float = 72.0) -> Image.Image:
     image, info = render_page(ex.path, ex.page, dpi=dpi)
     if info.content_hash != ex.content_hash:
         raise SapIndexError(f"{ex.path}: changed since it was indexed (content hash differs); re-index it to explain")
-    body = match_overlay(image, ex.grid, ex.positions, ex.weights(), ex.global_grid)
+    body = match_overlay(image, ex.grid, ex.positions, ex.weights(), ex.global_grid, cover=ex.cover)
     caption = f"{ex.path} page {ex.page}   MaxSim {ex.score:.3f}   query: {ex.query}"
     out = Image.new("RGB", (body.width, body.height + 24), (255, 255, 255))
     out.paste(body, (0, 24))

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from sapindex import sap
+from sapindex import merging, sap
 from sapindex.eval import baselines as B
 
 NS = (1, 2, 3, 7, 50, 257)
@@ -281,7 +281,7 @@ def test_cluster_with_fewer_distinct_vectors_than_k_still_stores_k():
 
 def test_registry_dispatches_to_the_methods():
     assert list(B.METHODS) == ["full", "sap", "sap-poscorr", "sap-fast", "random", "eos", "adaptive-eos", "pooling",
-                               "cluster"]
+                               "cluster", "sap-merge", "sap-kmeans", "sap-budget"]
     rng = np.random.default_rng(13)
     v, e, c, rank = unit(rng, 80), rng.random(80), rng.random(80), rng.permutation(80)
     np.testing.assert_array_equal(B.compress("full", v).vectors, v)
@@ -299,6 +299,17 @@ def test_registry_dispatches_to_the_methods():
                                   B.adaptive_eos(v, e, 0.5).positions)
     np.testing.assert_array_equal(B.compress("pooling", v, ratio=0.2).vectors, B.pooling(v, 0.2).vectors)
     np.testing.assert_array_equal(B.compress("cluster", v, ratio=0.2, seed=1).vectors, B.cluster(v, 0.2, 1).vectors)
+    k = sap.keep_count(80, 0.2)
+    np.testing.assert_array_equal(B.compress("sap-merge", v, ratio=0.2, centrality=c).vectors,
+                                  merging.anchor_merge(v, c, k).vectors)
+    np.testing.assert_array_equal(B.compress("sap-kmeans", v, ratio=0.2, centrality=c, seed=1).vectors,
+                                  merging.central_kmeans(v, c, k, seed=1).vectors)
+    budget = B.compress("sap-budget", v, centrality=c, budget_scale=0.5)
+    np.testing.assert_array_equal(budget.positions, sap.highest(c, merging.budget_count(c, 0.5)))
+    assert B.METHODS["sap-merge"].merging and B.METHODS["sap-kmeans"].merging and B.METHODS["sap-kmeans"].matched
+    assert B.METHODS["sap-budget"].calibrated and not B.METHODS["sap-budget"].matched
+    with pytest.raises(ValueError, match="budget_scale"):
+        B.compress("sap-budget", v, ratio=0.2, centrality=c)
     assert B.METHODS["random"].seeds == B.RANDOM_SEEDS and B.METHODS["eos"].seeds == (0,)
     assert not B.METHODS["adaptive-eos"].matched and B.METHODS["adaptive-eos"].calibrated
     assert B.METHODS["pooling"].merging and B.METHODS["cluster"].merging and not B.METHODS["eos"].merging
@@ -324,7 +335,7 @@ def test_running_every_baseline_imports_no_torch():
         "v /= np.linalg.norm(v, axis=1, keepdims=True); e = np.random.default_rng(1).random(40)\n"
         "k = B.calibrate_adaptive_eos([e], 0.2)\n"
         "for name in B.METHODS:\n"
-        "    B.compress(name, v, ratio=0.2, eos=e, adaptive_k=k, centrality=e, seq_rank=np.arange(40))\n"
+        "    B.compress(name, v, ratio=0.2, eos=e, adaptive_k=k, centrality=e, seq_rank=np.arange(40), budget_scale=0.3)\n"
         "print(','.join(m for m in ('torch', 'transformers', 'colpali_engine', 'torchvision') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

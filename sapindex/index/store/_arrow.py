@@ -60,6 +60,12 @@ def _checked(row: PageRow, dim: int, np_dtype: type, vector_dtype: str) -> tuple
         raise ValueError(f"{where}: path and content_hash must be non-empty")
     if row.scores is not None and (np.shape(row.scores) != p.shape or not np.all(np.isfinite(row.scores))):
         raise ValueError(f"{where}: scores must be [{p.shape[0]}] finite values, got shape {np.shape(row.scores)}")
+    if row.cover is not None:
+        cover = np.asarray(row.cover)
+        if (cover.shape != (row.n_visual,) or not np.issubdtype(cover.dtype, np.integer) or cover.min() < -1
+                or cover.max() >= v.shape[0] or not np.array_equal(cover[p], np.arange(p.shape[0]))):
+            raise ValueError(f"{where}: cover must be [{row.n_visual}] rows of positions in [-1, {v.shape[0]}), "
+                             "each position covered by its own row")
     v = v.astype(np_dtype)
     if not np.all(np.isfinite(v)):
         raise ValueError(f"{where}: vectors are not finite in {vector_dtype}")
@@ -87,6 +93,7 @@ def page_table(rows: list[PageRow], dim: int, vector_dtype: str, bundle_fingerpr
     else:
         scores = pa.array([None if r.scores is None else np.asarray(r.scores, np.float64) for r in rows],
                           pa.list_(pa.float64()))
+    cover = pa.array([None if r.cover is None else np.asarray(r.cover, np.int32) for r in rows], pa.list_(pa.int32()))
     n = len(rows)
     columns = {
         "path": pa.array([str(r.path) for r in rows], pa.string()),
@@ -106,6 +113,7 @@ def page_table(rows: list[PageRow], dim: int, vector_dtype: str, bundle_fingerpr
         "bundle_fingerprint": pa.array([bundle_fingerprint] * n, pa.string()),
         "positions": positions,
         "scores": scores,
+        "cover": cover,
         "vectors": vectors,
         "indexed_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
     }

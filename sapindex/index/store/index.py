@@ -338,6 +338,9 @@ class Index:
             if "mode" in missing and any(r.mode != "exact" for r in rows):
                 raise SapIndexError(f"{self.path}: this index predates fast mode and holds exact vectors only; "
                                     "index fast-mode pages into a new index")
+            if "cover" in missing and any(r.cover is not None for r in rows):
+                raise SapIndexError(f"{self.path}: this index predates merged vectors (no cover column); index "
+                                    f"--method {rows[0].method} into a new index")
             table = table.drop_columns(missing)
         return table
 
@@ -512,7 +515,9 @@ class Index:
             vecs, voff = vectors_from_list(batch.column("vectors"), self.dim)
             pos, poff = ints_from_list(batch.column("positions"))
             scores = batch.column("scores").to_numpy(zero_copy_only=False) if "scores" in names else None
-            scalars = {c: batch.column(c).to_pylist() for c in names if c not in ("vectors", "positions", "scores")}
+            cover = batch.column("cover").to_numpy(zero_copy_only=False) if "cover" in names else None
+            scalars = {c: batch.column(c).to_pylist() for c in names
+                       if c not in ("vectors", "positions", "scores", "cover")}
             for i in range(batch.num_rows):
                 row = {c: scalars[c][i] for c in scalars}
                 row["global_rows"] = row.get("global_rows") or 0  # missing column or null: no global tile
@@ -520,12 +525,21 @@ class Index:
                 row["mode"] = row.get("mode") or "exact"  # missing column: an index from before fast mode
                 row["positions"] = pos[poff[i]:poff[i + 1]]
                 row["scores"] = None if scores is None or scores[i] is None else np.asarray(scores[i], np.float64)
+                row["cover"] = None if cover is None or cover[i] is None else np.asarray(cover[i], np.int32)
                 row["vectors"] = vecs[voff[i]:voff[i + 1]]
                 yield row
 
+    def methods(self) -> set[str]:
+        """The index methods of the stored rows (``sapindex.runtime.methods``): one, or none when empty."""
+        out: set[str] = set()
+        for batch in self.scan_pages(["method"], chunk_pages=65536):
+            out.update(pc.unique(batch.column("method")).to_pylist())
+        return out
+
     def iter_rows(self, chunk_pages: int = DEFAULT_CHUNK_PAGES, version: int | None = None) -> Iterator[dict]:
-        """Every stored row as a dict; ``positions`` int32, ``vectors`` [n_kept, dim] float32 and
-        ``scores`` float64 (None for pages stored without them). ``version``: as of that version."""
+        """Every stored row as a dict; ``positions`` int32, ``vectors`` [n_kept, dim] float32,
+        ``scores`` float64 (None for pages stored without them) and ``cover`` int32 (None but for
+        merging methods). ``version``: as of that version."""
         return self._rows(chunk_pages=chunk_pages, version=version)
 
     def get(self, path: str, page: int) -> dict | None:

@@ -28,6 +28,14 @@ the top ``keep_count(n_visual, r)`` of them, ties to the lower position, is exac
 index run at ratio ``r`` keeps. Indexes from before this column open and search as before, and
 store no scores for their new pages; ``prune`` refuses them.
 
+``method`` is what the row's vectors are (``sapindex.runtime.methods``): ``sap`` / ``sap-poscorr``
+/ ``sap-budget`` store kept tokens' own vectors; the merging methods ``sap-merge`` and
+``sap-kmeans`` store group means, each at the position of its anchor token, and ``cover``
+(``list<int32>``, one entry per visual token, in position order) says which stored vector each
+token was merged into (its index in the row's ``positions``; -1: none). Selection rows store null
+there. An index holds one method: the indexer refuses to add another. Indexes from before the
+column open and search as before, and refuse merged pages.
+
 Positions are spatial (``sapindex.runtime.layout``): position ``k < grid_rows*grid_cols`` is cell
 ``(k // grid_cols, k % grid_cols)`` of the page grid; Idefics3 pages also encode a downscaled copy
 of the whole page (the global tile), whose tokens follow as cells of a ``global_rows x
@@ -114,6 +122,7 @@ def page_schema(dim: int, vector_dtype: str = "float16") -> pa.Schema:
         ("bundle_fingerprint", pa.string()),
         ("positions", pa.list_(pa.int32())),
         ("scores", pa.list_(pa.float64())),  # SAP ranking score per kept token; absent in older indexes
+        ("cover", pa.list_(pa.int32())),  # merging methods: [n_visual] row each token was merged into; else null
         ("vectors", pa.list_(pa.list_(value, dim))),
         ("indexed_at", pa.timestamp("us", tz="UTC")),
     ])
@@ -171,6 +180,7 @@ class KeptVectors(Protocol):
     n_visual: int
     global_grid: tuple[int, int] | None
     scores: np.ndarray  # [k], the SAP ranking score of each kept token
+    cover: np.ndarray | None  # [n_visual], the row each token was merged into (merging methods)
 
 
 @dataclass
@@ -191,6 +201,7 @@ class PageRow:
     mode: str = "exact"  # how the vectors were computed: "exact" or "fast" (see the module docstring)
     global_grid: tuple[int, int] = (0, 0)  # (rows, cols) of the global tile's grid; (0, 0): none
     scores: np.ndarray | None = None  # [k] SAP ranking scores of the kept tokens (None: not known)
+    cover: np.ndarray | None = None  # [n_visual] row each token was merged into, -1: none (merging methods only)
 
     @classmethod
     def from_encoded(cls, page: PageSource, encoded: KeptVectors, keep_ratio: float | None = None,
@@ -204,4 +215,5 @@ class PageRow:
                    height=height, grid=tuple(encoded.grid), n_visual=encoded.n_visual,
                    positions=encoded.positions, vectors=encoded.vectors,
                    keep_ratio=float(keep_ratio), method=method, mode=mode,
-                   global_grid=tuple(encoded.global_grid or (0, 0)), scores=encoded.scores)
+                   global_grid=tuple(encoded.global_grid or (0, 0)), scores=encoded.scores,
+                   cover=getattr(encoded, "cover", None))
