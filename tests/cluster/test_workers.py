@@ -81,15 +81,15 @@ def _as_ray_batch(rows):
             for key in rows[0]}
 
 
-@pytest.mark.parametrize("mode", ["exact", "fast"])
-def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_path, mode):
+@pytest.mark.parametrize("mode,method", [("exact", "sap"), ("fast", "sap"), ("exact", "sap-merge")])
+def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_path, mode, method):
     bundle = Bundle.open(default_bundle_path())
     pages = [str(p) for p in example_pages()[:2]]
     Image.new("RGB", (1, 500), "white").save(tmp_path / "strip.png")
     rows = [row for path in [*pages, str(tmp_path / "strip.png")]
             for row in render_chunk({**describe(path).__dict__, "pages": [1]})]
     rows.append({**rows[0], "page": 0, "image": b"", "error": "not a valid PDF", "path": "bad.pdf"})
-    actor = PageEncoder(str(bundle.path), bundle.fingerprint, "cpu", 1, 0.1, False, mode)
+    actor = PageEncoder(str(bundle.path), bundle.fingerprint, "cpu", 1, 0.1, False, mode, method)
     stored, failures = decode(actor(_as_ray_batch(rows)))
     assert [str(f) for f in failures] == [
         f"{tmp_path / 'strip.png'} page 1: image aspect ratio 500.0 exceeds 200 (1x500); Qwen2-VL cannot take it",
@@ -97,12 +97,14 @@ def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_
     encoder = Encoder(bundle, threads=1)
     for (page, kept), path in zip(stored, pages):
         with Image.open(path) as image:
-            [local] = encoder.encode_pages_pruned([image.convert("RGB")], 0.1, mode=mode)
+            [local] = encoder.encode_pages_pruned([image.convert("RGB")], 0.1, mode=mode, method=method)
         listed = describe(path)
         assert (page.path, page.page, page.size, page.content_hash) == (path, 1, image.size, listed.content_hash)
         assert np.array_equal(kept.positions, local.positions) and kept.grid == local.grid
         assert np.allclose(kept.vectors, local.vectors, atol=1e-5) and np.allclose(kept.scores, local.scores)
         assert kept.n_visual == local.n_visual and kept.global_grid == local.global_grid
+        assert (kept.cover is None) == (method == "sap")  # a merged page's cover crosses the object store
+        assert kept.cover is None or np.array_equal(kept.cover, local.cover)
 
 
 def test_an_encoder_with_another_bundle_is_refused():

@@ -335,7 +335,8 @@ def test_running_every_baseline_imports_no_torch():
         "v /= np.linalg.norm(v, axis=1, keepdims=True); e = np.random.default_rng(1).random(40)\n"
         "k = B.calibrate_adaptive_eos([e], 0.2)\n"
         "for name in B.METHODS:\n"
-        "    B.compress(name, v, ratio=0.2, eos=e, adaptive_k=k, centrality=e, seq_rank=np.arange(40), budget_scale=0.3)\n"
+        "    B.compress(name, v, ratio=0.2, eos=e, adaptive_k=k, centrality=e, seq_rank=np.arange(40),\n"
+        "               budget_scale=0.3)\n"
         "print(','.join(m for m in ('torch', 'transformers', 'colpali_engine', 'torchvision') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -72,10 +72,19 @@ def test_matched_counts_and_sap_cell_is_a_direct_computation(bundles, beir, tmp_
     pages = cache.load()
     ids = [p.id for p in dataset.pages if p.id in pages]
     n_visual = [pages[i].n_visual for i in ids]
-    for method in ("sap", "sap-poscorr", "random", "eos", "pooling", "cluster"):
+    for method in ("sap", "sap-poscorr", "random", "eos", "pooling", "cluster", "sap-merge", "sap-kmeans"):
         for ratio in RATIOS:
             expected = sum(sap.keep_count(n, ratio) for n in n_visual)
             assert report["results"][method][f"{ratio:g}"]["vectors"] == expected, (method, ratio)
+    from sapindex import merging
+
+    for ratio in RATIOS:  # sap-budget: the fixed ratio's total, up to rounding, spread by content
+        cell = report["results"]["sap-budget"][f"{ratio:g}"]
+        scale = merging.calibrate_budget([pages[i].centrality for i in ids], ratio)
+        counts = [merging.budget_count(pages[i].centrality, scale) for i in ids]
+        assert cell["budget_scale"] == pytest.approx(scale) and cell["vectors"] == sum(counts)
+        assert abs(sum(counts) - sum(sap.keep_count(n, ratio) for n in n_visual)) <= len(ids)
+        assert (cell["per_page_vectors"]["min"], cell["per_page_vectors"]["max"]) == (min(counts), max(counts))
     # the SAP cell recomputed from the cached encodings
     from sapindex.runtime.encoder import Encoder
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from sapindex.errors import SapIndexError
@@ -77,3 +78,110 @@ def test_an_index_holds_one_mode(tmp_path):
     assert run_index(default_bundle_path(), pages, tmp_path / "old").pages_indexed == 2
     with Index.open(tmp_path / "old") as index:
         assert {r["mode"] for r in index.iter_rows()} == {"exact"}
+
+
+def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_method(tmp_path):
+    """``index --method``: each row records its method; the merged rows hold exactly what sapindex.merging
+    computes from the page's exact encoding (keep_count vectors at the anchors, with the cover of every
+    token); another method, or sap with --position-correction, is refused in one line and writes nothing;
+    a merged index cannot be pruned."""
+    from helpers import run_cli
+    from PIL import Image
+
+    from sapindex import merging, sap
+    from sapindex.index.store import Index
+    from sapindex.runtime.encoder import Encoder
+
+    pages = [str(p) for p in example_pages()[:2]]
+    run_index(default_bundle_path(), pages, tmp_path / "merge", method="sap-merge", keep_ratio=0.1)
+    encoder = Encoder(Bundle.open(default_bundle_path()))
+    with Index.open(tmp_path / "merge") as index:
+        rows = {r["path"]: r for r in index.iter_rows()}
+        version = index.version
+    assert set(rows) == set(pages)
+    for path in pages:
+        row = rows[path]
+        with Image.open(path) as image:
+            page = encoder.encode_pages([image.convert("RGB")])[0]
+        expected = merging.anchor_merge(page.embeddings, page.centrality, sap.keep_count(page.n_visual, 0.1))
+        assert row["method"] == "sap-merge" and row["n_kept"] == sap.keep_count(row["n_visual"], 0.1)
+        np.testing.assert_array_equal(row["positions"], expected.positions)
+        np.testing.assert_array_equal(row["cover"], expected.cover)
+        np.testing.assert_allclose(row["vectors"], expected.vectors, atol=2e-3)  # stored as float16
+    more = [str(p) for p in example_pages()[2:4]]
+    for args, held in ((("--method", "sap-kmeans"), "sap-merge"), ((), "sap-merge")):
+        refused = run_cli("index", *more, "--out", tmp_path / "merge", *args)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].endswith(
+            f"this index holds {held} pages and never mixes methods (its pages would not be comparable with "
+            f"{args[1] if args else 'sap'} ones); index with the same --method (and --position-correction), or "
+            "into a new directory")
+    with Index.open(tmp_path / "merge") as index:
+        assert index.version == version and index.methods() == {"sap-merge"}
+    assert run_cli("index", *more, "--out", tmp_path / "merge", "--method", "sap-merge").returncode == 0
+    pruned = run_cli("prune", tmp_path / "merge", "--keep-ratio", "0.05", "--out", tmp_path / "small")
+    assert pruned.returncode == 2 and "sap-merge index cannot be pruned" in pruned.stderr
+
+    run_index(default_bundle_path(), pages[:1], tmp_path / "plain")
+    with pytest.raises(SapIndexError, match="holds sap pages and never mixes methods"):
+        run_index(default_bundle_path(), pages, tmp_path / "plain", position_correction=True)
+    with pytest.raises(SapIndexError, match="ranks SAP's selection"):
+        run_index(default_bundle_path(), pages, tmp_path / "other", method="sap-kmeans", position_correction=True)
+    with pytest.raises(SapIndexError, match="fast mode never computes"):
+        run_index(default_bundle_path(), pages, tmp_path / "other", method="sap-merge", mode="fast")
+    assert not (tmp_path / "other").exists()
+
+
+def test_sap_kmeans_and_sap_budget_rows(tmp_path):
+    """sap-kmeans stores keep_count centrality-weighted clusters with their cover; sap-budget stores SAP's
+    kept tokens, as many per page as the calibrated scale gives, read from an eval report (refused when
+    the report is of another bundle or lacks the ratio)."""
+    from helpers import run_cli
+
+    from sapindex import merging, sap
+    from sapindex.eval.report import REPORT_FORMAT
+    from sapindex.index.store import Index
+
+    pages = [str(p) for p in example_pages()[:2]]
+    run_index(default_bundle_path(), pages, tmp_path / "km", method="sap-kmeans", keep_ratio=0.2)
+    with Index.open(tmp_path / "km") as index:
+        for row in index.iter_rows():
+            assert row["method"] == "sap-kmeans" and row["n_kept"] == sap.keep_count(row["n_visual"], 0.2)
+            np.testing.assert_array_equal(row["cover"][row["positions"]], np.arange(row["n_kept"]))
+            assert set(np.unique(row["cover"])) == set(range(row["n_kept"]))
+
+    bundle = Bundle.open(default_bundle_path())
+    report = {"format": REPORT_FORMAT, "bundle": {"fingerprint": bundle.fingerprint},
+              "results": {"sap-budget": {"0.1": {"budget_scale": 0.02}}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    done = run_cli("index", *pages, "--out", tmp_path / "budget", "--method", "sap-budget", "--budget-from",
+                   tmp_path / "report.json", "--keep-ratio", "0.1", "--json")
+    assert done.returncode == 0, done.stderr
+    with Index.open(tmp_path / "budget") as index:
+        rows = list(index.iter_rows())
+    from PIL import Image
+
+    from sapindex.runtime.encoder import Encoder
+
+    encoder = Encoder(bundle)
+    for row in rows:
+        with Image.open(row["path"]) as image:
+            page = encoder.encode_pages([image.convert("RGB")])[0]
+        np.testing.assert_array_equal(row["positions"], sap.highest(page.centrality,
+                                                                    merging.budget_count(page.centrality, 0.02)))
+        assert row["method"] == "sap-budget" and row["cover"] is None
+    for args, message in (
+            (("--keep-ratio", "0.05"), "no sap-budget calibration at keep ratio 0.05 (has: 0.1)"),
+            ((), "needs the budget scale calibrated"),
+    ):
+        refused = run_cli("index", *pages, "--out", tmp_path / "other", "--method", "sap-budget",
+                          *(("--budget-from", tmp_path / "report.json") if args else ()), *args)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+    report["bundle"]["fingerprint"] = "0" * 64
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    refused = run_cli("index", *pages, "--out", tmp_path / "other", "--method", "sap-budget", "--budget-from",
+                      tmp_path / "report.json")
+    assert refused.returncode == 2 and "calibrated with another bundle" in refused.stderr
+    refused = run_cli("index", *pages, "--out", tmp_path / "other", "--budget-from", tmp_path / "report.json")
+    assert refused.returncode == 2 and "calibrates --method sap-budget" in refused.stderr
+    assert not (tmp_path / "other").exists()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sapindex.index.overlay import kept_patches_overlay
+from sapindex.index.overlay import cell_values, kept_patches_overlay, match_overlay
 
 
 def test_kept_cells_are_outlined_and_the_rest_dimmed():
@@ -41,3 +41,25 @@ def test_global_tile_tokens_are_listed_not_drawn():
         kept_patches_overlay(page, (2, 4), [1, 8], global_grid=None)
     with pytest.raises(ValueError, match="exceed grid"):
         global_cells((2, 4), [12], (2, 2))
+
+
+def test_merged_vectors_show_every_cell_they_cover():
+    """Merging methods: a stored vector stands for its anchor and the cells merged into it (``cover``):
+    those cells are not dimmed, only anchors are outlined, and a matched vector fills all its cells."""
+    page = Image.new("RGB", (400, 200), (0, 0, 0))  # 2 x 4 cells of 100 px
+    positions, cover = [1, 6], [0, 0, -1, 1, -1, 1, 1, -1]  # vector 0: cells 0, 1; vector 1: cells 3, 5, 6
+    np.testing.assert_array_equal(cell_values([2.0, 3.0], positions, cover), [2, 2, 0, 3, 0, 3, 3, 0])
+    np.testing.assert_array_equal(cell_values([2.0, 3.0], positions, None, 8), [0, 2, 0, 0, 0, 0, 3, 0])
+    with pytest.raises(ValueError, match="outside"):
+        cell_values([2.0, 3.0], positions, [0, 2, -1, 1, -1, 1, 1, -1])
+    out = np.asarray(kept_patches_overlay(page, (2, 4), positions, cover=cover))
+    assert out[50, 50].tolist() == [0, 0, 0]  # cell 0, merged into vector 0: shown as is
+    assert out[50, 0].tolist() == [0, 0, 0]  # and not outlined: not an anchor
+    assert out[50, 100].tolist() == [220, 30, 30]  # the anchor, cell 1, outlined
+    assert out[50, 250].min() > 90  # cell 2, covered by none: dimmed
+    picture = match_overlay(page, (2, 4), positions, [0.0, 1.0], cover=cover)
+    for x, y in ((350, 50), (150, 150), (250, 150)):  # cells 3, 5 and 6: vector 1's, filled blue
+        r, g, b = picture.getpixel((x, y))
+        assert b > r + 40
+    r, g, b = picture.getpixel((50, 50))  # vector 0 matched nothing
+    assert b <= r + 40

@@ -441,3 +441,40 @@ def test_an_index_without_the_global_grid_columns_still_opens(tmp_path, monkeypa
         with pytest.raises(SapIndexError, match=r"old: this index predates global-tile pages"):
             idx.add_pages([tiled])
         assert sorted(r["path"] for r in idx.iter_rows()) == ["/d/a.pdf", "/d/b.pdf"]
+
+
+def test_merged_rows_keep_their_cover_and_bad_covers_or_old_indexes_are_refused(tmp_path, monkeypatch):
+    """A merged row's ``cover`` (the stored vector each token was merged into) is stored and read back as
+    given; a cover that does not name each position's own row is refused; an index from before the
+    column takes selection rows and refuses merged ones with the reason."""
+    from sapindex.index.store import index as index_module
+
+    merged = make_row("/d/m.pdf", h(1), 1, 3, 1, n_visual=8)
+    merged.positions = np.array([1, 4, 6])
+    merged.cover = np.array([0, 0, -1, 1, 1, 1, 2, 2])
+    merged.method = "sap-merge"
+    with Index.create_or_open(tmp_path / "new", "fp-A", DIM) as idx:
+        idx.add_pages([merged, make_row("/d/s.pdf", h(2), 1, 3, 2)])
+        rows = {r["path"]: r for r in idx.iter_rows()}
+        assert rows["/d/m.pdf"]["cover"].tolist() == [0, 0, -1, 1, 1, 1, 2, 2] and rows["/d/s.pdf"]["cover"] is None
+        assert idx.methods() == {"sap", "sap-merge"}  # the store records; the indexer refuses mixing
+        for cover in ([0, 0, -1, 1, 0, 1, 2, 2], [0, 0, -1, 1, 1, 1, 2, 3], [0, 0, 1], [0, 0, -2, 1, 1, 1, 2, 2]):
+            bad = PageRow(**{**merged.__dict__, "content_hash": h(3), "cover": np.array(cover)})
+            with pytest.raises(ValueError, match="cover must be"):
+                idx.add_pages([bad])
+
+    new_schema = index_module.page_schema
+
+    def old_schema(dim, vector_dtype="float16"):
+        schema = new_schema(dim, vector_dtype)
+        return schema.remove(schema.get_field_index("cover"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(index_module, "page_schema", old_schema)
+        with Index.create_or_open(tmp_path / "old", "fp-A", DIM) as idx:
+            idx.add_pages([make_row("/d/a.pdf", h(4), 1, 4, 1)])
+    with Index.create_or_open(tmp_path / "old", "fp-A", DIM) as idx:
+        assert idx.add_pages([make_row("/d/b.pdf", h(5), 1, 4, 2)]) == 1
+        assert [r["cover"] for r in idx.iter_rows()] == [None, None]
+        with pytest.raises(SapIndexError, match="old: this index predates merged vectors"):
+            idx.add_pages([merged])

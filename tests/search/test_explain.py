@@ -71,6 +71,30 @@ def test_a_global_tile_is_drawn_as_its_own_panel():
         match_overlay(page, (4, 6), [40], [1.0], global_grid=(3, 3))
 
 
+def test_a_merged_vector_explains_the_cells_it_covers(tmp_path):
+    """On a sap-merge index each match lists the cells its vector stands for (its cover), which the
+    picture fills; the contributions still add up to the hit's score."""
+    pages = [str(p) for p in example_pages()[:2]]
+    run_index(default_bundle_path(), pages, tmp_path / "idx", method="sap-merge")
+    with Searcher.open(tmp_path / "idx") as searcher:
+        hit = searcher.search("annual report", k=1)[0]
+        ex = explain.explain(searcher, "annual report", hit.path, hit.page)
+        row = searcher.index.get(hit.path, hit.page)
+    assert ex.score == pytest.approx(hit.score, rel=1e-5)
+    for match in ex.to_dict()["matches"]:
+        j = int(np.flatnonzero(ex.positions == match["position"])[0])
+        assert match["cells"] == np.flatnonzero(row["cover"] == j).tolist() and match["position"] in match["cells"]
+    image = explain.picture(ex)
+    rows, cols = ex.grid
+    best = int(np.argmax(ex.weights()))
+    merged_in = [int(t) for t in np.flatnonzero(row["cover"] == best) if t != ex.positions[best] and t < rows * cols]
+    assert merged_in, "the best vector merged no other cell; pick another page"
+    r, c = divmod(merged_in[0], cols)
+    w, h = image.width, image.height - 24
+    red, green, blue = image.getpixel((int((c + 0.5) * w / cols), 24 + int((r + 0.5) * h / rows)))
+    assert blue > red + 40  # a cell merged into the best vector is filled too
+
+
 def test_gone_or_changed_files_and_the_cli(indexed, tmp_path):
     result = run_cli("search", indexed / "idx", "annual report", "-k", 2, "--explain", tmp_path / "why")
     assert result.returncode == 0, result.stderr
