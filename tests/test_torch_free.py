@@ -15,7 +15,7 @@ TORCH_FREE_PACKAGES = ("sapindex.runtime", "sapindex.index", "sapindex.search", 
                        "sapindex.benchdata", "sapindex.cli", "sapindex.cluster")
 # single modules (their packages hold torch code too)
 TORCH_FREE_MODULES = ("sapindex", "sapindex.sap", "sapindex.families", "sapindex.formats", "sapindex.errors",
-                      "sapindex.fingerprint", "sapindex.artifacts", "sapindex.testing.toy_pages",
+                      "sapindex.fingerprint", "sapindex.artifacts", "sapindex.merging", "sapindex.testing.toy_pages",
                       "sapindex.exporter.graphs")
 
 
