@@ -12,6 +12,7 @@ from sapindex.cli._options import device_option, json_option, keep_ratio_option
 from sapindex.cli._output import ProgressBar, size
 from sapindex.errors import EXIT_PARTIAL, SapIndexError
 from sapindex.index.inputs import DEFAULT_DPI
+from sapindex.runtime.methods import DEFAULT_METHOD, INDEX_METHODS
 
 
 @click.command()
@@ -33,12 +34,12 @@ from sapindex.index.inputs import DEFAULT_DPI
               help="exact: the decoder on every token. fast: the layers after the SAP window on the prompt and the "
                    "kept tokens only (format-2 bundles; an approximation that pays when the window ends early: see "
                    "README). An index holds one mode.")
-@click.option("--method", type=click.Choice(["sap", "sap-merge", "sap-kmeans", "sap-budget"]), default="sap",
-              show_default=True,
+@click.option("--method", type=click.Choice(list(INDEX_METHODS)), default=None,
               help="What is stored of each page. sap: SAP's kept tokens (the paper). Beyond the paper, at the same "
                    "vector count: sap-merge (each kept token averaged with the dropped tokens most like it), "
                    "sap-kmeans (centrality-weighted k-means), sap-budget (SAP with per-page counts spread by content; "
-                   "needs --budget-from). Measured in the README; exact mode only. An index holds one method.")
+                   "needs --budget-from); exact mode only, measured in the README. An index holds one method.  "
+                   f"[default: the index's own when resuming, else {DEFAULT_METHOD}]")
 @click.option("--budget-from", type=click.Path(path_type=Path), default=None, metavar="REPORT.json",
               help="With --method sap-budget: the eval report (`sapindex eval BUNDLE CALIBRATION --methods sap-budget "
                    "--keep-ratios R`) whose budget scale at --keep-ratio to use.")
@@ -75,7 +76,7 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
     bundle, inputs = resolve_bundle(inputs, bundle_option)
     options = dict(keep_ratio=keep_ratio, device=device, batch_size=batch_size, dpi=dpi, threads=threads,
                    position_correction=position_correction, mode=mode, method=method,
-                   budget_scale=_budget_scale(bundle, budget_from, method, keep_ratio))
+                   budget_scale=_budget_scale(bundle, budget_from, keep_ratio))
     if ray_address is None:
         if encoders is not None or gpus_per_encoder is not None:
             raise SapIndexError("--encoders and --gpus-per-encoder spread the run over a Ray cluster: give --ray too")
@@ -105,12 +106,10 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
         sys.exit(EXIT_PARTIAL)
 
 
-def _budget_scale(bundle, report, method: str, keep_ratio: float) -> float | None:
-    """``--budget-from``'s scale for sap-budget (None for the other methods, which refuse the option)."""
+def _budget_scale(bundle, report, keep_ratio: float) -> float | None:
+    """``--budget-from``'s scale (the run refuses it for a method other than sap-budget)."""
     if report is None:
         return None
-    if method != "sap-budget":
-        raise SapIndexError(f"--budget-from calibrates --method sap-budget, not --method {method}")
     from sapindex.eval.report import budget_scale_from
     from sapindex.runtime.bundle import Bundle
 

@@ -42,7 +42,7 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
                      encoders: int = 1, gpus_per_encoder: float = 0.0, keep_ratio: float = DEFAULT_KEEP_RATIO,
                      device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI,
                      threads: int | None = None, position_correction: bool = False, mode: str = "exact",
-                     method: str = "sap", budget_scale: float | None = None, stdin=None,
+                     method: str | None = None, budget_scale: float | None = None, stdin=None,
                      progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """:func:`sapindex.index.indexer.run_index` on a Ray cluster; the same arguments, plus:
 
@@ -75,7 +75,7 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
                                    first_pages=batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
         encoder_args = {"bundle_path": str(Path(bundle.path).resolve()), "fingerprint": bundle.fingerprint,
                         "device": device, "threads": threads, "keep_ratio": keep_ratio,
-                        "position_correction": position_correction, "mode": mode, "method": method,
+                        "position_correction": position_correction, "mode": mode, "method": recorder.method,
                         "budget_scale": budget_scale}
         try:
             for wave in lister:

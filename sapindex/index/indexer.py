@@ -22,7 +22,7 @@ from sapindex.index.store import Index, PageRow
 from sapindex.runtime.bundle import Bundle, manifest_bytes
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import MODES, Encoder, PrunedPage, check_fast_mode, check_position_correction
-from sapindex.runtime.methods import check_method, method_name
+from sapindex.runtime.methods import check_method, method_name, resolve_method
 from sapindex.sap import DEFAULT_KEEP_RATIO
 
 
@@ -69,9 +69,10 @@ class Recorder:
     """
 
     def __init__(self, index: Index, keep_ratio: float, method: str,
-                 progress: Callable[[int, int], None] | None = None, mode: str = "exact"):
+                 progress: Callable[[int, int], None] | None = None, mode: str = "exact",
+                 position_correction: bool = False):
         self.index, self.keep_ratio, self.method, self.progress = index, keep_ratio, method, progress
-        self.mode = mode
+        self.mode, self.position_correction = mode, position_correction
         self.summary = IndexSummary()
         self.done = index.indexed_keys()
         self.stored: set[tuple[str, int]] = set()
@@ -100,8 +101,8 @@ class Recorder:
             self.stored.add(key)
             self.summary.vectors_before += kept.n_visual
             self.summary.vectors_kept += len(kept.positions)
-            rows.append(PageRow.from_encoded(page, kept, keep_ratio=self.keep_ratio, method=self.method,
-                                             mode=self.mode))
+            rows.append(PageRow.from_encoded(page, kept, keep_ratio=self.keep_ratio, mode=self.mode,
+                                             method=method_name(self.method, self.position_correction)))
         if rows:
             self.index.add_pages(rows)
             self.summary.pages_indexed += len(rows)
@@ -121,10 +122,12 @@ class Recorder:
 @contextmanager
 def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, batch_size: int | None, device: str,
               position_correction: bool, progress: Callable[[int, int], None] | None,
-              around: Callable[[], ContextManager] = nullcontext, mode: str = "exact", method: str = "sap",
+              around: Callable[[], ContextManager] = nullcontext, mode: str = "exact", method: str | None = None,
               budget_scale: float | None = None):
     """Check a run's options, open its bundle and its index (created or resumed, writer-locked):
     yields ``(bundle, batch_size, recorder, context)``; the index is closed (unlocked) on the way out.
+    ``recorder.method`` is the index method the run encodes with (``method``, or when None the index's
+    own, or the default: :func:`sapindex.runtime.methods.resolve_method`).
 
     ``around()`` is entered after the checks and before the index is opened, and ``context`` is what
     it yields (a Ray cluster): a cluster that cannot be joined leaves no new index behind."""
@@ -139,27 +142,28 @@ def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, ba
         raise SapIndexError(f"--mode {mode}: choose {' or '.join(MODES)}")
     if mode == "fast":
         check_fast_mode(bundle)
+    method = resolve_method(method, _stored_methods(out), mode=mode, position_correction=position_correction)
     check_method(method, mode=mode, position_correction=position_correction, budget_scale=budget_scale)
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
             "builtin": _is_builtin(bundle_path), "mode": mode}
-    method = method_name(method, position_correction)
+    recorded = method_name(method, position_correction)
     with around() as context, Index.create_or_open(out, bundle.fingerprints, bundle.dim, meta=meta) as index:
         held = index.meta.get("mode", "exact")  # indexes from before fast mode are exact
         if held != mode:
             raise SapIndexError(f"{out}: this index holds {held}-mode vectors and never mixes modes (fast vectors are "
                                 f"an approximation of exact ones); index with --mode {held}, or into a new directory")
-        others = index.methods() - {method}
+        others = index.methods() - {recorded}
         if others:
             raise SapIndexError(f"{out}: this index holds {', '.join(sorted(others))} pages and never mixes methods "
-                                f"(its pages would not be comparable with {method} ones); index with the same "
+                                f"(its pages would not be comparable with {recorded} ones); index with the same "
                                 "--method (and --position-correction), or into a new directory")
         yield (bundle, batch_size or default_batch_size(bundle, device),
-               Recorder(index, keep_ratio, method, progress, mode), context)
+               Recorder(index, keep_ratio, method, progress, mode, position_correction), context)
 
 
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,
               device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI, threads: int | None = None,
-              position_correction: bool = False, mode: str = "exact", method: str = "sap",
+              position_correction: bool = False, mode: str = "exact", method: str | None = None,
               budget_scale: float | None = None, stdin=None,
               progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index ``inputs`` into the index at ``out`` (created, or resumed) with the bundle's encoder and SAP.
@@ -178,7 +182,8 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
         mode: ``"exact"`` (the decoder on every token) or ``"fast"`` (format-2 bundles: the layers after
             the SAP window on the prompt and kept tokens only, an approximation); an index holds one mode.
         method: what is stored of each page (:data:`sapindex.runtime.methods.INDEX_METHODS`: ``sap``, or
-            ``sap-merge``, ``sap-kmeans``, ``sap-budget`` in exact mode); an index holds one method.
+            ``sap-merge``, ``sap-kmeans``, ``sap-budget`` in exact mode); an index holds one method. None:
+            the index's own when it holds pages, else the default (``resolve_method``).
         budget_scale: ``sap-budget`` only, the scale calibrated by ``sapindex eval`` (:func:`budget_scale_from`).
         stdin: the stream a ``-`` input reads paths from (None: ``sys.stdin``).
         progress: called as ``progress(pages_done, pages_known)`` after each batch.
@@ -197,7 +202,7 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
 
         def flush() -> None:
             kept = (encoder.encode_pages_pruned([p.image for p in batch], keep_ratio, position_correction, mode,
-                                                method, budget_scale) if batch else [])
+                                                recorder.method, budget_scale) if batch else [])
             recorder.store(list(zip(batch, kept)), failures)
             batch.clear()
             failures.clear()
@@ -219,6 +224,16 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
                 flush()
         flush()
         return recorder.finish(started)
+
+
+def _stored_methods(out: str | Path) -> set[str]:
+    """The methods of an existing index at ``out`` (empty for a new one), read before it is opened for
+    writing so that a refused method leaves no new index behind."""
+    try:
+        with Index.open(out) as index:
+            return index.methods()
+    except SapIndexError:  # no index there yet (or not one: create_or_open says why)
+        return set()
 
 
 def _is_builtin(bundle_path) -> bool:

@@ -36,6 +36,23 @@ INDEX_METHODS = {
 PRUNABLE_METHODS = ("sap", "sap-poscorr")
 
 
+#: What a new index stores when no method is asked for (README, "sapindex index": why).
+DEFAULT_METHOD = "sap"
+
+
+def resolve_method(method: str | None, stored: set[str], *, mode: str = "exact",
+                   position_correction: bool = False) -> str:
+    """The method a run encodes with: ``method`` when given; else the one the index already holds
+    (``stored``: its rows' methods), so resuming needs no flag; else :data:`DEFAULT_METHOD`, or
+    ``sap`` where only SAP's selection applies (fast mode, ``--position-correction``)."""
+    if method is not None:
+        return method
+    if len(stored) == 1:
+        held = next(iter(stored))
+        return "sap" if held == "sap-poscorr" else held
+    return DEFAULT_METHOD if mode == "exact" and not position_correction else "sap"
+
+
 def method_name(method: str, position_correction: bool) -> str:
     """What an index records for a run: ``method``, or ``sap-poscorr`` for ``sap`` ranked with the
     causal position correction."""
@@ -56,6 +73,8 @@ def check_method(method: str, *, mode: str = "exact", position_correction: bool 
     if method == "sap-budget" and budget_scale is None:
         raise SapIndexError("--method sap-budget needs the budget scale calibrated for this bundle and ratio "
                             "(--budget-from REPORT.json of `sapindex eval ... --methods sap-budget`)")
+    if budget_scale is not None and method != "sap-budget":
+        raise SapIndexError(f"--budget-from calibrates --method sap-budget, not --method {method}")
     if budget_scale is not None and not (np.isfinite(budget_scale) and budget_scale > 0):
         raise SapIndexError(f"the budget scale must be a positive number, got {budget_scale}")
 

@@ -109,16 +109,17 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
         np.testing.assert_array_equal(row["cover"], expected.cover)
         np.testing.assert_allclose(row["vectors"], expected.vectors, atol=2e-3)  # stored as float16
     more = [str(p) for p in example_pages()[2:4]]
-    for args, held in ((("--method", "sap-kmeans"), "sap-merge"), ((), "sap-merge")):
-        refused = run_cli("index", *more, "--out", tmp_path / "merge", *args)
+    for method in ("sap-kmeans", "sap"):
+        refused = run_cli("index", *more, "--out", tmp_path / "merge", "--method", method)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr
         assert refused.stderr.strip().splitlines()[-1].endswith(
-            f"this index holds {held} pages and never mixes methods (its pages would not be comparable with "
-            f"{args[1] if args else 'sap'} ones); index with the same --method (and --position-correction), or "
-            "into a new directory")
+            f"this index holds sap-merge pages and never mixes methods (its pages would not be comparable with "
+            f"{method} ones); index with the same --method (and --position-correction), or into a new directory")
     with Index.open(tmp_path / "merge") as index:
         assert index.version == version and index.methods() == {"sap-merge"}
-    assert run_cli("index", *more, "--out", tmp_path / "merge", "--method", "sap-merge").returncode == 0
+    assert run_cli("index", *more, "--out", tmp_path / "merge").returncode == 0  # resuming: the index's own method
+    with Index.open(tmp_path / "merge") as index:
+        assert index.stats().pages == 4 and index.methods() == {"sap-merge"}
     pruned = run_cli("prune", tmp_path / "merge", "--keep-ratio", "0.05", "--out", tmp_path / "small")
     assert pruned.returncode == 2 and "sap-merge index cannot be pruned" in pruned.stderr
 
@@ -177,11 +178,12 @@ def test_sap_kmeans_and_sap_budget_rows(tmp_path):
         refused = run_cli("index", *pages, "--out", tmp_path / "other", "--method", "sap-budget",
                           *(("--budget-from", tmp_path / "report.json") if args else ()), *args)
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+    refused = run_cli("index", *pages, "--out", tmp_path / "other", "--method", "sap-merge", "--budget-from",
+                      tmp_path / "report.json")
+    assert refused.returncode == 2 and "calibrates --method sap-budget, not --method sap-merge" in refused.stderr
     report["bundle"]["fingerprint"] = "0" * 64
     (tmp_path / "report.json").write_text(json.dumps(report))
     refused = run_cli("index", *pages, "--out", tmp_path / "other", "--method", "sap-budget", "--budget-from",
                       tmp_path / "report.json")
     assert refused.returncode == 2 and "calibrated with another bundle" in refused.stderr
-    refused = run_cli("index", *pages, "--out", tmp_path / "other", "--budget-from", tmp_path / "report.json")
-    assert refused.returncode == 2 and "calibrates --method sap-budget" in refused.stderr
     assert not (tmp_path / "other").exists()
