@@ -22,9 +22,10 @@ from sapindex.testing.tiny import TINY_FAMILIES
 def demo(out_dir, keep_ratio, pipeline, family):
     """Index the bundled example pages with the built-in micro model and answer example queries.
 
-    Torch-free. Writes OUT/index and OUT/kept-patches.png (the kept visual tokens over the page
-    that answered the first query). With --pipeline, runs calibrate -> export -> index -> search
-    on a tiny random-weight model instead (mechanics only, no retrieval quality).
+    Torch-free. Writes OUT/index and OUT/kept-patches.png (over the page that answered the first
+    query: the tokens the stored vectors sit at outlined, and the cells merged into them shown).
+    With --pipeline, runs calibrate -> export -> index -> search on a tiny random-weight model
+    instead (mechanics only, no retrieval quality).
 
     \b
     Example:
@@ -39,7 +40,8 @@ def demo(out_dir, keep_ratio, pipeline, family):
     summary = run_index(default_bundle_path(), [str(p) for p in example_pages()], out_dir / "index",
                         keep_ratio=keep_ratio)
     click.echo(f"index      {out_dir / 'index'}: {summary.index_pages} example pages, "
-               f"{summary.vectors_kept} of {summary.vectors_before} vectors kept (keep ratio {keep_ratio})")
+               f"{summary.vectors_kept} vectors stored for {summary.vectors_before} visual tokens "
+               f"(keep ratio {keep_ratio})")
     examples = example_queries()
     from sapindex.search import Searcher
 
@@ -60,7 +62,7 @@ def demo(out_dir, keep_ratio, pipeline, family):
 
 
 def _draw_kept(out_dir: Path, page_path: str, row: dict) -> None:
-    """OUT/kept-patches.png: the kept visual tokens of ``row`` outlined over its page."""
+    """OUT/kept-patches.png: where ``row``'s vectors sit (and, merged, which cells they cover) over its page."""
     from PIL import Image
 
     from sapindex.index.overlay import global_cells, write_overlay
@@ -69,7 +71,9 @@ def _draw_kept(out_dir: Path, page_path: str, row: dict) -> None:
     with Image.open(page_path) as page:
         picture = write_overlay(out_dir / "kept-patches.png", page, grid, row["positions"], global_grid,
                                 cover=row.get("cover"))
-    click.echo(f"picture    {picture}: kept visual tokens of {Path(page_path).name} outlined")
+    merged = "" if row.get("cover") is None else ", the cells merged into them shown, the rest dimmed"
+    click.echo(f"picture    {picture}: {row['method']} vectors of {Path(page_path).name} at the outlined "
+               f"tokens{merged}")
     extra = global_cells(grid, row["positions"], global_grid)
     if extra:
         click.echo(f"global     {len(extra)} kept global-tile tokens (not drawn), {global_grid[0]}x{global_grid[1]} "

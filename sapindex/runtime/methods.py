@@ -37,7 +37,7 @@ PRUNABLE_METHODS = ("sap", "sap-poscorr")
 
 
 #: What a new index stores when no method is asked for (README, "sapindex index": why).
-DEFAULT_METHOD = "sap"
+DEFAULT_METHOD = "sap-kmeans"
 
 
 def resolve_method(method: str | None, stored: set[str], *, mode: str = "exact",

@@ -69,7 +69,7 @@ def test_an_index_holds_one_mode(tmp_path):
     assert pruned.returncode == 2 and "cannot be pruned exactly" in pruned.stderr
     assert "fast" in run_cli("inspect", tmp_path / "fast").stdout
 
-    run_index(default_bundle_path(), pages[:1], tmp_path / "old")
+    run_index(default_bundle_path(), pages[:1], tmp_path / "old", method="sap")
     info = json.loads((tmp_path / "old" / META_FILE).read_text())
     del info["meta"]["mode"]  # as written before modes existed
     (tmp_path / "old" / META_FILE).write_text(json.dumps(info))
@@ -123,7 +123,7 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
     pruned = run_cli("prune", tmp_path / "merge", "--keep-ratio", "0.05", "--out", tmp_path / "small")
     assert pruned.returncode == 2 and "sap-merge index cannot be pruned" in pruned.stderr
 
-    run_index(default_bundle_path(), pages[:1], tmp_path / "plain")
+    run_index(default_bundle_path(), pages[:1], tmp_path / "plain", method="sap")
     with pytest.raises(SapIndexError, match="holds sap pages and never mixes methods"):
         run_index(default_bundle_path(), pages, tmp_path / "plain", position_correction=True)
     with pytest.raises(SapIndexError, match="ranks SAP's selection"):
@@ -131,6 +131,28 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
     with pytest.raises(SapIndexError, match="fast mode never computes"):
         run_index(default_bundle_path(), pages, tmp_path / "other", method="sap-merge", mode="fast")
     assert not (tmp_path / "other").exists()
+
+
+def test_the_default_method_of_a_new_index_and_of_a_resumed_one(tmp_path):
+    """A new exact-mode index stores DEFAULT_METHOD (sap-kmeans: it beat sap on both held-out sets, README);
+    fast mode and --position-correction apply to SAP's selection only, so they default to sap; a resumed
+    index keeps its own method without a flag."""
+    from sapindex.index.store import Index
+    from sapindex.runtime.methods import DEFAULT_METHOD, resolve_method
+
+    assert DEFAULT_METHOD == "sap-kmeans"
+    assert resolve_method(None, set()) == "sap-kmeans"
+    assert resolve_method(None, set(), mode="fast") == resolve_method(None, set(), position_correction=True) == "sap"
+    assert resolve_method(None, {"sap-poscorr"}) == "sap" and resolve_method(None, {"sap-merge"}) == "sap-merge"
+    assert resolve_method("sap", {"sap-merge"}) == "sap"  # asked for: the run then refuses the mix
+    pages = [str(p) for p in example_pages()[:2]]
+    run_index(default_bundle_path(), pages[:1], tmp_path / "new")
+    run_index(default_bundle_path(), pages[:1], tmp_path / "fast", mode="fast")
+    run_index(default_bundle_path(), pages[:1], tmp_path / "old", method="sap")
+    for name, method in (("new", "sap-kmeans"), ("fast", "sap"), ("old", "sap")):
+        run_index(default_bundle_path(), pages, tmp_path / name, mode="fast" if name == "fast" else "exact")
+        with Index.open(tmp_path / name) as index:
+            assert index.methods() == {method} and index.stats().pages == 2, name
 
 
 def test_sap_kmeans_and_sap_budget_rows(tmp_path):

@@ -38,7 +38,7 @@ def pages(tmp_path_factory):
 def test_prune_keeps_exactly_what_indexing_at_the_lower_ratio_keeps(pages, tmp_path, position_correction):
     """On the trained micro model: index at 0.3, prune to 0.1 == index at 0.1 (positions, vectors, scores)."""
     for ratio in (0.3, 0.1):
-        run_index(default_bundle_path(), [str(pages)], tmp_path / f"r{ratio}", keep_ratio=ratio,
+        run_index(default_bundle_path(), [str(pages)], tmp_path / f"r{ratio}", keep_ratio=ratio, method="sap",
                   position_correction=position_correction)
     summary = prune_index(tmp_path / "r0.3", tmp_path / "pruned", 0.1)
     direct, pruned, source = (rows_by_key(tmp_path / d) for d in ("r0.1", "pruned", "r0.3"))
