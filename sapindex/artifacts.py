@@ -22,6 +22,7 @@ def describe(path: str | Path) -> tuple[str, dict]:
         with Index.open(path) as idx:
             return "index", {"path": str(path), "bundle_fingerprint": idx.bundle_fingerprint, "dim": idx.dim,
                              "vector_dtype": idx.vector_dtype, "mode": idx.meta.get("mode", "exact"),
+                             "method": ", ".join(sorted(idx.methods())) or None,
                              "meta": idx.meta, **idx.stats().to_dict(),
                              "version": idx.version, "sap_scores": "scores" in idx._page_columns(),
                              "first_stage": load_info(path),

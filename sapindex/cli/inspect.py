@@ -10,7 +10,7 @@ import click
 from sapindex.cli._options import json_option
 from sapindex.cli._output import agreement, kv_table, quantized, size
 
-INDEX_KEYS = ("path", "bundle_fingerprint", "dim", "vector_dtype", "mode", "files", "pages", "vectors",
+INDEX_KEYS = ("path", "bundle_fingerprint", "dim", "vector_dtype", "mode", "method", "files", "pages", "vectors",
               "vectors_before_pruning", "failures")
 BUNDLE_KEYS = ("path", "family", "attention", "n_layers", "window", "window_source", "dim", "dtype", "bytes",
                "format_version", "fingerprint", "replaces", "source_fingerprint")
@@ -35,8 +35,7 @@ def inspect(target, as_json):
     elif kind == "index":
         kv_table([*((key, summary[key]) for key in INDEX_KEYS), ("bytes_on_disk", size(summary["bytes_on_disk"])),
                   ("version", summary["version"]),
-                  ("sap_scores", "stored (prune can lower the keep ratio)" if summary["sap_scores"]
-                   else "not stored (an older index: prune refuses it)"),
+                  ("sap_scores", _scores(summary)),
                   ("first_stage", _first_stage(summary["first_stage"]))], width=23)
         for failure in summary["failure_list"]:
             click.echo(f"  {failure}")
@@ -48,6 +47,17 @@ def inspect(target, as_json):
         if summary["quantization"]:
             rows.append(("quantization", quantized(summary["quantization"])))
         kv_table(rows, width=19)
+
+
+def _scores(summary: dict) -> str:
+    """Whether ``prune`` can lower this index's keep ratio, and why not."""
+    from sapindex.runtime.methods import PRUNABLE_METHODS
+
+    if not summary["sap_scores"]:
+        return "not stored (an older index: prune refuses it)"
+    if summary["method"] and summary["method"] not in PRUNABLE_METHODS:
+        return f"stored (prune refuses {summary['method']}: its vectors are not SAP's ranked tokens)"
+    return "stored (prune can lower the keep ratio)"
 
 
 def _first_stage(info: dict | None) -> str:

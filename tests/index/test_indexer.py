@@ -122,6 +122,8 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
         assert index.stats().pages == 4 and index.methods() == {"sap-merge"}
     pruned = run_cli("prune", tmp_path / "merge", "--keep-ratio", "0.05", "--out", tmp_path / "small")
     assert pruned.returncode == 2 and "sap-merge index cannot be pruned" in pruned.stderr
+    shown = run_cli("inspect", tmp_path / "merge").stdout
+    assert "sap-merge" in shown and "prune refuses sap-merge" in shown
 
     run_index(default_bundle_path(), pages[:1], tmp_path / "plain", method="sap")
     with pytest.raises(SapIndexError, match="holds sap pages and never mixes methods"):
