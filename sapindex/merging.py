@@ -37,7 +37,7 @@ import numpy as np
 from sapindex import sap
 
 __all__ = ["ASSIGNMENTS", "WEIGHTS", "Merged", "anchor_merge", "budget_count", "calibrate_budget", "central_kmeans",
-           "effective_tokens", "grid_coordinates"]
+           "check_vectors", "effective_tokens", "grid_coordinates"]
 
 #: How :func:`anchor_merge` assigns a dropped token to an anchor.
 ASSIGNMENTS = ("cosine", "grid", "both")
@@ -102,7 +102,7 @@ def anchor_merge(vectors, centrality, k: int, *, assign: str = "cosine", weights
     each token's centrality; a group whose weights are all zero falls back to uniform),
     L2-renormalised, computed in float64.
     """
-    v = _check(vectors)
+    v = check_vectors(vectors)
     c = _check_centrality(centrality, v.shape[0])
     if assign not in ASSIGNMENTS:
         raise ValueError(f"assign must be one of {ASSIGNMENTS}, got {assign!r}")
@@ -136,7 +136,7 @@ def central_kmeans(vectors, centrality, k: int, *, seed: int = 0, n_init: int = 
     final assignment (degenerate pages with fewer than ``k`` distinct vectors) is dropped, so a page
     may store fewer than ``k`` vectors then.
     """
-    v = _check(vectors)
+    v = check_vectors(vectors)
     c = _check_centrality(centrality, v.shape[0])
     n = v.shape[0]
     k = _check_k(k, n)
@@ -232,7 +232,8 @@ def _weight_floor(c: np.ndarray) -> float:
     return float(positive.min()) * 1e-3 if positive.size else 1.0
 
 
-def _check(vectors) -> np.ndarray:
+def check_vectors(vectors) -> np.ndarray:
+    """``vectors`` as a float32 ``[n, dim]`` array (n, dim >= 1) of finite values; ValueError saying what is wrong."""
     v = np.asarray(vectors)
     if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] < 1:
         raise ValueError(f"vectors must be a non-empty [n, dim] array, got shape {v.shape}")

@@ -108,7 +108,7 @@ class Compressed:
 
 def full(vectors) -> Compressed:
     """Every vector: the uncompressed page, the reference every method's retention is measured against."""
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     return Compressed(v, np.arange(v.shape[0], dtype=np.int64))
 
 
@@ -118,7 +118,7 @@ def sap_select(vectors, centrality, ratio: float, seq_rank=None) -> Compressed:
     With ``seq_rank`` (each token's rank in sequence order) the tokens are ranked by
     :func:`sapindex.sap.causal_correction` instead (``sap-poscorr``, causal decoders only).
     """
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     scores = np.asarray(centrality)
     if scores.shape != (v.shape[0],):
         raise ValueError(f"centrality must be [{v.shape[0]}] (one score per vector), got shape {scores.shape}")
@@ -130,14 +130,14 @@ def random(vectors, ratio: float, seed: int) -> Compressed:
 
     Deterministic for a seed; average over :data:`RANDOM_SEEDS` for the paper's random floor.
     """
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     keep = sap.random_k(v.shape[0], ratio, np.random.default_rng(seed))
     return _select(v, keep)
 
 
 def eos(vectors, eos: np.ndarray, ratio: float) -> Compressed:
     """The ``keep_count(n, ratio)`` tokens with the highest EOS attention, ties to the lower index."""
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     scores = _check_scores(eos, v.shape[0])
     return _select(v, sap.top_k(scores, ratio))
 
@@ -165,7 +165,7 @@ def adaptive_eos(vectors, eos: np.ndarray, k: float) -> Compressed:
     target ratio. Unlike the other baselines this does *not* match the per-page vector count: a
     page with a few salient tokens keeps fewer than ``keep_count(n, ratio)``, a flat one more.
     """
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     s = _check_scores(eos, v.shape[0])
     return _select(v, np.flatnonzero(adaptive_eos_mask(s, k)))
 
@@ -252,7 +252,7 @@ def pooling_labels(vectors, n_clusters: int) -> np.ndarray:
     the condensed cosine distances themselves. We do the same, so the clusters are identical;
     scipy's "looks like an uncondensed distance matrix" ClusterWarning is silenced.
     """
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     n = v.shape[0]
     if not 1 <= n_clusters <= n:
         raise ValueError(f"n_clusters must be in [1, {n}], got {n_clusters}")
@@ -282,7 +282,7 @@ def pooling(vectors, ratio: float) -> Compressed:
     with ties in the merge heights (e.g. duplicate tokens, which merge at height 0) it can return
     fewer. On generic data (no exact ties) the count equals ``keep_count(n, ratio)``.
     """
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     n = v.shape[0]
     k = sap.keep_count(n, ratio)
     if k == n:
@@ -305,7 +305,7 @@ def cluster(vectors, ratio: float, seed: int = 0) -> Compressed:
     (duplicate centroids are possible when the page has fewer than ``k`` distinct vectors).
     ``keep_count == n`` returns the page unchanged (every token its own cluster).
     """
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     n = v.shape[0]
     k = sap.keep_count(n, ratio)
     if k == n:
@@ -333,20 +333,20 @@ def cluster(vectors, ratio: float, seed: int = 0) -> Compressed:
 def sap_merge(vectors, centrality, ratio: float) -> Compressed:
     """SAP anchors with the dropped tokens merged in (:func:`sapindex.merging.anchor_merge`, the variant
     chosen on the training split: cosine assignment, uniform weights) at ``keep_count(n, ratio)``."""
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     return Compressed(merging.anchor_merge(v, centrality, sap.keep_count(v.shape[0], ratio)).vectors, None)
 
 
 def sap_kmeans(vectors, centrality, ratio: float, seed: int = 0) -> Compressed:
     """Centrality-weighted k-means at ``keep_count(n, ratio)`` (:func:`sapindex.merging.central_kmeans`)."""
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     return Compressed(merging.central_kmeans(v, centrality, sap.keep_count(v.shape[0], ratio), seed=seed).vectors,
                       None)
 
 
 def sap_budget(vectors, centrality, scale: float) -> Compressed:
     """SAP's selection of :func:`sapindex.merging.budget_count` tokens (the page's share of a corpus budget)."""
-    v = _check_vectors(vectors)
+    v = merging.check_vectors(vectors)
     return _select(v, sap.highest(centrality, merging.budget_count(centrality, scale)))
 
 
@@ -476,16 +476,6 @@ def compress(name: str, vectors, **kwargs) -> Compressed:
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _check_vectors(vectors) -> np.ndarray:
-    v = np.asarray(vectors)
-    if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] < 1:
-        raise ValueError(f"vectors must be a non-empty [n, dim] array, got shape {v.shape}")
-    v = v.astype(np.float32, copy=False)
-    if not np.isfinite(v).all():
-        raise ValueError("vectors contain NaN or infinite values")
-    return v
 
 
 def _check_scores(scores, n: int | None) -> np.ndarray:
