@@ -68,7 +68,7 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
       sapindex index colqwen2.sap ./pdfs ./scans --out myindex --keep-ratio 0.1
       sapindex index ./scans --out myindex        # the built-in micro model
       sapindex index colqwen2.sap ./pdfs --out fastindex --mode fast
-      sapindex index colqwen2.sap ./pdfs --out kmindex --method sap-kmeans
+      sapindex index colqwen2.sap ./pdfs --out papers-index --method sap   # the paper's selection: prune can cut it
       sapindex index colqwen2.sap /mnt/archive --out /mnt/index --ray auto --encoders 8 --gpus-per-encoder 1
     """
     from sapindex.runtime.defaults import resolve_bundle
