@@ -221,7 +221,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
                     runs[-1]["cosine_vs_exact"] = fast_vs_exact(fast, pages, ratio)
             results[name][f"{ratio:g}"] = _mean_cells(runs) if len(runs) > 1 else runs[0]
             results[name][f"{ratio:g}"].update(fitted)
-            if not method.matched and name != "full":
+            if not method.matched:
                 results[name][f"{ratio:g}"]["per_page_vectors"] = _spread(vectors)
     return {
         "format": REPORT_FORMAT,
