@@ -17,7 +17,7 @@ def describe(path: str | Path) -> tuple[str, dict]:
     from sapindex.index.store import META_FILE, Index
 
     if (Path(path) / META_FILE).is_file():
-        from sapindex.search.first_stage import load_info
+        from sapindex.search.first_stage import load_info, outdated
 
         with Index.open(path) as idx:
             return "index", {"path": str(path), "bundle_fingerprint": idx.bundle_fingerprint, "dim": idx.dim,
@@ -25,7 +25,7 @@ def describe(path: str | Path) -> tuple[str, dict]:
                              "method": ", ".join(sorted(idx.methods())) or None,
                              "meta": idx.meta, **idx.stats().to_dict(),
                              "version": idx.version, "sap_scores": "scores" in idx._page_columns(),
-                             "first_stage": load_info(path),
+                             "first_stage": {"outdated": True} if outdated(path) else load_info(path),
                              "failure_list": [str(f) for f in idx.failures()]}
     from sapindex.runtime.bundle import Bundle
 

@@ -65,5 +65,8 @@ def _first_stage(info: dict | None) -> str:
 
     if info is None:
         return f"none: exact search (sapindex optimize builds one; used from {TWO_STAGE_MIN_PAGES} pages)"
-    return (f"{info['kind']}, {info['n_centroids']} centroids over {info['pages']} pages, built {info['built']} "
+    if info.get("outdated"):
+        return "of an older format, ignored: exact search until sapindex optimize builds a new one"
+    return (f"{info['kind']}, {info['n_lists']} lists, {info['bytes_per_vector']} bytes a vector in memory, over "
+            f"{info['pages']} pages ({info['vectors']} vectors), built {info['built']} "
             f"(two-stage search from {TWO_STAGE_MIN_PAGES} pages)")

@@ -15,14 +15,16 @@ from sapindex.cli._output import ProgressBar
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @json_option("Print the first stage's description as JSON.")
 def optimize(index_dir, as_json):
-    """Build the first stage of two-stage search: token centroids, every page's codes, and the
-    vectors' principal axes.
+    """Build the first stage of two-stage search: every kept vector compressed (an inverted list
+    and a 16-byte residual code) in a memory-mapped token index, and the float16 vectors copied
+    beside it for exact rescoring.
 
-    Searches of an index with a first stage and at least 5,000 pages take the first stage's 4,096
-    best candidates, rescore them on projections and the best 256 exactly, instead of scanning
-    every page (recall and speed measured in bench/RESULTS.md); `search --exact` scans anyway.
-    Pages indexed later are coded when a searcher loads them; run optimize again after large
-    additions to retrain the centroids.
+    Searches of an index with a first stage of at least 5,000 pages retrieve each query token's
+    best vectors from the codes, estimate every page hit, and rescore the best 256 exactly
+    (every returned score is the exact MaxSim; recall and speed in bench/RESULTS.md). Memory stays
+    ~26 bytes a vector, so an index larger than RAM is searched from disk; `search --exact` scans
+    anyway. Pages indexed later are coded with the same codebook when a searcher sees them; run
+    optimize again after large additions. Killed at any moment, the previous first stage stays.
 
     \b
     Example:
@@ -31,10 +33,25 @@ def optimize(index_dir, as_json):
     from sapindex.index.store import Index
     from sapindex.search import first_stage
 
-    with Index.open_writer(index_dir) as index, ProgressBar("coding", "block", quiet=as_json) as bar:
-        info = first_stage.build(index, progress=bar.reach)
+    bars: dict[str, ProgressBar] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[phase] = ProgressBar(phase, "vector", quiet=as_json)
+            bars[phase].open()
+        bars[phase].reach(done, total)
+
+    try:
+        with Index.open_writer(index_dir) as index:
+            info = first_stage.build(index, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(f"{index_dir}: first stage of {info['n_centroids']} centroids over {info['pages']} pages "
-                   f"({info['vectors']} vectors) in {info['seconds']:.1f} s")
+        click.echo(f"{index_dir}: first stage of {info['n_lists']} lists over {info['pages']} pages "
+                   f"({info['vectors']} vectors, {info['bytes_per_vector']} bytes each in memory) in "
+                   f"{info['seconds']:.1f} s")

@@ -67,15 +67,20 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
     with Searcher.open(index_dir, bundle, device) as searcher:
         searcher.check_queries([q.text for q in queries], [q.where for q in queries])
         if searcher.two_stage(exact):  # an approximation: say so where it is used
-            click.echo(f"two-stage search: the first stage's {searcher.candidates} best candidates, {searcher.depth} "
-                       "of them rescored exactly (recall in bench/RESULTS.md); --exact scans every page", err=True)
+            click.echo(f"two-stage search: pages estimated from the first stage's compressed codes, the "
+                       f"{searcher.depth} best rescored exactly (recall in bench/RESULTS.md); --exact scans every page",
+                       err=True)
+        scan = None
+        if searcher.holding() != "resident" and not searcher.two_stage(exact):  # a scan from disk: say how far
+            scan = ProgressBar("scanning", "vector", quiet=as_json)
+            scan.open()
         out = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
         try:
             with ProgressBar("searching", "query", quiet=not queries_file) as bar:
                 for i in range(0, len(queries), QUERIES_PER_STEP):
                     part = queries[i:i + QUERIES_PER_STEP]
                     results = searcher.search_many([q.text for q in part], k, where=where, path_prefix=path_prefix,
-                                                   exact=exact)
+                                                   exact=exact, progress=scan.reach if scan else None)
                     if as_json:
                         click.echo(json.dumps([h._asdict() for h in results[0]], indent=2))
                     elif fmt == "text" and not queries_file:
@@ -87,6 +92,8 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
                         failed += _explain(searcher, explain_dir, part, results)
                     bar.reach(i + len(part), len(queries))
         finally:
+            if scan:
+                scan.close()
             if out_file:
                 out.close()
     if failed:

@@ -1,238 +1,262 @@
-"""Two-stage search's first stage: token centroids, each page's token codes, and candidate scoring.
+"""Two-stage search's first stage: every kept vector compressed in a memory-mapped token index,
+and the exact float16 vectors beside it on disk, read back for just the pages being rescored.
 
-Why centroids (measured against LanceDB's multivector index and MUVERA encodings in
-``bench/two_stage.py``, RESULTS.md "Two-stage search"): a SAP-pruned page keeps a few dozen
-vectors, and a k-means codebook over all of them turns each page into a few dozen small integer
-codes. A query's tokens score every centroid in one small matmul; each token then looks at the
-pages holding one of its ``nprobe`` best centroids (inverted lists), a page's estimate being
-``sum_i max_j S[i, code_j]`` over those (the ``nprobe``-th best centroid score stands in for a
-token whose centroids the page lacks). The ``depth`` best estimates are rescored exactly from the
-resident vectors, so every returned score is the exact MaxSim; only which pages get rescored is
-approximate (PLAID's centroid interaction, without its compression: the vectors stay as stored).
+Why this form (measured in ``bench/first_stage_codecs.py`` and ``bench/million_pages.py``,
+RESULTS.md "A million pages"): an archive of 10^6 pages keeps ~7.4*10^7 vectors, 38 GB as float32,
+more than a 24 GB machine holds. Each vector is stored as its coarse centroid (an inverted list)
+plus a 4-bit product-quantised code of its residual (faiss ``IVF,PQx4fs``: 16 or 32 bytes a
+vector, scored with SIMD lookup tables), in a file that is memory-mapped: a query reads only the
+lists it probes. Each query token retrieves its ``kprime`` best vectors from the codes; a page's
+estimate is ``sum_i max_j`` of those approximate scores, a token that found nothing on the page
+counting its ``kprime``-th score instead (the missing-similarity imputation of WARP and XTR). The
+``depth`` best estimates are rescored **exactly** from ``vectors.npy`` (float16, read with
+``pread`` per page, not mapped: the page cache keeps them without counting against the
+process), so every returned score is the exact MaxSim; only which pages get rescored is
+approximate. faiss was chosen over the numpy centroid postings of the previous stage on the same
+data: at equal recall it scores candidates 10-30x faster and stores 26 B a vector instead of a
+resident float32 copy (bench/first_stage_codecs.py).
 
-Between the two, a cheaper rescoring narrows the candidates: MaxSim over the vectors projected on
-their top principal axes (PCA on the same sample; the fewest of 16, 32 or 64 axes that keep 90 %
-of the variance). The centroid estimate's ``candidates`` best pages (4,096) are rescored that
-way, and only its ``depth`` best (256) exactly: at 10^5 pages, centroids alone need 2,048 exact
-rescorings for recall@10 0.957, with the projection 256 give 0.997 (bench/two_stage.py).
+Stored beside the pages table: ``first_stage.json`` names a ``first_stage-<stamp>/`` directory::
 
-Built by ``sapindex optimize`` and stored beside the pages table (``first_stage.json`` naming a
-``first_stage-<stamp>/`` directory with ``centroids.npy``, ``projection.npy`` and the codes of every page it saw,
-keyed by (content_hash, page)). Pages indexed later are coded with the stored centroids when the
-searcher loads them, so new pages are never missed; ``optimize`` again retrains the centroids.
+    tokens.faiss    the token index: coarse quantiser, PQ tables, codes; vector ids are rows of vectors.npy
+    trained.faiss   the same, empty: pages indexed after the build are coded with it in memory
+    vectors.npy     [n, dim] float16, the kept vectors page after page (the index's own order at build)
+    offsets.npy     [pages + 1] int64, page j owns rows offsets[j]:offsets[j + 1]
+    pages.arrow     Arrow IPC file, one row per page: path, content_hash, page (memory-mapped)
+
+``first_stage.json`` also records the pages table version and the newest ``indexed_at`` it saw:
+a searcher takes pages indexed later from the table (coded with ``trained.faiss``) and masks
+pages deleted since. Building is streamed (pages are read once, in chunks, into ``vectors.npy``;
+the codebook is trained on a sample; the codes are added in batches) and atomic (a new
+directory, then ``first_stage.json`` replaced): killed at any moment, the previous stage stays.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from sapindex.errors import SapIndexError
 from sapindex.formats import read_artifact, write_json_atomic
 
 FORMAT = "sapindex-first-stage"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+KIND = "ivf-pq"
 META = "first_stage.json"
-ASSIGN_CHUNK = 65536  # vectors coded per matmul
+READ_PAGES = 4096  # pages per chunk read from the table while building
+ADD_VECTORS = 1 << 20  # vectors coded per faiss call (4 bytes x dim each as float32: 512 MB at 128)
+PQ_BYTES = 16  # bytes of residual code per vector: 2 x 4-bit sub-quantisers per byte (bench/first_stage_codecs.py)
+HNSW_LINKS = 32  # the coarse quantiser is an HNSW graph over the centroids: assignment without a full scan
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
-def n_centroids_for(n_vectors: int) -> int:
-    """A power of two near 8 sqrt(n_vectors), in [1024, 8192]: 2,048 centroids at 10^3 pages, 8,192
-    from 10^4 on (a finer codebook ranks candidates better: at 10^4 pages, depth 512, recall@10 0.958
-    with 4,096 centroids, 0.994 with 8,192; bench/two_stage.py)."""
-    return int(np.clip(2 ** round(np.log2(8 * np.sqrt(max(n_vectors, 1)))), 1024, 8192))
+def _faiss():
+    import faiss  # noqa: PLC0415 - loaded when a stage is built or searched, not at import
+
+    return faiss
 
 
-@dataclass(frozen=True)
-class Codebook:
-    """``[K, dim]`` unit-norm centroids; a vector's code is its most similar centroid (max dot)."""
+def n_lists_for(n_vectors: int) -> int:
+    """Inverted lists: a power of two near 2 sqrt(n), in [64, 16384], with >= 39 training vectors per
+    list (faiss's own minimum). 16,384 at 10^6 pages keeps a probed list to ~4,500 vectors; more
+    lists cost k-means time that ``optimize``'s hour at 10^6 pages does not have."""
+    target = 2 ** round(np.log2(2 * np.sqrt(max(n_vectors, 1))))
+    return int(max(min(target, 16384, 2 ** int(np.log2(max(n_vectors // 39, 64)))), 64))
 
-    centroids: np.ndarray
+
+def sample_size(n_lists: int, n_vectors: int) -> int:
+    """Training vectors: 64 per list, at least 2^18, at most every vector."""
+    return int(min(n_vectors, max(64 * n_lists, 1 << 18)))
+
+
+@dataclass
+class StoredStage:
+    """A built first stage, opened: the token index and page table mapped, the vectors read on demand."""
+
+    path: Path
+    info: dict
+    tokens: object  # faiss index, memory-mapped
+    offsets: np.ndarray  # [pages + 1] int64
+    pages: pa.Table  # path, content_hash, page (memory-mapped)
+    _fd: int
+    _data_offset: int
+    dim: int
 
     @property
-    def size(self) -> int:
-        return len(self.centroids)
+    def n_pages(self) -> int:
+        return len(self.offsets) - 1
 
-    @staticmethod
-    def train(sample: np.ndarray, k: int, seed: int = 0) -> Codebook:
-        """k-means (scikit-learn's mini-batch) on unit vectors, centroids renormalised."""
-        from sklearn.cluster import MiniBatchKMeans
+    def empty_tokens(self):
+        """A new in-memory token index with this stage's codebook and no vectors."""
+        return _faiss().read_index(str(self.path / "trained.faiss"))
 
-        sample = np.asarray(sample, np.float32)
-        k = min(k, len(sample))
-        km = MiniBatchKMeans(n_clusters=k, batch_size=8192, n_init=1, max_iter=10, random_state=seed,
-                             compute_labels=False).fit(sample)
-        c = km.cluster_centers_.astype(np.float32)
-        c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-        return Codebook(c)
+    def read_pages(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 vectors of ``pages`` one after another, each page's first row), read with pread."""
+        starts, ends = self.offsets[pages], self.offsets[pages + 1]
+        row = 2 * self.dim
+        out = np.empty((int((ends - starts).sum()), self.dim), np.float16)
+        at = 0
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            buf = os.pread(self._fd, (e - s) * row, self._data_offset + s * row)
+            out[at:at + e - s] = np.frombuffer(buf, np.float16).reshape(-1, self.dim)
+            at += e - s
+        first = np.concatenate([[0], np.cumsum(ends - starts)[:-1]]).astype(np.int64)
+        return out.astype(np.float32), first
 
-    def assign(self, vectors: np.ndarray) -> np.ndarray:
-        """``[n]`` uint16 codes of ``[n, dim]`` vectors (any float dtype), in chunks."""
-        out = np.empty(len(vectors), np.uint16)
-        ct = self.centroids.T
-        for i in range(0, len(vectors), ASSIGN_CHUNK):
-            out[i:i + ASSIGN_CHUNK] = np.argmax(np.asarray(vectors[i:i + ASSIGN_CHUNK], np.float32) @ ct, axis=1)
-        return out
+    def read_range(self, first_page: int, last_page: int) -> np.ndarray:
+        """float32 vectors of pages ``first_page`` to ``last_page - 1``, in one sequential read."""
+        s, e = int(self.offsets[first_page]), int(self.offsets[last_page])
+        buf = os.pread(self._fd, (e - s) * 2 * self.dim, self._data_offset + s * 2 * self.dim)
+        return np.frombuffer(buf, np.float16).reshape(-1, self.dim).astype(np.float32)
 
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
-PROJECTION_DIMS = (16, 32, 64)
-VARIANCE_KEPT = 0.90
-
-
-def projection(sample: np.ndarray) -> tuple[np.ndarray, float]:
-    """``[dim, d]`` principal axes of ``sample`` (the fewest of :data:`PROJECTION_DIMS` keeping
-    :data:`VARIANCE_KEPT` of its variance, else the most) and the variance they keep."""
-    centred = np.asarray(sample, np.float64) - sample.mean(axis=0)
-    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-    kept = np.cumsum(sv ** 2) / max(float((sv ** 2).sum()), 1e-30)
-    dims = [d for d in PROJECTION_DIMS if d < len(sv)] or [len(sv)]
-    d = next((d for d in dims if kept[d - 1] >= VARIANCE_KEPT), dims[-1])
-    return np.ascontiguousarray(vt[:d].T, dtype=np.float32), float(kept[d - 1])
+    def __del__(self):
+        self.close()
 
 
-class Postings:
-    """For each centroid, the (snapshot-order) indices of the pages holding it: CSR, unique per page."""
-
-    def __init__(self, codes: np.ndarray, page_of_token: np.ndarray, n_pages: int, k: int):
-        key = np.unique(codes.astype(np.int64) * n_pages + page_of_token)  # sorted by code, then page
-        self.pages = (key % n_pages).astype(np.int32)
-        self.starts = np.searchsorted(key // n_pages, np.arange(k + 1)).astype(np.int64)
-        self.n_pages = n_pages
-
-    def candidates(self, centroid_scores: np.ndarray, nprobe: int, depth: int,
-                   allowed: np.ndarray | None = None) -> np.ndarray:
-        """The ``depth`` pages with the best estimate for one query (``centroid_scores [M, K]``),
-        restricted to ``allowed`` (bool ``[n_pages]``) when given; unordered."""
-        m, k = centroid_scores.shape
-        nprobe = min(nprobe, k)
-        top = np.argpartition(-centroid_scores, nprobe - 1, axis=1)[:, :nprobe]  # [M, nprobe]
-        top_scores = np.take_along_axis(centroid_scores, top, axis=1)
-        est = np.repeat(top_scores.min(axis=1, keepdims=True), self.n_pages, axis=1)  # [M, P]: imputed floor
-        lengths = self.starts[top + 1] - self.starts[top]  # [M, nprobe]
-        rows = np.repeat(np.arange(m), lengths.sum(axis=1))
-        idx = np.concatenate([self.pages[self.starts[c]:self.starts[c + 1]] for c in top.ravel()])
-        vals = np.repeat(top_scores.ravel(), lengths.ravel())
-        flat = est.reshape(-1)
-        np.maximum.at(flat, rows * self.n_pages + idx, vals)
-        total = est.sum(axis=0)
-        if allowed is not None:
-            total[~allowed] = -np.inf
-        depth = min(depth, int(np.isfinite(total).sum()))
-        if depth <= 0:
-            return np.zeros(0, np.int64)
-        return np.argpartition(-total, depth - 1)[:depth]
+def load_info(index_path: str | Path) -> dict | None:
+    """``first_stage.json`` of an index, or None (none built, or one of an older format: it is
+    ignored, and search is exact until ``optimize`` builds a new one)."""
+    path = Path(index_path) / META
+    if not path.is_file():
+        return None
+    info = read_artifact(path, FORMAT, FORMAT_VERSION, "first stage")
+    return info if info.get("format_version") == FORMAT_VERSION else None
 
 
-@dataclass(frozen=True)
-class StoredStage:
-    """A built first stage as stored: the codebook and the codes of the pages it saw."""
-
-    codebook: Codebook
-    codes: dict[tuple[str, int], np.ndarray]  # (content_hash, page) -> [n_kept] uint16
-    info: dict
-    projection: np.ndarray  # [dim, d] principal axes for the cheaper rescoring
-
-    def codes_for(self, hashes, pages, vectors: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """The codes of a block of pages (stored ones by key, the rest assigned now), flat like ``vectors``."""
-        out = np.empty(len(vectors), np.uint16)
-        ends = np.append(starts[1:], len(vectors))
-        missing = []
-        for j, key in enumerate(zip(hashes, pages.tolist())):
-            stored = self.codes.get(key)
-            if stored is not None and len(stored) == ends[j] - starts[j]:
-                out[starts[j]:ends[j]] = stored
-            else:
-                missing.append(j)
-        if missing:
-            sel = np.concatenate([np.arange(starts[j], ends[j]) for j in missing])
-            out[sel] = self.codebook.assign(vectors[sel])
-        return out
+def outdated(index_path: str | Path) -> bool:
+    """True when the index holds a first stage of an older format, which search ignores."""
+    path = Path(index_path) / META
+    return path.is_file() and load_info(index_path) is None
 
 
 def load(index_path: str | Path) -> StoredStage | None:
-    """The index's first stage, or None when ``optimize`` has not built one."""
+    """The index's first stage, mapped (None when there is none of this format)."""
     index_path = Path(index_path)
-    if not (index_path / META).is_file():
+    info = load_info(index_path)
+    if info is None:
         return None
-    info = read_artifact(index_path / META, FORMAT, FORMAT_VERSION, "first stage")
     d = index_path / info["dir"]
+    faiss = _faiss()
     try:
-        centroids = np.load(d / "centroids.npy")
-        axes = np.load(d / "projection.npy")
-        flat = np.load(d / "codes.npy")
+        tokens = faiss.read_index(str(d / "tokens.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         offsets = np.load(d / "offsets.npy")
-        hashes = np.load(d / "hashes.npy")
-        pages = np.load(d / "pages.npy")
-    except (OSError, ValueError) as exc:
-        raise SapIndexError(f"{d}: the first stage is unreadable ({exc}); run sapindex optimize again") from None
-    codes = {(str(h), int(p)): flat[offsets[i]:offsets[i + 1]] for i, (h, p) in enumerate(zip(hashes, pages))}
-    return StoredStage(Codebook(centroids), codes, info, axes)
+        pages = pa.ipc.open_file(pa.memory_map(str(d / "pages.arrow"))).read_all()
+        vectors = np.load(d / "vectors.npy", mmap_mode="r")
+        data_offset, dim = vectors.offset, vectors.shape[1]
+        del vectors
+        if len(offsets) != pages.num_rows + 1 or offsets[-1] != tokens.ntotal:
+            raise ValueError("its files disagree on the number of pages or vectors")
+    except (OSError, ValueError, RuntimeError, pa.ArrowInvalid) as exc:
+        raise SapIndexError(f"{d}: the first stage is unreadable ({str(exc).splitlines()[0]}); "
+                            "run sapindex optimize again") from None
+    return StoredStage(d, info, tokens, offsets, pages, os.open(d / "vectors.npy", os.O_RDONLY), data_offset, dim)
 
 
-def build(index, sample_vectors: int = 262144, seed: int = 0,
-          progress=None) -> dict:
-    """Train a codebook on the index's kept vectors, code every page, store both; return the info.
+def build(index, seed: int = 0, progress: Progress | None = None, pq_bytes: int = PQ_BYTES) -> dict:
+    """Read every page of the index once, train the token index on a sample, code every vector,
+    store the stage; return its info.
 
     ``index`` is an :class:`~sapindex.index.store.Index` (held by the caller; a writer lock keeps
-    ``index`` runs out while the stage is built). Atomic: files go to a new directory, then
-    ``first_stage.json`` is replaced to name it, then the previous directory is removed.
+    ``index`` runs out while the stage is built). Memory: one chunk of pages, the training sample
+    and the codes (``pq_bytes`` + 8 a vector): ~2 GB at 10^6 pages. ``progress(phase, done,
+    total)`` is told of each chunk read and each batch coded.
     """
-    from sapindex.index.store._arrow import vectors_from_list
-
+    faiss = _faiss()
     started = time.perf_counter()
     version = index.version
-    batches = list(index.scan_pages(["content_hash", "page", "vectors"], version=version, chunk_pages=4096))
-    blocks = [(b.column("content_hash").to_pylist(), b.column("page").to_pylist(),
-               *vectors_from_list(b.column("vectors"), index.dim, dtype=None)) for b in batches]
-    n_vectors = sum(len(v) for _, _, v, _ in blocks)
+    tell = progress or (lambda *_: None)
+    n_pages, n_vectors = 0, 0
+    for b in index.scan_pages(["n_kept"], version=version, chunk_pages=65536):
+        n_pages += b.num_rows
+        n_vectors += int(b.column("n_kept").to_numpy().sum())
     if n_vectors == 0:
         raise SapIndexError(f"{index.path}: the index holds no pages; index some before optimizing")
-    k = n_centroids_for(n_vectors)
+    n_lists = n_lists_for(n_vectors)
     rng = np.random.default_rng(seed)
-    take = np.sort(rng.choice(n_vectors, size=min(sample_vectors, n_vectors), replace=False))
-    all_offsets = np.cumsum([0] + [len(v) for _, _, v, _ in blocks])
-    sample = np.concatenate([blocks[b][2][take[(take >= all_offsets[b]) & (take < all_offsets[b + 1])]
-                                          - all_offsets[b]] for b in range(len(blocks))]).astype(np.float32)
-    codebook = Codebook.train(sample, k, seed)
-    axes, variance = projection(sample)
-    codes, hashes, pages, counts = [], [], [], []
-    for done, (h, p, vecs, offsets) in enumerate(blocks, start=1):
-        codes.append(codebook.assign(vecs))
-        hashes.extend(h)
-        pages.extend(p)
-        counts.append(np.diff(offsets))
-        if progress:
-            progress(done, len(blocks))
+    take = np.sort(rng.choice(n_vectors, size=sample_size(n_lists, n_vectors), replace=False))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     d = index.path / f"first_stage-{stamp}"
     d.mkdir()
-    np.save(d / "centroids.npy", codebook.centroids)
-    np.save(d / "projection.npy", axes)
-    np.save(d / "codes.npy", np.concatenate(codes))
-    np.save(d / "offsets.npy", np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64))
-    np.save(d / "hashes.npy", np.asarray(hashes, dtype="U64"))
-    np.save(d / "pages.npy", np.asarray(pages, np.int32))
-    info = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "centroids", "dir": d.name,
-            "n_centroids": codebook.size, "projection_dims": int(axes.shape[1]),
-            "projection_variance": round(variance, 4), "pages": len(pages), "vectors": int(n_vectors),
-            "index_version": int(version), "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    sample, newest = _copy_pages(index, version, d, n_vectors, take, tell)
+    tell("training", 0, 1)
+    tokens = faiss.index_factory(index.dim, f"IVF{n_lists}_HNSW{HNSW_LINKS},PQ{2 * pq_bytes}x4fs",
+                                 faiss.METRIC_INNER_PRODUCT)
+    tokens.cp.seed = seed
+    tokens.train(sample)
+    del sample
+    faiss.write_index(tokens, str(d / "trained.faiss"))
+    tell("training", 1, 1)
+    vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    for start in range(0, n_vectors, ADD_VECTORS):
+        tokens.add(np.asarray(vectors[start:start + ADD_VECTORS], np.float32))
+        tell("coding", min(start + ADD_VECTORS, n_vectors), n_vectors)
+    del vectors
+    faiss.write_index(tokens, str(d / "tokens.faiss"))
+    _fsync_dir(d)
+    info = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND, "dir": d.name,
+            "n_lists": n_lists, "pq_bytes": pq_bytes, "pages": n_pages, "vectors": n_vectors,
+            "bytes_per_vector": round(os.path.getsize(d / "tokens.faiss") / n_vectors, 1),
+            "index_version": int(version), "newest_indexed_at": newest.isoformat() if newest else None,
+            "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 3)}
-    previous = load_info(index.path)
     write_json_atomic(index.path / META, info)
-    if previous and previous["dir"] != d.name:
-        shutil.rmtree(index.path / previous["dir"], ignore_errors=True)
-    for stale in index.path.glob("first_stage-*"):  # directories of builds killed before their rename
+    for stale in index.path.glob("first_stage-*"):  # the previous stage, and builds killed before their rename
         if stale.name != d.name:
             shutil.rmtree(stale, ignore_errors=True)
     return info
 
 
-def load_info(index_path: str | Path) -> dict | None:
-    """``first_stage.json`` of an index, or None."""
-    path = Path(index_path) / META
-    return read_artifact(path, FORMAT, FORMAT_VERSION, "first stage") if path.is_file() else None
+def _copy_pages(index, version: int, d: Path, n_vectors: int, take: np.ndarray, tell):
+    """Stream the pages into ``d`` (vectors.npy, offsets.npy, pages.arrow); return (the vectors at
+    rows ``take`` as float32, the newest indexed_at)."""
+    from sapindex.index.store._arrow import vectors_from_list
+
+    vectors = np.lib.format.open_memmap(d / "vectors.npy", mode="w+", dtype=np.float16, shape=(n_vectors, index.dim))
+    sample = np.empty((len(take), index.dim), np.float32)
+    counts, newest, at, got = [], None, 0, 0
+    schema = pa.schema([("path", pa.string()), ("content_hash", pa.string()), ("page", pa.int32())])
+    with pa.OSFile(str(d / "pages.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in index.scan_pages(["path", "content_hash", "page", "vectors", "indexed_at"], version=version,
+                                      chunk_pages=READ_PAGES):
+            vecs, offsets = vectors_from_list(batch.column("vectors"), index.dim, dtype=None)
+            n = len(vecs)
+            if at + n > n_vectors:
+                raise SapIndexError(f"{index.path}: the index changed while optimize read it; run it again")
+            vectors[at:at + n] = vecs
+            here = take[(take >= at) & (take < at + n)]
+            sample[got:got + len(here)] = vecs[here - at]
+            got += len(here)
+            counts.append(np.diff(offsets))
+            writer.write_batch(pa.record_batch([batch.column("path"), batch.column("content_hash"),
+                                                batch.column("page").cast(pa.int32())], schema=schema))
+            t = max(batch.column("indexed_at").to_pylist())
+            newest = t if newest is None or t > newest else newest
+            at += n
+            tell("reading", at, n_vectors)
+    vectors.flush()
+    del vectors
+    np.save(d / "offsets.npy", np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64))
+    return sample[:got], newest
+
+
+def _fsync_dir(d: Path) -> None:
+    for f in d.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

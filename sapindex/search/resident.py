@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
-from sapindex.errors import SapIndexError
 from sapindex.index.store import Index
 from sapindex.index.store._arrow import vectors_from_list
 from sapindex.index.store.search import ONE_QUERY
 from sapindex.sap import maxsim_segments
+from sapindex.search import filters
 
 BLOCK_PAGES = 2048  # pages per resident block: ~150k vectors, a [query tokens, 150k] temporary when scored
 _COLUMNS = ["path", "content_hash", "page", "vectors", "indexed_at"]
@@ -42,8 +42,6 @@ class Block:
     pages: np.ndarray  # [P] int32, 1-based
     vectors: np.ndarray  # [n, dim] float32
     starts: np.ndarray  # [P] int64, first vector of each page
-    codes: np.ndarray | None = None  # [n] uint16 first-stage centroid of each vector (None: no first stage)
-    reduced: np.ndarray | None = None  # [n, d] the vectors on the first stage's principal axes
 
     @property
     def n_pages(self) -> int:
@@ -54,20 +52,17 @@ class Block:
         if len(blocks) == 1:
             return blocks[0]
         offsets = np.cumsum([0] + [len(b.vectors) for b in blocks[:-1]])
-        codes = None if any(b.codes is None for b in blocks) else np.concatenate([b.codes for b in blocks])
-        reduced = None if any(b.reduced is None for b in blocks) else np.concatenate([b.reduced for b in blocks])
         return Block(np.concatenate([b.paths for b in blocks]), np.concatenate([b.hashes for b in blocks]),
                      np.concatenate([b.pages for b in blocks]), np.concatenate([b.vectors for b in blocks]),
-                     np.concatenate([b.starts + o for b, o in zip(blocks, offsets)]), codes, reduced)
+                     np.concatenate([b.starts + o for b, o in zip(blocks, offsets)]))
 
-    def page_vectors(self, local: np.ndarray, reduced: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(the vectors of pages ``local`` one after another, each page's first row) for rescoring;
-        ``reduced``: their projections instead."""
+    def page_vectors(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the vectors of pages ``local`` one after another, each page's first row) for rescoring."""
         ends = np.append(self.starts[1:], len(self.vectors))
         lengths = ends[local] - self.starts[local]
         first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         rows = np.repeat(self.starts[local] - first, lengths) + np.arange(lengths.sum())
-        return (self.reduced if reduced else self.vectors)[rows], first
+        return self.vectors[rows], first
 
 
 @dataclass(frozen=True)
@@ -86,15 +81,15 @@ class Snapshot:
         """``[blocks + 1]`` index of each block's first page in snapshot order (then the total)."""
         return np.cumsum([0] + [b.n_pages for b in self.blocks]).astype(np.int64)
 
-    def score_pages(self, q: np.ndarray, pages: np.ndarray, reduced: bool = False) -> np.ndarray:
-        """Exact MaxSim of one query ``[M, d]`` against the pages at snapshot indices ``pages``
-        (ascending), over their vectors or (``reduced``) their projections; aligned with ``pages``."""
+    def score_pages(self, q: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of one query ``[M, dim]`` against the pages at snapshot indices ``pages``
+        (ascending); aligned with ``pages``."""
         base = self.page_base
         which = np.searchsorted(base, pages, side="right") - 1
         out = np.empty(len(pages), np.float32)
         for b in np.unique(which):
             sel = which == b
-            vecs, first = self.blocks[b].page_vectors(pages[sel] - base[b], reduced)
+            vecs, first = self.blocks[b].page_vectors(pages[sel] - base[b])
             out[sel] = maxsim_segments(q, ONE_QUERY, vecs, first)[0]
         return out
 
@@ -110,18 +105,36 @@ class Snapshot:
             paths[sel], numbers[sel] = self.blocks[b].paths[local], self.blocks[b].pages[local]
         return paths, numbers
 
-    def scores(self, queries: np.ndarray, query_starts: np.ndarray):
-        """Yield ``(block, scores [Q, P])`` for each block: exact MaxSim of the queries (stacked
-        ``[rows, dim]`` float32, query ``i`` from row ``query_starts[i]``) against its pages."""
-        for block in self.blocks:
-            yield block, maxsim_segments(queries, query_starts, block.vectors, block.starts)
+    def scan(self, queries: np.ndarray, query_starts: np.ndarray, progress=None):
+        """Yield ``(first page, paths, page numbers, scores [Q, pages])`` for each block: exact
+        MaxSim of the queries (stacked ``[rows, dim]`` float32, query ``i`` from row
+        ``query_starts[i]``) against its pages."""
+        done = 0
+        for first, block in zip(self.page_base.tolist(), self.blocks):
+            yield first, block.paths, block.pages, maxsim_segments(queries, query_starts, block.vectors, block.starts)
+            done += len(block.vectors)
+            if progress:
+                progress(done, self.n_vectors)
+
+    def allowed(self, keys: pa.Table | None, path_prefix: str | None) -> np.ndarray | None:
+        """Which pages pass a filter: (content_hash, page) in ``keys``, path starting with
+        ``path_prefix`` (None: no filter)."""
+        if keys is None and not path_prefix:
+            return None
+        if not self.blocks:
+            return np.zeros(0, bool)
+        table = pa.table({"content_hash": np.concatenate([b.hashes for b in self.blocks]).tolist(),
+                          "page": np.concatenate([b.pages for b in self.blocks]),
+                          "path": np.concatenate([b.paths for b in self.blocks]).tolist()})
+        return filters.mask(table, keys, path_prefix)
 
 
-Coder = Callable[[Block], Block]  # a block with its first-stage codes and projections
+def _after(t: _dt.datetime | None) -> str | None:
+    """SQL: rows indexed after ``t`` (None: every row)."""
+    return None if t is None else f"indexed_at > timestamp '{t.isoformat().replace('+00:00', '')}'"
 
 
-def _read(index: Index, version: int, where: str | None,
-          coder: Coder | None) -> tuple[list[Block], _dt.datetime | None]:
+def _read(index: Index, version: int, where: str | None) -> tuple[list[Block], _dt.datetime | None]:
     blocks, newest = [], None
     for batch in index.scan_pages(_COLUMNS, where=where, version=version, chunk_pages=BLOCK_PAGES):
         if batch.num_rows == 0:
@@ -130,10 +143,15 @@ def _read(index: Index, version: int, where: str | None,
         block = Block(np.asarray(batch.column("path").to_pylist(), dtype=object),
                       np.asarray(batch.column("content_hash").to_pylist(), dtype=object),
                       batch.column("page").to_numpy().astype(np.int32), np.ascontiguousarray(vecs), offsets[:-1].copy())
-        blocks.append(coder(block) if coder else block)
+        blocks.append(block)
         t = max(batch.column("indexed_at").to_pylist())
         newest = t if newest is None or t > newest else newest
     return blocks, newest
+
+
+def count_rows(index: Index, version: int, where: str | None = None) -> int:
+    """Pages of ``version`` (matching ``where``)."""
+    return sum(b.num_rows for b in index.scan_pages(["page"], where=where, version=version, chunk_pages=65536))
 
 
 def _snapshot(version: int, blocks: list[Block], newest, loaded_at: _dt.datetime | None = None) -> Snapshot:
@@ -154,38 +172,37 @@ def available_bytes() -> int | None:
     return None
 
 
-def check_fits(index: Index) -> None:
-    """SapIndexError when the index's kept vectors (float32) would not fit in 90 % of free memory."""
-    need = sum(int(b.column("n_kept").to_numpy().sum()) for b in index.scan_pages(["n_kept"], chunk_pages=65536))
-    need *= 4 * index.dim
+def kept_bytes(index: Index, since: _dt.datetime | None = None) -> int:
+    """Bytes the kept vectors (indexed after ``since``) take resident as float32."""
+    need = sum(int(b.column("n_kept").to_numpy().sum())
+               for b in index.scan_pages(["n_kept"], where=_after(since), chunk_pages=65536))
+    return need * 4 * index.dim
+
+
+def fits(index: Index, since: _dt.datetime | None = None) -> bool:
+    """Whether the kept vectors (indexed after ``since``) fit in 90 % of free memory as float32."""
     free = available_bytes()
-    if free is not None and need > 0.9 * free:
-        raise SapIndexError(f"{index.path}: searching it keeps its kept vectors in memory ({need / 1e9:.1f} GB as "
-                            f"float32), but only {free / 1e9:.1f} GB is free; use a machine with more memory or "
-                            "a smaller index (sapindex prune)")
+    return free is None or kept_bytes(index, since) <= 0.9 * free
 
 
-def load(index: Index, coder: Coder | None = None) -> Snapshot:
-    """Every page of the index's current version (with first-stage codes when given a ``coder``)."""
-    check_fits(index)
+def load(index: Index, since: _dt.datetime | None = None) -> Snapshot:
+    """Every page of the index's current version (indexed after ``since``, when given)."""
     version = index.version
-    return _snapshot(version, *_read(index, version, None, coder))
+    return _snapshot(version, *_read(index, version, _after(since)))
 
 
-def refresh(index: Index, snap: Snapshot, coder: Coder | None = None) -> Snapshot:
+def refresh(index: Index, snap: Snapshot, since: _dt.datetime | None = None) -> Snapshot:
     """``snap`` if the index has not changed since, else a snapshot of its current version
-    (appending the pages a writer added, or reloading after anything else)."""
+    (appending the pages a writer added, or reloading after anything else); ``since`` as in :func:`load`."""
     version = index.version
     if version == snap.version:
         return snap
     if snap.newest is None:
-        return _snapshot(version, *_read(index, version, None, coder))
-    stamp = snap.newest.isoformat().replace("+00:00", "")
-    added, newest = _read(index, version, f"indexed_at > timestamp '{stamp}'", coder)
+        return _snapshot(version, *_read(index, version, _after(since)))
+    added, newest = _read(index, version, _after(snap.newest))
     n_added = sum(b.n_pages for b in added)
-    total = sum(b.num_rows for b in index.scan_pages(["page"], version=version, chunk_pages=65536))
-    if total != snap.n_pages + n_added:  # rows were deleted too: reload
-        return _snapshot(version, *_read(index, version, None, coder))
+    if count_rows(index, version, _after(since)) != snap.n_pages + n_added:  # rows were deleted too: reload
+        return _snapshot(version, *_read(index, version, _after(since)))
     blocks = list(snap.blocks)
     if added and blocks and blocks[-1].n_pages + n_added <= BLOCK_PAGES:
         blocks[-1] = Block.concat([blocks[-1], *added])  # keep many one-page commits from making many blocks

@@ -10,11 +10,11 @@ Scores are exact MaxSim over the kept vectors, the same as :meth:`Index.search`.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit, Index
@@ -22,19 +22,20 @@ from sapindex.index.store.search import TopK, query_matrix
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
-from sapindex.search import first_stage, resident
+from sapindex.search import compressed, first_stage, resident
+from sapindex.search.streamed import Streamed
 
 # Queries longer than this are refused: ColPali-family queries are a sentence or two, and the text
 # graph's attention grows with the square of the length (a pasted document would take gigabytes).
 MAX_QUERY_TOKENS = 512
 QUERY_BATCH = 32  # queries per text-graph call in search_many
-# Two-stage search (bench/two_stage.py, RESULTS.md "Two-stage search"): used from this many pages
-# on when the index has a first stage (the exact scan costs ~7 us a page on 2 cores: ~35 ms here);
-# centroids probed per query token; pages rescored on projections, then exactly.
+# Two-stage search (bench/million_pages.py, RESULTS.md "A million pages"): used from this many
+# pages on when the index has a first stage (the resident exact scan costs ~7 us a page on 2 cores:
+# ~35 ms here); inverted lists probed and vectors retrieved per query token; pages rescored exactly.
 TWO_STAGE_MIN_PAGES = 5000
-NPROBE = 16
-CANDIDATES = 4096  # first-stage candidates rescored on the projections
-DEPTH = 256  # of those, rescored exactly
+NPROBE = 32
+KPRIME = 1024
+DEPTH = 256
 
 
 def open_encoder(index: Index, bundle_path: str | Path | None = None, device: str = "cpu",
@@ -60,30 +61,30 @@ class Searcher:
     >>> with Searcher.open("my-index") as s:
     ...     hits = s.search("what was the 2023 revenue?", k=5)
 
-    Exact MaxSim over every page, unless the index has a first stage (``sapindex optimize``) and
-    holds at least ``two_stage_min_pages`` pages: then the first stage's ``candidates`` best pages
-    (:mod:`sapindex.search.first_stage`) are rescored on projections and the ``depth`` best of those
-    exactly. ``exact=True`` (per search)
-    forces the full scan. Thread-safe: a service calls it from many threads (queries are encoded
-    one batch at a time, scoring runs in parallel on immutable snapshots).
+    How the pages are held (:meth:`stats` says which):
+
+    - ``resident``: every kept vector in memory (float32), exact MaxSim over every page;
+    - ``first stage``: an index with a first stage (``sapindex optimize``) of at least
+      ``two_stage_min_pages`` pages: its codes memory-mapped, its vectors on disk; each query token
+      retrieves its ``kprime`` best vectors from ``nprobe`` inverted lists, and the ``depth`` pages
+      with the best estimate are rescored exactly (:mod:`sapindex.search.compressed`);
+    - ``streamed``: an index too large for memory with no first stage: read from disk at each search.
+
+    ``exact=True`` (per search) scans every page in any form (from disk for the last two).
+    Every returned score is the exact MaxSim. Thread-safe: a service calls it from many threads
+    (queries are encoded one batch at a time, searches run on immutable views).
     """
 
     def __init__(self, index: Index, encoder: Encoder, *, max_query_tokens: int = MAX_QUERY_TOKENS,
-                 two_stage_min_pages: int = TWO_STAGE_MIN_PAGES, nprobe: int = NPROBE, candidates: int = CANDIDATES,
+                 two_stage_min_pages: int = TWO_STAGE_MIN_PAGES, nprobe: int = NPROBE, kprime: int = KPRIME,
                  depth: int = DEPTH):
         self.index = index
         self.encoder = encoder
         self.max_query_tokens = max_query_tokens
-        self.two_stage_min_pages, self.nprobe, self.depth = two_stage_min_pages, nprobe, depth
-        self.candidates = candidates
+        self.two_stage_min_pages, self.nprobe, self.kprime, self.depth = two_stage_min_pages, nprobe, kprime, depth
         self._encode_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        stage = first_stage.load(index.path)
-        # the snapshot and the first stage its codes came from, swapped together (one tuple) so that
-        # a search never pairs a snapshot with another build's codebook
-        self._state: tuple[resident.Snapshot, first_stage.StoredStage | None] = (
-            resident.load(index, self._coder(stage)), stage)
-        self._postings: tuple[resident.Snapshot, first_stage.Postings] | None = None
+        self._view = self._open_view()
 
     @classmethod
     def open(cls, index: str | Path, bundle: str | Path | None = None, device: str = "cpu",
@@ -103,65 +104,75 @@ class Searcher:
 
     # ------------------------------------------------------------------ state
 
-    @property
-    def _snap(self) -> resident.Snapshot:
-        return self._state[0]
-
-    @property
-    def _stage(self) -> first_stage.StoredStage | None:
-        return self._state[1]
-
-    @staticmethod
-    def _coder(stage: first_stage.StoredStage | None):
-        if stage is None:
-            return None
-        return lambda b: replace(b, codes=stage.codes_for(b.hashes, b.pages, b.vectors, b.starts),
-                                 reduced=np.ascontiguousarray(b.vectors @ stage.projection))
+    def _open_view(self):
+        stage = first_stage.load(self.index.path)
+        if stage is not None and stage.n_pages >= self.two_stage_min_pages:
+            return compressed.open_view(self.index, stage)
+        if stage is not None:
+            stage.close()
+        if resident.fits(self.index):
+            return resident.load(self.index)
+        return Streamed.open(self.index)
 
     def refresh(self) -> bool:
         """Take in what a writer committed (and a first stage ``optimize`` rebuilt) since the last
         call; True when anything changed."""
         with self._refresh_lock:
-            before, stage = self._state
+            before = self._view
             info = first_stage.load_info(self.index.path)
-            if (info and info["dir"]) != (stage.info["dir"] if stage else None):
-                stage = first_stage.load(self.index.path)
-                self._state = (resident.load(self.index, self._coder(stage)), stage)
-            else:
-                self._state = (resident.refresh(self.index, before, self._coder(stage)), stage)
-            return self._state[0] is not before
+            built = before.stage.info["dir"] if isinstance(before, compressed.StageView) else None
+            if info is not None and info["dir"] != built and info["pages"] >= self.two_stage_min_pages:
+                self._view = self._open_view()  # a new first stage
+            elif isinstance(before, compressed.StageView):
+                self._view = compressed.refresh_view(self.index, before)
+            elif isinstance(before, resident.Snapshot):
+                self._view = resident.refresh(self.index, before)
+            elif self.index.version != before.version:
+                self._view = self._open_view()
+            return self._view is not before
 
     def first_stage(self) -> dict | None:
-        """The first stage searched with (its ``first_stage.json``), None without one."""
-        return self._stage.info if self._stage else None
+        """The first stage searched with (its ``first_stage.json``), None when none is used."""
+        view = self._view
+        return view.stage.info if isinstance(view, compressed.StageView) else None
 
     def two_stage(self, exact: bool = False) -> bool:
         """Whether a search now goes through the first stage."""
-        return self._uses_first_stage(*self._state, exact)
+        return self._two_stage(self._view, exact)
 
-    def _uses_first_stage(self, snap: resident.Snapshot, stage: first_stage.StoredStage | None, exact: bool) -> bool:
-        return not exact and stage is not None and snap.n_pages >= self.two_stage_min_pages
+    def _two_stage(self, view, exact: bool) -> bool:
+        return not exact and isinstance(view, compressed.StageView) and view.n_live > self.depth
 
     @property
     def version(self) -> int:
         """The index version the last search (or refresh) searched."""
-        return self._snap.version
+        return self._view.version
+
+    def holding(self) -> str:
+        """How the pages are held now: ``resident``, ``first stage`` or ``streamed``."""
+        view = self._view
+        return ("first stage" if isinstance(view, compressed.StageView)
+                else "resident" if isinstance(view, resident.Snapshot) else "streamed")
 
     def stats(self) -> dict:
         """Pages, vectors and version as searched now, the search path, and the bundle's identity."""
         self.refresh()
-        snap, bundle = self._snap, self.encoder.bundle
-        stage = self.first_stage()
-        return {"index": str(self.index.path), "version": snap.version, "pages": snap.n_pages,
-                "vectors": snap.n_vectors, "dim": self.index.dim, "loaded_at": snap.loaded_at.isoformat(),
-                "search": "two-stage" if self.two_stage() else "exact",
-                "first_stage": None if stage is None else {
-                    "kind": stage["kind"], "n_centroids": stage["n_centroids"], "built": stage["built"],
-                    "pages_at_build": stage["pages"], "nprobe": self.nprobe, "candidates": self.candidates,
-                    "depth": self.depth, "projection_dims": stage.get("projection_dims"),
-                    "min_pages": self.two_stage_min_pages},
-                "bundle": {"path": str(bundle.path), "family": bundle.family,
-                           "fingerprint": bundle.fingerprint, "window": list(bundle.window)}}
+        view, bundle = self._view, self.encoder.bundle
+        out = {"index": str(self.index.path), "version": view.version, "pages": view.n_pages,
+               "vectors": view.n_vectors, "dim": self.index.dim, "loaded_at": view.loaded_at.isoformat(),
+               "search": "two-stage" if self.two_stage() else "exact", "holding": self.holding(),
+               "first_stage": None,
+               "bundle": {"path": str(bundle.path), "family": bundle.family,
+                          "fingerprint": bundle.fingerprint, "window": list(bundle.window)}}
+        if isinstance(view, compressed.StageView):
+            info = view.stage.info
+            out["pages"] = view.n_live
+            out["first_stage"] = {
+                "kind": info["kind"], "n_lists": info["n_lists"], "bytes_per_vector": info["bytes_per_vector"],
+                "built": info["built"], "pages_at_build": info["pages"], "pages_added_since": view.added.n_pages,
+                "pages_deleted_since": int(view.dead.sum()), "nprobe": self.nprobe, "kprime": self.kprime,
+                "depth": self.depth, "min_pages": self.two_stage_min_pages}
+        return out
 
     # ------------------------------------------------------------------ queries
 
@@ -197,19 +208,20 @@ class Searcher:
 
     def search_many(self, queries: Sequence[str], k: int = 10, *, where: str | None = None,
                     path_prefix: str | None = None, exact: bool = False,
-                    names: Sequence[str] | None = None) -> list[list[Hit]]:
+                    names: Sequence[str] | None = None, progress=None) -> list[list[Hit]]:
         """The ``k`` best pages for each query, best first, ties broken by (path, page).
 
         ``where``: a SQL filter on the index's page columns (``"path LIKE '/archive/finance/%'"``,
         ``"page <= 3"``); ``path_prefix``: only paths starting with it. Both may be given.
         ``exact``: scan every page even where the first stage would be used. ``names``: what a
         refused query is called in the error (default ``query 1``, ``query 2``, ...).
+        ``progress(done, total)``: told of the vectors scored by a scan from disk.
         """
         return self.search_vectors(self.encode(queries, names), k, where=where, path_prefix=path_prefix,
-                                   exact=exact)
+                                   exact=exact, progress=progress)
 
     def search_vectors(self, query_vectors: Sequence[np.ndarray], k: int = 10, *, where: str | None = None,
-                       path_prefix: str | None = None, exact: bool = False) -> list[list[Hit]]:
+                       path_prefix: str | None = None, exact: bool = False, progress=None) -> list[list[Hit]]:
         """:meth:`search_many` for queries already encoded (``[M, dim]`` each)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise SapIndexError(f"k must be a positive integer, got {k!r}")
@@ -217,73 +229,38 @@ class Searcher:
         if not qs:
             return []
         self.refresh()
-        snap, stage = self._state
-        masks = self._masks(snap, where, path_prefix)
-        if self._uses_first_stage(snap, stage, exact) and snap.n_pages > self.depth:
-            return [self._two_stage(snap, stage, q, int(k), masks) for q in qs]
+        view = self._view
+        allowed = view.allowed(self._keys(view, where), path_prefix)
+        if self._two_stage(view, exact):
+            return self._first_stage_search(view, qs, int(k), allowed)
         stacked = np.concatenate(qs)
         starts = np.cumsum([0] + [len(q) for q in qs[:-1]]).astype(np.int64)
         tops = [TopK(int(k)) for _ in qs]
-        for (block, scores), mask in zip(snap.scores(stacked, starts), masks or [None] * len(snap.blocks)):
-            if mask is not None and not mask.all():
-                scores[:, ~mask] = -np.inf
+        for first, paths, pages, scores in view.scan(stacked, starts, progress):
+            if allowed is not None:
+                scores[:, ~allowed[first:first + scores.shape[1]]] = -np.inf
             for top, row in zip(tops, scores):
-                top.add(row, block.paths, block.pages)
+                top.add(row, paths, pages)
         return [top.hits() for top in tops]
 
-    def _two_stage(self, snap: resident.Snapshot, stage: first_stage.StoredStage, q: np.ndarray, k: int,
-                   masks) -> list[Hit]:
-        """Centroid estimates -> the ``candidates`` best rescored on projections -> the ``depth``
-        best of those rescored exactly."""
-        postings = self._postings_for(snap, stage)
-        allowed = None if masks is None else np.concatenate(masks)
-        depth = max(self.depth, k)
-        cand = np.sort(postings.candidates(q @ stage.codebook.centroids.T, self.nprobe,
-                                           max(self.candidates, depth), allowed))
-        if len(cand) > depth:
-            approx = snap.score_pages(q @ stage.projection, cand, reduced=True)
-            cand = np.sort(cand[np.argpartition(-approx, depth - 1)[:depth]])
-        top = TopK(k)
-        top.add(snap.score_pages(q, cand), *snap.names(cand))
-        return top.hits()
+    def _first_stage_search(self, view: compressed.StageView, qs: list[np.ndarray], k: int,
+                            allowed: np.ndarray | None) -> list[list[Hit]]:
+        """Token hits for every query in one call, each query's ``depth`` best estimates rescored exactly."""
+        d, pages = view.token_hits(np.concatenate(qs), self.kprime, self.nprobe)
+        out, row = [], 0
+        for q in qs:
+            cand = compressed.estimate_top(d[row:row + len(q)], pages[row:row + len(q)], max(self.depth, k),
+                                           allowed, view.n_pages)
+            row += len(q)
+            top = TopK(k)
+            if len(cand):
+                top.add(view.score_pages(q, cand), *view.names(cand))
+            out.append(top.hits())
+        return out
 
-    def _postings_for(self, snap: resident.Snapshot, stage: first_stage.StoredStage) -> first_stage.Postings:
-        cached = self._postings
-        if cached is not None and cached[0] is snap:
-            return cached[1]
-        with self._refresh_lock:
-            cached = self._postings
-            if cached is not None and cached[0] is snap:
-                return cached[1]
-            codes = np.concatenate([b.codes for b in snap.blocks])
-            lengths = np.concatenate([np.diff(np.append(b.starts, len(b.vectors))) for b in snap.blocks])
-            page_of_token = np.repeat(np.arange(snap.n_pages, dtype=np.int64), lengths)
-            postings = first_stage.Postings(codes, page_of_token, snap.n_pages, stage.codebook.size)
-            self._postings = (snap, postings)
-            return postings
-
-    def _masks(self, snap: resident.Snapshot, where: str | None, path_prefix: str | None) -> list[np.ndarray] | None:
-        """Per block, which pages pass the filters (None: no filter)."""
-        if not where and not path_prefix:
-            return None
-        allowed = self._allowed(snap, where)
-        masks = []
-        for block in snap.blocks:
-            mask = np.ones(block.n_pages, bool)
-            if allowed is not None:
-                mask &= np.fromiter(((h, p) in allowed for h, p in zip(block.hashes, block.pages.tolist())),
-                                    bool, block.n_pages)
-            if path_prefix:
-                mask &= np.fromiter((p.startswith(path_prefix) for p in block.paths), bool, block.n_pages)
-            masks.append(mask)
-        return masks
-
-    def _allowed(self, snap: resident.Snapshot, where: str | None) -> set[tuple[str, int]] | None:
-        """The (content_hash, page) keys of the snapshot's version that pass ``where`` (None: no filter)."""
+    def _keys(self, view, where: str | None) -> pa.Table | None:
+        """The (content_hash, page) of the view's version that pass ``where`` (None: no filter)."""
         if not where:
             return None
-        keys: set[tuple[str, int]] = set()
-        for batch in self.index.scan_pages(["content_hash", "page"], where=where, version=snap.version,
-                                           chunk_pages=65536):
-            keys.update(zip(batch.column("content_hash").to_pylist(), batch.column("page").to_pylist()))
-        return keys
+        return pa.Table.from_batches(list(self.index.scan_pages(["content_hash", "page"], where=where,
+                                                                version=view.version, chunk_pages=65536)))

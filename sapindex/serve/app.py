@@ -7,7 +7,8 @@ the index does not hold, 409 for an ``/explain`` page whose file is gone or chan
 that is missing, unknown, mistyped or out of range, 415 for a body sent as something other than
 JSON. An unexpected exception in one request answers 500 with its one-line reason and leaves the
 service running. Sync routes run in the server's thread pool, so slow requests do not block
-``/health``; the searcher is thread-safe.
+``/health``; the searcher is thread-safe. Concurrent ``/search`` requests are answered in batches
+(:mod:`sapindex.search.batching`): one text-graph call and one search for those that wait together.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sapindex import __version__
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit
 from sapindex.search import Searcher, explain
+from sapindex.search.batching import QueryBatcher
 from sapindex.serve.requests import MAX_BATCH, MAX_K, BatchRequest, SearchRequest
 
 
@@ -71,6 +73,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
     # (curl -d sends form-encoded), rather than refused as "not an object"
     app = FastAPI(title="sapindex", version=__version__, dependencies=[Depends(authorized)],
                   strict_content_type=False, description="Exact MaxSim search over a SAP-pruned index.")
+    batcher = app.state.batcher = QueryBatcher(searcher)  # concurrent /search requests share a batch
 
     @app.exception_handler(_Refused)
     def refused(_request, exc: _Refused):
@@ -108,15 +111,14 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
     @app.get("/stats")
     def stats() -> dict:
         """Pages, vectors and index version as searched now, and the bundle."""
-        return {**searcher.stats(), "limits": {"k": MAX_K, "batch": MAX_BATCH,
-                                               "query_tokens": searcher.max_query_tokens}}
+        return {**searcher.stats(), "batching": batcher.stats(),
+                "limits": {"k": MAX_K, "batch": MAX_BATCH, "query_tokens": searcher.max_query_tokens}}
 
     @app.post("/search")
     def search(body: SearchRequest) -> dict:
         """The ``k`` best pages for one query: ``{"hits": [{rank, path, page, score}], ...}``."""
         started = time.perf_counter()
-        hits = searcher.search_many([body.query], body.k, where=body.where, path_prefix=body.path_prefix,
-                                    exact=body.exact, names=["query"])[0]
+        hits = batcher.search(body.query, body.k, where=body.where, path_prefix=body.path_prefix, exact=body.exact)
         return {"hits": _hits(hits), "version": searcher.version, "search": _path(body.exact),
                 "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 

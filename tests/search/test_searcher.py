@@ -14,7 +14,7 @@ from sapindex.index.store import Index
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
-from sapindex.search import Searcher, resident
+from sapindex.search import Searcher, resident, streamed
 
 DIM = 128  # the micro bundle's, so that text queries can search the synthetic rows too
 
@@ -50,7 +50,7 @@ def test_resident_search_equals_the_index_scan(writer, encoder, monkeypatch):
     monkeypatch.setattr(resident, "BLOCK_PAGES", 64)  # several blocks, each scored on its own
     writer.add_pages(rows(300))
     searcher = Searcher(Index.open(writer.path), encoder)
-    assert len(searcher._snap.blocks) == 5 and searcher.stats()["pages"] == 300
+    assert len(searcher._view.blocks) == 5 and searcher.stats()["pages"] == 300
     qs = queries(6)
     for k in (1, 7, 300, 1000):
         got = searcher.search_vectors(qs, k)
@@ -68,18 +68,18 @@ def test_new_versions_are_searched_without_reopening(writer, encoder):
     assert searcher.search_vectors(queries(1), 5) == [[]]
     writer.add_pages(rows(30))
     assert searcher.refresh() and searcher.stats()["pages"] == 30
-    before = searcher._snap
+    before = searcher._view
     writer.add_pages(rows(9, start=30))  # only added: appended to the snapshot, not reloaded
     q = queries(1)
     hits = searcher.search_vectors(q, 100)[0]
     assert len(hits) == 39
-    assert searcher._snap.n_pages == 39 and searcher._snap.loaded_at == before.loaded_at
+    assert searcher._view.n_pages == 39 and searcher._view.loaded_at == before.loaded_at
     assert not searcher.refresh()  # nothing new
 
     changed = [make_row("/a/doc0.pdf", h(999), p, 4, seed=500 + p, dim=DIM) for p in (1, 2)]
     writer.add_pages(changed)  # doc0 changed: its 3 old pages replaced by 2 new ones (a reload)
     hits = searcher.search_vectors(q, 100)[0]
-    assert len(hits) == 38 and searcher._snap.loaded_at > before.loaded_at
+    assert len(hits) == 38 and searcher._view.loaded_at > before.loaded_at
     assert sorted(x.page for x in hits if x.path == "/a/doc0.pdf") == [1, 2]
     same(hits, writer.search(q[0], k=100))
 
@@ -162,10 +162,21 @@ def test_concurrent_searches_while_a_writer_commits(writer, encoder):
     same(searcher.search_vectors(q, 500)[0], writer.search(q[0], k=500))
 
 
-def test_an_index_too_large_for_memory_is_refused_before_loading(writer, encoder, monkeypatch):
-    writer.add_pages(rows(10))
+def test_an_index_too_large_for_memory_is_streamed_with_the_same_answers(writer, encoder, monkeypatch):
+    writer.add_pages(rows(40))
+    q = np.random.default_rng(3).standard_normal((2, 5, DIM)).astype(np.float32)
+    want = Searcher(Index.open(writer.path), encoder).search_vectors(list(q), 7)
     monkeypatch.setattr(resident, "available_bytes", lambda: 1000)
-    with pytest.raises(SapIndexError, match=r"keeps its kept vectors in memory \(0.0 GB as float32\), but only"):
-        Searcher(Index.open(writer.path), encoder)
-    monkeypatch.setattr(resident, "available_bytes", lambda: None)  # unknown: no refusal
-    assert Searcher(Index.open(writer.path), encoder).stats()["pages"] == 10
+    monkeypatch.setattr(streamed, "CHUNK_PAGES", 16)  # several chunks
+    searcher = Searcher(Index.open(writer.path), encoder)
+    assert searcher.holding() == "streamed" and searcher.stats()["pages"] == 40
+    seen = []
+    got = searcher.search_vectors(list(q), 7, progress=lambda done, total: seen.append((done, total)))
+    for g, w in zip(got, want):
+        same(g, w)
+    assert seen[-1][0] == seen[-1][1] == sum(len(r.vectors) for r in rows(40)) and len(seen) == 3
+    same(searcher.search_vectors([q[0]], 40, where="page = 2")[0],
+         [x for x in writer.search(q[0], k=40) if x.page == 2])
+    writer.add_pages(rows(6, start=40))  # a new version is seen
+    assert searcher.stats()["pages"] == 46
+    same(searcher.search_vectors([q[0]], 46)[0], writer.search(q[0], k=46))

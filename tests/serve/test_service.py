@@ -123,10 +123,25 @@ def test_concurrent_clients_get_the_same_answers(served):
     server, _ = served
     queries = ["annual report", "travel policy", "revenue", "figure 2"]
     want = {q: server.call("POST", "/search", {"query": q, "k": 3})[1]["hits"] for q in queries}
+    name = Path(want["revenue"][0]["path"]).name
+    only = server.call("POST", "/search", {"query": "revenue", "k": 5, "where": f"path LIKE '%{name}'"})[1]["hits"]
+    before = server.call("GET", "/stats")[1]["batching"]
+    bodies = [{"query": q, "k": 3} for q in queries] * 6 + [{"query": "revenue", "k": 5,
+                                                            "where": f"path LIKE '%{name}'"}] * 4
+    bodies += [{"query": "revenue", "where": "bogus (("}] * 2  # a bad filter fails its own requests only
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda q: (q, server.call("POST", "/search", {"query": q, "k": 3})), queries * 6))
-    assert all(status == 200 and [h["path"] for h in answer["hits"]] == [h["path"] for h in want[q]]
-               for q, (status, answer) in got)
+        got = list(pool.map(lambda b: (b, server.call("POST", "/search", b)), bodies))
+    for body, (status, answer) in got:
+        if body.get("where") == "bogus ((":
+            assert status == 400 and "filter 'bogus (('" in answer["error"]
+        else:
+            expected = only if "where" in body else want[body["query"]]
+            assert status == 200 and [(x["path"], x["page"]) for x in answer["hits"]] == [
+                (x["path"], x["page"]) for x in expected]
+            assert [x["score"] for x in answer["hits"]] == pytest.approx([x["score"] for x in expected], rel=1e-5)
+    after = server.call("GET", "/stats")[1]["batching"]
+    assert after["queries"] - before["queries"] == len(bodies)
+    assert after["batches"] - before["batches"] < len(bodies)  # concurrent requests shared batches
 
 
 @pytest.mark.parametrize("route, body, raw, content_type, status, message", [

@@ -1,0 +1,264 @@
+"""An index searched through its first stage, never loading every vector: the stage's pages
+(mapped codes, vectors read per page) plus the pages indexed since it was built.
+
+Why a view and not a copy: at 10^6 pages the kept vectors are 19 GB as float16. A
+:class:`StageView` holds in memory only what the stage cannot: the pages an ``index`` run added
+after ``optimize`` (a :class:`~sapindex.search.resident.Snapshot`, float32, coded into an
+in-memory token index with the stage's own codebook as they arrive: found by the same first
+stage), and which stage pages were deleted since (a mask). ``optimize`` again folds the added
+pages into a new stage and frees that memory.
+
+Page numbering: stage pages come first (``0 .. stage.n_pages - 1``, the stage's order), then the
+added pages in snapshot order.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from sapindex.index.store import Index
+from sapindex.index.store.search import ONE_QUERY
+from sapindex.sap import maxsim_segments
+from sapindex.search import filters, resident
+from sapindex.search.first_stage import StoredStage
+
+SCAN_FLOATS = 1 << 23  # floats per block of an exact scan (its vectors, and its dot products): 32 MB
+
+
+class AddedTokens:
+    """The added pages' vectors coded with the stage's codebook (faiss, in memory), grown as pages
+    arrive; a lock, since faiss must not search an index while vectors are added to it."""
+
+    def __init__(self, stage: StoredStage):
+        self._index = stage.empty_tokens()
+        self._lock = threading.Lock()
+
+    def add(self, vectors: np.ndarray) -> None:
+        if not len(vectors):
+            return
+        with self._lock:
+            self._index.add(np.ascontiguousarray(vectors, np.float32))
+
+    def search(self, q: np.ndarray, k: int, nprobe: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate scores and vector ids of each row's ``k`` best among the first ``limit`` vectors."""
+        import faiss
+
+        with self._lock:
+            d, i = self._index.search(q, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        stale = i >= limit  # added after the view that asks
+        i[stale], d[stale] = -1, -np.inf
+        return d, i
+
+
+@dataclass(frozen=True)
+class StageView:
+    """Every page of one index version: the stage's (minus ``dead``) and ``added``; immutable,
+    except that ``tokens`` grows (a view reads only its first ``added.n_vectors``)."""
+
+    stage: StoredStage
+    added: resident.Snapshot
+    tokens: AddedTokens
+    dead: np.ndarray = field(repr=False)  # [stage pages] bool: deleted since the build
+
+    @property
+    def version(self) -> int:
+        return self.added.version
+
+    @property
+    def loaded_at(self):
+        return self.added.loaded_at
+
+    @property
+    def n_pages(self) -> int:
+        return self.stage.n_pages + self.added.n_pages
+
+    @property
+    def n_live(self) -> int:
+        return self.n_pages - int(self.dead.sum())
+
+    @property
+    def n_vectors(self) -> int:
+        return int(self.stage.offsets[-1]) + self.added.n_vectors
+
+    # ------------------------------------------------------------------ first stage
+
+    def token_hits(self, q: np.ndarray, kprime: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each row of ``q``: approximate scores and pages (-1: none) of its ``kprime`` best vectors."""
+        import faiss
+
+        s = self.stage
+        d, i = s.tokens.search(np.ascontiguousarray(q, np.float32), kprime,
+                               params=faiss.SearchParametersIVF(nprobe=nprobe))
+        pages = np.where(i >= 0, np.searchsorted(s.offsets, i, side="right") - 1, -1)
+        if self.added.n_vectors:
+            d2, i2 = self.tokens.search(q, kprime, nprobe, self.added.n_vectors)
+            starts = np.concatenate([b.starts + o for b, o in zip(self.added.blocks, _vector_bases(self.added))])
+            pages2 = np.where(i2 >= 0, s.n_pages + np.searchsorted(starts, i2, side="right") - 1, -1)
+            d, pages = np.concatenate([d, d2], axis=1), np.concatenate([pages, pages2], axis=1)
+            best = np.argsort(-d, axis=1, kind="stable")[:, :kprime]
+            d, pages = np.take_along_axis(d, best, 1), np.take_along_axis(pages, best, 1)
+        return d, pages
+
+    def candidates(self, q: np.ndarray, depth: int, kprime: int, nprobe: int,
+                   allowed: np.ndarray | None) -> np.ndarray:
+        """The ``depth`` pages (ascending) with the best estimate for one query ``[M, dim]``,
+        among ``allowed`` ones (bool ``[n_pages]``, :meth:`allowed`; None: all)."""
+        d, pages = self.token_hits(q, kprime, nprobe)
+        return estimate_top(d, pages, depth, allowed, self.n_pages)
+
+    # ------------------------------------------------------------------ exact scores
+
+    def score_pages(self, q: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of one query against ``pages`` (ascending), stage pages read from disk."""
+        out = np.empty(len(pages), np.float32)
+        old = pages < self.stage.n_pages
+        if old.any():
+            vecs, first = self.stage.read_pages(pages[old])
+            out[old] = maxsim_segments(q, ONE_QUERY, vecs, first)[0]
+        if (~old).any():
+            out[~old] = self.added.score_pages(q, pages[~old] - self.stage.n_pages)
+        return out
+
+    def names(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(paths, page numbers) of ``pages``."""
+        paths = np.empty(len(pages), object)
+        numbers = np.empty(len(pages), np.int32)
+        old = pages < self.stage.n_pages
+        if old.any():
+            rows = self.stage.pages.take(pa.array(pages[old]))
+            paths[old] = rows.column("path").to_pylist()
+            numbers[old] = rows.column("page").to_numpy()
+        if (~old).any():
+            paths[~old], numbers[~old] = self.added.names(pages[~old] - self.stage.n_pages)
+        return paths, numbers
+
+    def scan(self, queries: np.ndarray, query_starts: np.ndarray, progress=None) -> Iterator[tuple]:
+        """Yield ``(first page, paths, page numbers, scores [Q, pages])`` over every page, the
+        stage's read from disk a block at a time (dead pages scored too: the caller masks them)."""
+        s = self.stage
+        per_block = max(SCAN_FLOATS // max(len(queries), s.dim), 4096)  # vectors, and dot products per row
+        first = 0
+        while first < s.n_pages:
+            last = int(np.searchsorted(s.offsets, s.offsets[first] + per_block, side="right")) - 1
+            last = min(max(last, first + 1), s.n_pages)
+            vecs = s.read_range(first, last)
+            starts = (s.offsets[first:last] - s.offsets[first]).astype(np.int64)
+            table = s.pages.slice(first, last - first)
+            yield first, table.column("path"), table.column("page"), maxsim_segments(queries, query_starts, vecs,
+                                                                                     starts)
+            first = last
+            if progress:
+                progress(int(s.offsets[first]), self.n_vectors)
+        for first, paths, numbers, scores in self.added.scan(queries, query_starts):
+            yield s.n_pages + first, paths, numbers, scores
+        if progress:
+            progress(self.n_vectors, self.n_vectors)
+
+    def allowed(self, keys: pa.Table | None, path_prefix: str | None) -> np.ndarray | None:
+        """Which pages are searched: live ones whose (content_hash, page) is in ``keys`` and whose
+        path starts with ``path_prefix`` (None: every page)."""
+        if keys is None and not path_prefix and not self.dead.any():
+            return None
+        old = ~self.dead
+        if keys is not None or path_prefix:
+            old &= filters.mask(self.stage.pages, keys, path_prefix)
+        new = self.added.allowed(keys, path_prefix)
+        return np.concatenate([old, np.ones(self.added.n_pages, bool) if new is None else new])
+
+
+def _vector_bases(snap: resident.Snapshot) -> np.ndarray:
+    return np.cumsum([0] + [len(b.vectors) for b in snap.blocks[:-1]]).astype(np.int64)
+
+
+def estimate_top(d: np.ndarray, pages: np.ndarray, depth: int, allowed: np.ndarray | None,
+                 n_pages: int) -> np.ndarray:
+    """The ``depth`` pages (ascending) with the best estimate from token hits.
+
+    ``d``/``pages`` ``[M, k]``: each query token's best approximate scores and their pages (-1:
+    none). A page's estimate is ``sum_i max(score of its best hit for token i, floor_i)``, the
+    floor being token i's worst hit (its vectors not retrieved score at most that); pages share
+    ``sum_i floor_i``, so pages rank by their summed gains over the floors. Pages without a hit
+    fill the ``depth`` when too few were hit (a filter can leave any page).
+    """
+    valid = pages >= 0
+    floor = np.where(valid, d, np.inf).min(axis=1, keepdims=True)
+    floor[~np.isfinite(floor)] = 0
+    rows = np.broadcast_to(np.arange(len(d))[:, None], d.shape)[valid]
+    gain, hit = (d - floor)[valid], pages[valid].astype(np.int64)
+    key = rows.astype(np.int64) * n_pages + hit
+    order = np.lexsort((-gain, key))
+    key, gain, hit = key[order], gain[order], hit[order]
+    first = np.ones(len(key), bool)
+    first[1:] = key[1:] != key[:-1]  # each (token, page) once: its best hit
+    touched, inverse = np.unique(hit[first], return_inverse=True)
+    total = np.bincount(inverse, weights=gain[first], minlength=len(touched))
+    if allowed is not None:
+        keep = allowed[touched]
+        touched, total = touched[keep], total[keep]
+    if len(touched) > depth:
+        chosen = touched[np.argpartition(-total, depth - 1)[:depth]]
+    else:
+        chosen = touched
+        if len(chosen) < depth:
+            pool = np.ones(n_pages, bool) if allowed is None else allowed.copy()
+            pool[touched] = False
+            chosen = np.concatenate([chosen, np.flatnonzero(pool)[:depth - len(chosen)]])
+    return np.sort(chosen)
+
+
+def open_view(index: Index, stage: StoredStage) -> StageView:
+    """The stage plus the index's pages indexed after it, at the index's current version."""
+    added = resident.load(index, since=_newest(stage))
+    tokens = AddedTokens(stage)
+    tokens.add(_vectors_from(added, 0))
+    return StageView(stage, added, tokens, _dead(index, stage, added))
+
+
+def refresh_view(index: Index, view: StageView) -> StageView:
+    """``view`` if the index has not changed, else a view of its current version: added pages
+    appended (and coded), or, after deletions, the added pages read and coded anew."""
+    if index.version == view.version:
+        return view
+    added = resident.refresh(index, view.added, since=_newest(view.stage))
+    tokens = view.tokens
+    if added.loaded_at != view.added.loaded_at:
+        tokens = AddedTokens(view.stage)
+        tokens.add(_vectors_from(added, 0))
+    else:
+        tokens.add(_vectors_from(added, view.added.n_vectors))
+    dead = view.dead
+    if resident.count_rows(index, added.version) != view.stage.n_pages - int(dead.sum()) + added.n_pages:
+        dead = _dead(index, view.stage, added)
+    return StageView(view.stage, added, tokens, dead)
+
+
+def _newest(stage: StoredStage):
+    t = stage.info.get("newest_indexed_at")
+    return _dt.datetime.fromisoformat(t).replace(tzinfo=None) if t else None
+
+
+def _vectors_from(snap: resident.Snapshot, start: int) -> np.ndarray:
+    """The snapshot's vectors from flat row ``start`` on."""
+    parts, at = [], 0
+    for b in snap.blocks:
+        if at + len(b.vectors) > start:
+            parts.append(b.vectors[max(start - at, 0):])
+        at += len(b.vectors)
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+
+
+def _dead(index: Index, stage: StoredStage, added: resident.Snapshot) -> np.ndarray:
+    """Stage pages no longer in the index at ``added``'s version."""
+    if resident.count_rows(index, added.version) == stage.n_pages + added.n_pages:
+        return np.zeros(stage.n_pages, bool)
+    keys = pa.Table.from_batches(list(index.scan_pages(["content_hash", "page"], version=added.version,
+                                                       chunk_pages=65536)))
+    dead = np.ones(stage.n_pages, bool)
+    dead[filters.rows_in(stage.pages, keys)] = False
+    return dead
