@@ -21,13 +21,16 @@ Usage: python bench/million_pages.py --pages 1000000 --dist spread [--steps buil
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import json
 import os
 import platform
 import resource
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +43,49 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def source(work: Path, dist: str, n_queries: int):
+def source(work: Path, dist: str, n_queries: int, n_pages: int):
     """(page generator factory, query vectors, query texts or None)."""
     from sapindex.benchdata import token_vectors as tv
 
-    if dist == "spread":
-        first = list(tv.spread_pages(2000, seed=7))
-        return (lambda n, start: tv.spread_pages(n, seed=7, start=start)), tv.queries_near(first, n_queries, 3), None
-    sys.path.insert(0, str(HERE))
-    from two_stage import source_data
-
+    if dist.startswith("spread"):
+        topics = tv.SPREAD_TOPICS if dist == "spread-dense" else tv.topics_for(n_pages)
+        first = list(tv.spread_pages(2000, seed=7, topics=topics))
+        return ((lambda n, start: tv.spread_pages(n, seed=7, start=start, topics=topics)),
+                tv.queries_near(first, n_queries, 3), None)
     src = source_data(work, 300, n_queries)
     kept = [np.asarray(v, np.float32) for v in src["kept"]]
     return ((lambda n, start: tv.resampled_pages(kept, n, seed=7, start=start)),
             [np.asarray(q, np.float32) for q in src["queries"]][:n_queries], [str(t) for t in src["texts"]][:n_queries])
+
+
+def source_data(work: Path, n_pages: int, n_queries: int) -> dict:
+    """Kept (0.1) and full vectors of the source pages, and the queries (texts and vectors)."""
+    cache = work / f"source-{n_pages}-{n_queries}.npz"
+    if cache.exists():
+        z = np.load(cache, allow_pickle=True)
+        return {k: z[k] for k in z.files}
+    from sapindex.benchdata.synthetic import build_benchmark
+    from sapindex.eval.datasets import load_dataset
+    from sapindex.runtime.bundle import Bundle
+    from sapindex.runtime.defaults import default_bundle_path
+    from sapindex.runtime.encoder import Encoder, prune
+
+    bench = work / "benchmark"
+    if not (bench / "manifest.json").exists():
+        build_benchmark(bench, n_pages=n_pages, n_queries=n_queries, seed=1234, vocab_size=1000, min_font_px=22)
+    ds = load_dataset(bench)
+    enc = Encoder(Bundle.open(default_bundle_path()))
+    kept, full = [], []
+    for i in range(0, len(ds.pages), 8):
+        for tokens in enc.encode_pages([p.load() for p in ds.pages[i:i + 8]]):
+            kept.append(prune(tokens, 0.1).vectors)
+            full.append(tokens.embeddings)
+    texts = [q.text for q in ds.queries]
+    qv = enc.encode_queries(texts)
+    out = {"kept": np.array(kept, dtype=object), "full": np.array(full, dtype=object),
+           "texts": np.array(texts, dtype=object), "queries": np.array(qv, dtype=object)}
+    np.savez(cache, **out)
+    return out
 
 
 def build(path: Path, pages, n: int) -> float:
@@ -156,10 +188,53 @@ def search_table(path: Path, qs, want, grid) -> list[dict]:
     return rows
 
 
-def serve_table(path: Path, texts, clients=(1, 8)) -> dict:
-    sys.path.insert(0, str(HERE))
-    from two_stage import serve_latency
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
+
+def serve_latency(index: Path, texts, clients_list, exact: bool) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sapindex.cli", "serve", str(index), "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=5).read()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read())
+            time.sleep(0.2)
+    load_s = time.perf_counter() - started
+
+    def ask(text):
+        body = json.dumps({"query": text, "k": 10, **({"exact": True} if exact else {})}).encode()
+        req = urllib.request.Request(url + "/search", data=body, headers={"Content-Type": "application/json"})
+        t = time.perf_counter()
+        urllib.request.urlopen(req, timeout=600).read()
+        return time.perf_counter() - t
+
+    out = {"load_s": load_s}
+    try:
+        ask(texts[0])
+        for clients in clients_list:
+            with cf.ThreadPoolExecutor(clients) as pool:
+                t = time.perf_counter()
+                lat = list(pool.map(ask, texts))
+                wall = time.perf_counter() - t
+            out[clients] = {"p50_ms": float(np.percentile(lat, 50) * 1e3),
+                            "p99_ms": float(np.percentile(lat, 99) * 1e3), "qps": len(texts) / wall}
+        out["rss_gb"] = peak_rss_gb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return out
+
+
+def serve_table(path: Path, texts, clients=(1, 8)) -> dict:
     return serve_latency(path, texts, list(clients), exact=False)
 
 
@@ -170,7 +245,8 @@ WORDS = ("annual report revenue travel policy budget invoice total chart table f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=1000000)
-    ap.add_argument("--dist", choices=["spread", "micro"], default="spread")
+    ap.add_argument("--dist", choices=["spread", "spread-dense", "micro"], default="spread",
+                    help="spread: ~30 pages a topic at any scale; spread-dense: 4,096 topics (a stress case)")
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--steps", default="build,optimize,exact,search,serve")
     ap.add_argument("--grid", default="32:1024:256,16:1024:256,32:512:256,32:1024:512",
@@ -179,7 +255,7 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     steps = args.steps.split(",")
-    pages, qs, texts = source(args.work, args.dist, args.queries)
+    pages, qs, texts = source(args.work, args.dist, args.queries, args.pages)
     path = args.work / f"{args.dist}-{args.pages}"
     tag = f"{args.dist}-{args.pages}"
     out = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
@@ -197,9 +273,41 @@ def main() -> None:
         rng = np.random.default_rng(0)
         out["serve"] = serve_table(path, texts or [" ".join(rng.choice(WORDS, 6)) for _ in range(args.queries)])
         log(out["serve"])
+    stage = next(path.glob("first_stage-*"), None)
     out["disk_gb"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e9
+    out["stage_gb"] = sum(f.stat().st_size for f in stage.iterdir()) / 1e9 if stage else 0.0
     (args.work / f"result-{tag}-{'-'.join(steps)}.json").write_text(json.dumps(out, indent=2, default=str))
-    print(json.dumps(out, indent=2, default=str))
+    report(out)
+
+
+def report(out: dict) -> None:
+    """The run as RESULTS.md tables."""
+    print(f"# {out['pages']:,} pages, {out['dist']} distribution: {out['machine']}, {out['date']}\n")
+    print(f"index {out['disk_gb']:.1f} GB on disk, of which the first stage {out['stage_gb']:.1f} GB"
+          + (f"; written in {out['build_s']:.0f} s" if "build_s" in out else "") + "\n")
+    if "optimize" in out:
+        o = out["optimize"]
+        print(f"`optimize`: {o['n_lists']} lists, {o['pq_bytes']} B codes, {o['bytes_per_vector']} bytes a vector "
+              f"(token index file / vectors), {o['vectors']:,} vectors, {o['wall_s']:.0f} s, peak RSS "
+              f"{o['peak_rss_gb']:.1f} GB\n")
+    if "search" in out:
+        print("| nprobe | kprime | depth | recall@10 vs exact | p50 ms | p99 ms | searcher open s "
+              "| searcher peak RSS GB |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in out["search"]:
+            print(f"| {r['nprobe']} | {r['kprime']} | {r['depth']} | {r['recall@10']:.3f} | {r['p50_ms']:.1f} | "
+                  f"{r['p99_ms']:.1f} | {r['open_s']:.1f} | {r['rss_gb']:.2f} |")
+        print()
+    if "serve" in out:
+        sv = out["serve"]
+        print(f"Through `sapindex serve` (HTTP, the micro bundle encodes each query; server start "
+              f"{sv['load_s']:.1f} s, server peak RSS {sv['rss_gb']:.2f} GB):\n")
+        print("| clients | p50 ms | p99 ms | queries/s |")
+        print("|---|---|---|---|")
+        for c in (1, 8):
+            if c in sv:
+                print(f"| {c} | {sv[c]['p50_ms']:.1f} | {sv[c]['p99_ms']:.1f} | {sv[c]['qps']:.1f} |")
+        print()
 
 
 if __name__ == "__main__":

@@ -109,14 +109,15 @@ SECTIONS = [
     ("Eval scoring speed: exact masked MaxSim, 1,000 queries x 1,000 pages",
      ["maxsim_speed.py"], ["--queries", "100", "--pages", "100"],
      "What `sapindex eval` spends on scoring; compare with page encoding above."),
-    ("Two-stage search: first stages at 10^4 and 10^5 pages, and through `sapindex serve`",
-     ["two_stage.py", "--scales", "10000,100000", "--queries", "100"],
-     ["--scales", "2000", "--queries", "20", "--lancedb-at", "2000", "--depths", "256"],
-     "Synthetic pages built from the micro model's real kept vectors (described in the script's docstring), "
-     "real queries encoded by the bundle. Recall@10 is against the exact scan of the same index; in-process "
-     "latencies exclude query encoding, the service's include it (HTTP, the micro bundle's text graph). "
-     "Each first stage is followed by the same exact rescoring of its `rescored` best pages, except the row of "
-     "LanceDB's own top 10."),
+    ("First-stage codecs: faiss IVF quantisers against a numpy PLAID-style stage",
+     ["first_stage_codecs.py", "--pages", "20000"], ["--pages", "2000", "--dist", "spread"],
+     "The same pages, queries and candidate rule for every codec (see the script's docstring); recall@10 "
+     "against the exact MaxSim ranking after rescoring the 256 best estimates exactly."),
+    ("A million pages: the compressed first stage at 10^5 and 10^6 pages, in-process and through `serve`",
+     ["million_pages.py", "--pages", "1000000", "--dist", "spread"],
+     ["--pages", "20000", "--dist", "spread", "--queries", "20"],
+     "Kept-vector distributions of `sapindex.benchdata.token_vectors`; exact answers by one streamed pass; "
+     "in-process latencies exclude query encoding, the service's include it."),
     ("Single-writer commit rate: what bounds a scale-out index run",
      ["writer_rate.py", "--prefill", "2000", "--pages", "2048"], ["--prefill", "200", "--pages", "256"],
      "`Index.add_pages` (one atomic commit per call, as every `index` batch) on pages shaped like a real "

@@ -9,7 +9,9 @@ spread over most of their 128 axes. Search benchmarks and tests run on both:
   to its source): a real distribution, unique pages, many pages holding part of a relevant one.
 - :func:`spread_pages`: clustered vectors with a slowly decaying spectrum (variance of axis k
   proportional to 1/k, randomly rotated): 90 % of the variance needs ~76 of 128 axes. A page draws
-  its vectors from 3-8 of 4,096 topics.
+  its vectors from 3-8 of ``topics`` topics: :func:`topics_for` keeps ~30 pages on each topic at
+  any scale (a larger archive holds more distinct content, not more copies of the same); a fixed
+  4,096 topics at 10^6 pages puts ~1,300 near-duplicate pages on each, a stress case.
 
 :func:`queries_near` makes queries whose tokens are noisy copies (cosine ~0.75) of one page's
 vectors, as a query's tokens match a relevant page's patches.
@@ -24,24 +26,29 @@ import numpy as np
 SPREAD_TOPICS = 4096
 
 
+def topics_for(n_pages: int) -> int:
+    """Topics of a spread archive of ``n_pages``: ~30 pages on each (5.5 topics a page)."""
+    return max(SPREAD_TOPICS, n_pages // 4)
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
 def spread_pages(n: int, seed: int = 0, dim: int = 128, per_page: int = 74, noise: float = 0.6,
-                 start: int = 0) -> Iterator[np.ndarray]:
+                 start: int = 0, topics: int = SPREAD_TOPICS) -> Iterator[np.ndarray]:
     """Yield pages ``start .. n - 1`` of the spread distribution (the same pages for the same
-    ``seed`` whatever ``start``: each page has its own generator)."""
+    ``seed`` and ``topics`` whatever ``start``: each page has its own generator)."""
     rng = np.random.default_rng([seed, 0])
     lam = 1.0 / np.arange(1, dim + 1)
     q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     basis = (q * np.sqrt(lam)).T
-    centres = rng.standard_normal((SPREAD_TOPICS, dim)) @ basis
+    centres = (rng.standard_normal((topics, dim)) @ basis).astype(np.float32)
     for i in range(start, n):
         r = np.random.default_rng([seed, 1, i])
         count = int(np.clip(r.normal(per_page, 15), 10, 200))
-        topics = r.integers(SPREAD_TOPICS, size=r.integers(3, 9))
-        t = topics[r.integers(len(topics), size=count)]
+        mine = r.integers(topics, size=r.integers(3, 9))
+        t = mine[r.integers(len(mine), size=count)]
         yield _unit(centres[t] + noise * r.standard_normal((count, dim)) @ basis)
 
 

@@ -31,7 +31,7 @@ def available_providers() -> list[str]:
 #   [heads, P, P] attention), so without it peak memory is far lower, at about the same time per page.
 # - no spinning for sessions that share the CPU with numpy (the searcher's query encoder): ORT's
 #   intra-op threads spin after each run and take the cores that the MaxSim matmul that follows
-#   needs (bench/two_stage.py: query encoding + two-stage search 45.7 -> 23.5 ms per query).
+#   needs (RESULTS.md "Two-stage search": query encoding + two-stage search 45.7 -> 23.5 ms per query).
 SESSION_CONFIG = {"session.disable_prepacking": "1"}
 NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
 PREPACKED_DTYPES = ("int8",)

@@ -200,11 +200,14 @@ def build(index, seed: int = 0, progress: Progress | None = None, pq_bytes: int 
     del sample
     faiss.write_index(tokens, str(d / "trained.faiss"))
     tell("training", 1, 1)
-    vectors = np.load(d / "vectors.npy", mmap_mode="r")
-    for start in range(0, n_vectors, ADD_VECTORS):
-        tokens.add(np.asarray(vectors[start:start + ADD_VECTORS], np.float32))
-        tell("coding", min(start + ADD_VECTORS, n_vectors), n_vectors)
-    del vectors
+    data_offset = np.load(d / "vectors.npy", mmap_mode="r").offset
+    with open(d / "vectors.npy", "rb") as f:  # read, not mapped: the pages read stay out of the process's memory
+        f.seek(data_offset)
+        for start in range(0, n_vectors, ADD_VECTORS):
+            count = min(ADD_VECTORS, n_vectors - start)
+            batch = np.fromfile(f, np.float16, count * index.dim)
+            tokens.add(batch.reshape(count, index.dim).astype(np.float32))
+            tell("coding", start + count, n_vectors)
     faiss.write_index(tokens, str(d / "tokens.faiss"))
     _fsync_dir(d)
     info = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND, "dir": d.name,
@@ -225,18 +228,22 @@ def _copy_pages(index, version: int, d: Path, n_vectors: int, take: np.ndarray, 
     rows ``take`` as float32, the newest indexed_at)."""
     from sapindex.index.store._arrow import vectors_from_list
 
-    vectors = np.lib.format.open_memmap(d / "vectors.npy", mode="w+", dtype=np.float16, shape=(n_vectors, index.dim))
+    header = np.lib.format.open_memmap(d / "vectors.npy", mode="w+", dtype=np.float16, shape=(n_vectors, index.dim))
+    data_offset = header.offset
+    del header  # the header written; the vectors are appended, not mapped (their pages stay out of RSS)
     sample = np.empty((len(take), index.dim), np.float32)
     counts, newest, at, got = [], None, 0, 0
     schema = pa.schema([("path", pa.string()), ("content_hash", pa.string()), ("page", pa.int32())])
-    with pa.OSFile(str(d / "pages.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+    with open(d / "vectors.npy", "r+b") as out, pa.OSFile(str(d / "pages.arrow"), "wb") as sink, \
+            pa.ipc.new_file(sink, schema) as writer:
+        out.seek(data_offset)
         for batch in index.scan_pages(["path", "content_hash", "page", "vectors", "indexed_at"], version=version,
                                       chunk_pages=READ_PAGES):
             vecs, offsets = vectors_from_list(batch.column("vectors"), index.dim, dtype=None)
             n = len(vecs)
             if at + n > n_vectors:
                 raise SapIndexError(f"{index.path}: the index changed while optimize read it; run it again")
-            vectors[at:at + n] = vecs
+            out.write(np.ascontiguousarray(vecs, np.float16).tobytes())
             here = take[(take >= at) & (take < at + n)]
             sample[got:got + len(here)] = vecs[here - at]
             got += len(here)
@@ -247,8 +254,8 @@ def _copy_pages(index, version: int, d: Path, n_vectors: int, take: np.ndarray, 
             newest = t if newest is None or t > newest else newest
             at += n
             tell("reading", at, n_vectors)
-    vectors.flush()
-    del vectors
+    if at != n_vectors:
+        raise SapIndexError(f"{index.path}: the index changed while optimize read it; run it again")
     np.save(d / "offsets.npy", np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64))
     return sample[:got], newest
 

@@ -5,7 +5,7 @@ one query and wrong for a service answering all day (at 10^5 pages the read alon
 A :class:`Snapshot` holds every page's kept vectors as float32 (4 bytes a value: ~3.8 GB for 10^5
 pages of 74 vectors) in blocks of at most :data:`BLOCK_PAGES` pages. float32 and not the stored
 float16, because numpy converts float16 at ~2 GB/s on a 2-core machine: converting at query time
-cost more than the matmul itself (bench/two_stage.py profile, RESULTS.md "Two-stage search").
+cost more than the matmul itself (RESULTS.md "Two-stage search", profiled with the first stage before).
 
 Refresh: a snapshot records the pages table version it was read at. When the table has moved on,
 :func:`refresh` reads the newer version pinned (one consistent state however fast a writer
