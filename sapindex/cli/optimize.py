@@ -13,8 +13,11 @@ from sapindex.cli._output import ProgressBar
 
 @click.command()
 @click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--code-bytes", type=click.Choice(["16", "32"]), default="16", show_default=True,
+              help="Bytes of residual code a vector: 16 (~24 bytes a vector in memory) or 32 (~40; higher recall "
+                   "where many pages nearly tie: bench/RESULTS.md 'First-stage codecs').")
 @json_option("Print the first stage's description as JSON.")
-def optimize(index_dir, as_json):
+def optimize(index_dir, code_bytes, as_json):
     """Build the first stage of two-stage search: every kept vector compressed (an inverted list
     and a 16-byte residual code) in a memory-mapped token index, and the float16 vectors copied
     beside it for exact rescoring.
@@ -29,6 +32,7 @@ def optimize(index_dir, as_json):
     \b
     Example:
       sapindex optimize myindex
+      sapindex optimize myindex --code-bytes 32
     """
     from sapindex.index.store import Index
     from sapindex.search import first_stage
@@ -45,7 +49,7 @@ def optimize(index_dir, as_json):
 
     try:
         with Index.open_writer(index_dir) as index:
-            info = first_stage.build(index, progress=progress)
+            info = first_stage.build(index, progress=progress, pq_bytes=int(code_bytes))
     finally:
         for bar in bars.values():
             bar.close()

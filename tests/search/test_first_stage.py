@@ -252,9 +252,11 @@ def test_cli_optimize_inspect_and_exact(tmp_path):
         idx.add_pages(rows_of(pages))
     before = run_cli("inspect", tmp_path / "idx")
     assert "first_stage             none: exact search" in before.stdout
+    wide = json.loads(run_cli("optimize", tmp_path / "idx", "--code-bytes", "32", "--json").stdout)
+    assert wide["pq_bytes"] == 32 and wide["bytes_per_vector"] > 32
     result = run_cli("optimize", tmp_path / "idx", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["pages"] == 200
+    assert json.loads(result.stdout)["pages"] == 200 and json.loads(result.stdout)["pq_bytes"] == 16
     after = json.loads(run_cli("inspect", tmp_path / "idx", "--json").stdout)
     assert after["first_stage"]["kind"] == "ivf-pq" and after["sap_scores"] is True
     assert "bytes a vector" in run_cli("inspect", tmp_path / "idx").stdout
