@@ -105,13 +105,6 @@ class StageView:
             d, pages = np.take_along_axis(d, best, 1), np.take_along_axis(pages, best, 1)
         return d, pages
 
-    def candidates(self, q: np.ndarray, depth: int, kprime: int, nprobe: int,
-                   allowed: np.ndarray | None) -> np.ndarray:
-        """The ``depth`` pages (ascending) with the best estimate for one query ``[M, dim]``,
-        among ``allowed`` ones (bool ``[n_pages]``, :meth:`allowed`; None: all)."""
-        d, pages = self.token_hits(q, kprime, nprobe)
-        return estimate_top(d, pages, depth, allowed, self.n_pages)
-
     # ------------------------------------------------------------------ exact scores
 
     def score_pages(self, q: np.ndarray, pages: np.ndarray) -> np.ndarray:
@@ -217,7 +210,9 @@ def open_view(index: Index, stage: StoredStage) -> StageView:
     added = resident.load(index, since=_newest(stage))
     tokens = AddedTokens(stage)
     tokens.add(_vectors_from(added, 0))
-    return StageView(stage, added, tokens, _dead(index, stage, added))
+    deleted = resident.count_rows(index, added.version) != stage.n_pages + added.n_pages
+    return StageView(stage, added, tokens, _dead(index, stage, added.version) if deleted else
+                     np.zeros(stage.n_pages, bool))
 
 
 def refresh_view(index: Index, view: StageView) -> StageView:
@@ -234,7 +229,7 @@ def refresh_view(index: Index, view: StageView) -> StageView:
         tokens.add(_vectors_from(added, view.added.n_vectors))
     dead = view.dead
     if resident.count_rows(index, added.version) != view.stage.n_pages - int(dead.sum()) + added.n_pages:
-        dead = _dead(index, view.stage, added)
+        dead = _dead(index, view.stage, added.version)
     return StageView(view.stage, added, tokens, dead)
 
 
@@ -253,11 +248,9 @@ def _vectors_from(snap: resident.Snapshot, start: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
 
-def _dead(index: Index, stage: StoredStage, added: resident.Snapshot) -> np.ndarray:
-    """Stage pages no longer in the index at ``added``'s version."""
-    if resident.count_rows(index, added.version) == stage.n_pages + added.n_pages:
-        return np.zeros(stage.n_pages, bool)
-    keys = pa.Table.from_batches(list(index.scan_pages(["content_hash", "page"], version=added.version,
+def _dead(index: Index, stage: StoredStage, version: int) -> np.ndarray:
+    """Stage pages no longer in the index at ``version`` (callers ask when its row count says some went)."""
+    keys = pa.Table.from_batches(list(index.scan_pages(["content_hash", "page"], version=version,
                                                        chunk_pages=65536)))
     dead = np.ones(stage.n_pages, bool)
     dead[filters.rows_in(stage.pages, keys)] = False

@@ -12,9 +12,10 @@ counting its ``kprime``-th score instead (the missing-similarity imputation of W
 ``depth`` best estimates are rescored **exactly** from ``vectors.npy`` (float16, read with
 ``pread`` per page, not mapped: the page cache keeps them without counting against the
 process), so every returned score is the exact MaxSim; only which pages get rescored is
-approximate. faiss was chosen over the numpy centroid postings of the previous stage on the same
-data: at equal recall it scores candidates 10-30x faster and stores 26 B a vector instead of a
-resident float32 copy (bench/first_stage_codecs.py).
+approximate. faiss was chosen over a numpy PLAID-style stage (centroids + 2-bit residuals) on the
+same data: at similar recall it produces candidates 60-85x faster, in 25 B a vector
+(bench/first_stage_codecs.py). Recall falls where many pages hold near-identical vectors
+(RESULTS.md "A million pages").
 
 Stored beside the pages table: ``first_stage.json`` names a ``first_stage-<stamp>/`` directory::
 
@@ -102,21 +103,23 @@ class StoredStage:
     def read_pages(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(float32 vectors of ``pages`` one after another, each page's first row), read with pread."""
         starts, ends = self.offsets[pages], self.offsets[pages + 1]
-        row = 2 * self.dim
         out = np.empty((int((ends - starts).sum()), self.dim), np.float16)
         at = 0
         for s, e in zip(starts.tolist(), ends.tolist()):
-            buf = os.pread(self._fd, (e - s) * row, self._data_offset + s * row)
-            out[at:at + e - s] = np.frombuffer(buf, np.float16).reshape(-1, self.dim)
+            out[at:at + e - s] = self._rows(s, e)
             at += e - s
         first = np.concatenate([[0], np.cumsum(ends - starts)[:-1]]).astype(np.int64)
         return out.astype(np.float32), first
 
     def read_range(self, first_page: int, last_page: int) -> np.ndarray:
         """float32 vectors of pages ``first_page`` to ``last_page - 1``, in one sequential read."""
-        s, e = int(self.offsets[first_page]), int(self.offsets[last_page])
-        buf = os.pread(self._fd, (e - s) * 2 * self.dim, self._data_offset + s * 2 * self.dim)
-        return np.frombuffer(buf, np.float16).reshape(-1, self.dim).astype(np.float32)
+        return self._rows(int(self.offsets[first_page]), int(self.offsets[last_page])).astype(np.float32)
+
+    def _rows(self, start: int, end: int) -> np.ndarray:
+        """float16 rows ``start:end`` of vectors.npy, one pread."""
+        row = 2 * self.dim
+        buf = os.pread(self._fd, (end - start) * row, self._data_offset + start * row)
+        return np.frombuffer(buf, np.float16).reshape(-1, self.dim)
 
     def close(self) -> None:
         if self._fd >= 0:
