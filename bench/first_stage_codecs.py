@@ -7,7 +7,7 @@ by ``compressed.estimate_top`` and rescores the best ``depth`` exactly; recall@1
 MaxSim ranking. Reported: bytes a vector (the index file over the vectors), build time, the time to
 produce the candidates (p50, one query of 20 tokens), recall@10.
 
-Usage: python bench/first_stage_codecs.py [--pages 20000] [--dist spread,micro]
+Usage: python bench/first_stage_codecs.py [--pages 20000] [--dist spread,micro] [--real-queries] [--pq-only]
 """
 
 from __future__ import annotations
@@ -22,20 +22,24 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+RESIDUAL = " by residual"  # fast-scan PQ codes the raw vector unless told to code its residual to the list's centroid
 
 
-def data(dist: str, n: int, work: Path):
+def data(dist: str, n: int, work: Path, real_queries: bool):
+    """(pages, queries): ``queries_near`` (20 tokens near one page's), or for ``micro`` with
+    ``real_queries`` the benchmark's queries encoded by the micro bundle (far flatter scores)."""
     from sapindex.benchdata import token_vectors as tv
 
     if dist == "spread":
         pages = list(tv.spread_pages(n, seed=7))
-    else:
-        sys.path.insert(0, str(HERE))
-        from million_pages import source_data
+        return pages, tv.queries_near(pages, 100, seed=3)
+    sys.path.insert(0, str(HERE))
+    from million_pages import source_data
 
-        kept = [np.asarray(v, np.float32) for v in source_data(work, 300, 100)["kept"]]
-        pages = list(tv.resampled_pages(kept, n, seed=7))
-    return pages, tv.queries_near(pages, 100, seed=3)
+    src = source_data(work, 300, 100)
+    pages = list(tv.resampled_pages([np.asarray(v, np.float32) for v in src["kept"]], n, seed=7))
+    return pages, ([np.asarray(q, np.float32) for q in src["queries"]] if real_queries
+                   else tv.queries_near(pages, 100, seed=3))
 
 
 class NumpyPlaid:
@@ -85,6 +89,8 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=20000)
     ap.add_argument("--dist", default="spread,micro")
     ap.add_argument("--work", type=Path, default=Path("/work/bench-m"))
+    ap.add_argument("--real-queries", action="store_true", help="micro: the encoded benchmark queries")
+    ap.add_argument("--pq-only", action="store_true", help="only the PQ variants, raw and by residual")
     args = ap.parse_args()
     import faiss
 
@@ -95,7 +101,7 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')}; {args.pages} pages, 100 queries of 20 tokens, nprobe 32, kprime 1024, "
           "depth 256\n")
     for dist in args.dist.split(","):
-        pages, qs = data(dist, args.pages, args.work)
+        pages, qs = data(dist, args.pages, args.work, args.real_queries)
         vecs = np.concatenate(pages)
         lens = np.array([len(p) for p in pages])
         offs = np.concatenate([[0], np.cumsum(lens)])
@@ -107,16 +113,20 @@ def main() -> None:
             return np.array([(q @ vecs[offs[p]:offs[p + 1]].T).max(1).sum() for p in cand])
 
         truth = [set(np.argsort(-exact(q, range(len(pages))))[:10]) for q in qs]
-        print(f"## {dist}: {len(pages)} pages, {len(vecs)} vectors, {n_lists} lists\n")
+        real = ", real queries" if args.real_queries and dist == "micro" else ""
+        print(f"## {dist}{real}: {len(pages)} pages, {len(vecs)} vectors, {n_lists} lists\n")
         print("| codec | bytes a vector | build s | candidates p50 ms | recall@10 |")
         print("|---|---|---|---|---|")
-        variants = [(f"faiss IVF{n_lists}_HNSW32,PQ{m}x4fs", m) for m in (32, 64)]
-        variants += [(f"faiss IVF{n_lists}_HNSW32,RaBitQ", None), (f"faiss IVF{n_lists}_HNSW32,SQ4", None),
-                     ("numpy centroids + 2-bit residuals (PLAID)", None)]
-        for name, _ in variants:
+        variants = [f"faiss IVF{n_lists}_HNSW32,PQ{m}x4fs{r}" for m in (32, 64) for r in ("", RESIDUAL)]
+        if not args.pq_only:
+            variants += [f"faiss IVF{n_lists}_HNSW32,RaBitQ", f"faiss IVF{n_lists}_HNSW32,SQ4",
+                         "numpy centroids + 2-bit residuals (PLAID)"]
+        for name in variants:
             t = time.perf_counter()
             if name.startswith("faiss"):
-                index = faiss.index_factory(vecs.shape[1], name.split(" ", 1)[1], faiss.METRIC_INNER_PRODUCT)
+                index = faiss.index_factory(vecs.shape[1], name.split(" ")[1], faiss.METRIC_INNER_PRODUCT)
+                if "x4fs" in name:
+                    index.by_residual = name.endswith(RESIDUAL)
                 index.train(train)
                 index.add(vecs)
                 with tempfile.NamedTemporaryFile() as f:
