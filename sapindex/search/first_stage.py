@@ -106,10 +106,12 @@ class StoredStage:
         """(float32 vectors of ``pages`` one after another, each page's first row), read with pread."""
         starts, ends = self.offsets[pages], self.offsets[pages + 1]
         out = np.empty((int((ends - starts).sum()), self.dim), np.float16)
-        at = 0
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            out[at:at + e - s] = self._rows(s, e)
-            at += e - s
+        into, row, at = memoryview(out.reshape(-1)).cast("B"), 2 * self.dim, 0
+        for s, e in zip(starts.tolist(), ends.tolist()):  # straight into ``out``: no buffer per page, no concatenation
+            size = (e - s) * row
+            if os.preadv(self._fd, [into[at:at + size]], self._data_offset + s * row) != size:
+                raise SapIndexError(f"{self.path / 'vectors.npy'}: shorter than its offsets; run optimize again")
+            at += size
         first = np.concatenate([[0], np.cumsum(ends - starts)[:-1]]).astype(np.int64)
         return out.astype(np.float32), first
 
