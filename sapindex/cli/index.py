@@ -38,7 +38,8 @@ from sapindex.runtime.methods import DEFAULT_METHOD, INDEX_METHODS
               help="What is stored of each page. sap: SAP's kept tokens (the paper). Beyond the paper, at the same "
                    "vector count: sap-merge (each kept token averaged with the dropped tokens most like it), "
                    "sap-kmeans (centrality-weighted k-means), sap-budget (SAP with per-page counts spread by content; "
-                   "needs --budget-from); exact mode only, measured in the README. An index holds one method.  "
+                   "needs --budget-from); exact mode only. `sapindex eval` measures them on your pages and "
+                   "recommends one. An index holds one method.  "
                    f"[default: the index's own when resuming, else {DEFAULT_METHOD}]")
 @click.option("--budget-from", type=click.Path(path_type=Path), default=None, metavar="REPORT.json",
               help="With --method sap-budget: the eval report (`sapindex eval BUNDLE CALIBRATION --methods sap-budget "

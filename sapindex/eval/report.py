@@ -22,6 +22,10 @@ needs no bundle, dataset or encoder.
   ``sap-fast`` adds ``cosine_vs_exact`` (``mean``, ``p01``, ``min`` of the cosine between each kept
   token's fast and exact vector, ``kept_sets_differing``: pages whose kept set is not exact SAP's).
 
+- ``recommendation``: ratio -> the method an index should store for this data (:func:`recommend`):
+  ``method``, its ``ndcg@5``, ``default`` (the default method's, when evaluated), ``options`` (the
+  ``sapindex index`` options that store it); empty when no evaluated method can be indexed.
+
 ``report.md`` is the table (rows = methods, columns = ratios) and ``retention.png`` the headline
 retention against the keep ratio, one line per method.
 """
@@ -33,9 +37,10 @@ from pathlib import Path
 
 from sapindex.errors import SapIndexError
 from sapindex.formats import write_json_atomic
+from sapindex.runtime.methods import DEFAULT_METHOD, index_flags
 
 __all__ = ["REPORT_FORMAT", "REPORT_VERSION", "HEADLINE", "write_reports", "markdown_table", "plot_retention",
-           "budget_scale_from"]
+           "recommend", "budget_scale_from"]
 
 REPORT_FORMAT = "sapindex-eval"
 REPORT_VERSION = 1
@@ -50,6 +55,37 @@ def write_reports(report: dict, out_dir: str | Path) -> list[Path]:
     md_path = out / "report.md"
     md_path.write_text(markdown_table(report), encoding="utf-8")
     return [json_path, md_path, plot_retention(report, out / "retention.png")]
+
+
+def recommend(report: dict) -> dict:
+    """Per keep ratio, the method with the best headline metric among those an index can store
+    (:func:`sapindex.runtime.methods.index_flags`), the default winning ties: the honest way to
+    choose a method other than the paper's SAP is to measure it on one's own pages and queries."""
+    out = {}
+    for ratio in (f"{r:g}" for r in report["keep_ratios"]):
+        scored = [(report["results"][m][ratio]["metrics"][HEADLINE], m) for m in report["methods"]
+                  if index_flags(m) and ratio in report["results"].get(m, {})]
+        if not scored:
+            continue
+        best, method = max(scored, key=lambda s: (s[0], s[1] == DEFAULT_METHOD))
+        default = next((v for v, m in scored if m == DEFAULT_METHOD), None)
+        out[ratio] = {"method": method, HEADLINE: best, "default": default,
+                      "options": f"--keep-ratio {ratio} {index_flags(method)}"}
+    return out
+
+
+def _recommendation_lines(report: dict) -> list[str]:
+    rec = report.get("recommendation", {})
+    if not rec:
+        return ["", "No evaluated method can be stored by `sapindex index`: add sap (the default) to --methods."]
+    lines = ["", f"## Recommendation: the best NDCG@5 an index can store, on these {report['dataset']['queries']} "
+                 "queries (a gap smaller than the spread over queries is noise: keep the default)", ""]
+    for ratio, r in rec.items():
+        versus = (" (the default)" if r["method"] == DEFAULT_METHOD else
+                  f" ({DEFAULT_METHOD}: {r['default']:.3f})" if r["default"] is not None else "")
+        lines.append(f"- keep {ratio}: **{r['method']}** {r[HEADLINE]:.3f}{versus}: "
+                     f"`sapindex index DOCS --out INDEX {r['options']}`")
+    return lines
 
 
 def markdown_table(report: dict) -> str:
@@ -86,7 +122,8 @@ def markdown_table(report: dict) -> str:
                             for r in ratios for c in [report["results"][method][r]["per_page_vectors"]])
         lines += ["", f"{method} vectors per page (min, 10th percentile, median, 90th percentile, max): {spreads}."]
     skipped = ", ".join(f"{k}: {v}" for k, v in ds["skipped"].items() if v) or "none"
-    lines += ["", f"Skipped rows: {skipped}. Pages that failed to encode: {len(ds['pages_failed_to_encode'])}.", ""]
+    lines += ["", f"Skipped rows: {skipped}. Pages that failed to encode: {len(ds['pages_failed_to_encode'])}."]
+    lines += _recommendation_lines(report) + [""]
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from sapindex.eval.baselines import METHODS, Baseline, calibrate_adaptive_eos
 from sapindex.eval.cache import EncodingCache
 from sapindex.eval.datasets import EvalDataset, load_dataset
 from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
-from sapindex.eval.report import HEADLINE, REPORT_FORMAT, REPORT_VERSION
+from sapindex.eval.report import HEADLINE, REPORT_FORMAT, REPORT_VERSION, recommend
 from sapindex.merging import calibrate_budget
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder, PageTokens, PrunedPage, check_fast_mode, check_position_correction
@@ -223,7 +223,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
             results[name][f"{ratio:g}"].update(fitted)
             if not method.matched:
                 results[name][f"{ratio:g}"]["per_page_vectors"] = _spread(vectors)
-    return {
+    report = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
         "sapindex_version": __version__,
@@ -241,6 +241,8 @@ def run_eval(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
         "headline": HEADLINE,
         "results": results,
     }
+    report["recommendation"] = recommend(report)
+    return report
 
 
 def _cell(metrics: dict, full: dict, sret: float, pages: list[PageTokens], vectors) -> dict:

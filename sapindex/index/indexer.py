@@ -142,7 +142,7 @@ def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, ba
         raise SapIndexError(f"--mode {mode}: choose {' or '.join(MODES)}")
     if mode == "fast":
         check_fast_mode(bundle)
-    method = resolve_method(method, _stored_methods(out), mode=mode, position_correction=position_correction)
+    method = resolve_method(method, _stored_methods(out))
     check_method(method, mode=mode, position_correction=position_correction, budget_scale=budget_scale)
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
             "builtin": _is_builtin(bundle_path), "mode": mode}

@@ -216,7 +216,7 @@ def test_colidefics3_through_the_cli(tiny_models, pairs_file, tmp_path):
     pages = sorted((tmp_path / "docs" / "pages").glob("*.png"))
     encoder = Encoder(Bundle.open(bundle))
     encoded = {str(p): encoder.encode_pages([Image.open(p)])[0] for p in pages}
-    for flag, idx in ((("--method", "sap"), tmp_path / "idx"), (("--position-correction",), tmp_path / "idx-poscorr")):
+    for flag, idx in (((), tmp_path / "idx"), (("--position-correction",), tmp_path / "idx-poscorr")):  # () : sap
         out = cli("index", bundle, tmp_path / "docs" / "pages", "--out", idx, "--json", *flag)
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout)
@@ -230,8 +230,9 @@ def test_colidefics3_through_the_cli(tiny_models, pairs_file, tmp_path):
                 assert row["n_visual"] == page.grid[0] * page.grid[1] + 16
                 kept = prune(page, 0.1, position_correction="--position-correction" in flag)
                 assert row["positions"].tolist() == kept.positions.tolist()
-    # the default method, sap-kmeans, clusters the global tile's tokens with the page's: each is covered
-    out = cli("index", bundle, tmp_path / "docs" / "pages", "--out", tmp_path / "idx-km", "--json")
+    # sap-kmeans clusters the global tile's tokens with the page's: each is covered
+    out = cli("index", bundle, tmp_path / "docs" / "pages", "--out", tmp_path / "idx-km", "--json",
+              "--method", "sap-kmeans")
     assert out.returncode == 0, out.stderr
     with Index.open(tmp_path / "idx-km") as index:
         for row in index.iter_rows():

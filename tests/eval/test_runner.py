@@ -60,6 +60,34 @@ def test_eval_cli_reports(bundles, beir, tmp_path):
             assert cell["retention"]["ndcg@5"] == pytest.approx(
                 cell["metrics"]["ndcg@5"] / report["results"]["full"]["1.0"]["metrics"]["ndcg@5"])
     assert "random" in md and "±" in md
+    for ratio in RATIOS:  # the report ends with what to index: the best method an index can store, on this data
+        rec = report["recommendation"][f"{ratio:g}"]
+        indexable = [m for m in report["methods"]
+                     if m in ("sap", "sap-poscorr", "sap-kmeans", "sap-merge", "sap-budget")]
+        assert rec["ndcg@5"] == max(report["results"][m][f"{ratio:g}"]["metrics"]["ndcg@5"] for m in indexable)
+        assert rec["method"] in indexable and f"--keep-ratio {ratio:g} " in rec["options"]
+        assert f"`sapindex index DOCS --out INDEX {rec['options']}`" in md.split("## Recommendation")[1]
+    assert "## Recommendation" in out.stdout
+
+
+def test_recommend_takes_the_best_indexable_method_and_the_default_on_ties():
+    from sapindex.eval.report import recommend
+
+    def cells(**by_ratio):
+        return {r: {"metrics": {"ndcg@5": v}} for r, v in by_ratio.items()}
+
+    report = {"keep_ratios": [0.1, 0.05], "methods": ["full", "sap", "sap-poscorr", "cluster", "sap-kmeans"],
+              "results": {"sap": cells(**{"0.1": 0.7, "0.05": 0.6}),
+                          "sap-poscorr": cells(**{"0.1": 0.6, "0.05": 0.65}),
+                          "cluster": cells(**{"0.1": 0.9, "0.05": 0.9}),
+                          "sap-kmeans": cells(**{"0.1": 0.7, "0.05": 0.5})}}
+    rec = recommend(report)
+    assert rec["0.1"]["method"] == "sap"  # tied with sap-kmeans: the default
+    assert rec["0.1"]["options"] == "--keep-ratio 0.1 --method sap"
+    assert rec["0.05"] == {"method": "sap-poscorr", "ndcg@5": 0.65, "default": 0.6,
+                           "options": "--keep-ratio 0.05 --method sap --position-correction"}  # cluster: not indexable
+    report["methods"] = ["full", "cluster"]
+    assert recommend(report) == {}
 
 
 def test_matched_counts_and_sap_cell_is_a_direct_computation(bundles, beir, tmp_path, monkeypatch):

@@ -136,22 +136,20 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
 
 
 def test_the_default_method_of_a_new_index_and_of_a_resumed_one(tmp_path):
-    """A new exact-mode index stores DEFAULT_METHOD (sap-kmeans: it beat sap on both held-out sets, README);
-    fast mode and --position-correction apply to SAP's selection only, so they default to sap; a resumed
-    index keeps its own method without a flag."""
+    """A new index stores the paper's sap (exact or fast mode); a resumed index keeps its own method
+    without a flag (a sap-kmeans one stays sap-kmeans)."""
     from sapindex.index.store import Index
     from sapindex.runtime.methods import DEFAULT_METHOD, resolve_method
 
-    assert DEFAULT_METHOD == "sap-kmeans"
-    assert resolve_method(None, set()) == "sap-kmeans"
-    assert resolve_method(None, set(), mode="fast") == resolve_method(None, set(), position_correction=True) == "sap"
-    assert resolve_method(None, {"sap-poscorr"}) == "sap" and resolve_method(None, {"sap-merge"}) == "sap-merge"
+    assert DEFAULT_METHOD == "sap"
+    assert resolve_method(None, set()) == "sap"
+    assert resolve_method(None, {"sap-poscorr"}) == "sap" and resolve_method(None, {"sap-kmeans"}) == "sap-kmeans"
     assert resolve_method("sap", {"sap-merge"}) == "sap"  # asked for: the run then refuses the mix
     pages = [str(p) for p in example_pages()[:2]]
     run_index(default_bundle_path(), pages[:1], tmp_path / "new")
     run_index(default_bundle_path(), pages[:1], tmp_path / "fast", mode="fast")
-    run_index(default_bundle_path(), pages[:1], tmp_path / "old", method="sap")
-    for name, method in (("new", "sap-kmeans"), ("fast", "sap"), ("old", "sap")):
+    run_index(default_bundle_path(), pages[:1], tmp_path / "kmeans", method="sap-kmeans")
+    for name, method in (("new", "sap"), ("fast", "sap"), ("kmeans", "sap-kmeans")):
         run_index(default_bundle_path(), pages, tmp_path / name, mode="fast" if name == "fast" else "exact")
         with Index.open(tmp_path / name) as index:
             assert index.methods() == {method} and index.stats().pages == 2, name

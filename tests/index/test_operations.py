@@ -3,6 +3,7 @@ refuses a locked index, and a kill -9 at any moment leaves a valid index."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -54,6 +55,20 @@ def test_prune_keeps_exactly_what_indexing_at_the_lower_ratio_keeps(pages, tmp_p
     with Index.open(tmp_path / "pruned") as idx:
         assert idx.meta["pruned_from"] == str((tmp_path / "r0.3").resolve())
         assert idx.meta["bundle_path"] == str(default_bundle_path().resolve())
+
+
+def test_index_then_prune_on_a_default_index(pages, tmp_path):
+    """The card's batch pruning with no --method: `index` stores sap by default, so `prune` cuts it to a
+    lower ratio, and the pruned index searches."""
+    built = run_cli("index", pages, "--out", tmp_path / "idx", "--keep-ratio", 0.1)
+    assert built.returncode == 0, built.stderr
+    cut = run_cli("prune", tmp_path / "idx", "--keep-ratio", 0.05, "--out", tmp_path / "small")
+    assert cut.returncode == 0, cut.stderr
+    before, after = rows_by_key(tmp_path / "idx"), rows_by_key(tmp_path / "small")
+    assert before.keys() == after.keys() and len(after) == 8
+    assert all(r["method"] == "sap" and len(r["positions"]) < len(before[k]["positions"]) for k, r in after.items())
+    found = run_cli("search", tmp_path / "small", "total revenue", "--json")
+    assert found.returncode == 0 and json.loads(found.stdout), found.stderr
 
 
 def synthetic(path, n, scores=True, start=0):
