@@ -19,13 +19,12 @@ import time
 
 import numpy as np
 
-from sapindex import merging, sap
-from sapindex.eval.baselines import cluster, pooling
+from sapindex import compression, sap
+from sapindex.compression import INDEX_METHODS, cluster, pooling
 from sapindex.eval.datasets import load_dataset
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder, reduce
-from sapindex.runtime.methods import INDEX_METHODS
 
 RATIO = 0.1
 
@@ -43,7 +42,7 @@ def per_page_ms(fn, items, repeat: int = 3) -> float:
 
 
 def methods_of(pages_centralities):
-    scale = merging.calibrate_budget(pages_centralities, RATIO)
+    scale = compression.calibrate_budget(pages_centralities, RATIO)
     return {name: (lambda p, name=name: reduce(p, RATIO, method=name, budget_scale=scale)) for name in INDEX_METHODS}
 
 
@@ -78,12 +77,12 @@ def main() -> None:
         vectors = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in raw]
         cents = [rng.pareto(1.5, tokens) for _ in range(8)]
         k = sap.keep_count(tokens, RATIO)
-        scale = merging.calibrate_budget(cents, RATIO)
+        scale = compression.calibrate_budget(cents, RATIO)
         fns = {
             "sap": lambda vc: sap.highest(vc[1], k),
-            "sap-merge": lambda vc: merging.anchor_merge(vc[0], vc[1], k),
-            "sap-kmeans": lambda vc: merging.central_kmeans(vc[0], vc[1], k),
-            "sap-budget": lambda vc: sap.highest(vc[1], merging.budget_count(vc[1], scale)),
+            "sap-merge": lambda vc: compression.anchor_merge(vc[0], vc[1], k),
+            "sap-kmeans": lambda vc: compression.central_kmeans(vc[0], vc[1], k),
+            "sap-budget": lambda vc: sap.highest(vc[1], compression.budget_count(vc[1], scale)),
             "pooling (eval baseline)": lambda vc: pooling(vc[0], RATIO),
             "cluster (eval baseline)": lambda vc: cluster(vc[0], RATIO),
         }

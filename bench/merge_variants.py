@@ -1,6 +1,6 @@
 """Issue 19: choose the variants of the anchor-merging methods on the TRAIN split (never the test set).
 
-Scores every variant of :mod:`sapindex.merging` (assignment, weights, per-page budget signal) next to
+Scores every variant of :mod:`sapindex.compression.merging` (assignment, weights, per-page budget signal) next to
 sap, pooling and cluster on a calibration dataset, from an existing ``sapindex eval`` output
 directory's encoding cache (the same bundle and dataset), at keep 0.2 / 0.1 / 0.05: NDCG@5, its
 retention against the full page, S.Ret, and the compression time per page. Prints a markdown table.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sapindex import merging, sap
-from sapindex.eval.baselines import cluster, pooling
+from sapindex import compression, sap
+from sapindex.compression import cluster, pooling
 from sapindex.eval.cache import EncodingCache
 from sapindex.eval.datasets import load_dataset
 from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
@@ -33,7 +33,7 @@ RATIOS = (0.2, 0.1, 0.05)
 
 
 def coords(p):
-    return merging.grid_coordinates(p.n_visual, p.grid, p.layout.global_grid)
+    return compression.grid_coordinates(p.n_visual, p.grid, p.layout.global_grid)
 
 
 def per_page(fn):
@@ -74,11 +74,11 @@ def budgeted(fn, stat):
 
 
 def spread(fn):
-    """The shipped budget (``sap-budget``): the scale fitted on these pages (:func:`merging.calibrate_budget`),
-    each page's count from its own effective central tokens (:func:`merging.budget_count`)."""
+    """The shipped budget (``sap-budget``): the scale fitted on these pages (:func:`compression.calibrate_budget`),
+    each page's count from its own effective central tokens (:func:`compression.budget_count`)."""
     def run(pages, r):
-        scale = merging.calibrate_budget([p.centrality for p in pages], r)
-        counts = np.array([merging.budget_count(p.centrality, scale) for p in pages])
+        scale = compression.calibrate_budget([p.centrality for p in pages], r)
+        counts = np.array([compression.budget_count(p.centrality, scale) for p in pages])
         run.counts[r] = counts
         return [fn(p, int(k)) for p, k in zip(pages, counts)]
     run.counts = {}
@@ -90,12 +90,12 @@ def sap_k(p, k):
 
 
 def merge(assign="cosine", weights="uniform"):
-    return lambda p, k: merging.anchor_merge(p.embeddings, p.centrality, k, assign=assign, weights=weights,
+    return lambda p, k: compression.anchor_merge(p.embeddings, p.centrality, k, assign=assign, weights=weights,
                                              coords=coords(p)).vectors
 
 
 def kmeans(p, k):
-    return merging.central_kmeans(p.embeddings, p.centrality, k).vectors
+    return compression.central_kmeans(p.embeddings, p.centrality, k).vectors
 
 
 VARIANTS = {

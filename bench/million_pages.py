@@ -89,14 +89,14 @@ def source_data(work: Path, n_pages: int, n_queries: int) -> dict:
 
 
 def build(path: Path, pages, n: int) -> float:
-    from sapindex.index.store import Index, PageRow
+    from sapindex.index.store import IndexWriter, PageRow
     from sapindex.runtime.bundle import Bundle
     from sapindex.runtime.defaults import default_bundle_path
 
     bundle = Bundle.open(default_bundle_path())
     meta = {"bundle_path": str(default_bundle_path().resolve()), "builtin": True, "family": bundle.family}
     started = time.perf_counter()
-    with Index.create_or_open(path, bundle.fingerprint, bundle.dim, meta) as idx:
+    with IndexWriter.create_or_open(path, bundle.fingerprint, bundle.dim, meta) as idx:
         have = idx.stats().pages
         for start in range(have - have % BATCH, n, BATCH):
             rows = []

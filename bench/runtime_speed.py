@@ -122,7 +122,7 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
 
 
 def bench_index(encoder, bundle, work, n_pages, repeats):
-    from sapindex.index.store import Index, PageRow
+    from sapindex.index.store import IndexWriter, PageRow
     from sapindex.runtime.encoder import prune
 
     images = page_images(n_pages, seed=3)
@@ -141,7 +141,7 @@ def bench_index(encoder, bundle, work, n_pages, repeats):
     print("|---|---|---|---|---|")
     for name, ratio in (("full (all visual tokens)", 1.0), ("SAP keep 0.10", 0.10), ("SAP keep 0.05", 0.05)):
         path = work / f"index-{ratio}"
-        with Index.create_or_open(path, bundle.fingerprint, bundle.dim) as idx:
+        with IndexWriter.create_or_open(path, bundle.fingerprint, bundle.dim) as idx:
             idx.add_pages([PageRow.from_encoded(Src(i, img), prune(p, ratio), keep_ratio=ratio)
                            for i, (img, p) in enumerate(zip(images, pages))])
             idx.compact()

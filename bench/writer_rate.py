@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=2048, help="pages written per batch size")
     ap.add_argument("--batch-sizes", default="1,8,64,512")
     args = ap.parse_args()
-    from sapindex.index.store import Index
+    from sapindex.index.store import IndexWriter
 
     root = Path(tempfile.mkdtemp(prefix="writer-rate-"))
     print(f"# Single-writer commit rate: {platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
@@ -50,7 +50,7 @@ def main() -> None:
     print("| state | batch (pages per commit) | pages/s | commits/s | ms per commit |")
     print("|---|---|---|---|---|")
     try:
-        with Index.create_or_open(root / "idx", "fp", 128) as idx:
+        with IndexWriter.create_or_open(root / "idx", "fp", 128) as idx:
             for i in range(0, args.prefill, 8):
                 idx.add_pages(rows(i, min(8, args.prefill - i)))
             at = args.prefill

@@ -25,6 +25,7 @@ _API = {
     "Encoder": "sapindex.runtime.encoder",
     "default_bundle_path": "sapindex.runtime.defaults",
     "Index": "sapindex.index.store",
+    "IndexWriter": "sapindex.index.store",
     "Hit": "sapindex.index.store",
     "run_index": "sapindex.index.indexer",
     "Searcher": "sapindex.search",

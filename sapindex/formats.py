@@ -16,6 +16,10 @@ from pathlib import Path
 
 from sapindex.errors import SapIndexError
 
+#: ``format`` of ``sapindex eval``'s report.json (written by :mod:`sapindex.eval.report`; ``index --budget-from``
+#: reads it through :func:`sapindex.compression.budget_scale_from`, without importing the eval).
+EVAL_REPORT_FORMAT = "sapindex-eval"
+
 
 def write_json_atomic(path: str | Path, obj, *, sort_keys: bool = False) -> Path:
     """Write ``obj`` as indented JSON to ``path`` so that readers see the old file or the new

@@ -12,10 +12,10 @@ import pytest
 HEAVY = ("torch", "transformers", "colpali_engine", "torchvision")
 # every module of these packages, walked
 TORCH_FREE_PACKAGES = ("sapindex.runtime", "sapindex.index", "sapindex.search", "sapindex.serve", "sapindex.eval",
-                       "sapindex.benchdata", "sapindex.cli", "sapindex.cluster")
+                       "sapindex.benchdata", "sapindex.cli", "sapindex.cluster", "sapindex.compression")
 # single modules (their packages hold torch code too)
 TORCH_FREE_MODULES = ("sapindex", "sapindex.sap", "sapindex.families", "sapindex.formats", "sapindex.errors",
-                      "sapindex.fingerprint", "sapindex.artifacts", "sapindex.merging", "sapindex.testing.toy_pages",
+                      "sapindex.fingerprint", "sapindex.artifacts", "sapindex.testing.toy_pages",
                       "sapindex.exporter.graphs")
 
 

@@ -28,9 +28,9 @@ def compact(index_dir, older_than, as_json):
     Example:
       sapindex compact myindex
     """
-    from sapindex.index.store import Index
+    from sapindex.index.store import IndexWriter
 
-    with Index.open_writer(index_dir) as index:
+    with IndexWriter.open_writer(index_dir) as index:
         before = index.stats().bytes_on_disk
         index.compact(cleanup_older_than=dt.timedelta(seconds=older_than))
         after = index.stats().bytes_on_disk

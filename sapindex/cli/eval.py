@@ -10,7 +10,7 @@ import click
 
 from sapindex.cli._options import device_option, json_option
 from sapindex.cli._output import ProgressBar
-from sapindex.eval.baselines import METHODS
+from sapindex.compression import METHODS
 from sapindex.sap import EVAL_KEEP_RATIOS
 
 

@@ -10,9 +10,9 @@ import click
 
 from sapindex.cli._options import device_option, json_option, keep_ratio_option
 from sapindex.cli._output import ProgressBar, size
+from sapindex.compression import DEFAULT_METHOD, INDEX_METHODS
 from sapindex.errors import EXIT_PARTIAL, SapIndexError
 from sapindex.index.inputs import DEFAULT_DPI
-from sapindex.runtime.methods import DEFAULT_METHOD, INDEX_METHODS
 
 
 @click.command()
@@ -111,7 +111,7 @@ def _budget_scale(bundle, report, keep_ratio: float) -> float | None:
     """``--budget-from``'s scale (the run refuses it for a method other than sap-budget)."""
     if report is None:
         return None
-    from sapindex.eval.report import budget_scale_from
+    from sapindex.compression import budget_scale_from
     from sapindex.runtime.bundle import Bundle
 
     return budget_scale_from(report, Bundle.open(bundle, verify=False).fingerprints, keep_ratio)  # run_index verifies

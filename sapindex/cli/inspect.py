@@ -51,7 +51,7 @@ def inspect(target, as_json):
 
 def _scores(summary: dict) -> str:
     """Whether ``prune`` can lower this index's keep ratio, and why not."""
-    from sapindex.runtime.methods import PRUNABLE_METHODS
+    from sapindex.compression import PRUNABLE_METHODS
 
     if not summary["sap_scores"]:
         return "not stored (an older index: prune refuses it)"

@@ -34,7 +34,7 @@ def optimize(index_dir, code_bytes, as_json):
       sapindex optimize myindex
       sapindex optimize myindex --code-bytes 32
     """
-    from sapindex.index.store import Index
+    from sapindex.index.store import IndexWriter
     from sapindex.search import first_stage
 
     bars: dict[str, ProgressBar] = {}
@@ -48,7 +48,7 @@ def optimize(index_dir, code_bytes, as_json):
         bars[phase].reach(done, total)
 
     try:
-        with Index.open_writer(index_dir) as index:
+        with IndexWriter.open_writer(index_dir) as index:
             info = first_stage.build(index, progress=progress, pq_bytes=int(code_bytes))
     finally:
         for bar in bars.values():

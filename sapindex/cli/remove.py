@@ -24,9 +24,9 @@ def remove(index_dir, paths, as_json):
     Example:
       sapindex remove myindex /archive/finance/2019-report.pdf /archive/old/
     """
-    from sapindex.index.store import Index
+    from sapindex.index.store import IndexWriter
 
-    with Index.open_writer(index_dir) as index:
+    with IndexWriter.open_writer(index_dir) as index:
         removed = index.remove_paths(paths)
     if as_json:
         click.echo(json.dumps(removed, indent=2))

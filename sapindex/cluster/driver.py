@@ -31,7 +31,7 @@ from sapindex.cluster.listing import Lister, Wave, plan_waves
 from sapindex.cluster.workers import PageEncoder, decode, render_chunk
 from sapindex.errors import SapIndexError
 from sapindex.index.indexer import IndexSummary, Recorder, recording
-from sapindex.index.inputs import DEFAULT_DPI, iter_sources
+from sapindex.index.inputs import DEFAULT_DPI, check_some_input_exists, iter_sources
 from sapindex.sap import DEFAULT_KEEP_RATIO
 
 # the first wave: enough batches to keep every encoder busy a few rounds
@@ -65,6 +65,7 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
     device = "cuda" if gpus_per_encoder > 0 else "cpu"
     threads = threads or 1
     started = time.perf_counter()
+    check_some_input_exists(inputs)
     resources = Resources(encoders, float(threads), float(gpus_per_encoder))
     with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
                    position_correction=position_correction, progress=progress,

@@ -32,17 +32,15 @@ retention against the keep ratio, one line per method.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from sapindex.errors import SapIndexError
-from sapindex.formats import write_json_atomic
-from sapindex.runtime.methods import DEFAULT_METHOD, index_flags
+from sapindex.compression import DEFAULT_METHOD, index_flags
+from sapindex.formats import EVAL_REPORT_FORMAT, write_json_atomic
 
 __all__ = ["REPORT_FORMAT", "REPORT_VERSION", "HEADLINE", "write_reports", "markdown_table", "plot_retention",
-           "recommend", "budget_scale_from"]
+           "recommend"]
 
-REPORT_FORMAT = "sapindex-eval"
+REPORT_FORMAT = EVAL_REPORT_FORMAT
 REPORT_VERSION = 1
 HEADLINE = "ndcg@5"
 
@@ -59,7 +57,7 @@ def write_reports(report: dict, out_dir: str | Path) -> list[Path]:
 
 def recommend(report: dict) -> dict:
     """Per keep ratio, the method with the best headline metric among those an index can store
-    (:func:`sapindex.runtime.methods.index_flags`), the default winning ties: the honest way to
+    (:func:`sapindex.compression.index_flags`), the default winning ties: the honest way to
     choose a method other than the paper's SAP is to measure it on one's own pages and queries."""
     out = {}
     for ratio in (f"{r:g}" for r in report["keep_ratios"]):
@@ -154,28 +152,3 @@ def plot_retention(report: dict, path: Path) -> Path:
     plt.close(fig)
     return path
 
-
-def budget_scale_from(path: str | Path, fingerprints: tuple[str, ...], keep_ratio: float) -> float:
-    """The ``sap-budget`` scale an eval report fitted at ``keep_ratio``, for ``index --budget-from``.
-
-    The report must come from a bundle with one of ``fingerprints`` (the scale is a property of the
-    model's centrality) and hold ``sap-budget`` at that ratio; SapIndexError in one line otherwise.
-    """
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        fingerprint = report["bundle"]["fingerprint"]
-        cells = report["results"].get("sap-budget", {})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SapIndexError(f"{path}: not a readable sapindex eval report.json ({exc})") from None
-    if report.get("format") != REPORT_FORMAT:
-        raise SapIndexError(f"{path}: not a sapindex eval report (format {report.get('format')!r})")
-    if fingerprint not in fingerprints:
-        raise SapIndexError(f"{path}: calibrated with another bundle (fingerprint {str(fingerprint)[:12]}); run "
-                            "`sapindex eval` with this bundle and --methods sap-budget")
-    cell = cells.get(f"{keep_ratio:g}") if isinstance(cells, dict) else None
-    if not isinstance(cell, dict) or "budget_scale" not in cell:
-        have = ", ".join(sorted(cells)) if isinstance(cells, dict) and cells else "none"
-        raise SapIndexError(f"{path}: no sap-budget calibration at keep ratio {keep_ratio:g} (has: {have}); run "
-                            f"`sapindex eval ... --methods sap-budget --keep-ratios {keep_ratio:g}`")
-    return float(cell["budget_scale"])

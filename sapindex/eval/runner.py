@@ -4,7 +4,7 @@ One encoding pass per page serves every method and ratio: the bundle's text grap
 final vectors, the SAP window centrality and the final layer's EOS attention row. Encodings are
 cached in ``OUT/cache`` chunk by chunk (:mod:`sapindex.eval.cache`), so an interrupted eval
 resumes where it stopped; ``sap-fast`` alone re-encodes the pages, once per ratio, because its
-vectors depend on the kept set (:func:`encode_fast`). Every method (:data:`sapindex.eval.baselines.METHODS`) is
+vectors depend on the kept set (:func:`encode_fast`). Every method (:data:`sapindex.compression.METHODS`) is
 query-agnostic and compresses each page to ``keep_count(n, ratio)`` vectors (adaptive-eos: the
 same count on average over the pages); scores are exact MaxSim. The report it returns is
 described, and written, by :mod:`sapindex.eval.report`.
@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from sapindex import __version__, sap
+from sapindex.compression import METHODS, Method, calibrate_adaptive_eos, calibrate_budget
 from sapindex.errors import SapIndexError
-from sapindex.eval.baselines import METHODS, Baseline, calibrate_adaptive_eos
 from sapindex.eval.cache import EncodingCache
 from sapindex.eval.datasets import EvalDataset, load_dataset
 from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
 from sapindex.eval.report import HEADLINE, REPORT_FORMAT, REPORT_VERSION, recommend
-from sapindex.merging import calibrate_budget
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.encoder import Encoder, PageTokens, PrunedPage, check_fast_mode, check_position_correction
 
@@ -137,7 +136,7 @@ def fast_vs_exact(fast: list[PrunedPage], pages: list[PageTokens], ratio: float)
             "kept_sets_differing": differ}
 
 
-def compress_pages(method: Baseline, pages: list[PageTokens], ratio: float, seed: int,
+def compress_pages(method: Method, pages: list[PageTokens], ratio: float, seed: int,
                    fitted: dict[str, float]) -> list[np.ndarray]:
     """Every page compressed by ``method`` at ``ratio``: a list of ``[k, dim]`` arrays; ``fitted``: the
     calibrated parameters (:func:`calibrate`)."""
@@ -145,7 +144,7 @@ def compress_pages(method: Baseline, pages: list[PageTokens], ratio: float, seed
                             seq_rank=p.layout.seq_rank, seed=seed, **fitted).vectors for p in pages]
 
 
-def calibrate(method: Baseline, pages: list[PageTokens], held_out: np.ndarray, ratio: float) -> dict[str, float]:
+def calibrate(method: Method, pages: list[PageTokens], held_out: np.ndarray, ratio: float) -> dict[str, float]:
     """The parameters a calibrated method fits for ``ratio``: Adaptive-EOS's ``k`` on the held-out half
     of the pages (as DocPruner fits it), sap-budget's scale on every page (a corpus budget: the same
     total as the fixed ratio on this corpus). Query-agnostic both."""

@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ContextManager
 
+from sapindex.compression import check_method, method_name, resolve_method
 from sapindex.errors import SapIndexError
-from sapindex.index.inputs import DEFAULT_DPI, iter_pages, iter_sources
+from sapindex.index.inputs import DEFAULT_DPI, check_some_input_exists, iter_pages, iter_sources
 from sapindex.index.records import Failure, FileInfo, Page
-from sapindex.index.store import Index, PageRow
+from sapindex.index.store import Index, IndexWriter, PageRow
 from sapindex.runtime.bundle import Bundle, manifest_bytes
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import MODES, Encoder, PrunedPage, check_fast_mode, check_position_correction
-from sapindex.runtime.methods import check_method, method_name, resolve_method
 from sapindex.sap import DEFAULT_KEEP_RATIO
 
 
@@ -127,7 +127,7 @@ def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, ba
     """Check a run's options, open its bundle and its index (created or resumed, writer-locked):
     yields ``(bundle, batch_size, recorder, context)``; the index is closed (unlocked) on the way out.
     ``recorder.method`` is the index method the run encodes with (``method``, or when None the index's
-    own, or the default: :func:`sapindex.runtime.methods.resolve_method`).
+    own, or the default: :func:`sapindex.compression.resolve_method`).
 
     ``around()`` is entered after the checks and before the index is opened, and ``context`` is what
     it yields (a Ray cluster): a cluster that cannot be joined leaves no new index behind."""
@@ -147,7 +147,7 @@ def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, ba
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
             "builtin": _is_builtin(bundle_path), "mode": mode}
     recorded = method_name(method, position_correction)
-    with around() as context, Index.create_or_open(out, bundle.fingerprints, bundle.dim, meta=meta) as index:
+    with around() as context, IndexWriter.create_or_open(out, bundle.fingerprints, bundle.dim, meta=meta) as index:
         held = index.meta.get("mode", "exact")  # indexes from before fast mode are exact
         if held != mode:
             raise SapIndexError(f"{out}: this index holds {held}-mode vectors and never mixes modes (fast vectors are "
@@ -181,10 +181,11 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
         position_correction: rank by the causally corrected centrality (method ``sap-poscorr``).
         mode: ``"exact"`` (the decoder on every token) or ``"fast"`` (format-2 bundles: the layers after
             the SAP window on the prompt and kept tokens only, an approximation); an index holds one mode.
-        method: what is stored of each page (:data:`sapindex.runtime.methods.INDEX_METHODS`: ``sap``, or
+        method: what is stored of each page (:data:`sapindex.compression.INDEX_METHODS`: ``sap``, or
             ``sap-merge``, ``sap-kmeans``, ``sap-budget`` in exact mode); an index holds one method. None:
             the index's own when it holds pages, else the default (``resolve_method``).
-        budget_scale: ``sap-budget`` only, the scale calibrated by ``sapindex eval`` (:func:`budget_scale_from`).
+        budget_scale: ``sap-budget`` only, the scale calibrated by ``sapindex eval``
+            (:func:`sapindex.compression.budget_scale_from`).
         stdin: the stream a ``-`` input reads paths from (None: ``sys.stdin``).
         progress: called as ``progress(pages_done, pages_known)`` after each batch.
 
@@ -193,6 +194,7 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
     same run spread over a Ray cluster.
     """
     started = time.perf_counter()
+    check_some_input_exists(inputs)
     with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
                    position_correction=position_correction, progress=progress, mode=mode, method=method,
                    budget_scale=budget_scale) as (bundle, batch_size, recorder, _):

@@ -165,6 +165,20 @@ def _list_entries(lines: Iterable[str]) -> Iterator[str]:
             yield entry
 
 
+def check_some_input_exists(args: Iterable[str | os.PathLike]) -> None:
+    """Refuse a run none of whose inputs exists (every argument a missing path or path list), before
+    anything is written: a typo must not leave an empty index behind. One missing input among others
+    is a failure of the run instead (:func:`iter_sources`), like an unreadable file."""
+    args = [os.fspath(a) for a in args]
+    if not args or "-" in args:
+        return
+    paths = [a[1:] if a.startswith("@") and len(a) > 1 else a for a in args]
+    if any(os.path.exists(p) for p in paths):
+        return
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    raise SapIndexError(f"{shown}: no such file or directory; nothing to index, nothing was written")
+
+
 def iter_sources(args: Iterable[str | os.PathLike], stdin: TextIO | None = None) -> Iterator[Source]:
     """Expand command-line arguments into supported file paths (str) and :class:`Failure` s.
 

@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 
 from sapindex import sap
+from sapindex.compression import PRUNABLE_METHODS
 from sapindex.errors import SapIndexError
-from sapindex.index.store import Index, PageRow
-from sapindex.runtime.methods import PRUNABLE_METHODS
+from sapindex.index.store import Index, IndexWriter, PageRow
 
 CHUNK_PAGES = 512  # pages per read and per commit into the new index
 
@@ -121,14 +121,14 @@ def prune_index(source: str | Path, out: str | Path, keep_ratio: float,
         raise SapIndexError(f"{out}: exists and is not empty; prune writes a new index (choose a new directory)")
     started = time.perf_counter()
     summary = PruneSummary()
-    with Index.open_writer(source) as src:
+    with IndexWriter.open_writer(source) as src:
         version = src.version
         total = _check_ratio(src, version, keep_ratio)
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = _staging(out)
         meta = {**src.meta, "pruned_from": str(source.resolve()), "keep_ratio": keep_ratio}
         try:
-            with Index.create_or_open(staging, src.bundle_fingerprint, src.dim, meta,
+            with IndexWriter.create_or_open(staging, src.bundle_fingerprint, src.dim, meta,
                                       vector_dtype=src.vector_dtype) as dst:
                 batch: list[PageRow] = []
                 for row in src.iter_rows(chunk_pages=CHUNK_PAGES, version=version):

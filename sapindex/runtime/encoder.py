@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from sapindex import sap
+from sapindex.compression import check_method, reduce_page
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.layout import TokenLayout
-from sapindex.runtime.methods import check_method, reduce_page
 from sapindex.runtime.preprocess import preprocessor_for
 from sapindex.runtime.session import BundleSessions, tail_feed
 
@@ -73,8 +73,8 @@ def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False
 
 def reduce(page: PageTokens, keep_ratio: float, position_correction: bool = False, method: str = "sap",
            budget_scale: float | None = None) -> PrunedPage:
-    """What index ``method`` (:data:`sapindex.runtime.methods.INDEX_METHODS`) stores of a page: :func:`prune`
-    for ``sap``, :func:`sapindex.runtime.methods.reduce_page` for the others."""
+    """What index ``method`` (:data:`sapindex.compression.INDEX_METHODS`) stores of a page: :func:`prune`
+    for ``sap``, :func:`sapindex.compression.reduce_page` for the others."""
     if method == "sap":
         return prune(page, keep_ratio, position_correction)
     kept = reduce_page(page.embeddings, page.centrality, method, keep_ratio, budget_scale=budget_scale)

@@ -8,8 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sapindex import sap
-from sapindex.eval import baselines
+from sapindex import compression, sap
 from sapindex.eval import runner as ev
 from sapindex.eval.cache import EncodingCache
 from sapindex.eval.datasets import load_dataset
@@ -51,7 +50,8 @@ def test_eval_cli_reports(bundles, beir, tmp_path):
     assert report["dataset"]["skipped"]["qrel to unknown page"] == 1
     assert report["bundle"]["fingerprint"] == bundles["colqwen2"][0]["fingerprint"]
     assert report["command"].startswith("sapindex eval")
-    assert report["methods"] == [m for m in baselines.METHODS if not baselines.METHODS[m].fast]  # sap-fast: asked for
+    methods = compression.METHODS
+    assert report["methods"] == [m for m in methods if not methods[m].fast]  # sap-fast: only when asked for
     for method in report["methods"][1:]:
         for ratio in RATIOS:
             cell = report["results"][method][f"{ratio:g}"]
@@ -104,12 +104,11 @@ def test_matched_counts_and_sap_cell_is_a_direct_computation(bundles, beir, tmp_
         for ratio in RATIOS:
             expected = sum(sap.keep_count(n, ratio) for n in n_visual)
             assert report["results"][method][f"{ratio:g}"]["vectors"] == expected, (method, ratio)
-    from sapindex import merging
 
     for ratio in RATIOS:  # sap-budget: the fixed ratio's total, up to rounding, spread by content
         cell = report["results"]["sap-budget"][f"{ratio:g}"]
-        scale = merging.calibrate_budget([pages[i].centrality for i in ids], ratio)
-        counts = [merging.budget_count(pages[i].centrality, scale) for i in ids]
+        scale = compression.calibrate_budget([pages[i].centrality for i in ids], ratio)
+        counts = [compression.budget_count(pages[i].centrality, scale) for i in ids]
         assert cell["budget_scale"] == pytest.approx(scale) and cell["vectors"] == sum(counts)
         assert abs(sum(counts) - sum(sap.keep_count(n, ratio) for n in n_visual)) <= len(ids)
         assert (cell["per_page_vectors"]["min"], cell["per_page_vectors"]["max"]) == (min(counts), max(counts))

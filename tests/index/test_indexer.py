@@ -81,14 +81,14 @@ def test_an_index_holds_one_mode(tmp_path):
 
 
 def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_method(tmp_path):
-    """``index --method``: each row records its method; the merged rows hold exactly what sapindex.merging
+    """``index --method``: each row records its method; the merged rows hold exactly what sapindex.compression
     computes from the page's exact encoding (keep_count vectors at the anchors, with the cover of every
     token); another method, or sap with --position-correction, is refused in one line and writes nothing;
     a merged index cannot be pruned."""
     from helpers import run_cli
     from PIL import Image
 
-    from sapindex import merging, sap
+    from sapindex import compression, sap
     from sapindex.index.store import Index
     from sapindex.runtime.encoder import Encoder
 
@@ -103,7 +103,7 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
         row = rows[path]
         with Image.open(path) as image:
             page = encoder.encode_pages([image.convert("RGB")])[0]
-        expected = merging.anchor_merge(page.embeddings, page.centrality, sap.keep_count(page.n_visual, 0.1))
+        expected = compression.anchor_merge(page.embeddings, page.centrality, sap.keep_count(page.n_visual, 0.1))
         assert row["method"] == "sap-merge" and row["n_kept"] == sap.keep_count(row["n_visual"], 0.1)
         np.testing.assert_array_equal(row["positions"], expected.positions)
         np.testing.assert_array_equal(row["cover"], expected.cover)
@@ -138,8 +138,8 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
 def test_the_default_method_of_a_new_index_and_of_a_resumed_one(tmp_path):
     """A new index stores the paper's sap (exact or fast mode); a resumed index keeps its own method
     without a flag (a sap-kmeans one stays sap-kmeans)."""
+    from sapindex.compression import DEFAULT_METHOD, resolve_method
     from sapindex.index.store import Index
-    from sapindex.runtime.methods import DEFAULT_METHOD, resolve_method
 
     assert DEFAULT_METHOD == "sap"
     assert resolve_method(None, set()) == "sap"
@@ -161,7 +161,7 @@ def test_sap_kmeans_and_sap_budget_rows(tmp_path):
     the report is of another bundle or lacks the ratio)."""
     from helpers import run_cli
 
-    from sapindex import merging, sap
+    from sapindex import compression, sap
     from sapindex.eval.report import REPORT_FORMAT
     from sapindex.index.store import Index
 
@@ -191,7 +191,7 @@ def test_sap_kmeans_and_sap_budget_rows(tmp_path):
         with Image.open(row["path"]) as image:
             page = encoder.encode_pages([image.convert("RGB")])[0]
         np.testing.assert_array_equal(row["positions"], sap.highest(page.centrality,
-                                                                    merging.budget_count(page.centrality, 0.02)))
+                                                                    compression.budget_count(page.centrality, 0.02)))
         assert row["method"] == "sap-budget" and row["cover"] is None
     for args, message in (
             (("--keep-ratio", "0.05"), "no sap-budget calibration at keep ratio 0.05 (has: 0.1)"),
@@ -209,3 +209,21 @@ def test_sap_kmeans_and_sap_budget_rows(tmp_path):
                       tmp_path / "report.json")
     assert refused.returncode == 2 and "calibrated with another bundle" in refused.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_no_input_that_exists_is_refused_before_anything_is_written(tmp_path):
+    """A typo must not leave an empty index: every input missing is exit 2, one line, no index directory;
+    one missing input among existing ones is a failure of the run (exit 3), as before."""
+    from helpers import run_cli
+
+    for args in (["/no/such/dir"], [str(tmp_path / "gone.pdf"), f"@{tmp_path / 'no-list.txt'}"]):
+        out = run_cli("index", *args, "--out", tmp_path / "idx")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert "no such file or directory" in out.stderr and "nothing was written" in out.stderr
+        assert not (tmp_path / "idx").exists()
+    with pytest.raises(SapIndexError, match="/no/such/dir: no such file"):
+        run_index(default_bundle_path(), ["/no/such/dir"], tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
+    page = str(example_pages()[0])
+    out = run_cli("index", page, "/no/such/dir", "--out", tmp_path / "idx", "--json")
+    assert out.returncode == 3 and json.loads(out.stdout)["pages_indexed"] == 1, out.stderr

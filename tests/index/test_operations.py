@@ -18,7 +18,7 @@ from helpers import DIM, h, make_row, run_cli
 from sapindex.errors import SapIndexError
 from sapindex.index.indexer import run_index
 from sapindex.index.prune import prune_index
-from sapindex.index.store import Index
+from sapindex.index.store import Index, IndexWriter
 from sapindex.runtime.defaults import default_bundle_path, example_pages
 
 
@@ -72,7 +72,7 @@ def test_index_then_prune_on_a_default_index(pages, tmp_path):
 
 
 def synthetic(path, n, scores=True, start=0):
-    with Index.create_or_open(path, "fp", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp", DIM) as idx:
         for i in range(start, start + n, 500):
             idx.add_pages([make_row(f"/a/d{j // 4}.pdf", h(j // 4), j % 4 + 1, 16, seed=j, scores=scores)
                            for j in range(i, min(i + 500, start + n))])
@@ -86,7 +86,7 @@ def test_prune_refusals(tmp_path, monkeypatch):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(SapIndexError, match="exists and is not empty"):
         prune_index(tmp_path / "idx", tmp_path / "full", 0.1)
-    with Index.open_writer(tmp_path / "idx"):
+    with IndexWriter.open_writer(tmp_path / "idx"):
         with pytest.raises(SapIndexError, match="another process is writing this index"):
             prune_index(tmp_path / "idx", tmp_path / "out", 0.1)
     synthetic(tmp_path / "noscores", 4, scores=False)
@@ -143,7 +143,7 @@ def test_kill_9_during_prune_leaves_no_output_or_a_whole_one(tmp_path):
 
 
 def test_remove_by_path_and_directory(tmp_path):
-    with Index.create_or_open(tmp_path / "idx", "fp", DIM) as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", "fp", DIM) as idx:
         idx.add_pages([make_row(p, h(i), 1, 4, seed=i) for i, p in enumerate(
             ["/a/x.pdf", "/a/doc1.pdf", "/a/doc10.pdf", "/a/sub/y.pdf", "/a/sub/z.pdf", "/b/w.pdf"])])
         from sapindex.index.records import Failure
@@ -158,7 +158,7 @@ def test_remove_by_path_and_directory(tmp_path):
     nothing = run_cli("remove", tmp_path / "idx", "/a/x.pdf", "/nope")
     assert nothing.returncode == 2 and "/nope: no indexed path is or lies under it; nothing removed" in nothing.stderr
     assert "/a/x.pdf" in Index.open(tmp_path / "idx").indexed_paths()
-    with Index.open_writer(tmp_path / "idx"):
+    with IndexWriter.open_writer(tmp_path / "idx"):
         locked = run_cli("remove", tmp_path / "idx", "/a/x.pdf")
     assert locked.returncode == 2 and "another process is writing this index" in locked.stderr
 

@@ -19,12 +19,12 @@ from sapindex import sap
 from sapindex.errors import SapIndexError
 from sapindex.eval.metrics import maxsim_matrix
 from sapindex.index.records import Failure
-from sapindex.index.store import META_FILE, Hit, Index, PageRow
+from sapindex.index.store import META_FILE, Hit, Index, IndexWriter, PageRow
 
 
 @pytest.fixture
 def index(tmp_path):
-    idx = Index.create_or_open(tmp_path / "idx", "fp-A", DIM, {"model": "tiny"})
+    idx = IndexWriter.create_or_open(tmp_path / "idx", "fp-A", DIM, {"model": "tiny"})
     yield idx
     idx.close()
 
@@ -34,7 +34,7 @@ def index(tmp_path):
 
 def test_metadata_and_refusals(tmp_path):
     path = tmp_path / "idx"
-    with Index.create_or_open(path, "fp-A", DIM, {"model": "tiny", "window": [3, 4]}) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM, {"model": "tiny", "window": [3, 4]}) as idx:
         assert idx.dim == DIM and idx.vector_dtype == "float16" and idx.meta["window"] == [3, 4]
     info = json.loads((path / META_FILE).read_text())
     assert info["format"] == "sapindex-index" and info["format_version"] == 1
@@ -43,47 +43,46 @@ def test_metadata_and_refusals(tmp_path):
     assert not [p for p in os.listdir(path) if ".tmp-" in p]  # the atomic write left no tmp file
 
     with pytest.raises(SapIndexError) as err:
-        Index.create_or_open(path, "fp-B", DIM)
+        IndexWriter.create_or_open(path, "fp-B", DIM)
     assert "fp-A" in str(err.value) and "fp-B" in str(err.value)
     with pytest.raises(SapIndexError, match="fp-A"):
         Index.open(path, bundle_fingerprint="fp-B")
     with pytest.raises(SapIndexError, match="32-d"):
-        Index.create_or_open(path, "fp-A", 32)
+        IndexWriter.create_or_open(path, "fp-A", 32)
 
     other = tmp_path / "photos"
     other.mkdir()
     (other / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(SapIndexError, match="not a sapindex index"):
-        Index.create_or_open(other, "fp-A", DIM)
+        IndexWriter.create_or_open(other, "fp-A", DIM)
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     with pytest.raises(SapIndexError, match="not a sapindex index"):
-        Index.create_or_open(a_file, "fp-A", DIM)
+        IndexWriter.create_or_open(a_file, "fp-A", DIM)
     with pytest.raises(SapIndexError, match="not a sapindex index"):
         Index.open(other)
     empty = tmp_path / "empty"
     empty.mkdir()
-    Index.create_or_open(empty, "fp-A", DIM).close()  # an empty directory is fine
+    IndexWriter.create_or_open(empty, "fp-A", DIM).close()  # an empty directory is fine
     # reopening with the same fingerprint keeps the recorded metadata
-    with Index.create_or_open(path, "fp-A", DIM, {"other": 1}) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM, {"other": 1}) as idx:
         assert idx.meta == {"model": "tiny", "window": [3, 4]}
 
 
 def test_one_writer_at_a_time_readers_any_time(tmp_path):
     path = tmp_path / "idx"
-    writer = Index.create_or_open(path, "fp-A", DIM)
+    writer = IndexWriter.create_or_open(path, "fp-A", DIM)
     with pytest.raises(SapIndexError, match="another process is writing"):
-        Index.create_or_open(path, "fp-A", DIM)
+        IndexWriter.create_or_open(path, "fp-A", DIM)
     writer.add_pages([make_row("a.pdf", h(1), 1, 3, 0)])
     reader = Index.open(path)
     assert reader.indexed_keys() == {(h(1), 1)}
-    with pytest.raises(SapIndexError, match="read-only"):
-        reader.add_pages([make_row("b.pdf", h(2), 1, 3, 0)])
+    assert not any(hasattr(reader, m) for m in ("add_pages", "add_failures", "remove_paths", "compact"))  # reads only
     writer.add_pages([make_row("c.pdf", h(3), 1, 3, 0)])
     assert reader.indexed_keys() == {(h(1), 1), (h(3), 1)}  # a reader sees later commits
     assert sorted(x.path for x in reader.search(np.ones((1, DIM)), k=None)) == ["a.pdf", "c.pdf"]
     writer.close()
-    Index.create_or_open(path, "fp-A", DIM).close()
+    IndexWriter.create_or_open(path, "fp-A", DIM).close()
 
 
 # --------------------------------------------------------------------------- writing
@@ -92,10 +91,10 @@ def test_one_writer_at_a_time_readers_any_time(tmp_path):
 def test_resume_keys_and_idempotent_add(tmp_path):
     path = tmp_path / "idx"
     rows = [make_row(f"d{i}.pdf", h(i), p, 1 + (i + p) % 5, i * 10 + p) for i in range(4) for p in (1, 2)]
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         assert idx.add_pages(rows[:5]) == 5
         assert idx.add_pages(rows[:5] + rows[:1]) == 0  # already there: nothing stored twice
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         assert idx.indexed_keys() == {(r.content_hash, r.page) for r in rows[:5]}
         assert idx.add_pages(rows) == 3
         assert idx.stats().pages == 8
@@ -127,7 +126,7 @@ def test_bad_rows_are_refused(index):
 
 def test_changed_file_replaces_its_rows(tmp_path):
     path = tmp_path / "idx"
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         idx.add_pages([make_row("report.pdf", h(1), p, 4, p) for p in (1, 2, 3)])
         idx.add_pages([make_row("other.pdf", h(9), 1, 4, 9)])
         # the file changed: two pages now, new hash; its old three pages go in the same commit
@@ -140,7 +139,7 @@ def test_changed_file_replaces_its_rows(tmp_path):
         ("other.pdf", h(9), 1), ("report.pdf", h(2), 1), ("report.pdf", h(2), 2)]
     hits = reader.search(np.ones((2, DIM), np.float32), k=None)
     assert sorted((x.path, x.page) for x in hits) == [("other.pdf", 1), ("report.pdf", 1), ("report.pdf", 2)]
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         # changed to content already indexed elsewhere: nothing to add, drop_stale cleans up
         assert idx.drop_stale("other.pdf", h(2)) == 1
         assert idx.remove_paths(["report.pdf"]) == {"report.pdf": ["report.pdf"]}
@@ -149,7 +148,7 @@ def test_changed_file_replaces_its_rows(tmp_path):
 
 def test_failures_recorded_replaced_and_cleared(tmp_path, monkeypatch):
     path = tmp_path / "idx"
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         assert idx.add_failures([Failure("bad.pdf", "not a valid PDF"), Failure("scan.tif", "cannot decode", 2),
                                  Failure("it's.png", "permission denied")]) == 3
         idx.add_failures([Failure("bad.pdf", "encrypted PDF:\n a password is required")])  # replaces
@@ -162,16 +161,16 @@ def test_failures_recorded_replaced_and_cleared(tmp_path, monkeypatch):
         assert idx.failures() == [Failure("bad.pdf", "encrypted PDF: a password is required")]
         assert idx.stats().failures == 1
     # a crash between the page commit and the failure delete: the failure is stale, and ignored
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
-        monkeypatch.setattr(Index, "_delete_failures", lambda self, keys: None)
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
+        monkeypatch.setattr(IndexWriter, "_delete_failures", lambda self, keys: None)
         idx.add_pages([make_row("bad.pdf", h(7), 1, 2, 3)])
         monkeypatch.undo()
         assert idx.failures() == []
     assert Index.open(path).failures() == []
     # a failure newer than the indexed pages stays (the file broke after it was indexed)
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         idx.add_failures([Failure("bad.pdf", "not a valid PDF (corrupt or truncated)")])
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         assert [f.reason for f in idx.failures()] == ["not a valid PDF (corrupt or truncated)"]
         idx.remove_paths(["bad.pdf"])
         assert idx.failures() == []
@@ -179,7 +178,7 @@ def test_failures_recorded_replaced_and_cleared(tmp_path, monkeypatch):
 
 def test_stats_and_bytes_per_row(tmp_path):
     dim, n_pages, k = 128, 100, 100
-    with Index.create_or_open(tmp_path / "idx", "fp-A", dim) as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", dim) as idx:
         rows = [make_row(f"d{i // 4}.pdf", h(i // 4), i % 4 + 1, k, i, dim=dim, n_visual=768)
                 for i in range(n_pages)]
         idx.add_pages(rows)
@@ -203,7 +202,7 @@ def test_search_equals_a_per_page_loop(tmp_path, vector_dtype):
     rng = np.random.default_rng(7)
     counts = [1, 1, 2, 3, 5, 8, 13, 40, 1, 7] * 6  # 60 pages, kept counts including 1
     rows = [make_row(f"doc{i % 13:02d}.pdf", h(i % 13), i // 13 + 1, c, 1000 + i) for i, c in enumerate(counts)]
-    with Index.create_or_open(tmp_path / "idx", "fp-A", DIM, vector_dtype=vector_dtype) as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", DIM, vector_dtype=vector_dtype) as idx:
         for start in range(0, len(rows), 9):  # several fragments
             idx.add_pages(rows[start:start + 9])
     reader = Index.open(tmp_path / "idx")
@@ -235,7 +234,7 @@ def test_search_ties_are_broken_by_path_then_page(tmp_path):
     for path, page in [("b.pdf", 2), ("a.pdf", 3), ("b.pdf", 1), ("a.pdf", 1), ("c.pdf", 1)]:
         vecs = base if path != "c.pdf" else base * 0.5
         rows.append(PageRow(path, h(ord(path[0])), page, 1, 1, (1, 2), 2, np.arange(2), vecs, 1.0))
-    with Index.create_or_open(tmp_path / "idx", "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", DIM) as idx:
         for r in rows:  # one fragment each: ties across chunks too
             idx.add_pages([r])
         q = np.zeros((2, DIM), np.float32)
@@ -250,7 +249,7 @@ def test_search_and_maxsim_matrix_equal_the_reference_maxsim(tmp_path):
     """One kernel: the store's search and the eval's score matrix both score as ``sap.maxsim``."""
     rng = np.random.default_rng(11)
     rows = [make_row(f"r{i:02d}.pdf", h(i), 1, int(rng.integers(1, 30)), 500 + i) for i in range(40)]
-    with Index.create_or_open(tmp_path / "idx", "fp-A", DIM, vector_dtype="float32") as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", DIM, vector_dtype="float32") as idx:
         idx.add_pages(rows[:25])
         idx.add_pages(rows[25:])
         queries = [rng.standard_normal((m, DIM)).astype(np.float32) for m in (1, 3, 17)]
@@ -280,7 +279,7 @@ def test_get_returns_one_stored_row(index):
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    from sapindex.index.store import Index, PageRow
+    from sapindex.index.store import Index, IndexWriter, PageRow
 
     def rows_for(f, dim):
         rng = np.random.default_rng(f)
@@ -295,7 +294,7 @@ WRITER = textwrap.dedent("""
 
     if __name__ == "__main__":
         path, n_files, dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-        idx = Index.create_or_open(path, "fp-A", dim)
+        idx = IndexWriter.create_or_open(path, "fp-A", dim)
         done = idx.indexed_keys()
         print("open", flush=True)
         for f in range(n_files):
@@ -363,10 +362,10 @@ def test_store_and_inputs_in_use_import_no_torch(tmp_path):
         import sys, numpy as np
         from PIL import Image
         from sapindex.index.inputs import Failure, iter_pages, iter_sources
-        from sapindex.index.store import Index, PageRow
+        from sapindex.index.store import Index, IndexWriter, PageRow
         Image.new("RGB", (20, 30), (1, 2, 3)).save({str(tmp_path / 'p.pdf')!r}, "PDF")
         pages = list(iter_pages(iter_sources([{str(tmp_path)!r}])))
-        with Index.create_or_open({str(tmp_path / 'idx')!r}, "fp", 4) as idx:
+        with IndexWriter.create_or_open({str(tmp_path / 'idx')!r}, "fp", 4) as idx:
             idx.add_pages([PageRow(p.path, p.content_hash, p.page, *p.size, (1, 1), 1, np.array([0]),
                                    np.ones((1, 4)), 1.0) for p in pages])
             idx.add_failures([Failure("x", "y")])
@@ -380,7 +379,7 @@ def test_store_and_inputs_in_use_import_no_torch(tmp_path):
 
 
 def test_changing_one_copy_keeps_the_other_copys_pages(tmp_path):
-    with Index.create_or_open(tmp_path / "idx", "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", DIM) as idx:
         idx.add_pages([make_row("p.pdf", h(1), 1, 2, 1)])  # a run killed after p's first page
         # q.pdf is a byte-identical copy: its page 1 is already there, pages 2-3 are stored under q
         assert idx.add_pages([make_row("q.pdf", h(1), n, 2, n) for n in (1, 2, 3)]) == 2
@@ -427,14 +426,14 @@ def test_an_index_without_the_global_grid_columns_still_opens(tmp_path, monkeypa
     path = tmp_path / "old"
     with monkeypatch.context() as patched:
         patched.setattr(index_module, "page_schema", old_schema)
-        with Index.create_or_open(path, "fp-A", DIM) as idx:
+        with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
             idx.add_pages([make_row("/d/a.pdf", h(1), 1, 4, 1)])
     with Index.open(path) as idx:
         assert "global_rows" not in idx._page_columns()
         (row,) = list(idx.iter_rows())
         assert (row["grid_rows"], row["global_rows"], row["global_cols"]) == (8, 0, 0)
         assert idx.search(row["vectors"][:1], k=1)[0].path == "/d/a.pdf"
-    with Index.create_or_open(path, "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         assert idx.add_pages([make_row("/d/b.pdf", h(2), 1, 4, 2)]) == 1
         tiled = make_row("/d/c.pdf", h(3), 1, 4, 3)
         tiled.global_grid = (4, 4)
@@ -453,7 +452,7 @@ def test_merged_rows_keep_their_cover_and_bad_covers_or_old_indexes_are_refused(
     merged.positions = np.array([1, 4, 6])
     merged.cover = np.array([0, 0, -1, 1, 1, 1, 2, 2])
     merged.method = "sap-merge"
-    with Index.create_or_open(tmp_path / "new", "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(tmp_path / "new", "fp-A", DIM) as idx:
         idx.add_pages([merged, make_row("/d/s.pdf", h(2), 1, 3, 2)])
         rows = {r["path"]: r for r in idx.iter_rows()}
         assert rows["/d/m.pdf"]["cover"].tolist() == [0, 0, -1, 1, 1, 1, 2, 2] and rows["/d/s.pdf"]["cover"] is None
@@ -471,9 +470,9 @@ def test_merged_rows_keep_their_cover_and_bad_covers_or_old_indexes_are_refused(
 
     with monkeypatch.context() as patched:
         patched.setattr(index_module, "page_schema", old_schema)
-        with Index.create_or_open(tmp_path / "old", "fp-A", DIM) as idx:
+        with IndexWriter.create_or_open(tmp_path / "old", "fp-A", DIM) as idx:
             idx.add_pages([make_row("/d/a.pdf", h(4), 1, 4, 1)])
-    with Index.create_or_open(tmp_path / "old", "fp-A", DIM) as idx:
+    with IndexWriter.create_or_open(tmp_path / "old", "fp-A", DIM) as idx:
         assert idx.add_pages([make_row("/d/b.pdf", h(5), 1, 4, 2)]) == 1
         assert [r["cover"] for r in idx.iter_rows()] == [None, None]
         with pytest.raises(SapIndexError, match="old: this index predates merged vectors"):

@@ -10,7 +10,7 @@ import pytest
 from helpers import h, make_row
 
 from sapindex.errors import SapIndexError
-from sapindex.index.store import Index
+from sapindex.index.store import Index, IndexWriter
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
@@ -27,7 +27,7 @@ def same(got, want):
 @pytest.fixture(scope="module")
 def searcher(tmp_path_factory):
     path = tmp_path_factory.mktemp("batching") / "idx"
-    with Index.create_or_open(path, "fp", 128) as idx:
+    with IndexWriter.create_or_open(path, "fp", 128) as idx:
         idx.add_pages([make_row(f"/b/d{i // 3}.pdf", h(i // 3), i % 3 + 1, 6, seed=i, dim=128) for i in range(60)])
     return Searcher(Index.open(path), Encoder(Bundle.open(default_bundle_path()), graphs=("text",)))
 

@@ -16,7 +16,7 @@ import pytest
 from helpers import h, make_row, run_cli
 
 from sapindex.benchdata import token_vectors as tv
-from sapindex.index.store import Index
+from sapindex.index.store import Index, IndexWriter
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder, prune
@@ -54,7 +54,7 @@ def rows_of(pages, prefix="/c"):
 
 
 def optimized_index(path, pages):
-    with Index.create_or_open(path, "fp", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp", DIM) as idx:
         idx.add_pages(rows_of(pages))
         info = first_stage.build(idx)
     return info
@@ -143,7 +143,7 @@ def test_pages_added_or_deleted_after_optimize_and_filters(spread, encoder):
     q = tv.queries_near(pages, 1, seed=5)[0]
     new = make_row("/new/answer.pdf", h(10**6), 1, len(q), seed=9, dim=DIM)
     new.vectors = q.copy()  # its MaxSim with q is the largest possible
-    with Index.create_or_open(path, "fp", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp", DIM) as idx:
         idx.add_pages([new])
     hits = searcher.search_vectors([q], 5)[0]
     assert hits[0].path == "/new/answer.pdf" and searcher.two_stage()
@@ -153,7 +153,7 @@ def test_pages_added_or_deleted_after_optimize_and_filters(spread, encoder):
     assert searcher.search_vectors([q], 5, where="page = 2")[0][0].page == 2
     assert searcher.search_vectors([q], 3, where="path = '/c/d7.pdf' AND page = 4")[0][0][:2] == ("/c/d7.pdf", 4)
     gone = hits[1].path
-    with Index.create_or_open(path, "fp", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp", DIM) as idx:
         idx.remove_paths([gone, "/new/answer.pdf"])
     after = searcher.search_vectors([q], 5)[0]
     assert gone not in {x.path for x in after} and "/new/answer.pdf" not in {x.path for x in after}
@@ -161,7 +161,7 @@ def test_pages_added_or_deleted_after_optimize_and_filters(spread, encoder):
     assert searcher.stats()["first_stage"]["pages_deleted_since"] == 5
     again = make_row("/new/again.pdf", h(10**6 + 1), 1, len(q), seed=9, dim=DIM)
     again.vectors = q.copy()
-    with Index.create_or_open(path, "fp", DIM) as idx:
+    with IndexWriter.create_or_open(path, "fp", DIM) as idx:
         idx.add_pages([again])
     assert searcher.search_vectors([q], 1)[0][0].path == "/new/again.pdf"  # added after a deletion, coded anew
 
@@ -169,7 +169,7 @@ def test_pages_added_or_deleted_after_optimize_and_filters(spread, encoder):
 def test_a_rebuilt_stage_is_picked_up_and_the_old_one_removed(spread, encoder):
     path, _, info = spread
     searcher = Searcher(Index.open(path), encoder, two_stage_min_pages=1000)
-    with Index.open_writer(path) as idx:
+    with IndexWriter.open_writer(path) as idx:
         again = first_stage.build(idx, seed=1)
     assert again["dir"] != info["dir"] and not (path / info["dir"]).exists()
     assert searcher.refresh() and searcher.first_stage()["dir"] == again["dir"]
@@ -179,7 +179,7 @@ def test_a_rebuilt_stage_is_picked_up_and_the_old_one_removed(spread, encoder):
 
 
 def test_an_older_first_stage_is_ignored_until_optimize(tmp_path, encoder):
-    with Index.create_or_open(tmp_path / "idx", "fp", DIM) as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", "fp", DIM) as idx:
         idx.add_pages(rows_of(list(tv.spread_pages(50, seed=1))))
     (tmp_path / "idx" / first_stage.META).write_text(json.dumps(
         {"format": first_stage.FORMAT, "format_version": 1, "kind": "centroids", "dir": "first_stage-old"}))
@@ -191,7 +191,7 @@ def test_an_older_first_stage_is_ignored_until_optimize(tmp_path, encoder):
 @pytest.mark.slow
 def test_kill_during_optimize_leaves_the_previous_stage(spread, encoder):
     path, pages, info = spread
-    with Index.create_or_open(path, "fp", DIM) as idx:  # enough vectors that coding takes a while
+    with IndexWriter.create_or_open(path, "fp", DIM) as idx:  # enough vectors that coding takes a while
         idx.add_pages(rows_of(list(tv.spread_pages(23000, seed=4, start=3000)), prefix="/more"))
     proc = subprocess.Popen([sys.executable, "-m", "sapindex.cli", "optimize", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -208,7 +208,7 @@ def test_kill_during_optimize_leaves_the_previous_stage(spread, encoder):
     assert searcher.first_stage()["dir"] == info["dir"]
     assert searcher.stats()["first_stage"]["pages_added_since"] == 20000
     assert searcher.search_vectors([q], 5)[0] == searcher.search_vectors([q], 5, exact=True)[0]
-    with Index.open_writer(path) as idx:  # the next optimize clears the killed build's directory
+    with IndexWriter.open_writer(path) as idx:  # the next optimize clears the killed build's directory
         again = first_stage.build(idx)
     assert [p.name for p in path.glob("first_stage-*")] == [again["dir"]]
 
@@ -217,7 +217,7 @@ CAPPED = """
 import json, resource, sys
 import faiss, lancedb  # libraries loaded before the cap: it bounds the data, not the code
 import numpy as np
-from sapindex.index.store import Index
+from sapindex.index.store import Index, IndexWriter
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
@@ -261,7 +261,7 @@ def test_an_index_larger_than_its_memory_cap_searches_correctly(tmp_path, encode
 def test_cli_optimize_inspect_and_exact(tmp_path):
     pages = list(tv.spread_pages(200, seed=1))
     meta = {"bundle_path": str(default_bundle_path().resolve()), "builtin": True}
-    with Index.create_or_open(tmp_path / "idx", Bundle.open(default_bundle_path()).fingerprint, DIM, meta) as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", Bundle.open(default_bundle_path()).fingerprint, DIM, meta) as idx:
         idx.add_pages(rows_of(pages))
     before = run_cli("inspect", tmp_path / "idx")
     assert "first_stage             none: exact search" in before.stdout
@@ -275,11 +275,11 @@ def test_cli_optimize_inspect_and_exact(tmp_path):
     assert "bytes a vector" in run_cli("inspect", tmp_path / "idx").stdout
     exact = run_cli("search", tmp_path / "idx", "annual report", "--exact", "--json")
     assert exact.returncode == 0 and len(json.loads(exact.stdout)) == 5
-    with Index.open_writer(tmp_path / "idx"):
+    with IndexWriter.open_writer(tmp_path / "idx"):
         locked = run_cli("optimize", tmp_path / "idx")
     assert locked.returncode == 2 and "another process is writing" in locked.stderr
     empty = tmp_path / "empty"
-    with Index.create_or_open(empty, "fp", DIM):
+    with IndexWriter.create_or_open(empty, "fp", DIM):
         pass
     nothing = run_cli("optimize", empty)
     assert nothing.returncode == 2 and "holds no pages" in nothing.stderr

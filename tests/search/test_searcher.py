@@ -10,7 +10,7 @@ import pytest
 from helpers import h, make_row
 
 from sapindex.errors import SapIndexError
-from sapindex.index.store import Index
+from sapindex.index.store import Index, IndexWriter
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
@@ -31,7 +31,7 @@ def rows(n, start=0, prefix="/a", k=6):
 
 @pytest.fixture
 def writer(tmp_path):
-    with Index.create_or_open(tmp_path / "idx", "fp", DIM) as idx:
+    with IndexWriter.create_or_open(tmp_path / "idx", "fp", DIM) as idx:
         yield idx
 
 
@@ -124,11 +124,11 @@ def test_bad_queries_are_refused_with_their_name(writer, encoder):
 
 def test_open_checks_the_bundle(tmp_path):
     meta = {"bundle_path": str(default_bundle_path())}
-    with Index.create_or_open(tmp_path / "idx", "not-the-micro-bundle", DIM, meta):
+    with IndexWriter.create_or_open(tmp_path / "idx", "not-the-micro-bundle", DIM, meta):
         pass
     with pytest.raises(SapIndexError, match="differs from the index's"):
         Searcher.open(tmp_path / "idx")
-    with Index.create_or_open(tmp_path / "idx2", "fp", DIM):
+    with IndexWriter.create_or_open(tmp_path / "idx2", "fp", DIM):
         pass
     with pytest.raises(SapIndexError, match="does not record its bundle; pass --bundle"):
         Searcher.open(tmp_path / "idx2")

@@ -3,8 +3,9 @@
 The on-disk layout and the rules for identity, resume, changed files and failures are documented
 in :mod:`sapindex.index.store.schema`, with the schemas they describe. One job per module:
 ``schema`` (file names, table schemas, the records in and out), ``index`` (the :class:`Index`:
-opening, locking, writes, reads), ``search`` (the exact MaxSim scan), ``_sql`` (filter strings)
-and ``_arrow`` (rows to Arrow tables and back).
+opening and reads), ``writer`` (the :class:`IndexWriter`: the lock, the caches, writes),
+``search`` (the exact MaxSim scan), ``_sql`` (filter strings) and ``_arrow`` (rows to Arrow tables
+and back).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sapindex.index.store.schema import (
                                          failure_schema,
                                          page_schema,
 )
+from sapindex.index.store.writer import IndexWriter
 
 __all__ = [
     "FORMAT",
@@ -28,6 +30,7 @@ __all__ = [
     "Hit",
     "Index",
     "IndexStats",
+    "IndexWriter",
     "PageRow",
     "failure_schema",
     "page_schema",

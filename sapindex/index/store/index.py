@@ -1,40 +1,38 @@
-"""The :class:`Index`: opening (lock, compatibility check), writes with the writer's caches, and reads.
+"""The :class:`Index`, read side: opening an index directory (its compatibility check) and every
+read (stats, rows, failures, versioned scans, the exact scan).
 
-The format, identity, resume and failure rules it implements are documented in
-:mod:`sapindex.index.store.schema`; the search scan is in :mod:`sapindex.index.store.search`.
+Why apart from the writer (:mod:`sapindex.index.store.writer`): a reader takes no lock and holds
+no cache, and sees each new commit of a writer working beside it; the writer adds the lock and
+the caches that make its writes idempotent. The format, identity, resume and failure rules are
+documented in :mod:`sapindex.index.store.schema`; the search scan is in
+:mod:`sapindex.index.store.search`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sapindex import __version__
 from sapindex.errors import SapIndexError
-from sapindex.formats import read_artifact, write_json_atomic
+from sapindex.formats import read_artifact
 from sapindex.index.records import Failure
-from sapindex.index.store._arrow import failure_table, ints_from_list, page_table, vectors_from_list
-from sapindex.index.store._sql import failure_filters, in_lists, sql_str, stale_filter
+from sapindex.index.store._arrow import ints_from_list, vectors_from_list
+from sapindex.index.store._sql import in_lists, sql_str
 from sapindex.index.store.schema import (
     DEFAULT_CHUNK_PAGES,
     FAILURES,
     FORMAT,
     FORMAT_VERSION,
-    LOCK_FILE,
     META_FILE,
     PAGES,
-    VECTOR_DTYPES,
     Hit,
     IndexStats,
-    PageRow,
     failure_schema,
     page_schema,
 )
@@ -64,23 +62,15 @@ def _dir_bytes(path: Path) -> int:
 
 
 class Index:
-    """A sapindex index directory. Build with :meth:`create_or_open` (writer) or :meth:`open` (reader)."""
+    """A sapindex index directory opened for reading (:meth:`open`); :class:`~sapindex.index.store.writer.IndexWriter`
+    is the same with the writer lock and the write methods."""
 
-    def __init__(self, path: Path, info: dict, db: Any, readonly: bool, lock_fd: int | None):
+    def __init__(self, path: Path, info: dict, db: Any):
         self.path = path
         self.info = info
         self._db = db
-        self.readonly = readonly
-        self._lock_fd = lock_fd
         self._pages = self._open_table(PAGES, page_schema(self.dim, self.vector_dtype))
         self._failures = self._open_table(FAILURES, failure_schema())
-        # writer caches, loaded at open: content_hash -> {page: path}, path -> content hashes,
-        # (path, page) -> failed_at of recorded failures
-        self._pages_of: dict[str, dict[int, str]] = {}
-        self._path_hashes: dict[str, set[str]] = {}
-        self._failure_keys: dict[tuple[str, int], _dt.datetime] = {}
-        if not readonly:
-            self._load_caches()
 
     # ---------------------------------------------------------------- opening
 
@@ -101,56 +91,6 @@ class Index:
         return self.info.get("meta", {})
 
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike, bundle_fingerprint: str | tuple[str, ...], dim: int,
-                       meta: dict | None = None, *, vector_dtype: str = "float16") -> Index:
-        """Open the index at ``path`` for writing, creating it when the directory is new or empty.
-
-        ``bundle_fingerprint``: the bundle's, or a tuple of fingerprints the bundle answers to
-        (``Bundle.fingerprints``: its own first, recorded at creation, then the bundles it replaces).
-        Refuses (SapIndexError) an index built with another bundle fingerprint or dimension, a
-        path that exists but is not a sapindex index, and an index another process is writing.
-        ``meta`` (JSON-serialisable) and ``vector_dtype`` are recorded at creation only; an
-        existing index keeps its own.
-        """
-        if vector_dtype not in VECTOR_DTYPES:
-            raise ValueError(f"vector_dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
-        if int(dim) <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
-        accepted = cls._accepted(bundle_fingerprint)
-        if not accepted or not all(accepted):
-            raise ValueError("bundle_fingerprint must be a non-empty string")
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise SapIndexError(f"{path}: exists and is not a sapindex index (not a directory)")
-        info = cls._read_info(path) if (path / META_FILE).exists() else None
-        if info is None:
-            cls._check_empty(path)
-            path.mkdir(parents=True, exist_ok=True)
-        lock_fd = cls._lock(path)
-        try:
-            if info is None:
-                info = cls._read_info(path) if (path / META_FILE).exists() else None  # lost a race
-            if info is None:
-                cls._check_empty(path)
-                info = {
-                    "format": FORMAT,
-                    "format_version": FORMAT_VERSION,
-                    "bundle_fingerprint": str(accepted[0]),
-                    "dim": int(dim),
-                    "vector_dtype": vector_dtype,
-                    "created": _now().isoformat(timespec="seconds"),
-                    "sapindex_version": __version__,
-                    "meta": dict(meta or {}),
-                }
-                write_json_atomic(path / META_FILE, info, sort_keys=True)
-            cls._check_compatible(path, info, accepted, dim)
-            db = _lancedb().connect(str(path))
-            return cls(path, info, db, readonly=False, lock_fd=lock_fd)
-        except BaseException:
-            os.close(lock_fd)
-            raise
-
-    @classmethod
     def open(cls, path: str | os.PathLike, bundle_fingerprint: str | tuple[str, ...] | None = None) -> Index:
         """Open an existing index read-only (search, stats, listings); no lock is taken, and
         every read sees the latest commit of a writer working beside it."""
@@ -162,32 +102,11 @@ class Index:
             cls._check_compatible(path, info, cls._accepted(bundle_fingerprint), None)
         # check for a newer table version at every read: a long-lived reader sees new pages
         db = _lancedb().connect(str(path), read_consistency_interval=_dt.timedelta(0))
-        return cls(path, info, db, readonly=True, lock_fd=None)
-
-    @classmethod
-    def open_writer(cls, path: str | os.PathLike) -> Index:
-        """Lock an existing index for writing with its own fingerprint and dimension (the index
-        operations: prune's source, remove, compact); refuses a locked or missing index."""
-        path = Path(path)
-        if not (path / META_FILE).is_file():
-            raise SapIndexError(f"{path}: not a sapindex index (no {META_FILE})")
-        info = cls._read_info(path)
-        return cls.create_or_open(path, info["bundle_fingerprint"], int(info["dim"]))
+        return cls(path, info, db)
 
     @staticmethod
     def _read_info(path: Path) -> dict:
         return read_artifact(path / META_FILE, FORMAT, FORMAT_VERSION, "sapindex index")
-
-    @staticmethod
-    def _check_empty(path: Path) -> None:
-        if not path.exists():
-            return
-        # the lock, and a metadata tmp file a killed creator left (".sapindex.json.tmp-<pid>")
-        entries = [e for e in os.listdir(path)
-                   if e != LOCK_FILE and not e.lstrip(".").startswith(f"{META_FILE}.tmp-")]
-        if entries:
-            raise SapIndexError(f"{path}: exists and is not a sapindex index (no {META_FILE}, "
-                                f"not empty); choose a new or empty directory")
 
     @staticmethod
     def _accepted(bundle_fingerprint: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -205,50 +124,21 @@ class Index:
             raise SapIndexError(f"{path}: index stores {info['dim']}-d vectors, the current bundle "
                                 f"gives {dim}-d vectors")
 
-    @staticmethod
-    def _lock(path: Path) -> int:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SapIndexError(f"{path}: another process is writing this index (its {LOCK_FILE} "
-                                f"is locked); wait for it or close it") from None
-        return fd
-
     def _open_table(self, name: str, schema: pa.Schema):
+        """The table, or None while it does not exist (metadata written, no page yet: an empty index)."""
         try:
             return self._db.open_table(name)
         except (ValueError, FileNotFoundError, RuntimeError, OSError):
-            if self.readonly:
-                return None  # metadata written, tables not yet: an empty index
-        return self._db.create_table(name, schema=schema, exist_ok=True)
+            return None
 
     def close(self) -> None:
-        """Release the writer lock (a reader has nothing to release)."""
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # closing the descriptor drops the flock
+        """Nothing to release for a reader (the writer releases its lock)."""
 
     def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _writable(self) -> None:
-        if self.readonly:
-            raise SapIndexError(f"{self.path}: index opened read-only")
-        if self._lock_fd is None:
-            raise SapIndexError(f"{self.path}: index is closed")
-
-    # ---------------------------------------------------------------- caches
 
     def _scan(self, table: Any, columns: list[str], where: str | None = None,
               batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
@@ -258,22 +148,6 @@ class Index:
         if where:
             query = query.where(where)
         yield from query.to_batches(batch_size)
-
-    def _load_caches(self) -> None:
-        interned: dict[str, str] = {}
-        for batch in self._scan(self._pages, ["path", "content_hash", "page"]):
-            paths = batch.column("path").to_pylist()
-            hashes = batch.column("content_hash").to_pylist()
-            pages = batch.column("page").to_pylist()
-            for p, h, n in zip(paths, hashes, pages):
-                h = interned.setdefault(h, h)  # one str object per hash, not one per page
-                self._remember(p, h, n)
-        for batch in self._scan(self._failures, ["path", "page", "failed_at"]):
-            for p, n, t in zip(*(batch.column(c).to_pylist() for c in ("path", "page", "failed_at"))):
-                self._failure_keys[(p, n)] = t
-        superseded = self._superseded(self._failure_keys)
-        if superseded:
-            self._delete_failures(superseded)
 
     def _superseded(self, failures: Mapping[tuple[str, int], _dt.datetime]) -> set[tuple[str, int]]:
         """Failures that a page of their path, indexed after them, has overtaken."""
@@ -294,181 +168,16 @@ class Index:
                 out.add((p, n))
         return out
 
-    def _delete_failures(self, keys: Iterable[tuple[str, int]]) -> None:
-        by_path: dict[str, list[int]] = {}
-        for p, n in keys:
-            by_path.setdefault(p, []).append(n)
-        for where in failure_filters(by_path):
-            self._failures.delete(where)
-        for p, ns in by_path.items():
-            for n in ns:
-                self._failure_keys.pop((p, n), None)
-
-    def _remember(self, path: str, content_hash: str, page: int) -> None:
-        self._pages_of.setdefault(content_hash, {})[page] = path
-        self._path_hashes.setdefault(path, set()).add(content_hash)
-
-    def _forget(self, path: str, hashes: Iterable[str]) -> int:
-        """Drop the cached rows of ``path`` under ``hashes``; return how many there were."""
-        n = 0
-        for h in hashes:
-            pages = self._pages_of.get(h, {})
-            mine = [page for page, p in pages.items() if p == path]
-            for page in mine:
-                del pages[page]
-            n += len(mine)
-            if not pages:
-                self._pages_of.pop(h, None)
-        left = self._path_hashes.get(path, set()) - set(hashes)
-        if left:
-            self._path_hashes[path] = left
-        else:
-            self._path_hashes.pop(path, None)
-        return n
-
-    # ---------------------------------------------------------------- writing
-
-    def _page_table(self, rows: list[PageRow], now: _dt.datetime) -> pa.Table:
-        table = page_table(rows, self.dim, self.vector_dtype, self.bundle_fingerprint, now)
-        missing = [name for name in table.schema.names if name not in self._page_columns()]
-        if missing:  # an index from before these columns: store what it has, refuse what it cannot hold
-            if any(tuple(r.global_grid) != (0, 0) for r in rows):
-                raise SapIndexError(f"{self.path}: this index predates global-tile pages (no {', '.join(missing)} "
-                                    "columns); index this bundle into a new index")
-            if "mode" in missing and any(r.mode != "exact" for r in rows):
-                raise SapIndexError(f"{self.path}: this index predates fast mode and holds exact vectors only; "
-                                    "index fast-mode pages into a new index")
-            if "cover" in missing and any(r.cover is not None for r in rows):
-                raise SapIndexError(f"{self.path}: this index predates merged vectors (no cover column); index "
-                                    f"--method {rows[0].method} into a new index")
-            table = table.drop_columns(missing)
-        return table
-
     def _page_columns(self) -> set[str]:
         """Column names of the pages table as stored (older indexes lack the global-grid ones)."""
         if self._pages is None:
             return set(page_schema(self.dim, self.vector_dtype).names)
         return set(self._pages.schema.names)
 
-    def add_pages(self, rows: Iterable[PageRow]) -> int:
-        """Append one batch of pages in one commit; return how many rows were stored.
-
-        Rows whose (content_hash, page) the index already holds are dropped (so a re-run is
-        idempotent). If the index holds a path under another content hash than the batch gives
-        it, that path's old rows are deleted in the same commit. Afterwards the whole-file failure
-        of each path and the failures of the stored pages are cleared.
-        """
-        self._writable()
-        rows = list(rows)
-        if not rows:
-            return 0
-        batch_hashes: dict[str, set[str]] = {}
-        for r in rows:
-            batch_hashes.setdefault(str(r.path), set()).add(str(r.content_hash))
-        stale = {p: self._path_hashes.get(p, set()) - hs for p, hs in batch_hashes.items()}
-        stale = {p: hs for p, hs in stale.items() if hs}
-        fresh, seen = [], set()
-        for r in rows:
-            key = (str(r.content_hash), int(r.page))
-            if key in seen or key[1] in self._pages_of.get(key[0], ()):
-                continue
-            seen.add(key)
-            fresh.append(r)
-        now = _now()
-        if fresh:
-            table = self._page_table(fresh, now)
-            if stale:
-                # one commit: insert the new pages, delete the changed paths' old pages
-                (self._pages.merge_insert(["content_hash", "page"])
-                 .when_not_matched_insert_all()
-                 .when_not_matched_by_source_delete(stale_filter(stale))
-                 .execute(table))
-            else:
-                self._pages.add(table)
-        elif stale:
-            self._pages.delete(stale_filter(stale))
-        for p, hs in stale.items():
-            self._forget(p, hs)
-        for r in fresh:
-            self._remember(str(r.path), str(r.content_hash), int(r.page))
-        done = {(str(r.path), 0) for r in rows} | {(str(r.path), int(r.page)) for r in rows}
-        done |= {k for k in self._failure_keys if k[0] in stale}
-        self._delete_failures(done & self._failure_keys.keys())
-        return len(fresh)
-
-    def drop_stale(self, path: str, content_hash: str) -> int:
-        """Delete the rows of ``path`` stored under another content hash (the file changed);
-        return how many rows were deleted. add_pages does this itself when it gets new rows."""
-        self._writable()
-        stale = self._path_hashes.get(str(path), set()) - {str(content_hash)}
-        return self._delete_hashes(str(path), stale)
-
-    def remove_paths(self, targets: Iterable[str]) -> dict[str, list[str]]:
-        """Forget the documents at each target: a path as the index run was given it, or a
-        directory (every path under it). Pages go in one commit, then their failures. Returns
-        target -> the paths removed; SapIndexError naming a target that matches no indexed or
-        failed path, before anything is removed."""
-        self._writable()
-        known = self._path_hashes.keys() | {p for p, _ in self._failure_keys}
-        matched: dict[str, list[str]] = {}
-        for target in targets:
-            under = str(target).rstrip("/") + "/"
-            hits = sorted(p for p in known if p == str(target) or p.startswith(under))
-            if not hits:
-                raise SapIndexError(f"{target}: no indexed path is or lies under it; nothing removed")
-            matched[str(target)] = hits
-        gone = set().union(*matched.values()) if matched else set()
-        with_pages = sorted(p for p in gone if p in self._path_hashes)
-        if with_pages:
-            self._pages.delete(" OR ".join(in_lists("path", with_pages)))  # one commit, however many paths
-        for p in with_pages:
-            self._forget(p, set(self._path_hashes[p]))
-        self._delete_failures([k for k in self._failure_keys if k[0] in gone])
-        return matched
-
-    def _delete_hashes(self, path: str, hashes: set[str]) -> int:
-        if not hashes:
-            return 0
-        self._pages.delete(stale_filter({path: hashes}))
-        return self._forget(path, hashes)
-
-    def add_failures(self, failures: Iterable[Failure]) -> int:
-        """Record failures (:class:`~sapindex.index.records.Failure`, page None: the whole file).
-
-        One commit; a failure replaces an earlier one of the same (path, page). Return how many
-        were recorded."""
-        self._writable()
-        latest: dict[tuple[str, int], str] = {}
-        for f in failures:
-            latest[(str(f.path), int(f.page or 0))] = " ".join(str(f.reason).split())  # one line
-        if not latest:
-            return 0
-        now = _now()
-        (self._failures.merge_insert(["path", "page"])
-         .when_matched_update_all()
-         .when_not_matched_insert_all()
-         .execute(failure_table(latest, now)))
-        for k in latest:
-            self._failure_keys[k] = now
-        return len(latest)
-
-    def compact(self, cleanup_older_than: _dt.timedelta | None = _dt.timedelta(0)) -> None:
-        """Merge the small fragments that many batches leave and delete the table versions older
-        than ``cleanup_older_than`` (their files: what ``remove`` and re-indexed files left).
-        ``sapindex compact`` runs it; a reader that is reading one of those versions that moment
-        fails its read, hence the command's default grace period."""
-        self._writable()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than")
-            for table in (self._pages, self._failures):
-                table.optimize(cleanup_older_than=cleanup_older_than)
-
     # ---------------------------------------------------------------- reading
 
     def indexed_keys(self) -> set[tuple[str, int]]:
         """Every stored (content_hash, page), for a resuming indexer's skip predicate."""
-        if not self.readonly:
-            return {(h, page) for h, pages in self._pages_of.items() for page in pages}
         keys: set[tuple[str, int]] = set()
         for batch in self._scan(self._pages, ["content_hash", "page"]):
             keys.update(zip(batch.column("content_hash").to_pylist(), batch.column("page").to_pylist()))
@@ -476,8 +185,6 @@ class Index:
 
     def indexed_paths(self) -> dict[str, set[str]]:
         """path -> the content hashes stored for it (one, unless a re-index was interrupted)."""
-        if not self.readonly:
-            return {p: set(hs) for p, hs in self._path_hashes.items()}
         out: dict[str, set[str]] = {}
         for batch in self._scan(self._pages, ["path", "content_hash"]):
             for p, h in zip(batch.column("path").to_pylist(), batch.column("content_hash").to_pylist()):
@@ -530,7 +237,7 @@ class Index:
                 yield row
 
     def methods(self) -> set[str]:
-        """The index methods of the stored rows (``sapindex.runtime.methods``): one, or none when empty."""
+        """The index methods of the stored rows (``sapindex.compression``): one, or none when empty."""
         out: set[str] = set()
         for batch in self.scan_pages(["method"], chunk_pages=65536):
             out.update(pc.unique(batch.column("method")).to_pylist())
@@ -552,7 +259,7 @@ class Index:
     def version(self) -> int:
         """The pages table's current version (0 before the first page): each commit adds one, so a
         long-lived reader compares versions to learn that the index changed."""
-        if self._pages is None and self.readonly:
+        if self._pages is None:
             self._pages = self._open_table(PAGES, page_schema(self.dim, self.vector_dtype))  # created since
         return 0 if self._pages is None else int(self._pages.version)
 

@@ -28,7 +28,7 @@ the top ``keep_count(n_visual, r)`` of them, ties to the lower position, is exac
 index run at ratio ``r`` keeps. Indexes from before this column open and search as before, and
 store no scores for their new pages; ``prune`` refuses them.
 
-``method`` is what the row's vectors are (``sapindex.runtime.methods``): ``sap`` / ``sap-poscorr``
+``method`` is what the row's vectors are (``sapindex.compression``): ``sap`` / ``sap-poscorr``
 / ``sap-budget`` store kept tokens' own vectors; the merging methods ``sap-merge`` and
 ``sap-kmeans`` store group means, each at the position of its anchor token, and ``cover``
 (``list<int32>``, one entry per visual token, in position order) says which stored vector each
@@ -62,7 +62,7 @@ Indexing a page of a path later clears that path's whole-file failure and that p
 failure is also ignored (and removed at the next writer open) when a page of its path was indexed
 after it failed, so a crash between the two commits cannot leave a stale failure behind.
 
-One writer at a time (:meth:`Index.create_or_open` takes an exclusive lock on ``.lock``, released
+One writer at a time (:meth:`IndexWriter.create_or_open` takes an exclusive lock on ``.lock``, released
 on close or when the process dies); any number of readers (:meth:`Index.open`).
 """
 

@@ -1,4 +1,5 @@
-"""The index-time baselines of ``sapindex eval`` (sapindex.eval.baselines) against direct computations."""
+"""The compression methods (sapindex.compression: SAP, the paper's baselines, the registry) against direct
+computations."""
 
 import os
 import subprocess
@@ -7,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from sapindex import merging, sap
-from sapindex.eval import baselines as B
+from sapindex import compression as C
+from sapindex import sap
 
 NS = (1, 2, 3, 7, 50, 257)
 RATIOS = (0.01, 0.1, 1 / 3, 0.5, 0.9, 1.0)
@@ -38,10 +39,10 @@ def test_matched_counts(n, ratio):
     e = rng.random(n)
     k = sap.keep_count(n, ratio)
     outs = {
-        "random": B.random(v, ratio, seed=3),
-        "eos": B.eos(v, e, ratio),
-        "pooling": B.pooling(v, ratio),
-        "cluster": B.cluster(v, ratio, seed=0),
+        "random": C.random(v, ratio, seed=3),
+        "eos": C.eos(v, e, ratio),
+        "pooling": C.pooling(v, ratio),
+        "cluster": C.cluster(v, ratio, seed=0),
     }
     for name, out in outs.items():
         assert len(out) == k, name
@@ -60,12 +61,12 @@ def test_matched_counts(n, ratio):
 def test_random_is_sap_random_k_and_deterministic():
     rng = np.random.default_rng(0)
     v = unit(rng, 100)
-    for seed in B.RANDOM_SEEDS:
-        out = B.random(v, 0.25, seed)
+    for seed in C.RANDOM_SEEDS:
+        out = C.random(v, 0.25, seed)
         np.testing.assert_array_equal(out.positions, sap.random_k(100, 0.25, np.random.default_rng(seed)))
-        np.testing.assert_array_equal(B.random(v, 0.25, seed).positions, out.positions)
-    draws = {tuple(B.random(v, 0.25, s).positions) for s in B.RANDOM_SEEDS}
-    assert len(draws) == len(B.RANDOM_SEEDS)
+        np.testing.assert_array_equal(C.random(v, 0.25, seed).positions, out.positions)
+    draws = {tuple(C.random(v, 0.25, s).positions) for s in C.RANDOM_SEEDS}
+    assert len(draws) == len(C.RANDOM_SEEDS)
 
 
 # ------------------------------------------------------------------------------ eos
@@ -79,7 +80,7 @@ def test_eos_is_argsort_top_k_with_lower_index_ties():
         for ratio in (0.1, 0.3, 0.5, 1.0):
             k = sap.keep_count(n, ratio)
             expect = np.sort(np.argsort(-e.astype(np.float64), kind="stable")[:k])
-            out = B.eos(v, e, ratio)
+            out = C.eos(v, e, ratio)
             np.testing.assert_array_equal(out.positions, expect)
             np.testing.assert_array_equal(out.vectors, v[expect])
 
@@ -87,9 +88,9 @@ def test_eos_is_argsort_top_k_with_lower_index_ties():
 def test_eos_checks_its_input():
     v = unit(np.random.default_rng(0), 4)
     with pytest.raises(ValueError, match="cover 3 tokens"):
-        B.eos(v, np.ones(3), 0.5)
+        C.eos(v, np.ones(3), 0.5)
     with pytest.raises(ValueError, match="NaN"):
-        B.eos(v, np.array([1.0, np.nan, 0, 0]), 0.5)
+        C.eos(v, np.array([1.0, np.nan, 0, 0]), 0.5)
 
 
 # ------------------------------------------------------------------------------ adaptive eos
@@ -104,11 +105,11 @@ def test_adaptive_threshold_by_hand():
              -1.0: [0, 1, 2, 3, 4],   # 4 - 3.16 = 0.84
              3.0: [4]}                # 13.49: nothing above, the argmax is forced in
     for k, expect in cases.items():
-        out = B.adaptive_eos(v, e, k)
+        out = C.adaptive_eos(v, e, k)
         np.testing.assert_array_equal(out.positions, expect)
         np.testing.assert_array_equal(out.vectors, v[expect])
     # k = 0: strictly above the mean (4.0 itself is not kept)
-    np.testing.assert_array_equal(B.adaptive_eos(v, e, 0.0).positions, [4])
+    np.testing.assert_array_equal(C.adaptive_eos(v, e, 0.0).positions, [4])
 
 
 def test_adaptive_matches_formula_on_random_pages():
@@ -120,14 +121,14 @@ def test_adaptive_matches_formula_on_random_pages():
         s = e.astype(np.float64)
         keep = s > s.mean() + k * np.sqrt(((s - s.mean()) ** 2).mean())
         keep[np.argmax(s)] = True
-        np.testing.assert_array_equal(B.adaptive_eos(unit(rng, n), e, k).positions, np.flatnonzero(keep))
+        np.testing.assert_array_equal(C.adaptive_eos(unit(rng, n), e, k).positions, np.flatnonzero(keep))
 
 
 def test_adaptive_flat_page_keeps_the_first_argmax():
     v = unit(np.random.default_rng(0), 6)
     for k in (-2.0, 0.0, 2.0):
-        np.testing.assert_array_equal(B.adaptive_eos(v, np.full(6, 0.25), k).positions, [0])
-    np.testing.assert_array_equal(B.adaptive_eos(v[:1], np.array([3.0]), 1.0).positions, [0])
+        np.testing.assert_array_equal(C.adaptive_eos(v, np.full(6, 0.25), k).positions, [0])
+    np.testing.assert_array_equal(C.adaptive_eos(v[:1], np.array([3.0]), 1.0).positions, [0])
 
 
 def synthetic_eos_pages(rng, n_pages):
@@ -141,7 +142,7 @@ def synthetic_eos_pages(rng, n_pages):
 
 
 def global_rate(pages, k):
-    return sum(int(B.adaptive_eos_mask(p, k).sum()) for p in pages) / sum(p.size for p in pages)
+    return sum(int(C.adaptive_eos_mask(p, k).sum()) for p in pages) / sum(p.size for p in pages)
 
 
 @pytest.mark.parametrize("ratio", [0.05, 0.1, 0.25, 0.5])
@@ -149,14 +150,14 @@ def test_calibrate_adaptive_eos_reaches_the_global_rate(ratio):
     rng = np.random.default_rng(int(ratio * 100))
     pages = synthetic_eos_pages(rng, 60)
     total = sum(p.size for p in pages)
-    k = B.calibrate_adaptive_eos(pages, ratio)
+    k = C.calibrate_adaptive_eos(pages, ratio)
     r = global_rate(pages, k)
     assert abs(r - ratio) <= 3 / total  # the step function moves by ~1 token at a time
     # no other plateau is closer: nudging k either way (past the neighbouring z-scores) is not better
     for dk in (-1e-3, 1e-3, -1e-2, 1e-2):
         assert abs(global_rate(pages, k + dk) - ratio) >= abs(r - ratio) - 1e-12
     # k is applied per page: the counts are not matched per page, only globally
-    counts = [int(B.adaptive_eos_mask(p, k).sum()) for p in pages]
+    counts = [int(C.adaptive_eos_mask(p, k).sum()) for p in pages]
     assert len({c - sap.keep_count(p.size, ratio) for c, p in zip(counts, pages)}) > 1
     # and it carries over to held-out pages from the same distribution
     assert abs(global_rate(synthetic_eos_pages(rng, 60), k) - ratio) < 0.03
@@ -165,18 +166,18 @@ def test_calibrate_adaptive_eos_reaches_the_global_rate(ratio):
 def test_calibrate_adaptive_eos_is_monotone_and_handles_the_ends():
     rng = np.random.default_rng(5)
     pages = synthetic_eos_pages(rng, 20)
-    ks = [B.calibrate_adaptive_eos(pages, r) for r in (0.05, 0.1, 0.2, 0.4, 0.8)]
+    ks = [C.calibrate_adaptive_eos(pages, r) for r in (0.05, 0.1, 0.2, 0.4, 0.8)]
     assert all(a > b for a, b in zip(ks, ks[1:]))
-    assert global_rate(pages, B.calibrate_adaptive_eos(pages, 1.0)) == 1.0
+    assert global_rate(pages, C.calibrate_adaptive_eos(pages, 1.0)) == 1.0
     # below n_pages / total nothing but the argmaxes can be kept
-    k = B.calibrate_adaptive_eos(pages, 1e-4)
-    assert all(B.adaptive_eos_mask(p, k).sum() == 1 for p in pages)
+    k = C.calibrate_adaptive_eos(pages, 1e-4)
+    assert all(C.adaptive_eos_mask(p, k).sum() == 1 for p in pages)
     # tiny exact case: z-scores of [0, 0, 0, 1] are -1/sqrt(3) x3 and sqrt(3); rate 1/4 or 1
     page = np.array([0.0, 0.0, 0.0, 1.0])
-    assert global_rate([page], B.calibrate_adaptive_eos([page], 0.3)) == 0.25
-    assert global_rate([page], B.calibrate_adaptive_eos([page], 0.7)) == 1.0
+    assert global_rate([page], C.calibrate_adaptive_eos([page], 0.3)) == 0.25
+    assert global_rate([page], C.calibrate_adaptive_eos([page], 0.7)) == 1.0
     with pytest.raises(ValueError):
-        B.calibrate_adaptive_eos([], 0.1)
+        C.calibrate_adaptive_eos([], 0.1)
 
 
 # ------------------------------------------------------------------------------ pooling
@@ -204,7 +205,7 @@ def test_pooling_equals_colpali_hierarchical_token_pooler(colpali_pooler, n, poo
     ratio = k / n
     assert sap.keep_count(n, ratio) == k  # same cluster count on both sides
     ref = colpali_pooler.pool_embeddings([torch.from_numpy(v.copy())], pool_factor=pool_factor)[0].numpy()
-    ours = B.pooling(v, ratio).vectors
+    ours = C.pooling(v, ratio).vectors
     assert ours.shape == ref.shape == (k, dim)
     np.testing.assert_allclose(ours, ref, atol=1e-6)  # same cluster order (by label)
     np.testing.assert_allclose(sorted_rows(ours), sorted_rows(ref), atol=1e-6)
@@ -214,17 +215,17 @@ def test_pooling_is_the_renormalised_mean_of_its_clusters():
     rng = np.random.default_rng(7)
     v = unit(rng, 120)
     k = sap.keep_count(120, 0.2)
-    labels = B.pooling_labels(v, k)
+    labels = C.pooling_labels(v, k)
     assert set(labels.tolist()) == set(range(k))
     expect = normalize(np.stack([v[labels == c].mean(axis=0) for c in range(k)]))
-    np.testing.assert_allclose(B.pooling(v, 0.2).vectors, expect, atol=1e-6)
+    np.testing.assert_allclose(C.pooling(v, 0.2).vectors, expect, atol=1e-6)
 
 
 def test_pooling_count_is_at_most_keep_count_on_ties():
     rng = np.random.default_rng(8)
     base = unit(rng, 3)
     v = np.repeat(base, 10, axis=0)  # 30 tokens, 3 distinct: duplicates merge at height 0
-    out = B.pooling(v, 0.5)
+    out = C.pooling(v, 0.5)
     assert len(out) == 3 < sap.keep_count(30, 0.5)
     np.testing.assert_allclose(sorted_rows(out.vectors), sorted_rows(base), atol=1e-6)
 
@@ -234,7 +235,7 @@ def test_pooling_count_equals_keep_count_on_generic_data():
     for n in (5, 64, 333):
         v = unit(rng, n, 128)
         for ratio in (0.05, 0.1, 0.33, 0.7):
-            assert len(B.pooling(v, ratio)) == sap.keep_count(n, ratio)
+            assert len(C.pooling(v, ratio)) == sap.keep_count(n, ratio)
 
 
 # ------------------------------------------------------------------------------ cluster
@@ -247,7 +248,7 @@ def test_cluster_centroids_are_renormalised_member_means():
     rng = np.random.default_rng(10)
     v = unit(rng, 300, 128)
     for seed in (0, 1):
-        out = B.cluster(v, 0.1, seed)
+        out = C.cluster(v, 0.1, seed)
         with threadpool_limits(limits=1):
             km = KMeans(n_clusters=30, n_init=4, random_state=seed).fit(v.astype(np.float64))
         labels = km.labels_
@@ -262,7 +263,7 @@ def test_cluster_centroids_are_renormalised_member_means():
 
 def test_cluster_is_deterministic_for_a_seed():
     v = unit(np.random.default_rng(11), 200, 64)
-    a, b, c = B.cluster(v, 0.1, 0), B.cluster(v, 0.1, 0), B.cluster(v, 0.1, 1)
+    a, b, c = C.cluster(v, 0.1, 0), C.cluster(v, 0.1, 0), C.cluster(v, 0.1, 1)
     np.testing.assert_array_equal(a.vectors, b.vectors)
     assert not np.array_equal(sorted_rows(a.vectors), sorted_rows(c.vectors))
 
@@ -270,7 +271,7 @@ def test_cluster_is_deterministic_for_a_seed():
 def test_cluster_with_fewer_distinct_vectors_than_k_still_stores_k():
     base = unit(np.random.default_rng(12), 2)
     v = np.repeat(base, 5, axis=0)
-    out = B.cluster(v, 0.5, 0)
+    out = C.cluster(v, 0.5, 0)
     assert len(out) == 5
     # every stored vector is one of the two distinct tokens
     assert np.all(np.abs(out.vectors @ base.T).max(axis=1) > 1 - 1e-6)
@@ -280,62 +281,69 @@ def test_cluster_with_fewer_distinct_vectors_than_k_still_stores_k():
 
 
 def test_registry_dispatches_to_the_methods():
-    assert list(B.METHODS) == ["full", "sap", "sap-poscorr", "sap-fast", "random", "eos", "adaptive-eos", "pooling",
+    assert list(C.METHODS) == ["full", "sap", "sap-poscorr", "sap-fast", "random", "eos", "adaptive-eos", "pooling",
                                "cluster", "sap-merge", "sap-kmeans", "sap-budget"]
     rng = np.random.default_rng(13)
     v, e, c, rank = unit(rng, 80), rng.random(80), rng.random(80), rng.permutation(80)
-    np.testing.assert_array_equal(B.compress("full", v).vectors, v)
-    np.testing.assert_array_equal(B.compress("sap", v, ratio=0.2, centrality=c).positions, sap.top_k(c, 0.2))
-    np.testing.assert_array_equal(B.compress("sap-poscorr", v, ratio=0.2, centrality=c, seq_rank=rank).positions,
+    np.testing.assert_array_equal(C.compress("full", v).vectors, v)
+    np.testing.assert_array_equal(C.compress("sap", v, ratio=0.2, centrality=c).positions, sap.top_k(c, 0.2))
+    np.testing.assert_array_equal(C.compress("sap-poscorr", v, ratio=0.2, centrality=c, seq_rank=rank).positions,
                                   sap.top_k(sap.causal_correction(c, rank), 0.2))
-    assert B.METHODS["sap-poscorr"].causal_only and not B.METHODS["sap"].causal_only
+    assert C.METHODS["sap-poscorr"].causal_only and not C.METHODS["sap"].causal_only
     # sap-fast selects as SAP; its vectors come from the fast-mode encoder (the eval runner)
-    np.testing.assert_array_equal(B.compress("sap-fast", v, ratio=0.2, centrality=c).positions, sap.top_k(c, 0.2))
-    assert B.METHODS["sap-fast"].fast and not any(B.METHODS[m].fast for m in B.METHODS if m != "sap-fast")
-    np.testing.assert_array_equal(B.compress("random", v, ratio=0.2, seed=2).positions,
-                                  B.random(v, 0.2, 2).positions)
-    np.testing.assert_array_equal(B.compress("eos", v, ratio=0.2, eos=e).positions, B.eos(v, e, 0.2).positions)
-    np.testing.assert_array_equal(B.compress("adaptive-eos", v, eos=e, adaptive_k=0.5).positions,
-                                  B.adaptive_eos(v, e, 0.5).positions)
-    np.testing.assert_array_equal(B.compress("pooling", v, ratio=0.2).vectors, B.pooling(v, 0.2).vectors)
-    np.testing.assert_array_equal(B.compress("cluster", v, ratio=0.2, seed=1).vectors, B.cluster(v, 0.2, 1).vectors)
+    np.testing.assert_array_equal(C.compress("sap-fast", v, ratio=0.2, centrality=c).positions, sap.top_k(c, 0.2))
+    assert C.METHODS["sap-fast"].fast and not any(C.METHODS[m].fast for m in C.METHODS if m != "sap-fast")
+    np.testing.assert_array_equal(C.compress("random", v, ratio=0.2, seed=2).positions,
+                                  C.random(v, 0.2, 2).positions)
+    np.testing.assert_array_equal(C.compress("eos", v, ratio=0.2, eos=e).positions, C.eos(v, e, 0.2).positions)
+    np.testing.assert_array_equal(C.compress("adaptive-eos", v, eos=e, adaptive_k=0.5).positions,
+                                  C.adaptive_eos(v, e, 0.5).positions)
+    np.testing.assert_array_equal(C.compress("pooling", v, ratio=0.2).vectors, C.pooling(v, 0.2).vectors)
+    np.testing.assert_array_equal(C.compress("cluster", v, ratio=0.2, seed=1).vectors, C.cluster(v, 0.2, 1).vectors)
     k = sap.keep_count(80, 0.2)
-    np.testing.assert_array_equal(B.compress("sap-merge", v, ratio=0.2, centrality=c).vectors,
-                                  merging.anchor_merge(v, c, k).vectors)
-    np.testing.assert_array_equal(B.compress("sap-kmeans", v, ratio=0.2, centrality=c, seed=1).vectors,
-                                  merging.central_kmeans(v, c, k, seed=1).vectors)
-    budget = B.compress("sap-budget", v, centrality=c, budget_scale=0.5)
-    np.testing.assert_array_equal(budget.positions, sap.highest(c, merging.budget_count(c, 0.5)))
-    assert B.METHODS["sap-merge"].merging and B.METHODS["sap-kmeans"].merging and B.METHODS["sap-kmeans"].matched
-    assert B.METHODS["sap-budget"].calibrated and not B.METHODS["sap-budget"].matched
+    np.testing.assert_array_equal(C.compress("sap-merge", v, ratio=0.2, centrality=c).vectors,
+                                  C.anchor_merge(v, c, k).vectors)
+    np.testing.assert_array_equal(C.compress("sap-kmeans", v, ratio=0.2, centrality=c, seed=1).vectors,
+                                  C.central_kmeans(v, c, k, seed=1).vectors)
+    budget = C.compress("sap-budget", v, centrality=c, budget_scale=0.5)
+    np.testing.assert_array_equal(budget.positions, sap.highest(c, C.budget_count(c, 0.5)))
+    assert C.METHODS["sap-merge"].merging and C.METHODS["sap-kmeans"].merging and C.METHODS["sap-kmeans"].matched
+    assert C.METHODS["sap-budget"].calibrated and not C.METHODS["sap-budget"].matched
     with pytest.raises(ValueError, match="budget_scale"):
-        B.compress("sap-budget", v, ratio=0.2, centrality=c)
-    assert B.METHODS["random"].seeds == B.RANDOM_SEEDS and B.METHODS["eos"].seeds == (0,)
-    assert not B.METHODS["adaptive-eos"].matched and B.METHODS["adaptive-eos"].calibrated
-    assert B.METHODS["pooling"].merging and B.METHODS["cluster"].merging and not B.METHODS["eos"].merging
+        C.compress("sap-budget", v, ratio=0.2, centrality=c)
+    assert C.METHODS["random"].seeds == C.RANDOM_SEEDS and C.METHODS["eos"].seeds == (0,)
+    assert not C.METHODS["adaptive-eos"].matched and C.METHODS["adaptive-eos"].calibrated
+    assert C.METHODS["pooling"].merging and C.METHODS["cluster"].merging and not C.METHODS["eos"].merging
     with pytest.raises(ValueError, match="EOS"):
-        B.compress("eos", v, ratio=0.2)
+        C.compress("eos", v, ratio=0.2)
     with pytest.raises(ValueError, match="adaptive_k"):
-        B.compress("adaptive-eos", v, eos=e)
+        C.compress("adaptive-eos", v, eos=e)
     with pytest.raises(ValueError, match="keep ratio"):
-        B.compress("pooling", v)
+        C.compress("pooling", v)
     with pytest.raises(ValueError, match="centrality"):
-        B.compress("sap", v, ratio=0.2)
+        C.compress("sap", v, ratio=0.2)
     with pytest.raises(ValueError, match="sequence ranks"):
-        B.compress("sap-poscorr", v, ratio=0.2, centrality=c)
-    with pytest.raises(ValueError, match="unknown baseline"):
-        B.compress("light-colpali", v, ratio=0.2)
+        C.compress("sap-poscorr", v, ratio=0.2, centrality=c)
+    with pytest.raises(ValueError, match="unknown method"):
+        C.compress("light-colpali", v, ratio=0.2)
+    # what each method can do, read off the one registry
+    assert C.INDEX_METHODS == ("sap", "sap-merge", "sap-kmeans", "sap-budget") and C.DEFAULT_METHOD == "sap"
+    assert C.PRUNABLE_METHODS == ("sap", "sap-poscorr")
+    assert [m for m in C.METHODS if C.METHODS[m].fast_mode] == ["sap"]
+    assert {m for m in C.METHODS if C.METHODS[m].eval_only} == {"full", "random", "eos", "adaptive-eos", "pooling",
+                                                                 "cluster"}
+    assert [m for m in C.METHODS if "eos" in C.METHODS[m].needs] == ["eos", "adaptive-eos"]
 
 
 def test_running_every_baseline_imports_no_torch():
     code = (
         "import sys, numpy as np\n"
-        "from sapindex.eval import baselines as B\n"
+        "from sapindex import compression as C\n"
         "v = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)\n"
         "v /= np.linalg.norm(v, axis=1, keepdims=True); e = np.random.default_rng(1).random(40)\n"
-        "k = B.calibrate_adaptive_eos([e], 0.2)\n"
-        "for name in B.METHODS:\n"
-        "    B.compress(name, v, ratio=0.2, eos=e, adaptive_k=k, centrality=e, seq_rank=np.arange(40),\n"
+        "k = C.calibrate_adaptive_eos([e], 0.2)\n"
+        "for name in C.METHODS:\n"
+        "    C.compress(name, v, ratio=0.2, eos=e, adaptive_k=k, centrality=e, seq_rank=np.arange(40),\n"
         "               budget_scale=0.3)\n"
         "print(','.join(m for m in ('torch', 'transformers', 'colpali_engine', 'torchvision') if m in sys.modules))"
     )

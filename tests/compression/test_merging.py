@@ -1,11 +1,12 @@
-"""The methods beyond the paper (sapindex.merging) against direct, loop-by-loop computations on small pages."""
+"""The methods beyond the paper (sapindex.compression: sap-merge, sap-kmeans, sap-budget) against direct,
+loop-by-loop computations on small pages."""
 
 import warnings
 
 import numpy as np
 import pytest
 
-from sapindex import merging, sap
+from sapindex import compression, sap
 
 
 def unit(rng, n, dim=8):
@@ -30,7 +31,7 @@ def test_anchor_merge_by_cosine_is_the_mean_of_each_anchor_and_its_most_similar_
     rng = np.random.default_rng(0)
     v, c = unit(rng, 30), rng.random(30)
     k = sap.keep_count(30, 0.2)
-    merged = merging.anchor_merge(v, c, k, weights=weights)
+    merged = compression.anchor_merge(v, c, k, weights=weights)
     anchors = sap.highest(c, k)
     np.testing.assert_array_equal(merged.positions, anchors)  # exactly SAP's kept tokens
     check_cover(merged, 30)
@@ -48,33 +49,33 @@ def test_anchor_merge_by_cosine_is_the_mean_of_each_anchor_and_its_most_similar_
 def test_anchor_merge_on_the_grid_joins_the_nearest_anchor_and_both_mixes_the_two():
     rng = np.random.default_rng(1)
     v, c = unit(rng, 24), rng.random(24)
-    coords = merging.grid_coordinates(24, (4, 6))
-    merged = merging.anchor_merge(v, c, 4, assign="grid", coords=coords)
+    coords = compression.grid_coordinates(24, (4, 6))
+    merged = compression.anchor_merge(v, c, 4, assign="grid", coords=coords)
     anchors = sap.highest(c, 4)
     for t in range(24):
         d = [np.hypot(t // 6 - a // 6, t % 6 - a % 6) for a in anchors]
         best = np.flatnonzero(np.isclose(d, min(d)))[0]  # ties to the lower anchor
         assert merged.cover[t] == (list(anchors).index(t) if t in anchors else best)
-    both = merging.anchor_merge(v, c, 4, assign="both", coords=coords)
+    both = compression.anchor_merge(v, c, 4, assign="both", coords=coords)
     diagonal = np.hypot(3, 5)
     for t in set(range(24)) - set(anchors):
         score = [float(v[t].astype(np.float64) @ v[a].astype(np.float64))
                  - np.hypot(t // 6 - a // 6, t % 6 - a % 6) / diagonal for a in anchors]
         assert both.cover[t] == int(np.argmax(score))
     with pytest.raises(ValueError, match="coords"):
-        merging.anchor_merge(v, c, 4, assign="grid")
+        compression.anchor_merge(v, c, 4, assign="grid")
     with pytest.raises(ValueError, match="assign"):
-        merging.anchor_merge(v, c, 4, assign="nearest")
+        compression.anchor_merge(v, c, 4, assign="nearest")
 
 
 def test_grid_coordinates_place_global_tile_tokens_over_the_page_region_they_cover():
-    xy = merging.grid_coordinates(6 + 4, (2, 3), (2, 2))
+    xy = compression.grid_coordinates(6 + 4, (2, 3), (2, 2))
     np.testing.assert_array_equal(xy[:6], [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]])
     # global cell (0, 0) covers page rows [0, 1) and cols [0, 1.5): its centre, in page-cell units
     np.testing.assert_allclose(xy[6], [0.0, 0.25])
     np.testing.assert_allclose(xy[9], [1.0, 1.75])
     with pytest.raises(ValueError, match="exceed"):
-        merging.grid_coordinates(11, (2, 3), (2, 2))
+        compression.grid_coordinates(11, (2, 3), (2, 2))
 
 
 def test_central_kmeans_is_scikit_learns_weighted_kmeans_placed_at_each_clusters_most_central_token():
@@ -83,7 +84,7 @@ def test_central_kmeans_is_scikit_learns_weighted_kmeans_placed_at_each_clusters
     rng = np.random.default_rng(2)
     v, c = unit(rng, 40), rng.random(40)
     c[5] = 0.0  # a token nobody attends still belongs to a cluster
-    merged = merging.central_kmeans(v, c, 6, seed=3)
+    merged = compression.central_kmeans(v, c, 6, seed=3)
     assert len(merged) == 6  # matched count
     check_cover(merged, 40)
     w = np.maximum(c, c[c > 0].min() * 1e-3)
@@ -95,32 +96,32 @@ def test_central_kmeans_is_scikit_learns_weighted_kmeans_placed_at_each_clusters
         assert len(np.unique(labels[members])) == 1 and np.sum(labels == labels[members[0]]) == len(members)
         assert merged.positions[i] == members[np.argmax(c[members])]  # its most central member
         np.testing.assert_allclose(merged.vectors[i], direct_mean(v[members], w[members]), atol=1e-6)
-    whole = merging.central_kmeans(v, c, 40)
+    whole = compression.central_kmeans(v, c, 40)
     np.testing.assert_array_equal(whole.vectors, v)
     np.testing.assert_array_equal(whole.cover, np.arange(40))
 
 
 def test_effective_tokens_and_the_budget_count_follow_the_entropy_of_the_centrality():
-    assert merging.effective_tokens([0, 0, 5, 0]) == pytest.approx(1.0)
-    assert merging.effective_tokens([1, 1, 1, 1]) == pytest.approx(4.0)
+    assert compression.effective_tokens([0, 0, 5, 0]) == pytest.approx(1.0)
+    assert compression.effective_tokens([1, 1, 1, 1]) == pytest.approx(4.0)
     c = np.array([0.5, 0.25, 0.25])
-    assert merging.effective_tokens(c) == pytest.approx(np.exp(-(c * np.log(c)).sum()))
-    assert merging.effective_tokens(np.zeros(7)) == 7.0
-    assert merging.budget_count([1, 1, 1, 1], 0.5) == 2
-    assert merging.budget_count([1, 1, 1, 1], 10.0) == 4  # at most every token
-    assert merging.budget_count([0, 0, 5, 0], 0.01) == 1  # at least one
+    assert compression.effective_tokens(c) == pytest.approx(np.exp(-(c * np.log(c)).sum()))
+    assert compression.effective_tokens(np.zeros(7)) == 7.0
+    assert compression.budget_count([1, 1, 1, 1], 0.5) == 2
+    assert compression.budget_count([1, 1, 1, 1], 10.0) == 4  # at most every token
+    assert compression.budget_count([0, 0, 5, 0], 0.01) == 1  # at least one
     with pytest.raises(ValueError, match="positive"):
-        merging.budget_count([1, 1], 0.0)
+        compression.budget_count([1, 1], 0.0)
 
 
 def test_calibrate_budget_spreads_the_fixed_ratios_total_by_content():
     rng = np.random.default_rng(4)
     # pages of one size whose attention is spread over more or fewer tokens
     pages = [rng.random(200) ** p for p in (1, 2, 4, 8, 16, 32)]
-    scale = merging.calibrate_budget(pages, 0.1)
-    eff = np.array([merging.effective_tokens(c) for c in pages])
+    scale = compression.calibrate_budget(pages, 0.1)
+    eff = np.array([compression.effective_tokens(c) for c in pages])
     assert scale == pytest.approx(6 * sap.keep_count(200, 0.1) / eff.sum())
-    counts = np.array([merging.budget_count(c, scale) for c in pages])
+    counts = np.array([compression.budget_count(c, scale) for c in pages])
     assert abs(counts.sum() - 6 * 20) <= 3  # the same total, up to rounding
     assert np.all(np.diff(counts) < 0)  # more concentrated attention, fewer vectors
 
@@ -128,10 +129,10 @@ def test_calibrate_budget_spreads_the_fixed_ratios_total_by_content():
 def test_bad_inputs_are_refused():
     v, c = unit(np.random.default_rng(5), 5), np.ones(5)
     with pytest.raises(ValueError, match=r"k must be in \[1, 5\]"):
-        merging.anchor_merge(v, c, 6)
+        compression.anchor_merge(v, c, 6)
     with pytest.raises(ValueError, match="centrality must be"):
-        merging.central_kmeans(v, np.ones(4), 2)
+        compression.central_kmeans(v, np.ones(4), 2)
     with pytest.raises(ValueError, match="non-negative"):
-        merging.anchor_merge(v, -c, 2)
+        compression.anchor_merge(v, -c, 2)
     with pytest.raises(ValueError, match="at least one page"):
-        merging.calibrate_budget([], 0.1)
+        compression.calibrate_budget([], 0.1)
