@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from runtime_speed import page_images, page_rates
+from harness import page_rates, small_page_images
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -52,7 +52,7 @@ def bench_family(family, build, work: Path, n_pages: int, batch_sizes, repeats: 
     export_s = calibrate_and_export(model_dir, pairs, work / f"{family}-calib", work / f"{family}.sap").export_seconds
     encoder = Encoder(Bundle.open(work / f"{family}.sap"))
     adapter = load_adapter(model_dir)
-    images = page_images(n_pages)
+    images = small_page_images(n_pages)
     n_visual = np.mean([p.n_visual for p in encoder.encode_pages(images[:2])])
     rows = []
     for bs in batch_sizes:

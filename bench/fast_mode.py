@@ -27,31 +27,16 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from harness import ROOT, page_images, run, sapindex
+
 os.environ["HF_HUB_OFFLINE"] = "1"
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from session_options import page_images  # noqa: E402
 
 RATIOS = (0.2, 0.1, 0.05)
-
-
-def sapindex(*args) -> list[str]:
-    return [sys.executable, "-m", "sapindex.cli", *map(str, args)]
-
-
-def run(cmd: list[str]) -> str:
-    print(f"$ {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-3000:]}")
-    return out.stdout
 
 
 # ---------------------------------------------------------------------------------------------- quality
@@ -116,9 +101,9 @@ class GraphClock:
 def time_modes(bundle: Path, n_pages: int) -> dict:
     """Per mode (exact, fast at each ratio): seconds per page in all and per graph, modes taken in turn
     on each batch of the same pages, after one warm-up batch in each mode."""
-    from sapindex.index.indexer import default_batch_size
     from sapindex.runtime.bundle import Bundle
     from sapindex.runtime.encoder import Encoder
+    from sapindex.runtime.options import IndexOptions, default_batch_size
 
     b = Bundle.open(bundle)
     encoder = Encoder(b)
@@ -128,14 +113,14 @@ def time_modes(bundle: Path, n_pages: int) -> dict:
     modes = [("exact", 0.1)] + [("fast", r) for r in RATIOS]
     warm, images = images[:batch], images[batch:]
     for mode, ratio in modes:
-        encoder.encode_pages_pruned(warm, ratio, mode=mode)
+        encoder.encode_pages_pruned(warm, IndexOptions(keep_ratio=ratio, mode=mode))
     totals = {m: defaultdict(float) for m in modes}
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
         for mode, ratio in modes:
             clock.seconds.clear()
             started = time.perf_counter()
-            kept = encoder.encode_pages_pruned(chunk, ratio, mode=mode)
+            kept = encoder.encode_pages_pruned(chunk, IndexOptions(keep_ratio=ratio, mode=mode))
             totals[(mode, ratio)]["all"] += time.perf_counter() - started
             for name, seconds in clock.seconds.items():
                 totals[(mode, ratio)][name] += seconds

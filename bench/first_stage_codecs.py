@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import source_data
 
-HERE = Path(__file__).resolve().parent
 RESIDUAL = " by residual"  # fast-scan PQ codes the raw vector unless told to code its residual to the list's centroid
 
 
@@ -33,9 +32,6 @@ def data(dist: str, n: int, work: Path, real_queries: bool):
     if dist == "spread":
         pages = list(tv.spread_pages(n, seed=7))
         return pages, tv.queries_near(pages, 100, seed=3)
-    sys.path.insert(0, str(HERE))
-    from million_pages import source_data
-
     src = source_data(work, 300, 100)
     pages = list(tv.resampled_pages([np.asarray(v, np.float32) for v in src["kept"]], n, seed=7))
     return pages, ([np.asarray(q, np.float32) for q in src["queries"]] if real_queries

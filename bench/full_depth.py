@@ -34,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import PAGE_SIZE, page_images, sapindex
+
 os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from session_options import PAGE_SIZE, page_images  # noqa: E402
 
 
 def pages(directory: Path, n: int) -> list[Path]:
@@ -58,10 +58,6 @@ def timed(cmd: list[str], refusal: str | None = None) -> tuple[float, float, str
     if run.returncode and not any(refusal and line.startswith(refusal) for line in lines):
         sys.exit(f"{' '.join(cmd[:4])} failed:\n{run.stderr[-3000:]}")
     return seconds, int(lines[-1]) / 1e6, run.stdout
-
-
-def sapindex(*args) -> list[str]:
-    return [sys.executable, "-m", "sapindex.cli", *map(str, args)]
 
 
 def _per_page(encode, page_dir: str) -> None:

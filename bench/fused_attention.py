@@ -18,16 +18,14 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import build_bundle, page_images
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from session_options import build_bundle, page_images  # noqa: E402
 
 
 def fused_copy(bundle: Path, out: Path) -> dict[str, dict[str, int]]:

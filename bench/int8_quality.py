@@ -23,9 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from micro_model import ROOT, SYNTHETIC, run, synthetic_set  # noqa: E402
+from harness import ROOT, SYNTHETIC, run, synthetic_set
 
 RATIOS = (0.2, 0.1, 0.05)
 

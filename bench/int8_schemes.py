@@ -1,7 +1,7 @@
 """int8 schemes side by side at real width: speed and closeness to fp32 of sapindex's two int8
 schemes (``sapindex.exporter.quantize``), and of the blockwise scheme at other block sizes.
 
-The graph is ``quantize_memory.build``'s stack of transformer-like layers at Qwen2-VL-2B's text
+The graph is ``harness.build_layer_stack``'s stack of transformer-like layers at Qwen2-VL-2B's text
 width (q/k/v, o, gate/up, down); the input is one page's tokens, Gaussian, and again with a few
 outlier channels 30x larger (as hidden states of trained transformers have: what one activation
 scale per tensor handles worst). Each variant is quantized by ``quantize_graph`` exactly as
@@ -17,15 +17,12 @@ import argparse
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantize_memory import build  # noqa: E402
+from harness import build_layer_stack
 
 BLOCKS = (32, 64, 128, 256)
 
@@ -50,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "fp32" / "stack.onnx"
         source.parent.mkdir()
-        weights = build(source, args.layers, args.width, args.mlp)
+        weights = build_layer_stack(source, args.layers, args.width, args.mlp)
         variants = {"fp32": source}
         for scheme, block, bits in [("dynamic", None, 8), *(("blockwise", b, 8) for b in BLOCKS),
                                     *(("blockwise", b, 4) for b in (32, 128))]:

@@ -43,7 +43,7 @@ def per_page_ms(fn, items, repeat: int = 3) -> float:
 
 def methods_of(pages_centralities):
     scale = compression.calibrate_budget(pages_centralities, RATIO)
-    return {name: (lambda p, name=name: reduce(p, RATIO, method=name, budget_scale=scale)) for name in INDEX_METHODS}
+    return {name: (lambda p, name=name: reduce(p, name, RATIO, budget_scale=scale)) for name in INDEX_METHODS}
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from harness import peak_rss_kb, source_data
 
-HERE = Path(__file__).resolve().parent
 BATCH = 5000
 
 
@@ -56,36 +56,6 @@ def source(work: Path, dist: str, n_queries: int, n_pages: int):
     kept = [np.asarray(v, np.float32) for v in src["kept"]]
     return ((lambda n, start: tv.resampled_pages(kept, n, seed=7, start=start)),
             [np.asarray(q, np.float32) for q in src["queries"]][:n_queries], [str(t) for t in src["texts"]][:n_queries])
-
-
-def source_data(work: Path, n_pages: int, n_queries: int) -> dict:
-    """Kept (0.1) and full vectors of the source pages, and the queries (texts and vectors)."""
-    cache = work / f"source-{n_pages}-{n_queries}.npz"
-    if cache.exists():
-        z = np.load(cache, allow_pickle=True)
-        return {k: z[k] for k in z.files}
-    from sapindex.benchdata.synthetic import build_benchmark
-    from sapindex.eval.datasets import load_dataset
-    from sapindex.runtime.bundle import Bundle
-    from sapindex.runtime.defaults import default_bundle_path
-    from sapindex.runtime.encoder import Encoder, prune
-
-    bench = work / "benchmark"
-    if not (bench / "manifest.json").exists():
-        build_benchmark(bench, n_pages=n_pages, n_queries=n_queries, seed=1234, vocab_size=1000, min_font_px=22)
-    ds = load_dataset(bench)
-    enc = Encoder(Bundle.open(default_bundle_path()))
-    kept, full = [], []
-    for i in range(0, len(ds.pages), 8):
-        for tokens in enc.encode_pages([p.load() for p in ds.pages[i:i + 8]]):
-            kept.append(prune(tokens, 0.1).vectors)
-            full.append(tokens.embeddings)
-    texts = [q.text for q in ds.queries]
-    qv = enc.encode_queries(texts)
-    out = {"kept": np.array(kept, dtype=object), "full": np.array(full, dtype=object),
-           "texts": np.array(texts, dtype=object), "queries": np.array(qv, dtype=object)}
-    np.savez(cache, **out)
-    return out
 
 
 def build(path: Path, pages, n: int) -> float:
@@ -109,11 +79,6 @@ def build(path: Path, pages, n: int) -> float:
             idx.add_pages(rows)
             log(f"  {start + len(rows)} / {n} pages, {time.perf_counter() - started:.0f} s")
     return time.perf_counter() - started
-
-
-def peak_rss_gb(pid: int | str = "self") -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) / 1e6
 
 
 def optimize(path: Path) -> dict:
@@ -183,7 +148,7 @@ def search_table(path: Path, qs, want, grid) -> list[dict]:
                 lat.append(time.perf_counter() - t)
             rows.append({"nprobe": nprobe, "kprime": kprime, "depth": depth, "recall@10": recall(got, want),
                          "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-                         "open_s": open_s, "rss_gb": peak_rss_gb()})
+                         "open_s": open_s, "rss_gb": peak_rss_kb() / 1e6})
             log(rows[-1])
     return rows
 
@@ -227,7 +192,7 @@ def serve_latency(index: Path, texts, clients_list, exact: bool) -> dict:
                 wall = time.perf_counter() - t
             out[clients] = {"p50_ms": float(np.percentile(lat, 50) * 1e3),
                             "p99_ms": float(np.percentile(lat, 99) * 1e3), "qps": len(texts) / wall}
-        out["rss_gb"] = peak_rss_gb(proc.pid)
+        out["rss_gb"] = peak_rss_kb(proc.pid) / 1e6
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -16,47 +16,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def build(path: Path, layers: int, width: int, mlp: int) -> int:
-    """Write the layer stack at ``path``; returns its fp32 weight bytes."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    nodes, weights, x = [], [], "x"
-
-    def product(name: str, source: str, rows: int, cols: int) -> str:
-        weights.append(numpy_helper.from_array(rng.standard_normal((rows, cols), dtype=np.float32) / rows**0.5, name))
-        nodes.append(helper.make_node("MatMul", [source, name], [f"{name}.out"], name=f"{name}.matmul"))
-        return f"{name}.out"
-
-    for i in range(layers):
-        q, k, v = (product(f"l{i}.{n}", x, width, width) for n in "qkv")
-        nodes.append(helper.make_node("Sum", [q, k, v], [f"l{i}.attn"]))
-        h = product(f"l{i}.o", f"l{i}.attn", width, width)
-        gate, up = product(f"l{i}.gate", h, width, mlp), product(f"l{i}.up", h, width, mlp)
-        nodes.append(helper.make_node("Add", [gate, up], [f"l{i}.act"]))
-        x = product(f"l{i}.down", f"l{i}.act", mlp, width)
-    graph = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, width])], weights)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path),
-              save_as_external_data=True, location=path.name + ".data")
-    return sum(w.dims[0] * w.dims[1] * 4 for w in weights)
-
-
-def peak_rss() -> int:
-    """This process's peak resident set in bytes (``VmHWM``: unlike ``ru_maxrss``, not inherited
-    from the parent that forked it)."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+from harness import build_layer_stack, child_json, peak_rss_kb
 
 
 def child(method: str, path: Path) -> None:
@@ -65,7 +30,7 @@ def child(method: str, path: Path) -> None:
 
     from sapindex.exporter.quantize import SCHEMES, quantize_graph
 
-    before = peak_rss()
+    before = peak_rss_kb() * 1024
     started = time.perf_counter()
     if method == "ort-single-pass":
         out = path.with_name("q.onnx")
@@ -75,16 +40,8 @@ def child(method: str, path: Path) -> None:
     else:
         quantize_graph(path, "dynamic")
     seconds = time.perf_counter() - started
-    growth = peak_rss() - before
+    growth = peak_rss_kb() * 1024 - before
     print(json.dumps({"seconds": seconds, "peak_growth_bytes": growth}))
-
-
-def run_child(method: str, directory: Path) -> dict:
-    run = subprocess.run([sys.executable, __file__, "--child", method, str(directory / "stack.onnx")],
-                         capture_output=True, text=True)
-    if run.returncode:
-        sys.exit(f"{method} failed:\n{run.stderr[-2000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def outputs(path: Path, width: int) -> np.ndarray:
@@ -108,8 +65,8 @@ def main() -> None:
         for method in ("ort-single-pass", "sapindex-passes"):
             directory = Path(tmp) / method
             directory.mkdir()
-            weights = build(directory / "stack.onnx", args.layers, args.width, args.mlp)
-            results[method] = run_child(method, directory)
+            weights = build_layer_stack(directory / "stack.onnx", args.layers, args.width, args.mlp)
+            results[method] = child_json(__file__, method, "--child", method, directory / "stack.onnx")
             quantized = directory / ("q.onnx" if method == "ort-single-pass" else "stack.onnx")
             results[method]["out"] = outputs(quantized, args.width)
     ours, theirs = results["sapindex-passes"]["out"], results["ort-single-pass"]["out"]

@@ -33,6 +33,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from harness import peak_rss_kb
+
 CONFIGS = {
     "local": [],
     "ray 1x2": ["--ray", "local", "--encoders", "1", "--threads", "2"],
@@ -63,8 +65,7 @@ def run(inputs: Path, out: Path, extra: list[str]) -> dict:
     peak = 0
     while proc.poll() is None:
         try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            peak = max(peak, int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]))
+            peak = max(peak, peak_rss_kb(proc.pid))
         except (OSError, StopIteration):
             pass
         time.sleep(0.1)

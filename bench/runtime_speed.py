@@ -20,41 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import best_of, page_rates, small_page_images
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-
-
-def best_of(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def page_images(n, seed=0):
-    from sapindex.testing.toy_pages import WORDS, render_page
-
-    rng = np.random.default_rng(seed)
-    return [render_page([str(w) for w in rng.choice(WORDS, 24)],
-                        (int(rng.integers(300, 420)), int(rng.integers(380, 520))), rng) for _ in range(n)]
-
-
-def page_rates(encoder, adapter, images, batch_size: int, repeats: int) -> tuple[float, float]:
-    """Pages/s of the torch-free runtime and of the PyTorch reference forward, same pages and batches."""
-    import torch
-
-    def run_ort():
-        for i in range(0, len(images), batch_size):
-            encoder.encode_pages(images[i:i + batch_size])
-
-    def run_torch():
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                adapter.model(**adapter.page_inputs(images[i:i + batch_size]))
-
-    return len(images) / best_of(run_ort, repeats), len(images) / best_of(run_torch, repeats)
 
 
 def export_text_variant(adapter, window, path, centrality):
@@ -63,7 +31,7 @@ def export_text_variant(adapter, window, path, centrality):
     from sapindex.exporter.export import export_graph
     from sapindex.exporter.graphs.qwen2_vl import TextGraph, VisionGraph
 
-    inputs = adapter.page_inputs(page_images(2, seed=9))
+    inputs = adapter.page_inputs(small_page_images(2, seed=9))
     with torch.no_grad():
         feats = VisionGraph(adapter.model.visual, windowed=False)(inputs["pixel_values"], inputs["image_grid_thw"])
     export_graph(TextGraph(adapter.model, window, centrality=centrality).eval(),
@@ -85,7 +53,7 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
     bundle = Bundle.open(work / f"{label}.sap")
     encoder = Encoder(bundle)
     adapter = load_adapter(model_dir)
-    images = page_images(n_pages)
+    images = small_page_images(n_pages)
     size_mb = manifest_bytes(bundle.manifest) / 1e6
     print(f"\n### {label}: {adapter.info.parameter_count() / 1e6:.1f} M parameters, {adapter.n_layers} decoder layers, "
           f"bundle {size_mb:.1f} MB, export + validation {export_s:.0f} s, {n_pages} pages "
@@ -125,7 +93,7 @@ def bench_index(encoder, bundle, work, n_pages, repeats):
     from sapindex.index.store import IndexWriter, PageRow
     from sapindex.runtime.encoder import prune
 
-    images = page_images(n_pages, seed=3)
+    images = small_page_images(n_pages, seed=3)
     pages = []
     for i in range(0, n_pages, 8):
         pages.extend(encoder.encode_pages(images[i:i + 8]))

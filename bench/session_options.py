@@ -22,11 +22,11 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import build_bundle, child_json, page_images
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 VARIANTS = {
@@ -34,19 +34,6 @@ VARIANTS = {
     "no-prepack": {"config": {"session.disable_prepacking": "1"}, "arena": True},
     "no-prepack-no-arena": {"config": {"session.disable_prepacking": "1"}, "arena": False},
 }
-
-
-PAGE_SIZE = (1100, 850)  # (height, width) px: a letter page at ~100 dpi, ~744 visual tokens for ColQwen2
-
-
-def page_images(n: int, seed: int = 0) -> list:
-    """``n`` deterministic text pages of :data:`PAGE_SIZE`, the real-size benchmarks' pages."""
-    import numpy as np
-
-    from sapindex.testing.toy_pages import WORDS, render_page
-
-    rng = np.random.default_rng(seed)
-    return [render_page([str(w) for w in rng.choice(WORDS, 40)], PAGE_SIZE, rng) for _ in range(n)]
 
 
 def child(bundle: str, variant: str, pages: int) -> None:
@@ -70,26 +57,6 @@ def child(bundle: str, variant: str, pages: int) -> None:
     print(json.dumps({"load_s": load, "s_per_page": per_page, "peak_gb": peak, "tokens": tokens}))
 
 
-def run_variant(bundle: Path, variant: str, pages: int) -> dict:
-    run = subprocess.run([sys.executable, __file__, "--child", variant, "--bundle", str(bundle), "--pages", str(pages)],
-                         capture_output=True, text=True)
-    if run.returncode:
-        sys.exit(f"{variant} failed:\n{run.stderr[-2000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
-def build_bundle(work: Path, family: str, text_layers: int, vision_blocks: int) -> Path:
-    from sapindex.exporter.export import ExportConfig, export_bundle
-    from sapindex.testing.pipeline import calibrate
-    from sapindex.testing.real_size import build_real_size
-    from sapindex.testing.toy_pages import write_pairs
-
-    model = build_real_size(work / "model", family, text_layers, vision_blocks)
-    _, calibration, _ = calibrate(model, write_pairs(work / "pairs", n=2), work / "calib")
-    export_bundle(ExportConfig(model=str(model), calibration=str(calibration), out=str(work / "bundle.sap")))
-    return work / "bundle.sap"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="colqwen2")
@@ -109,7 +76,8 @@ def main() -> None:
         results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
         for _ in range(args.rounds):
             for name in VARIANTS:
-                results[name].append(run_variant(bundle, name, args.pages))
+                results[name].append(child_json(__file__, name, "--child", name, "--bundle", bundle,
+                                                "--pages", args.pages))
     tokens = results["no-prepack"][0]["tokens"]
     print(f"# ONNX Runtime session settings: {args.family} at real width, {args.text_layers} decoder layers, "
           f"{args.vision_blocks} vision blocks, bundle {size:.2f} GB, pages of {tokens} visual tokens, one at a time; "

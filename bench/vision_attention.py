@@ -18,24 +18,21 @@ import importlib.util
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import PAGE_SIZE, ROOT, page_images
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from session_options import PAGE_SIZE, page_images  # noqa: E402
 
 GRAPH_MODULE = "sapindex/exporter/graphs/qwen2_vl.py"
 
 
 def module_at(revision: str, work: Path):
     """``GRAPH_MODULE`` as it was at ``revision``, imported under its own name."""
-    root = Path(__file__).resolve().parents[1]
-    source = subprocess.run(["git", "show", f"{revision}:{GRAPH_MODULE}"], cwd=root, capture_output=True, text=True,
+    source = subprocess.run(["git", "show", f"{revision}:{GRAPH_MODULE}"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout
     path = work / "vision_before.py"
     path.write_text(source)

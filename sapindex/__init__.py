@@ -28,6 +28,7 @@ _API = {
     "IndexWriter": "sapindex.index.store",
     "Hit": "sapindex.index.store",
     "run_index": "sapindex.index.indexer",
+    "IndexOptions": "sapindex.runtime.options",
     "Searcher": "sapindex.search",
     "SapIndexError": "sapindex.errors",
 }

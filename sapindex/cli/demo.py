@@ -36,9 +36,10 @@ def demo(out_dir, keep_ratio, pipeline, family):
         return
     from sapindex.index.indexer import run_index
     from sapindex.runtime.defaults import default_bundle_path, example_pages, example_queries
+    from sapindex.runtime.options import IndexOptions
 
     summary = run_index(default_bundle_path(), [str(p) for p in example_pages()], out_dir / "index",
-                        keep_ratio=keep_ratio)
+                        IndexOptions(keep_ratio=keep_ratio))
     click.echo(f"index      {out_dir / 'index'}: {summary.index_pages} example pages, "
                f"{summary.vectors_kept} vectors stored for {summary.vectors_before} visual tokens "
                f"(keep ratio {keep_ratio})")

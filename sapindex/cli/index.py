@@ -12,7 +12,7 @@ from sapindex.cli._options import device_option, json_option, keep_ratio_option
 from sapindex.cli._output import ProgressBar, size
 from sapindex.compression import DEFAULT_METHOD, INDEX_METHODS
 from sapindex.errors import EXIT_PARTIAL, SapIndexError
-from sapindex.index.inputs import DEFAULT_DPI
+from sapindex.runtime.options import DEFAULT_DPI
 
 
 @click.command()
@@ -75,9 +75,11 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
     from sapindex.runtime.defaults import resolve_bundle
 
     bundle, inputs = resolve_bundle(inputs, bundle_option)
-    options = dict(keep_ratio=keep_ratio, device=device, batch_size=batch_size, dpi=dpi, threads=threads,
-                   position_correction=position_correction, mode=mode, method=method,
-                   budget_scale=_budget_scale(bundle, budget_from, keep_ratio))
+    from sapindex.runtime.options import IndexOptions, method_with_correction
+
+    options = IndexOptions(keep_ratio=keep_ratio, method=method_with_correction(method, position_correction), mode=mode,
+                           budget_scale=_budget_scale(bundle, budget_from, keep_ratio), device=device,
+                           batch_size=batch_size, dpi=dpi, threads=threads)
     if ray_address is None:
         if encoders is not None or gpus_per_encoder is not None:
             raise SapIndexError("--encoders and --gpus-per-encoder spread the run over a Ray cluster: give --ray too")
@@ -90,7 +92,7 @@ def index(inputs, out_dir, bundle_option, keep_ratio, device, batch_size, dpi, t
         run = partial(run_index_on_ray, address=ray_address, encoders=1 if encoders is None else encoders,
                       gpus_per_encoder=gpus_per_encoder or 0.0)
     with ProgressBar("indexing", "page", quiet=as_json) as bar:
-        summary = run(bundle, inputs, out_dir, progress=bar.reach, **options)
+        summary = run(bundle, inputs, out_dir, options, progress=bar.reach)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:

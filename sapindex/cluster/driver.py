@@ -31,18 +31,15 @@ from sapindex.cluster.listing import Lister, Wave, plan_waves
 from sapindex.cluster.workers import PageEncoder, decode, render_chunk
 from sapindex.errors import SapIndexError
 from sapindex.index.indexer import IndexSummary, Recorder, recording
-from sapindex.index.inputs import DEFAULT_DPI, check_some_input_exists, iter_sources
-from sapindex.sap import DEFAULT_KEEP_RATIO
+from sapindex.index.inputs import check_some_input_exists, iter_sources
+from sapindex.runtime.options import IndexOptions
 
 # the first wave: enough batches to keep every encoder busy a few rounds
 FIRST_WAVE_BATCHES_PER_ENCODER = 4
 
 
-def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path, *, address: str = "local",
-                     encoders: int = 1, gpus_per_encoder: float = 0.0, keep_ratio: float = DEFAULT_KEEP_RATIO,
-                     device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI,
-                     threads: int | None = None, position_correction: bool = False, mode: str = "exact",
-                     method: str | None = None, budget_scale: float | None = None, stdin=None,
+def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path, options: IndexOptions | None = None,
+                     *, address: str = "local", encoders: int = 1, gpus_per_encoder: float = 0.0, stdin=None,
                      progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """:func:`sapindex.index.indexer.run_index` on a Ray cluster; the same arguments, plus:
 
@@ -50,44 +47,39 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
         address: ``local`` (a private cluster on this machine, ended with the run), ``auto``
             (the cluster this machine joined with ``ray start``) or a Ray address.
         encoders: encoder actors (each holds the bundle's sessions: its memory, or its GPU share).
-        gpus_per_encoder: GPUs each encoder reserves; above 0 the encoders run on CUDA.
-        threads: CPUs each encoder reserves and ONNX Runtime threads it runs (default 1).
+        gpus_per_encoder: GPUs each encoder reserves; above 0 the encoders run on CUDA (as does
+            ``options.device="cuda"``, with one GPU each).
+        options.threads: CPUs each encoder reserves and ONNX Runtime threads it runs (default 1).
     """
     import_ray()  # before the index is created
+    options = options or IndexOptions()
     if encoders < 1:
         raise SapIndexError(f"--encoders must be at least 1, got {encoders}")
     if gpus_per_encoder < 0:
         raise SapIndexError(f"--gpus-per-encoder must be 0 or more, got {gpus_per_encoder}")
-    if threads is not None and threads < 1:
-        raise SapIndexError(f"--threads must be at least 1, got {threads}")
-    if device == "cuda" and gpus_per_encoder == 0:
+    if options.device == "cuda" and gpus_per_encoder == 0:
         gpus_per_encoder = 1.0
-    device = "cuda" if gpus_per_encoder > 0 else "cpu"
-    threads = threads or 1
+    options = options.replace(device="cuda" if gpus_per_encoder > 0 else "cpu", threads=options.threads or 1)
     started = time.perf_counter()
     check_some_input_exists(inputs)
-    resources = Resources(encoders, float(threads), float(gpus_per_encoder))
-    with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
-                   position_correction=position_correction, progress=progress,
-                   around=lambda: connected(address, resources), mode=mode, method=method,
-                   budget_scale=budget_scale) as (bundle, batch_size, recorder, ray):
+    resources = Resources(encoders, float(options.threads), float(gpus_per_encoder))
+    with recording(bundle_path, out, options, progress, around=lambda: connected(address, resources)) as run:
+        options, recorder = run.options, run.recorder
         sources = iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin)
-        lister = Lister(plan_waves(sources, recorder.done, chunk_pages=batch_size,
-                                   first_pages=batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
-        encoder_args = {"bundle_path": str(Path(bundle.path).resolve()), "fingerprint": bundle.fingerprint,
-                        "device": device, "threads": threads, "keep_ratio": keep_ratio,
-                        "position_correction": position_correction, "mode": mode, "method": recorder.method,
-                        "budget_scale": budget_scale}
+        lister = Lister(plan_waves(sources, recorder.done, chunk_pages=options.batch_size,
+                                   first_pages=options.batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
+        encoder_args = {"bundle_path": str(Path(run.bundle.path).resolve()), "fingerprint": run.bundle.fingerprint,
+                        "options": options}
         try:
             for wave in lister:
-                _run_wave(ray, wave, recorder, resources, encoder_args, batch_size, dpi)
+                _run_wave(run.context, wave, recorder, resources, encoder_args, options)
         finally:
             lister.stop()
         return recorder.finish(started)
 
 
-def _run_wave(ray, wave: Wave, recorder: Recorder, resources: Resources, encoder_args: dict, batch_size: int,
-              dpi: float) -> None:
+def _run_wave(ray, wave: Wave, recorder: Recorder, resources: Resources, encoder_args: dict,
+              options: IndexOptions) -> None:
     for info, already in wave.files:
         recorder.file_listed(info, already)
     recorder.store([], wave.failures)
@@ -95,8 +87,9 @@ def _run_wave(ray, wave: Wave, recorder: Recorder, resources: Resources, encoder
         return
     dataset = (
         ray.data.from_items(wave.chunks, override_num_blocks=len(wave.chunks))  # one rendering task per chunk
-        .flat_map(render_chunk, fn_kwargs={"dpi": dpi}, num_cpus=1)
-        .map_batches(PageEncoder, fn_constructor_kwargs=encoder_args, batch_size=batch_size, batch_format="numpy",
+        .flat_map(render_chunk, fn_kwargs={"dpi": options.dpi}, num_cpus=1)
+        .map_batches(PageEncoder, fn_constructor_kwargs=encoder_args, batch_size=options.batch_size,
+                     batch_format="numpy",
                      compute=ray.data.ActorPoolStrategy(size=resources.encoders),
                      num_cpus=resources.cpus_per_encoder, num_gpus=resources.gpus_per_encoder or None)
     )

@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from sapindex.errors import SapIndexError
-from sapindex.index.inputs import DEFAULT_DPI, render_listed
+from sapindex.index.inputs import render_listed
 from sapindex.index.records import Failure, FileInfo, Page
 from sapindex.runtime.encoder import PrunedPage
+from sapindex.runtime.options import DEFAULT_DPI, IndexOptions
 
 # what a rendered page row carries besides its image
 _PAGE_FIELDS = ("path", "content_hash", "page", "n_pages", "width", "height")
@@ -48,9 +49,7 @@ class PageEncoder:
     mixes two models.
     """
 
-    def __init__(self, bundle_path: str, fingerprint: str, device: str, threads: int | None, keep_ratio: float,
-                 position_correction: bool, mode: str = "exact", method: str = "sap",
-                 budget_scale: float | None = None):
+    def __init__(self, bundle_path: str, fingerprint: str, options: IndexOptions):
         from sapindex.runtime.bundle import Bundle
         from sapindex.runtime.encoder import Encoder
 
@@ -59,9 +58,8 @@ class PageEncoder:
             raise SapIndexError(f"{bundle_path}: this node's bundle is not the one the driver opened "
                                 f"(fingerprint {bundle.fingerprint[:12]}, driver {fingerprint[:12]}); "
                                 "copy the same bundle to every node")
-        self.encoder = Encoder(bundle, device=device, threads=threads)
-        self.keep_ratio, self.position_correction, self.mode = keep_ratio, position_correction, mode
-        self.method, self.budget_scale = method, budget_scale
+        self.encoder = Encoder(bundle, device=options.device, threads=options.threads)
+        self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
@@ -80,8 +78,7 @@ class PageEncoder:
                 images.append(Image.frombytes("RGB", size, batch["image"][i]))
                 slots.append(len(out))
             out.append(row)
-        kept = (self.encoder.encode_pages_pruned(images, self.keep_ratio, self.position_correction, self.mode,
-                                                 self.method, self.budget_scale) if images else [])
+        kept = self.encoder.encode_pages_pruned(images, self.options) if images else []
         for slot, page in zip(slots, kept):
             out[slot].update(_pruned_columns(page))
         return {key: np.array([row.get(key, _EMPTY.get(key)) for row in out], dtype=object if key in _OBJECTS else None)

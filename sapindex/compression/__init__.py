@@ -33,7 +33,6 @@ from sapindex.compression.registry import (
     check_method,
     compress,
     index_flags,
-    method_name,
     reduce_page,
     resolve_method,
 )
@@ -57,5 +56,5 @@ __all__ = ["Kept", "Method", "METHODS", "DEFAULT_METHOD", "INDEX_METHODS", "PRUN
            "adaptive_eos", "adaptive_eos_mask", "anchor_merge", "budget_count", "budget_scale_from",
            "calibrate_adaptive_eos", "calibrate_budget", "central_kmeans", "check_method", "check_vectors",
            "cluster", "compress", "effective_tokens", "eos", "full", "grid_coordinates", "index_flags",
-           "method_name", "pooling", "pooling_labels", "random", "reduce_page", "resolve_method", "sap_budget",
+           "pooling", "pooling_labels", "random", "reduce_page", "resolve_method", "sap_budget",
            "sap_kmeans", "sap_merge", "sap_select"]

@@ -21,7 +21,7 @@ from sapindex.errors import SapIndexError
 from sapindex.sap import RANDOM_SEEDS
 
 __all__ = ["Method", "METHODS", "DEFAULT_METHOD", "INDEX_METHODS", "PRUNABLE_METHODS", "compress", "resolve_method",
-           "method_name", "index_flags", "check_method", "reduce_page"]
+           "index_flags", "check_method", "reduce_page"]
 
 
 class _Inputs(NamedTuple):
@@ -118,7 +118,7 @@ METHODS: dict[str, Method] = {
                description="top-k SAP window centrality (visual in-degree)"),
         Method("sap-poscorr", lambda v, a: selection.sap_select(v, a.centrality, a.ratio, a.seq_rank),
                needs=("ratio", "centrality", "seq_rank"), causal_only=True,
-               index_option="--method sap --position-correction", prunable=True,
+               index_option="--method sap --position-correction", prunable=True, fast_mode=True,
                description="SAP ranked by the causal position correction (index --position-correction)"),
         Method("sap-fast", lambda v, a: selection.sap_select(v, a.centrality, a.ratio), needs=("ratio", "centrality"),
                fast=True, index_option="--mode fast",
@@ -150,7 +150,8 @@ METHODS: dict[str, Method] = {
     )
 }
 
-#: ``index --method`` choices: the methods an index stores under their own name; :data:`DEFAULT_METHOD` first.
+#: ``index --method`` choices: the methods an index stores under their own name; :data:`DEFAULT_METHOD` first
+#: (``sap-poscorr`` is ``--method sap --position-correction``).
 INDEX_METHODS = tuple(m for m, spec in METHODS.items()
                       if spec.index_option and spec.index_option.split()[:2] == ["--method", m])
 #: The stored methods ``sapindex prune`` can cut to a lower ratio exactly (a merged vector or a budgeted
@@ -178,16 +179,7 @@ def resolve_method(method: str | None, stored: set[str]) -> str:
     holds (``stored``: its rows' methods), so resuming needs no flag; else :data:`DEFAULT_METHOD`."""
     if method is not None:
         return method
-    if len(stored) == 1:
-        held = next(iter(stored))
-        return "sap" if held == "sap-poscorr" else held
-    return DEFAULT_METHOD
-
-
-def method_name(method: str, position_correction: bool) -> str:
-    """What an index records for a run: ``method``, or ``sap-poscorr`` for ``sap`` ranked with the
-    causal position correction."""
-    return "sap-poscorr" if position_correction and method == "sap" else method
+    return next(iter(stored)) if len(stored) == 1 else DEFAULT_METHOD
 
 
 def index_flags(method: str) -> str | None:
@@ -197,14 +189,10 @@ def index_flags(method: str) -> str | None:
     return spec.index_option if spec else None
 
 
-def check_method(method: str, *, mode: str = "exact", position_correction: bool = False,
-                 budget_scale: float | None = None) -> None:
+def check_method(method: str, *, mode: str = "exact", budget_scale: float | None = None) -> None:
     """Refuse a method an ``index`` run cannot apply, in one line."""
-    if method not in INDEX_METHODS:
+    if method not in INDEX_METHODS and method != "sap-poscorr":
         raise SapIndexError(f"--method {method}: choose from {', '.join(INDEX_METHODS)}")
-    if position_correction and method != "sap":
-        raise SapIndexError(f"--position-correction ranks SAP's selection (--method sap); --method {method} "
-                            "ranks by plain centrality")
     if mode != "exact" and not METHODS[method].fast_mode:
         raise SapIndexError(f"--method {method} summarises every token of the page, which fast mode never "
                             "computes; use --mode exact")
@@ -220,8 +208,8 @@ def check_method(method: str, *, mode: str = "exact", position_correction: bool 
 def reduce_page(embeddings: np.ndarray, centrality: np.ndarray, method: str, keep_ratio: float, *,
                 budget_scale: float | None = None) -> Kept:
     """What index ``method`` stores of one page (visual tokens in spatial order), for every method
-    but ``sap`` (:func:`sapindex.runtime.encoder.prune`, which also ranks with the position
-    correction): int32 positions, each position's centrality as its score, int32 cover."""
+    but ``sap`` and ``sap-poscorr`` (:func:`sapindex.runtime.encoder.prune`, which ranks with the
+    page's sequence order too): int32 positions, each position's centrality as its score, int32 cover."""
     c = np.asarray(centrality, np.float64)
     if method == "sap-budget":
         kept = sap.highest(c, selection.budget_count(c, budget_scale))

@@ -27,7 +27,8 @@ from sapindex.eval.datasets import EvalDataset, load_dataset
 from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
 from sapindex.eval.report import HEADLINE, REPORT_FORMAT, REPORT_VERSION, recommend
 from sapindex.runtime.bundle import Bundle
-from sapindex.runtime.encoder import Encoder, PageTokens, PrunedPage, check_fast_mode, check_position_correction
+from sapindex.runtime.encoder import Encoder, PageTokens, PrunedPage
+from sapindex.runtime.options import IndexOptions, check_fast_mode, check_position_correction
 
 
 @dataclass
@@ -116,7 +117,8 @@ def encode_fast(encoder: Encoder, dataset: EvalDataset, page_ids: list[str], rat
     out = []
     for start in range(0, len(page_ids), batch_size):
         chunk = page_ids[start:start + batch_size]
-        out.extend(encoder.encode_pages_pruned([by_id[i].load() for i in chunk], ratio, mode="fast"))
+        out.extend(encoder.encode_pages_pruned([by_id[i].load() for i in chunk],
+                                               IndexOptions(keep_ratio=ratio, method="sap", mode="fast")))
         if progress:
             progress(len(chunk))
     return out

@@ -13,17 +13,16 @@ from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ContextManager
+from typing import Any, ContextManager, Iterator, NamedTuple
 
-from sapindex.compression import check_method, method_name, resolve_method
 from sapindex.errors import SapIndexError
-from sapindex.index.inputs import DEFAULT_DPI, check_some_input_exists, iter_pages, iter_sources
+from sapindex.index.inputs import check_some_input_exists, iter_pages, iter_sources
 from sapindex.index.records import Failure, FileInfo, Page
 from sapindex.index.store import Index, IndexWriter, PageRow
-from sapindex.runtime.bundle import Bundle, manifest_bytes
+from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
-from sapindex.runtime.encoder import MODES, Encoder, PrunedPage, check_fast_mode, check_position_correction
-from sapindex.sap import DEFAULT_KEEP_RATIO
+from sapindex.runtime.encoder import Encoder, PrunedPage
+from sapindex.runtime.options import IndexOptions
 
 
 @dataclass
@@ -42,21 +41,6 @@ class IndexSummary:
         return {**asdict(self), "pages_per_second": self.pages_indexed / self.seconds if self.seconds else None}
 
 
-# Bundles at least this large are real-size models: on a CPU a page costs tens of seconds there.
-LARGE_BUNDLE_BYTES = 1_000_000_000
-
-
-def default_batch_size(bundle: Bundle, device: str) -> int:
-    """Pages per ONNX Runtime call and per commit when the user gives none.
-
-    1 for a real-size bundle on a CPU: a page takes tens of seconds there and batching pages gains
-    nothing at real widths (bench/RESULTS.md, "Per family at real layer widths": batch 2 vs 1), so
-    the progress bar moves per page instead of once per several minutes. 8 otherwise (small models,
-    where a call's overhead matters, and GPUs), which also keeps commits (LanceDB versions) few.
-    """
-    return 1 if device == "cpu" and manifest_bytes(bundle.manifest) >= LARGE_BUNDLE_BYTES else 8
-
-
 class Recorder:
     """The write side of an indexing run, shared by the local loop below and the Ray driver
     (:mod:`sapindex.cluster`): what is stored, what is skipped, the summary and the progress.
@@ -68,11 +52,8 @@ class Recorder:
     writes, which is why the two are separate sets.
     """
 
-    def __init__(self, index: Index, keep_ratio: float, method: str,
-                 progress: Callable[[int, int], None] | None = None, mode: str = "exact",
-                 position_correction: bool = False):
-        self.index, self.keep_ratio, self.method, self.progress = index, keep_ratio, method, progress
-        self.mode, self.position_correction = mode, position_correction
+    def __init__(self, index: Index, options: IndexOptions, progress: Callable[[int, int], None] | None = None):
+        self.index, self.options, self.progress = index, options, progress
         self.summary = IndexSummary()
         self.done = index.indexed_keys()
         self.stored: set[tuple[str, int]] = set()
@@ -101,8 +82,8 @@ class Recorder:
             self.stored.add(key)
             self.summary.vectors_before += kept.n_visual
             self.summary.vectors_kept += len(kept.positions)
-            rows.append(PageRow.from_encoded(page, kept, keep_ratio=self.keep_ratio, mode=self.mode,
-                                             method=method_name(self.method, self.position_correction)))
+            rows.append(PageRow.from_encoded(page, kept, keep_ratio=self.options.keep_ratio, mode=self.options.mode,
+                                             method=self.options.method))
         if rows:
             self.index.add_pages(rows)
             self.summary.pages_indexed += len(rows)
@@ -119,97 +100,79 @@ class Recorder:
         return self.summary
 
 
-@contextmanager
-def recording(bundle_path: str | Path, out: str | Path, *, keep_ratio: float, batch_size: int | None, device: str,
-              position_correction: bool, progress: Callable[[int, int], None] | None,
-              around: Callable[[], ContextManager] = nullcontext, mode: str = "exact", method: str | None = None,
-              budget_scale: float | None = None):
-    """Check a run's options, open its bundle and its index (created or resumed, writer-locked):
-    yields ``(bundle, batch_size, recorder, context)``; the index is closed (unlocked) on the way out.
-    ``recorder.method`` is the index method the run encodes with (``method``, or when None the index's
-    own, or the default: :func:`sapindex.compression.resolve_method`).
+class Run(NamedTuple):
+    """An indexing run, opened by :func:`recording`: the bundle, the options resolved for it, the
+    write side, and what ``around()`` yielded (a Ray cluster)."""
 
-    ``around()`` is entered after the checks and before the index is opened, and ``context`` is what
-    it yields (a Ray cluster): a cluster that cannot be joined leaves no new index behind."""
-    if not 0.0 < keep_ratio <= 1.0:
-        raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
-    if batch_size is not None and batch_size < 1:
-        raise SapIndexError("--batch-size must be at least 1")
+    bundle: Bundle
+    options: IndexOptions
+    recorder: Recorder
+    context: Any
+
+
+@contextmanager
+def recording(bundle_path: str | Path, out: str | Path, options: IndexOptions,
+              progress: Callable[[int, int], None] | None = None,
+              around: Callable[[], ContextManager] = nullcontext) -> Iterator[Run]:
+    """Open a run's bundle, check its options against the bundle and the index once
+    (:meth:`IndexOptions.for_run`: the method and batch size resolved), and open the index (created
+    or resumed, writer-locked): yields a :class:`Run`; the index is closed (unlocked) on the way out.
+
+    ``around()`` is entered after the checks and before the index is opened, and ``Run.context`` is
+    what it yields (a Ray cluster): a cluster that cannot be joined leaves no new index behind."""
     bundle = Bundle.open(bundle_path)
-    if position_correction:
-        check_position_correction(bundle)
-    if mode not in MODES:
-        raise SapIndexError(f"--mode {mode}: choose {' or '.join(MODES)}")
-    if mode == "fast":
-        check_fast_mode(bundle)
-    method = resolve_method(method, _stored_methods(out))
-    check_method(method, mode=mode, position_correction=position_correction, budget_scale=budget_scale)
+    options = options.for_run(bundle, _stored_methods(out))
     meta = {"bundle_path": str(Path(bundle_path).resolve()), "family": bundle.family, "window": list(bundle.window),
-            "builtin": _is_builtin(bundle_path), "mode": mode}
-    recorded = method_name(method, position_correction)
+            "builtin": _is_builtin(bundle_path), "mode": options.mode}
     with around() as context, IndexWriter.create_or_open(out, bundle.fingerprints, bundle.dim, meta=meta) as index:
         held = index.meta.get("mode", "exact")  # indexes from before fast mode are exact
-        if held != mode:
+        if held != options.mode:
             raise SapIndexError(f"{out}: this index holds {held}-mode vectors and never mixes modes (fast vectors are "
                                 f"an approximation of exact ones); index with --mode {held}, or into a new directory")
-        others = index.methods() - {recorded}
+        others = index.methods() - {options.method}
         if others:
             raise SapIndexError(f"{out}: this index holds {', '.join(sorted(others))} pages and never mixes methods "
-                                f"(its pages would not be comparable with {recorded} ones); index with the same "
-                                "--method (and --position-correction), or into a new directory")
-        yield (bundle, batch_size or default_batch_size(bundle, device),
-               Recorder(index, keep_ratio, method, progress, mode, position_correction), context)
+                                f"(its pages would not be comparable with {options.method} ones); index with the "
+                                "same --method (and --position-correction), or into a new directory")
+        yield Run(bundle, options, Recorder(index, options, progress), context)
 
 
-def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, keep_ratio: float = DEFAULT_KEEP_RATIO,
-              device: str = "cpu", batch_size: int | None = None, dpi: float = DEFAULT_DPI, threads: int | None = None,
-              position_correction: bool = False, mode: str = "exact", method: str | None = None,
-              budget_scale: float | None = None, stdin=None,
-              progress: Callable[[int, int], None] | None = None) -> IndexSummary:
+def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, options: IndexOptions | None = None, *,
+              stdin=None, progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index ``inputs`` into the index at ``out`` (created, or resumed) with the bundle's encoder and SAP.
 
     Args:
         bundle_path: the exported bundle directory to encode pages with.
         inputs: files, directories, ``-`` (paths on ``stdin``) or ``@list.txt``, as
-            :func:`sapindex.index.inputs.iter_sources` reads them.
+            :func:`sapindex.index.inputs.iter_sources` reads them; when none of them exists the run
+            is refused before anything is written.
         out: the index directory; a new or empty one is created, an existing one is resumed.
-        keep_ratio: the fraction of each page's visual tokens SAP keeps, in (0, 1].
-        device: where ONNX Runtime runs the bundle (``"cpu"`` or ``"cuda"``).
-        batch_size: pages encoded per call and stored per commit (None: :func:`default_batch_size`).
-        dpi: the resolution PDF pages are rendered at.
-        threads: ONNX Runtime intra-op threads (None: its default).
-        position_correction: rank by the causally corrected centrality (method ``sap-poscorr``).
-        mode: ``"exact"`` (the decoder on every token) or ``"fast"`` (format-2 bundles: the layers after
-            the SAP window on the prompt and kept tokens only, an approximation); an index holds one mode.
-        method: what is stored of each page (:data:`sapindex.compression.INDEX_METHODS`: ``sap``, or
-            ``sap-merge``, ``sap-kmeans``, ``sap-budget`` in exact mode); an index holds one method. None:
-            the index's own when it holds pages, else the default (``resolve_method``).
-        budget_scale: ``sap-budget`` only, the scale calibrated by ``sapindex eval``
-            (:func:`sapindex.compression.budget_scale_from`).
+        options: what is stored and how the run goes (:class:`~sapindex.runtime.options.IndexOptions`;
+            None: the defaults). Its method None means the index's own when it holds pages, else
+            the default; an index holds one method and one mode.
         stdin: the stream a ``-`` input reads paths from (None: ``sys.stdin``).
         progress: called as ``progress(pages_done, pages_known)`` after each batch.
 
-    Returns the run's :class:`IndexSummary`; unreadable inputs are recorded in the index and
-    listed in ``summary.failures``, not raised. :func:`sapindex.cluster.run_index_on_ray` is the
-    same run spread over a Ray cluster.
+    Returns:
+        The run's :class:`IndexSummary`; inputs that could not be read are in its failures (and
+        in the index's failures table), the rest is indexed. :func:`sapindex.cluster.run_index_on_ray`
+        is the same run spread over a Ray cluster.
     """
     started = time.perf_counter()
     check_some_input_exists(inputs)
-    with recording(bundle_path, out, keep_ratio=keep_ratio, batch_size=batch_size, device=device,
-                   position_correction=position_correction, progress=progress, mode=mode, method=method,
-                   budget_scale=budget_scale) as (bundle, batch_size, recorder, _):
-        encoder = Encoder(bundle, device=device, threads=threads)
+    with recording(bundle_path, out, options or IndexOptions(), progress) as run:
+        opts, recorder = run.options, run.recorder
+        encoder = Encoder(run.bundle, device=opts.device, threads=opts.threads)
         batch: list[Page] = []
         failures: list[Failure] = []
 
         def flush() -> None:
-            kept = (encoder.encode_pages_pruned([p.image for p in batch], keep_ratio, position_correction, mode,
-                                                recorder.method, budget_scale) if batch else [])
+            kept = encoder.encode_pages_pruned([p.image for p in batch], opts) if batch else []
             recorder.store(list(zip(batch, kept)), failures)
             batch.clear()
             failures.clear()
 
-        pages = iter_pages(iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin), dpi=dpi,
+        pages = iter_pages(iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin), dpi=opts.dpi,
                            skip=lambda h, p: (h, p) in recorder.done, on_file=recorder.file_listed)
         for item in pages:
             if isinstance(item, Failure):
@@ -222,7 +185,7 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, *, ke
                 continue
             batch.append(item)
             recorder.done.add((item.content_hash, item.page))
-            if len(batch) >= batch_size:
+            if len(batch) >= opts.batch_size:
                 flush()
         flush()
         return recorder.finish(started)

@@ -37,9 +37,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sapindex.errors import SapIndexError
 from sapindex.fingerprint import sha256_file
 from sapindex.index.records import Failure, FileInfo, Page
+from sapindex.runtime.options import DEFAULT_DPI
 
 __all__ = [
-    "DEFAULT_DPI",
     "DEFAULT_MAX_PIXELS",
     "PDF_SUFFIXES",
     "IMAGE_SUFFIXES",
@@ -55,7 +55,6 @@ __all__ = [
     "render_listed",
 ]
 
-DEFAULT_DPI = 144
 # PIL's own decompression-bomb warning threshold (~89.5 Mpx, e.g. 9459 x 9459): an A4 page scanned
 # at 600 dpi is 35 Mpx, so real documents fit with room to spare. Images above it are refused;
 # PDF pages above it are rendered at a lower scale instead (see iter_pages).

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from sapindex import sap
-from sapindex.compression import check_method, reduce_page
-from sapindex.errors import SapIndexError
+from sapindex.compression import DEFAULT_METHOD, check_method, reduce_page
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.layout import TokenLayout
+from sapindex.runtime.options import IndexOptions, check_fast_mode
 from sapindex.runtime.preprocess import preprocessor_for
 from sapindex.runtime.session import BundleSessions, tail_feed
-
-MODES = ("exact", "fast")  # exact: the tail on every token; fast: on the prompt and the kept tokens only
 
 
 @dataclass
@@ -71,12 +69,11 @@ def prune(page: PageTokens, keep_ratio: float, position_correction: bool = False
                       page.layout.global_grid, scores[kept])
 
 
-def reduce(page: PageTokens, keep_ratio: float, position_correction: bool = False, method: str = "sap",
-           budget_scale: float | None = None) -> PrunedPage:
-    """What index ``method`` (:data:`sapindex.compression.INDEX_METHODS`) stores of a page: :func:`prune`
-    for ``sap``, :func:`sapindex.compression.reduce_page` for the others."""
-    if method == "sap":
-        return prune(page, keep_ratio, position_correction)
+def reduce(page: PageTokens, method: str, keep_ratio: float, budget_scale: float | None = None) -> PrunedPage:
+    """What index ``method`` (:data:`sapindex.compression.INDEX_METHODS`, or ``sap-poscorr``) stores of a
+    page: :func:`prune` for SAP's selection, :func:`sapindex.compression.reduce_page` for the others."""
+    if method in ("sap", "sap-poscorr"):
+        return prune(page, keep_ratio, position_correction=method == "sap-poscorr")
     kept = reduce_page(page.embeddings, page.centrality, method, keep_ratio, budget_scale=budget_scale)
     return PrunedPage(kept.vectors, kept.positions, page.grid, page.n_visual, page.layout.global_grid, kept.scores,
                       kept.cover)
@@ -87,29 +84,6 @@ def _select(centrality: np.ndarray, layout: TokenLayout, keep_ratio: float, posi
     indices, every token's ranking score)``; the one rule of both modes."""
     scores = sap.ranking_scores(centrality, layout.seq_rank if position_correction else None)
     return sap.top_k(scores, keep_ratio), scores
-
-
-def check_position_correction(bundle: Bundle) -> None:
-    """Refuse ``--position-correction`` (and eval's ``sap-poscorr``) on a non-causal bundle.
-
-    The correction divides a visual token's in-degree by the number of visual rows that can
-    attend it under causal attention. In a prefix-LM (ColPali) every visual row attends every
-    visual column, so there is no position bias to remove and the division would invent one.
-    """
-    if bundle.attention != "causal":
-        raise SapIndexError(
-            f"{bundle.path}: --position-correction (sap-poscorr) corrects the causal position bias of in-degree, "
-            f"but this {bundle.family} bundle's decoder is {bundle.attention} (every visual token attends every "
-            "other); rank by plain SAP centrality instead"
-        )
-
-
-def check_fast_mode(bundle: Bundle) -> None:
-    """Refuse fast mode for a format-1 bundle: it has no head/tail split to run the tail on kept tokens."""
-    if bundle.version < 2:
-        raise SapIndexError(f"{bundle.path}: --mode fast needs a format-2 bundle (head and tail graphs), this one is "
-                            f"format {bundle.version}; re-export it with this sapindex (`sapindex export ... "
-                            f"--replaces {bundle.path}` keeps its indexes usable)")
 
 
 class Encoder:
@@ -136,12 +110,11 @@ class Encoder:
                                      layout, layout.to_spatial(eos[b, pos])))
         return pages
 
-    def encode_pages_pruned(self, images, keep_ratio: float, position_correction: bool = False,
-                            mode: str = "exact", method: str = "sap",
-                            budget_scale: float | None = None) -> list[PrunedPage]:
-        """Pages straight to what the index stores, in either mode.
+    def encode_pages_pruned(self, images, options: IndexOptions) -> list[PrunedPage]:
+        """Pages straight to what the index stores, as ``options`` say (keep ratio, method, mode,
+        budget scale; a method of None is the default).
 
-        ``exact``: :meth:`encode_pages` then :func:`reduce` with the index ``method`` (``sap``:
+        ``exact``: :meth:`encode_pages` then :func:`reduce` with the index method (``sap``:
         :func:`prune`). ``fast`` (format-2 bundles, ``sap`` only): the head runs on every token and
         SAP picks the kept tokens from its centrality, as in exact mode (the same kept set); then
         the tail runs on the page's non-visual tokens (the prompt) and the kept visual tokens only,
@@ -149,12 +122,10 @@ class Encoder:
         an approximation of exact mode's: in the layers after the window they attend the kept tokens
         only (measured in bench/RESULTS.md, "Fast mode").
         """
-        if mode not in MODES:
-            raise SapIndexError(f"unknown mode {mode!r} (use {' or '.join(MODES)})")
-        check_method(method, mode=mode, position_correction=position_correction, budget_scale=budget_scale)
-        if mode == "exact":
-            return [reduce(page, keep_ratio, position_correction, method, budget_scale)
-                    for page in self.encode_pages(images)]
+        method, keep_ratio = options.method or DEFAULT_METHOD, options.keep_ratio
+        check_method(method, mode=options.mode, budget_scale=options.budget_scale)
+        if options.mode == "exact":
+            return [reduce(page, method, keep_ratio, options.budget_scale) for page in self.encode_pages(images)]
         check_fast_mode(self.bundle)
         batch = self.preprocessor.pages(images)
         head = self.sessions.run_head(batch)
@@ -162,7 +133,7 @@ class Encoder:
         picked, tokens = [], []
         for b, (pos, layout) in enumerate(self.preprocessor.layouts(batch)):
             kept, scores = _select(layout.to_spatial(head["centrality"][b, pos]), layout, keep_ratio,
-                                   position_correction)
+                                   options.position_correction)
             kept_seq = layout.to_spatial(pos)[kept]  # their sequence positions
             keep = valid[b].copy()
             keep[pos] = False

@@ -17,6 +17,7 @@ from PIL import Image
 from sapindex.index.indexer import run_index
 from sapindex.index.store import Index
 from sapindex.runtime.defaults import default_bundle_path, example_pages
+from sapindex.runtime.options import IndexOptions
 
 pytestmark = pytest.mark.slow  # each run starts a Ray cluster (~5 s) and encodes a few dozen pages
 
@@ -43,7 +44,7 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "idx"
-    summary = run_index(default_bundle_path(), [str(inputs)], out, dpi=72, batch_size=2)
+    summary = run_index(default_bundle_path(), [str(inputs)], out, IndexOptions(dpi=72, batch_size=2))
     assert summary.pages_indexed == 28
     return out
 

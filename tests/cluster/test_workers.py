@@ -19,6 +19,7 @@ from sapindex.index.records import Failure
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, example_pages
 from sapindex.runtime.encoder import Encoder
+from sapindex.runtime.options import IndexOptions
 
 
 def _pdf(path, n, size=(120, 160)):
@@ -89,7 +90,8 @@ def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_
     rows = [row for path in [*pages, str(tmp_path / "strip.png")]
             for row in render_chunk({**describe(path).__dict__, "pages": [1]})]
     rows.append({**rows[0], "page": 0, "image": b"", "error": "not a valid PDF", "path": "bad.pdf"})
-    actor = PageEncoder(str(bundle.path), bundle.fingerprint, "cpu", 1, 0.1, False, mode, method)
+    options = IndexOptions(keep_ratio=0.1, method=method, mode=mode, threads=1)
+    actor = PageEncoder(str(bundle.path), bundle.fingerprint, options)
     stored, failures = decode(actor(_as_ray_batch(rows)))
     assert [str(f) for f in failures] == [
         f"{tmp_path / 'strip.png'} page 1: image aspect ratio 500.0 exceeds 200 (1x500); Qwen2-VL cannot take it",
@@ -97,7 +99,7 @@ def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_
     encoder = Encoder(bundle, threads=1)
     for (page, kept), path in zip(stored, pages):
         with Image.open(path) as image:
-            [local] = encoder.encode_pages_pruned([image.convert("RGB")], 0.1, mode=mode, method=method)
+            [local] = encoder.encode_pages_pruned([image.convert("RGB")], options)
         listed = describe(path)
         assert (page.path, page.page, page.size, page.content_hash) == (path, 1, image.size, listed.content_hash)
         assert np.array_equal(kept.positions, local.positions) and kept.grid == local.grid
@@ -109,7 +111,7 @@ def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_
 
 def test_an_encoder_with_another_bundle_is_refused():
     with pytest.raises(SapIndexError, match="not the one the driver opened"):
-        PageEncoder(str(default_bundle_path()), "0" * 64, "cpu", 1, 0.1, False)
+        PageEncoder(str(default_bundle_path()), "0" * 64, IndexOptions(threads=1))
 
 
 def test_a_cluster_too_small_for_the_encoders_is_refused_by_name():

@@ -13,6 +13,7 @@ from sapindex.eval import runner as ev
 from sapindex.eval.cache import EncodingCache
 from sapindex.eval.datasets import load_dataset
 from sapindex.eval.metrics import maxsim_matrix, retrieval_metrics
+from sapindex.runtime.options import IndexOptions
 from sapindex.testing.toy_pages import write_pairs
 
 RATIOS = (0.2, 0.1, 0.05)
@@ -148,7 +149,7 @@ def test_sap_fast_cell_is_the_fast_index_of_the_pages(bundles, beir, tmp_path):
     dataset = load_dataset(beir)
     encoder = Encoder(Bundle.open(cfg.bundle))
     ids = [p.id for p in dataset.pages]
-    fast = encoder.encode_pages_pruned([p.load() for p in dataset.pages], 0.1, mode="fast")
+    fast = encoder.encode_pages_pruned([p.load() for p in dataset.pages], IndexOptions(keep_ratio=0.1, mode="fast"))
     queries = list(dataset.queries)
     scores = maxsim_matrix(encoder.encode_queries([q.text for q in queries]), [f.vectors for f in fast])
     direct = retrieval_metrics(scores, [q.id for q in queries], ids, dataset.qrels)

@@ -18,7 +18,8 @@ from sapindex.exporter.export import ExportConfig, export_bundle
 from sapindex.exporter.graphs import Tolerance, graph_spec
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, default_weights_path, example_pages
-from sapindex.runtime.encoder import Encoder, check_position_correction, prune
+from sapindex.runtime.encoder import Encoder, prune
+from sapindex.runtime.options import check_position_correction
 
 FAMILIES = ["colqwen2", "colqwen2_5", "jina_v4", "colpali", "colpali_hf", "colidefics3"]
 PREFIX_LM = {"colpali", "colpali_hf"}  # one fixed 8x8 grid (112 px pages), bidirectional image block

@@ -11,6 +11,7 @@ from sapindex.models.adapters import load_adapter
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, default_weights_path, example_pages
 from sapindex.runtime.encoder import Encoder
+from sapindex.runtime.options import IndexOptions
 
 FAMILIES = ["colqwen2", "colqwen2_5", "jina_v4", "colpali", "colpali_hf", "colidefics3"]
 NEG = torch.finfo(torch.float32).min
@@ -78,7 +79,8 @@ def _check(encoder, adapter, images, ratios, tolerance):
     causal = encoder.bundle.attention == "causal"
     layouts = [layout for _pos, layout in encoder.preprocessor.layouts(feed)]
     for ratio in ratios:
-        for image, layout, page in zip(images, layouts, encoder.encode_pages_pruned(images, ratio, mode="fast")):
+        fast = encoder.encode_pages_pruned(images, IndexOptions(keep_ratio=ratio, mode="fast"))
+        for image, layout, page in zip(images, layouts, fast):
             expected = _torch_fast(adapter, image, layout.order[page.positions], end, causal)
             assert expected.shape == page.vectors.shape
             assert np.abs(page.vectors - expected).max() <= tolerance, ratio

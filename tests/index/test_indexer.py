@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from sapindex.errors import SapIndexError
-from sapindex.index.indexer import default_batch_size, run_index
+from sapindex.index.indexer import run_index
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, example_pages
+from sapindex.runtime.options import IndexOptions, default_batch_size, method_with_correction
 from sapindex.search import Searcher
 
 
@@ -53,7 +54,7 @@ def test_an_index_holds_one_mode(tmp_path):
     from sapindex.index.store.schema import META_FILE
 
     pages = [str(p) for p in example_pages()[:3]]
-    run_index(default_bundle_path(), pages[:2], tmp_path / "fast", mode="fast")
+    run_index(default_bundle_path(), pages[:2], tmp_path / "fast", IndexOptions(mode="fast"))
     with Index.open(tmp_path / "fast") as index:
         assert index.meta["mode"] == "fast" and {r["mode"] for r in index.iter_rows()} == {"fast"}
         version = index.version
@@ -69,12 +70,12 @@ def test_an_index_holds_one_mode(tmp_path):
     assert pruned.returncode == 2 and "cannot be pruned exactly" in pruned.stderr
     assert "fast" in run_cli("inspect", tmp_path / "fast").stdout
 
-    run_index(default_bundle_path(), pages[:1], tmp_path / "old", method="sap")
+    run_index(default_bundle_path(), pages[:1], tmp_path / "old", IndexOptions(method="sap"))
     info = json.loads((tmp_path / "old" / META_FILE).read_text())
     del info["meta"]["mode"]  # as written before modes existed
     (tmp_path / "old" / META_FILE).write_text(json.dumps(info))
     with pytest.raises(SapIndexError, match="holds exact-mode vectors"):
-        run_index(default_bundle_path(), pages, tmp_path / "old", mode="fast")
+        run_index(default_bundle_path(), pages, tmp_path / "old", IndexOptions(mode="fast"))
     assert run_index(default_bundle_path(), pages, tmp_path / "old").pages_indexed == 2
     with Index.open(tmp_path / "old") as index:
         assert {r["mode"] for r in index.iter_rows()} == {"exact"}
@@ -93,7 +94,7 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
     from sapindex.runtime.encoder import Encoder
 
     pages = [str(p) for p in example_pages()[:2]]
-    run_index(default_bundle_path(), pages, tmp_path / "merge", method="sap-merge", keep_ratio=0.1)
+    run_index(default_bundle_path(), pages, tmp_path / "merge", IndexOptions(method="sap-merge", keep_ratio=0.1))
     encoder = Encoder(Bundle.open(default_bundle_path()))
     with Index.open(tmp_path / "merge") as index:
         rows = {r["path"]: r for r in index.iter_rows()}
@@ -125,32 +126,34 @@ def test_index_methods_store_what_the_method_computes_and_an_index_holds_one_met
     shown = run_cli("inspect", tmp_path / "merge").stdout
     assert "sap-merge" in shown and "prune refuses sap-merge" in shown
 
-    run_index(default_bundle_path(), pages[:1], tmp_path / "plain", method="sap")
+    run_index(default_bundle_path(), pages[:1], tmp_path / "plain", IndexOptions(method="sap"))
     with pytest.raises(SapIndexError, match="holds sap pages and never mixes methods"):
-        run_index(default_bundle_path(), pages, tmp_path / "plain", position_correction=True)
+        run_index(default_bundle_path(), pages, tmp_path / "plain", IndexOptions(method="sap-poscorr"))
     with pytest.raises(SapIndexError, match="ranks SAP's selection"):
-        run_index(default_bundle_path(), pages, tmp_path / "other", method="sap-kmeans", position_correction=True)
+        method_with_correction("sap-kmeans", True)
     with pytest.raises(SapIndexError, match="fast mode never computes"):
-        run_index(default_bundle_path(), pages, tmp_path / "other", method="sap-merge", mode="fast")
+        run_index(default_bundle_path(), pages, tmp_path / "other", IndexOptions(method="sap-merge", mode="fast"))
     assert not (tmp_path / "other").exists()
 
 
 def test_the_default_method_of_a_new_index_and_of_a_resumed_one(tmp_path):
     """A new index stores the paper's sap (exact or fast mode); a resumed index keeps its own method
-    without a flag (a sap-kmeans one stays sap-kmeans)."""
+    without a flag (a sap-kmeans one stays sap-kmeans, a sap-poscorr one keeps the correction)."""
     from sapindex.compression import DEFAULT_METHOD, resolve_method
     from sapindex.index.store import Index
 
     assert DEFAULT_METHOD == "sap"
     assert resolve_method(None, set()) == "sap"
-    assert resolve_method(None, {"sap-poscorr"}) == "sap" and resolve_method(None, {"sap-kmeans"}) == "sap-kmeans"
+    assert resolve_method(None, {"sap-poscorr"}) == "sap-poscorr"  # the correction is part of the method
+    assert resolve_method(None, {"sap-kmeans"}) == "sap-kmeans"
     assert resolve_method("sap", {"sap-merge"}) == "sap"  # asked for: the run then refuses the mix
     pages = [str(p) for p in example_pages()[:2]]
     run_index(default_bundle_path(), pages[:1], tmp_path / "new")
-    run_index(default_bundle_path(), pages[:1], tmp_path / "fast", mode="fast")
-    run_index(default_bundle_path(), pages[:1], tmp_path / "kmeans", method="sap-kmeans")
+    run_index(default_bundle_path(), pages[:1], tmp_path / "fast", IndexOptions(mode="fast"))
+    run_index(default_bundle_path(), pages[:1], tmp_path / "kmeans", IndexOptions(method="sap-kmeans"))
     for name, method in (("new", "sap"), ("fast", "sap"), ("kmeans", "sap-kmeans")):
-        run_index(default_bundle_path(), pages, tmp_path / name, mode="fast" if name == "fast" else "exact")
+        mode = "fast" if name == "fast" else "exact"
+        run_index(default_bundle_path(), pages, tmp_path / name, IndexOptions(mode=mode))
         with Index.open(tmp_path / name) as index:
             assert index.methods() == {method} and index.stats().pages == 2, name
 
@@ -166,7 +169,7 @@ def test_sap_kmeans_and_sap_budget_rows(tmp_path):
     from sapindex.index.store import Index
 
     pages = [str(p) for p in example_pages()[:2]]
-    run_index(default_bundle_path(), pages, tmp_path / "km", method="sap-kmeans", keep_ratio=0.2)
+    run_index(default_bundle_path(), pages, tmp_path / "km", IndexOptions(method="sap-kmeans", keep_ratio=0.2))
     with Index.open(tmp_path / "km") as index:
         for row in index.iter_rows():
             assert row["method"] == "sap-kmeans" and row["n_kept"] == sap.keep_count(row["n_visual"], 0.2)

@@ -20,6 +20,7 @@ from sapindex.index.indexer import run_index
 from sapindex.index.prune import prune_index
 from sapindex.index.store import Index, IndexWriter
 from sapindex.runtime.defaults import default_bundle_path, example_pages
+from sapindex.runtime.options import IndexOptions
 
 
 def rows_by_key(path):
@@ -39,8 +40,8 @@ def pages(tmp_path_factory):
 def test_prune_keeps_exactly_what_indexing_at_the_lower_ratio_keeps(pages, tmp_path, position_correction):
     """On the trained micro model: index at 0.3, prune to 0.1 == index at 0.1 (positions, vectors, scores)."""
     for ratio in (0.3, 0.1):
-        run_index(default_bundle_path(), [str(pages)], tmp_path / f"r{ratio}", keep_ratio=ratio, method="sap",
-                  position_correction=position_correction)
+        run_index(default_bundle_path(), [str(pages)], tmp_path / f"r{ratio}",
+                  IndexOptions(keep_ratio=ratio, method="sap-poscorr" if position_correction else "sap"))
     summary = prune_index(tmp_path / "r0.3", tmp_path / "pruned", 0.1)
     direct, pruned, source = (rows_by_key(tmp_path / d) for d in ("r0.1", "pruned", "r0.3"))
     assert summary.pages == len(direct) == 8 and summary.vectors_after < summary.vectors_before

@@ -7,7 +7,8 @@ from PIL import Image
 from sapindex.errors import SapIndexError
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, example_pages
-from sapindex.runtime.encoder import Encoder, check_fast_mode, prune
+from sapindex.runtime.encoder import Encoder, prune
+from sapindex.runtime.options import IndexOptions, check_fast_mode
 from sapindex.runtime.session import tail_feed
 
 NEG = np.finfo(np.float32).min
@@ -50,8 +51,8 @@ def test_tail_feed_takes_rows_columns_and_positions_of_the_picked_tokens():
 def test_fast_mode_keeping_every_token_is_exact_mode(encoder, pages):
     """At keep ratio 1 the tail sees every valid token: fast mode must give exact mode's vectors (the
     padding it drops was masked anyway); this checks the gather end to end on a padded batch."""
-    exact = encoder.encode_pages_pruned(pages, 1.0)
-    fast = encoder.encode_pages_pruned(pages, 1.0, mode="fast")
+    exact = encoder.encode_pages_pruned(pages, IndexOptions(keep_ratio=1.0))
+    fast = encoder.encode_pages_pruned(pages, IndexOptions(keep_ratio=1.0, mode="fast"))
     for a, b in zip(exact, fast):
         assert np.array_equal(a.positions, b.positions) and a.n_visual == b.n_visual == len(b.positions)
         assert np.abs(a.vectors - b.vectors).max() <= 1e-5
@@ -62,7 +63,7 @@ def test_fast_mode_keeps_sap_set_and_approximates_its_vectors(encoder, pages, ra
     """The head is shared, so fast mode keeps exactly SAP's tokens with the same scores; the vectors are
     unit-norm and close to, not equal to, exact mode's (the later layers saw fewer tokens)."""
     tokens = encoder.encode_pages(pages)
-    fast = encoder.encode_pages_pruned(pages, ratio, mode="fast")
+    fast = encoder.encode_pages_pruned(pages, IndexOptions(keep_ratio=ratio, mode="fast"))
     cosines = []
     for page, f in zip(tokens, fast):
         exact = prune(page, ratio)
@@ -78,5 +79,5 @@ def test_fast_mode_needs_a_format_2_bundle(encoder, tmp_path):
     old = Bundle(tmp_path / "v1.sap", {**encoder.bundle.manifest, "format_version": 1})
     with pytest.raises(SapIndexError, match="needs a format-2 bundle"):
         check_fast_mode(old)
-    with pytest.raises(SapIndexError, match="unknown mode"):
-        encoder.encode_pages_pruned([], 0.1, mode="quick")
+    with pytest.raises(SapIndexError, match="--mode quick: choose exact or fast"):
+        IndexOptions(keep_ratio=0.1, mode="quick")

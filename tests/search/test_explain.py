@@ -15,6 +15,7 @@ from sapindex.errors import SapIndexError
 from sapindex.index.indexer import run_index
 from sapindex.index.overlay import match_overlay
 from sapindex.runtime.defaults import default_bundle_path, example_pages
+from sapindex.runtime.options import IndexOptions
 from sapindex.search import Searcher, explain
 
 
@@ -75,7 +76,7 @@ def test_a_merged_vector_explains_the_cells_it_covers(tmp_path):
     """On a sap-merge index each match lists the cells its vector stands for (its cover), which the
     picture fills; the contributions still add up to the hit's score."""
     pages = [str(p) for p in example_pages()[:2]]
-    run_index(default_bundle_path(), pages, tmp_path / "idx", method="sap-merge")
+    run_index(default_bundle_path(), pages, tmp_path / "idx", IndexOptions(method="sap-merge"))
     with Searcher.open(tmp_path / "idx") as searcher:
         hit = searcher.search("annual report", k=1)[0]
         ex = explain.explain(searcher, "annual report", hit.path, hit.page)
