@@ -86,7 +86,7 @@ def listing_peak(root: Path, files: int) -> tuple[float, float]:
     from PIL import Image
 
     from sapindex.cluster.listing import plan_waves
-    from sapindex.index.inputs import iter_sources
+    from sapindex.index.sources import iter_sources
 
     folder = root / f"files-{files}"
     folder.mkdir()

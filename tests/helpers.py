@@ -148,3 +148,12 @@ def make_row(path, content_hash, page, k, seed, dim=DIM, n_visual=64, scores=Tru
 
 def h(i) -> str:
     return f"{i:064x}"
+
+
+def only_failure(items):
+    """The one item of ``items``, a failure with a one-line reason."""
+    from sapindex.index.records import Failure
+
+    assert len(items) == 1 and isinstance(items[0], Failure), items
+    assert "\n" not in items[0].reason
+    return items[0]

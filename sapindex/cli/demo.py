@@ -66,7 +66,7 @@ def _draw_kept(out_dir: Path, page_path: str, row: dict) -> None:
     """OUT/kept-patches.png: where ``row``'s vectors sit (and, merged, which cells they cover) over its page."""
     from PIL import Image
 
-    from sapindex.index.overlay import global_cells, write_overlay
+    from sapindex.search.overlay import global_cells, write_overlay
 
     grid, global_grid = (row["grid_rows"], row["grid_cols"]), (row["global_rows"], row["global_cols"])
     with Image.open(page_path) as page:

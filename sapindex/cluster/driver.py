@@ -31,7 +31,7 @@ from sapindex.cluster.listing import Lister, Wave, plan_waves
 from sapindex.cluster.workers import PageEncoder, decode, render_chunk
 from sapindex.errors import SapIndexError
 from sapindex.index.indexer import IndexSummary, Recorder, recording
-from sapindex.index.inputs import check_some_input_exists, iter_sources
+from sapindex.index.sources import check_some_input_exists, iter_sources
 from sapindex.runtime.options import IndexOptions
 
 # the first wave: enough batches to keep every encoder busy a few rounds

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from sapindex.index.inputs import InputError, describe
+from sapindex.index.documents import InputError, describe
 from sapindex.index.records import Failure, FileInfo
 
 WAVE_MAX_PAGES = 16384
@@ -50,7 +50,7 @@ class Wave:
 
 def plan_waves(sources: Iterable[str | Failure], stored: set[tuple[str, int]], chunk_pages: int, first_pages: int,
                max_pages: int = WAVE_MAX_PAGES) -> Iterator[Wave]:
-    """Waves over ``sources`` (paths and failures, as :func:`~sapindex.index.inputs.iter_sources`
+    """Waves over ``sources`` (paths and failures, as :func:`~sapindex.index.sources.iter_sources`
     yields them). A page is planned once: not when ``stored`` holds it (read, never changed
     here), nor when an earlier file of this run with the same content planned it (the driver
     keeps one hash per file for that, not one key per page)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from sapindex.errors import SapIndexError
-from sapindex.index.inputs import render_listed
+from sapindex.index.documents import render_listed
 from sapindex.index.records import Failure, FileInfo, Page
 from sapindex.runtime.encoder import PrunedPage
 from sapindex.runtime.options import DEFAULT_DPI, IndexOptions

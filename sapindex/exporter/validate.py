@@ -8,15 +8,15 @@ torch-free preprocessing and ONNX Runtime sessions) against the adapter's colpal
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from sapindex import sap
 from sapindex.errors import SapIndexError
-from sapindex.exporter.graphs import graph_spec
+from sapindex.exporter.graphs import Tolerance, graph_spec
+from sapindex.formats import JsonRecord, json_field
 from sapindex.runtime.bundle import Bundle
 
 VALIDATION_RATIOS = (0.05, 0.1, 0.2)
@@ -86,8 +86,60 @@ def reference_outputs(adapter, window: tuple[int, int], log: Callable[[str], Non
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class KeptSetMismatch(JsonRecord):
+    """A validation page (counted from 1) whose kept set at ``keep_ratio`` differs between ONNX
+    Runtime and PyTorch: recorded at every ratio, so a report shows where rankings drift."""
+
+    page: int
+    grid: tuple[int, int]
+    keep_ratio: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationReport(JsonRecord):
+    """What :func:`validate` measured, as the bundle manifest keeps it under ``validation``: ONNX
+    Runtime's worst disagreement with PyTorch, and the rules (``tolerance``) it was held to."""
+
+    pages: int
+    visual_grids: tuple[tuple[int, int], ...]
+    batch_sizes: tuple[int, ...]
+    max_abs_diff_embeddings: float
+    max_abs_diff_centrality: float
+    max_abs_diff_query_embeddings: float
+    max_abs_diff_eos_attention: float
+    min_cosine_embeddings: float
+    kept_set_mismatches: tuple[KeptSetMismatch, ...]
+    min_kept_jaccard_at_01: float = json_field("min_kept_jaccard_at_0.1")
+    mean_kept_jaccard_at_01: float = json_field("mean_kept_jaccard_at_0.1")
+    runtime_preprocessing_max_abs_diff_pixels: float
+    dtype: str
+    tolerance: dict  # the dtype's Tolerance, field by field
+    torch_version: str
+
+    def failures(self, limits: Tolerance) -> list[str]:
+        """The rules of ``limits`` these figures break, by name (none: the bundle may be written)."""
+        worst = max(self.max_abs_diff_embeddings, self.max_abs_diff_query_embeddings)
+        return [what for what, bad in (
+            ("embeddings", limits.embeddings is not None and worst > limits.embeddings),
+            ("cosine", self.min_cosine_embeddings < limits.cosine),
+            ("kept sets", self.min_kept_jaccard_at_01 < limits.kept_jaccard
+             or self.mean_kept_jaccard_at_01 < limits.kept_jaccard_mean),
+        ) if bad]
+
+    def failure_message(self, failed: list[str], limits: Tolerance) -> str:
+        """One line with every figure a user needs to judge a refused export (and the limits)."""
+        mismatched = [m.to_json() for m in self.kept_set_mismatches]
+        return (f"export validation failed ({self.dtype}: {', '.join(failed)}): ONNX Runtime vs PyTorch max |diff| "
+                f"embeddings {self.max_abs_diff_embeddings:.2e}, queries {self.max_abs_diff_query_embeddings:.2e}, "
+                f"smallest cosine {self.min_cosine_embeddings:.4f}, centrality {self.max_abs_diff_centrality:.2e}; "
+                f"kept-set Jaccard at 0.1: smallest {self.min_kept_jaccard_at_01:.3f}, mean "
+                f"{self.mean_kept_jaccard_at_01:.3f} (limits: {limits}); mismatches: {mismatched or 'none'}")
+
+
 class ValidationFailed(SapIndexError):
-    """A bundle that broke its dtype's rules; ``report`` holds its figures (``export --json`` prints them)."""
+    """A bundle that broke its dtype's rules; ``report`` holds its figures (``export --json`` prints them):
+    :meth:`ValidationReport.to_json` and ``failed``, the names of the rules broken."""
 
     def __init__(self, message: str, report: dict):
         super().__init__(message)
@@ -105,78 +157,95 @@ def validate(reference: Reference, bundle: Bundle, dtype: str = "fp32",
     The graphs get the processor's tensors (``adapter.graph_inputs``), so any difference is the
     graphs'; the bundle's own torch-free preprocessing must produce the same ids and masks from
     the same pages and queries (pixels differ by the resampler, recorded). ``log`` gets a line
-    per batch. Needs no torch: :func:`reference_outputs` ran PyTorch before.
+    per batch. Needs no torch: :func:`reference_outputs` ran PyTorch before. Returns the
+    :class:`ValidationReport` as the manifest stores it (its ``to_json()``).
     """
     from sapindex.runtime.encoder import Encoder
 
     encoder = Encoder(bundle, device="cpu")  # the runtime's preprocessing and sessions, from the staged bundle
-    sessions, runtime = encoder.sessions, encoder.preprocessor
-    worst_emb = worst_cent = worst_eos = worst_pixels = 0.0
-    worst_cosine = 1.0
-    mismatched = []
-    jaccard_at_01 = []
-    n_pages = 0
-    for batch in reference.batches:
-        log(f"validating pages {n_pages + 1}-{n_pages + len(batch['pages'])} of {reference.n_pages}: "
-            "ONNX Runtime")
-        feed, visual = batch["feed"], batch["visual"]
-        worst_pixels = max(worst_pixels, _compare_inputs(feed, runtime.pages(batch["images"]), "pages"))
-        emb, cent, eos = sessions.run_pages(feed)  # [B, S, dim], [B, S], [B, S]
-        for b, ref in enumerate(batch["pages"]):
-            n_pages += 1
-            ort_emb, ort_cent = emb[b][visual[b]], cent[b][visual[b]]
-            ref_cent = ref.centrality
-            worst_emb = max(worst_emb, float(np.abs(ort_emb - ref.embeddings).max()))
-            worst_cosine = min(worst_cosine, _min_cosine(ort_emb, ref.embeddings))
-            worst_cent = max(worst_cent, float(np.abs(ort_cent - ref_cent).max()))
-            worst_eos = max(worst_eos, float(np.abs(eos[b][visual[b]] - ref.eos).max()))
-            for ratio in VALIDATION_RATIOS:
-                ours, theirs = sap.top_k(ort_cent, ratio), sap.top_k(ref_cent, ratio)
-                if ratio == 0.1:
-                    jaccard_at_01.append(sap.jaccard(ours, theirs))
-                if not np.array_equal(ours, theirs):
-                    mismatched.append({"page": n_pages, "grid": list(ref.grid), "keep_ratio": ratio})
+    agreement = _compare_pages(reference, encoder, log)
     limits = reference.tolerances[dtype]
-    tolerance = limits.embeddings
+    _compare_queries(reference, encoder, agreement, log)
+    report = agreement.report(reference, dtype, limits)
+    failed = report.failures(limits)
+    if failed:
+        raise ValidationFailed(report.failure_message(failed, limits), {**report.to_json(), "failed": failed})
+    return report.to_json()
+
+
+@dataclass
+class _Agreement:
+    """ONNX Runtime's worst disagreement with PyTorch so far, gathered page by page and then over the
+    queries, so that the comparison loops stay apart from the figures they feed."""
+
+    pages: int = 0
+    embeddings: float = 0.0
+    centrality: float = 0.0
+    eos: float = 0.0
+    pixels: float = 0.0
+    queries: float = 0.0
+    cosine: float = 1.0
+    mismatched: list[KeptSetMismatch] = field(default_factory=list)
+    jaccard_at_01: list[float] = field(default_factory=list)
+
+    def add_page(self, emb: np.ndarray, cent: np.ndarray, eos: np.ndarray, ref: ReferencePage) -> None:
+        """One page's visual tokens (ONNX Runtime's ``emb``, ``cent``, ``eos``) against PyTorch's."""
+        self.pages += 1
+        self.embeddings = max(self.embeddings, float(np.abs(emb - ref.embeddings).max()))
+        self.cosine = min(self.cosine, _min_cosine(emb, ref.embeddings))
+        self.centrality = max(self.centrality, float(np.abs(cent - ref.centrality).max()))
+        self.eos = max(self.eos, float(np.abs(eos - ref.eos).max()))
+        for ratio in VALIDATION_RATIOS:
+            ours, theirs = sap.top_k(cent, ratio), sap.top_k(ref.centrality, ratio)
+            if ratio == 0.1:
+                self.jaccard_at_01.append(sap.jaccard(ours, theirs))
+            if not np.array_equal(ours, theirs):
+                self.mismatched.append(KeptSetMismatch(page=self.pages, grid=tuple(ref.grid), keep_ratio=ratio))
+
+    def add_queries(self, ours: list[np.ndarray], theirs: list[np.ndarray]) -> None:
+        """The queries' token embeddings (padding dropped), ONNX Runtime's against PyTorch's."""
+        self.queries = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
+        self.cosine = min([self.cosine] + [_min_cosine(a, b) for a, b in zip(ours, theirs)])
+
+    def report(self, reference: Reference, dtype: str, limits: Tolerance) -> ValidationReport:
+        """The figures as the manifest records them."""
+        return ValidationReport(
+            pages=self.pages, visual_grids=tuple(tuple(g) for g in reference.visual_grids),
+            batch_sizes=tuple(len(b["pages"]) for b in reference.batches),
+            max_abs_diff_embeddings=self.embeddings, max_abs_diff_centrality=self.centrality,
+            max_abs_diff_query_embeddings=self.queries, max_abs_diff_eos_attention=self.eos,
+            min_cosine_embeddings=self.cosine, kept_set_mismatches=tuple(self.mismatched),
+            min_kept_jaccard_at_01=min(self.jaccard_at_01), mean_kept_jaccard_at_01=float(np.mean(self.jaccard_at_01)),
+            runtime_preprocessing_max_abs_diff_pixels=self.pixels, dtype=dtype, tolerance=asdict(limits),
+            torch_version=reference.torch_version,
+        )
+
+
+def _compare_pages(reference: Reference, encoder, log: Callable[[str], None]) -> _Agreement:
+    """The validation pages through the bundle's preprocessing (ids and masks must match, pixels are
+    measured) and its page graphs, batch by batch as PyTorch ran them."""
+    agreement = _Agreement()
+    for batch in reference.batches:
+        log(f"validating pages {agreement.pages + 1}-{agreement.pages + len(batch['pages'])} of "
+            f"{reference.n_pages}: ONNX Runtime")
+        feed, visual = batch["feed"], batch["visual"]
+        runtime_feed = encoder.preprocessor.pages(batch["images"])
+        agreement.pixels = max(agreement.pixels, _compare_inputs(feed, runtime_feed, "pages"))
+        emb, cent, eos = encoder.sessions.run_pages(feed)  # [B, S, dim], [B, S], [B, S]
+        for b, ref in enumerate(batch["pages"]):
+            agreement.add_page(emb[b][visual[b]], cent[b][visual[b]], eos[b][visual[b]], ref)
+    return agreement
+
+
+def _compare_queries(reference: Reference, encoder, agreement: _Agreement, log: Callable[[str], None]) -> None:
+    """The validation queries through the bundle's preprocessing (which must match) and its query graph."""
     queries, q_feed = reference.queries, reference.query_feed
     log(f"validating {len(queries)} queries: ONNX Runtime")
+    runtime, sessions = encoder.preprocessor, encoder.sessions
     _compare_inputs(q_feed, runtime.queries(queries), "queries")
     q_emb = sessions.run_queries({**q_feed, **runtime.query_extras(q_feed, sessions.hidden)})
     q_mask = q_feed["attention_mask"].astype(bool)
-    worst_query = max(float(np.abs(q_emb[i][q_mask[i]] - reference.query_embeddings[i]).max())
-                      for i in range(len(queries)))
-    worst_cosine = min([worst_cosine] + [_min_cosine(q_emb[i][q_mask[i]], reference.query_embeddings[i])
-                                         for i in range(len(queries))])
-    report = {
-        "pages": n_pages,
-        "visual_grids": [list(g) for g in reference.visual_grids],
-        "batch_sizes": [len(b["pages"]) for b in reference.batches],
-        "max_abs_diff_embeddings": worst_emb,
-        "max_abs_diff_centrality": worst_cent,
-        "max_abs_diff_query_embeddings": worst_query,
-        "max_abs_diff_eos_attention": worst_eos,
-        "min_cosine_embeddings": worst_cosine,
-        "kept_set_mismatches": mismatched,
-        "min_kept_jaccard_at_0.1": min(jaccard_at_01),
-        "mean_kept_jaccard_at_0.1": float(np.mean(jaccard_at_01)),
-        "runtime_preprocessing_max_abs_diff_pixels": worst_pixels,
-        "dtype": dtype,
-        "tolerance": dataclasses.asdict(limits),
-        "torch_version": reference.torch_version,
-    }
-    failed = [what for what, bad in (
-        ("embeddings", tolerance is not None and max(worst_emb, worst_query) > tolerance),
-        ("cosine", worst_cosine < limits.cosine),
-        ("kept sets", min(jaccard_at_01) < limits.kept_jaccard or np.mean(jaccard_at_01) < limits.kept_jaccard_mean),
-    ) if bad]
-    if failed:
-        raise ValidationFailed(
-            f"export validation failed ({dtype}: {', '.join(failed)}): ONNX Runtime vs PyTorch max |diff| embeddings "
-            f"{worst_emb:.2e}, queries {worst_query:.2e}, smallest cosine {worst_cosine:.4f}, centrality "
-            f"{worst_cent:.2e}; kept-set Jaccard at 0.1: smallest {min(jaccard_at_01):.3f}, mean "
-            f"{np.mean(jaccard_at_01):.3f} (limits: {limits}); mismatches: {mismatched or 'none'}",
-            {**report, "failed": failed})
-    return report
+    agreement.add_queries([q_emb[i][q_mask[i]] for i in range(len(queries))], reference.query_embeddings)
 
 
 def replacement_record(old: Bundle, new: Bundle, reference: Reference,

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterator, NamedTuple
 
 from sapindex.errors import SapIndexError
-from sapindex.index.inputs import check_some_input_exists, iter_pages, iter_sources
+from sapindex.index.documents import iter_pages
 from sapindex.index.records import Failure, FileInfo, Page
+from sapindex.index.sources import check_some_input_exists, iter_sources
 from sapindex.index.store import Index, IndexWriter, PageRow
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
@@ -144,7 +145,7 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, optio
     Args:
         bundle_path: the exported bundle directory to encode pages with.
         inputs: files, directories, ``-`` (paths on ``stdin``) or ``@list.txt``, as
-            :func:`sapindex.index.inputs.iter_sources` reads them; when none of them exists the run
+            :func:`sapindex.index.sources.iter_sources` reads them; when none of them exists the run
             is refused before anything is written.
         out: the index directory; a new or empty one is created, an existing one is resumed.
         options: what is stored and how the run goes (:class:`~sapindex.runtime.options.IndexOptions`;

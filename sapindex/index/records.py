@@ -1,6 +1,6 @@
 """The records that the input layer produces and the store keeps (torch-free, no I/O).
 
-Why a module of their own: :mod:`sapindex.index.inputs` yields pages and failures, and
+Why a module of their own: :mod:`sapindex.index.documents` yields pages and failures, and
 :mod:`sapindex.index.store` records failures and reads them back. With the types here, the store
 does not depend on the input layer (it never renders a page) and the input layer does not depend
 on the store.

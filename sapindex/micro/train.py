@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sapindex.formats import jsonable
 from sapindex.micro.data import CHARACTERS, PageSample, Stage, crop, expand_frames, preprocess, render_pool
 from sapindex.models._compat import prepare_torch_side
 from sapindex.testing.tiny import SPECIAL_TOKENS, TinySpec, make_tiny
@@ -320,163 +321,282 @@ def train(config: TrainConfig, out_dir: str | Path, log: Callable[[str], None] =
     state is saved) and returns None without writing the model: training split across sessions.
     """
     prepare_torch_side()
+    model, processor, vocab_words, token_of = _build_model(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f} M parameters; {config.steps} steps of {config.batch_size} pages")
+    rendered, render_s = _render_pools(config, token_of, processor.image_processor, log)
+    with tempfile.TemporaryDirectory() as tmp:
+        validation = _Validation(config, config.stages[-1], processor, Path(tmp))
+    run = _Run.start(config, model, processor, vocab_words)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    if resume and state_path.exists():
+        run.restore(state_path)
+        log(f"resumed at step {run.step} from {state_path}")
+    run.started = time.time()
+    last = config.steps if max_steps is None else min(config.steps, run.step + max_steps)
+    for step in range(run.step, last):
+        weight = run.train_step(step, rendered)
+        _check_collapse(config, run.smoothed, step)
+        if (step + 1) % 10 == 0:
+            log(f"  step {step + 1}: " + "  ".join(f"{k} {v:.3f}" for k, v in run.smoothed.items()))
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            run.validate(validation, step + 1, weight, log)
+            run.save(state_path)
+    if last < config.steps:
+        log(f"stopped at step {last} of {config.steps}; continue with --resume")
+        return None
+    return _write_model(run, processor, out, n_params, render_s)
+
+
+def _build_model(config: TrainConfig):
+    """Seed torch, then build the word tokenizer and the untrained model: the initial weights are the
+    seeded generator's first draws, so this runs before anything else draws from it.
+
+    Returns the model, its processor, the tokenizer's vocabulary by token id, and the token id of
+    every benchmark word (what the renderer labels cells with).
+    """
     import torch
 
     from sapindex.benchdata.render import vocabulary
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    rng = np.random.default_rng(config.seed)
     words = vocabulary()
     tokenizer = build_word_tokenizer(words)
     model, processor = make_tiny(replace(config.model, seed=config.seed), tokenizer)
     vocab_words = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     known = set(words)
-    token_of = {w: i for i, w in enumerate(vocab_words) if w in known}
-    batches = Batches(model, processor)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {n_params / 1e6:.2f} M parameters; {config.steps} steps of {config.batch_size} pages")
+    return model, processor, vocab_words, {w: i for i, w in enumerate(vocab_words) if w in known}
 
+
+def _render_pools(config: TrainConfig, token_of: dict[str, int], image_processor,
+                  log: Callable[[str], None]) -> tuple[dict, float]:
+    """Render every stage's page pool once, before training: stages with the same pool settings share
+    it, and each new pool's pages follow the previous ones' (so no two pools repeat a page).
+
+    Returns the pools by ``Stage.pool_key`` and the seconds rendering took (for train_log.json).
+    """
     started = time.time()
-    ip = processor.image_processor
     rendered, start = {}, 0
     for stage in config.stages:
         if stage.pool_key not in rendered:
-            rendered[stage.pool_key] = render_pool(config.seed, stage, start, token_of, ip.size["shortest_edge"],
-                                                   ip.size["longest_edge"], config.render_workers)
+            rendered[stage.pool_key] = render_pool(config.seed, stage, start, token_of,
+                                                   image_processor.size["shortest_edge"],
+                                                   image_processor.size["longest_edge"], config.render_workers)
             start += stage.pages
     render_s = time.time() - started
     log(f"rendered {start} training pages in {render_s:.0f} s")
+    return rendered, render_s
 
-    with tempfile.TemporaryDirectory() as tmp:
-        validation = _Validation(config, config.stages[-1], processor, Path(tmp))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    char_head = torch.nn.Linear(model.config.text_config.hidden_size, len(CHARACTERS))
-    optimizer.add_param_group({"params": char_head.parameters()})
-    model.train()
-    merged = []
-    model.visual.merger.register_forward_hook(lambda module, args, output: merged.append(output))
-    history, best, best_state, smoothed, first, spent_before = [], -1.0, None, {}, 0, 0.0
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_FILE
-    if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        if state["config"] != _jsonable(asdict(config)):
-            raise ValueError(f"{state_path}: saved by a run with another configuration; cannot resume")
-        model.load_state_dict(state["model"])
-        char_head.load_state_dict(state["char_head"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
+
+def _check_collapse(config: TrainConfig, smoothed: dict[str, float], step: int) -> None:
+    """Stop a run whose page tokens have all become one vector (see the module docstring): it does not
+    recover, and hours of training would be spent on a useless model."""
+    if step >= config.collapse_after * config.steps and smoothed["cosine"] > config.collapse_cosine:
+        raise RuntimeError(f"training collapsed at step {step}: mean cross-page token cosine "
+                           f"{smoothed['cosine']:.4f} > {config.collapse_cosine}")
+
+
+@dataclass
+class _Run:
+    """One training run: the model and what trains with it, the seeded generator that draws the
+    batches, and the curve so far.
+
+    Why one object: the training step, the validation and the checkpoint all use the same dozen
+    things, and a checkpoint must save exactly what a resumed run needs to continue bit for bit.
+    """
+
+    config: TrainConfig
+    model: object
+    char_head: object  # the per-cell character head, trained beside the model and dropped after
+    optimizer: object
+    batches: Batches
+    vocab_words: list[str]
+    rng: np.random.Generator
+    merged: list = field(default_factory=list)  # the vision merger's output of the last forward (a hook adds it)
+    history: list[dict] = field(default_factory=list)
+    best: float = -1.0
+    best_state: dict | None = None
+    smoothed: dict[str, float] = field(default_factory=dict)
+    step: int = 0  # the next step to train
+    spent_before: float = 0.0  # training seconds of the runs this one resumed
+    started: float = 0.0  # time.time() when this call started training
+
+    @classmethod
+    def start(cls, config: TrainConfig, model, processor, vocab_words: list[str]) -> _Run:
+        """The optimizer and the character head for ``model``: made after the model, the pools and the
+        validation set, because the head's initial weights come from the seeded torch generator."""
+        import torch
+
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        char_head = torch.nn.Linear(model.config.text_config.hidden_size, len(CHARACTERS))
+        optimizer.add_param_group({"params": char_head.parameters()})
+        model.train()
+        run = cls(config, model, char_head, optimizer, Batches(model, processor), vocab_words,
+                  np.random.default_rng(config.seed))
+        model.visual.merger.register_forward_hook(lambda module, args, output: run.merged.append(output))
+        return run
+
+    def seconds(self) -> float:
+        """Training seconds, cumulative over resumed runs."""
+        return self.spent_before + time.time() - self.started
+
+    def restore(self, path: Path) -> None:
+        """Continue from the checkpoint at ``path``, refusing one that another configuration saved."""
+        import torch
+
+        state = torch.load(path, weights_only=False)
+        if state["config"] != jsonable(asdict(self.config)):
+            raise ValueError(f"{path}: saved by a run with another configuration; cannot resume")
+        self.model.load_state_dict(state["model"])
+        self.char_head.load_state_dict(state["char_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-        history, best, best_state, smoothed, first = (state["history"], state["best"], state["best_state"],
-                                                      state["smoothed"], state["step"])
-        spent_before = history[-1]["seconds"] if history else 0.0
-        log(f"resumed at step {first} from {state_path}")
-    train_started = time.time()
+        self.history, self.best, self.best_state, self.smoothed, self.step = (
+            state["history"], state["best"], state["best_state"], state["smoothed"], state["step"])
+        self.spent_before = self.history[-1]["seconds"] if self.history else 0.0
 
-    def trained_seconds() -> float:  # cumulative over resumed runs
-        return spent_before + time.time() - train_started
+    def save(self, path: Path) -> None:
+        """Checkpoint all a resumed run needs, written beside ``path`` and renamed, so that a run killed
+        while saving keeps its previous checkpoint."""
+        import torch
 
-    last = config.steps if max_steps is None else min(config.steps, first + max_steps)
-    for step in range(first, last):
+        torch.save(dict(config=jsonable(asdict(self.config)), step=self.step, model=self.model.state_dict(),
+                        char_head=self.char_head.state_dict(), optimizer=self.optimizer.state_dict(),
+                        rng=self.rng.bit_generator.state, torch_rng=torch.get_rng_state(), history=self.history,
+                        best=self.best, best_state=self.best_state, smoothed=self.smoothed), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+
+    def train_step(self, step: int, rendered: dict) -> float:
+        """One optimizer step on a freshly drawn batch; folds its figures into ``smoothed`` and returns
+        the weight the MaxSim loss had (the curve records it)."""
+        import torch
+
+        config = self.config
         stage, step_in_stage = _stage_at(config, step)
-        pool = rendered[stage.pool_key]
-        size = min(stage.batch_size or config.batch_size, len(pool))
+        samples, pseudo, real = self._draw_batch(stage, rendered[stage.pool_key])
+        for group in self.optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        losses, page_vecs, word_mask = self._losses(samples, pseudo, real)
+        weight = _maxsim_weight(config, stage, step_in_stage)
+        loss = (losses["dense"] + config.reading_weight * losses["read"] + config.character_weight * losses["char"]
+                + weight * losses["maxsim"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+
+        cosine = cross_page_cosine(page_vecs.detach(), word_mask)
+        for key, value in [*((k, v.item()) for k, v in losses.items()), ("cosine", cosine)]:
+            self.smoothed[key] = value if key not in self.smoothed else 0.9 * self.smoothed[key] + 0.1 * value
+        return weight
+
+    def _draw_batch(self, stage: Stage, pool: list[PageSample]):
+        """This step's pages (windows of them on cropped stages), a pseudo-query of each page's words,
+        and one real query per page on whole-page stages. The generator's draws keep this order
+        (pages, crops, pseudo-queries, real queries): a resumed run replays them."""
+        rng = self.rng
+        size = min(stage.batch_size or self.config.batch_size, len(pool))
         samples = [pool[i] for i in rng.choice(len(pool), size=size, replace=False)]
         if stage.crop:
             samples = [crop(s_, rng, stage.crop) for s_ in samples]
-        pseudo = [_pseudo_query(s, rng, config.words_per_page, vocab_words) for s in samples]
+        pseudo = [_pseudo_query(s, rng, self.config.words_per_page, self.vocab_words) for s in samples]
         real = [] if stage.crop else [s.queries[rng.integers(len(s.queries))] if s.queries else "" for s in samples]
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(config, step)
-        merged.clear()
+        return samples, pseudo, real
+
+    def _losses(self, samples: list[PageSample], pseudo: list[tuple[list[int], str]], real: list[str]):
+        """The batch's losses by name (dense, read, char, maxsim; maxsim 0 without real queries), and
+        the page vectors and word-cell mask the collapse watch measures."""
+        import torch
+
+        batches, config = self.batches, self.config
+        self.merged.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            page_vecs, page_mask = page_vectors(model, batches, samples)
+            page_vecs, page_mask = page_vectors(self.model, batches, samples)
             q_inputs = batches.queries([text for _, text in pseudo] + real)
-            q_out = model(**q_inputs).float()  # [2B, T, 128]
+            q_out = self.model(**q_inputs).float()  # [2B, T, 128]
         n = len(samples)
-        rows, cols, word_ids = [], [], []
-        for b, (ids, _) in enumerate(pseudo):
-            for j, w in enumerate(ids):
-                assert int(q_inputs["input_ids"][b, batches.query_offset + j]) == w
-                rows.append(b)
-                cols.append(batches.query_offset + j)
-                word_ids.append(w)
+        rows, cols, word_ids = _pseudo_query_tokens(batches, q_inputs, pseudo)
         positives = torch.from_numpy(_positives(samples, word_ids, page_vecs.shape[1]))
         l_dense = dense_loss(q_out[rows, cols], page_vecs, page_mask, positives, config.dense_temperature)
-        cell_index, cell_tokens, offset = [], [], 0  # merged cells of all pages, concatenated
-        word_mask = torch.zeros_like(page_mask)  # [B, L]: visual tokens that hold a word
-        for b, s_ in enumerate(samples):
-            for w, cells in s_.word_cells.items():
-                cell_index += (offset + cells).tolist()
-                cell_tokens += [w] * len(cells)
-                word_mask[b, torch.from_numpy(cells)] = True
-            offset += s_.n_cells
-        l_read = reading_loss(merged[-1], model.get_input_embeddings().weight, cell_index, cell_tokens)
+        cell_index, cell_tokens, word_mask = _cell_words(samples, page_mask)
+        cells = self.merged[-1]
+        l_read = reading_loss(cells, self.model.get_input_embeddings().weight, cell_index, cell_tokens)
         char_targets = torch.from_numpy(np.concatenate([s_.cell_chars for s_ in samples])).float()
         l_char = torch.nn.functional.binary_cross_entropy_with_logits(
-            char_head(merged[-1].float()), char_targets, reduction="none").sum(-1).mean()
-        weight = _maxsim_weight(config, stage, step_in_stage)
+            self.char_head(cells.float()), char_targets, reduction="none").sum(-1).mean()
         l_maxsim = torch.zeros(())
         if real:
             scores = maxsim_scores(q_out[n:], q_inputs["attention_mask"][n:].float(), page_vecs, page_mask)
             l_maxsim = torch.nn.functional.cross_entropy(scores / config.maxsim_temperature, torch.arange(n))
-        loss = l_dense + config.reading_weight * l_read + config.character_weight * l_char + weight * l_maxsim
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        return dict(dense=l_dense, read=l_read, char=l_char, maxsim=l_maxsim), page_vecs, word_mask
 
-        cosine = cross_page_cosine(page_vecs.detach(), word_mask)
-        for key, value in (("dense", l_dense.item()), ("read", l_read.item()), ("char", l_char.item()),
-                           ("maxsim", l_maxsim.item()),
-                           ("cosine", cosine)):
-            smoothed[key] = value if key not in smoothed else 0.9 * smoothed[key] + 0.1 * value
-        if step >= config.collapse_after * config.steps and smoothed["cosine"] > config.collapse_cosine:
-            raise RuntimeError(f"training collapsed at step {step}: mean cross-page token cosine "
-                               f"{smoothed['cosine']:.4f} > {config.collapse_cosine}")
-        if (step + 1) % 10 == 0:
-            log(f"  step {step + 1}: " + "  ".join(f"{k} {v:.3f}" for k, v in smoothed.items()))
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            ndcg, ndcg_words = validation.ndcg5(model, batches, 4)  # whole pages: small batches bound memory
-            elapsed = trained_seconds()
-            history.append(dict(step=step + 1, seconds=round(elapsed, 1), ndcg5=round(ndcg, 4),
-                                ndcg5_query_words_only=round(ndcg_words, 4),
-                                **{k: round(v, 4) for k, v in smoothed.items()}, maxsim_weight=round(weight, 3)))
-            log(f"step {step + 1}/{config.steps}  {elapsed:.0f}s  char {smoothed['char']:.3f}  "
-                f"read {smoothed['read']:.3f}  dense {smoothed['dense']:.3f}  "
-                f"maxsim {smoothed['maxsim']:.3f}  cos {smoothed['cosine']:.3f}  val ndcg@5 {ndcg:.3f} "
-                f"(query words only {ndcg_words:.3f})")
-            if ndcg > best:
-                best, best_state = ndcg, copy.deepcopy(model.state_dict())
-            torch.save(dict(config=_jsonable(asdict(config)), step=step + 1, model=model.state_dict(),
-                            char_head=char_head.state_dict(), optimizer=optimizer.state_dict(),
-                            rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), history=history,
-                            best=best, best_state=best_state, smoothed=smoothed), state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)
-    if last < config.steps:
-        log(f"stopped at step {last} of {config.steps}; continue with --resume")
-        return None
+    def validate(self, validation: _Validation, steps_done: int, weight: float, log: Callable[[str], None]) -> None:
+        """Score the model on the held-out set, extend the curve, and keep the weights if they are the
+        best so far: the shipped model is the best validated one, not the last."""
+        ndcg, ndcg_words = validation.ndcg5(self.model, self.batches, 4)  # whole pages: small batches bound memory
+        elapsed = self.seconds()
+        smoothed = self.smoothed
+        self.history.append(dict(step=steps_done, seconds=round(elapsed, 1), ndcg5=round(ndcg, 4),
+                                 ndcg5_query_words_only=round(ndcg_words, 4),
+                                 **{k: round(v, 4) for k, v in smoothed.items()}, maxsim_weight=round(weight, 3)))
+        log(f"step {steps_done}/{self.config.steps}  {elapsed:.0f}s  char {smoothed['char']:.3f}  "
+            f"read {smoothed['read']:.3f}  dense {smoothed['dense']:.3f}  "
+            f"maxsim {smoothed['maxsim']:.3f}  cos {smoothed['cosine']:.3f}  val ndcg@5 {ndcg:.3f} "
+            f"(query words only {ndcg_words:.3f})")
+        if ndcg > self.best:
+            self.best, self.best_state = ndcg, copy.deepcopy(self.model.state_dict())
+        self.step = steps_done
 
-    model.load_state_dict(best_state)
-    model.eval()
-    model.save_pretrained(out)
+
+def _pseudo_query_tokens(batches: Batches, q_inputs: dict, pseudo: list[tuple[list[int], str]]):
+    """Where each pseudo-query word sits in the query batch (row, column) and its token id: the query
+    tokens the dense loss trains. Each word must be one token, right after the query prefix."""
+    rows, cols, word_ids = [], [], []
+    for b, (ids, _) in enumerate(pseudo):
+        for j, w in enumerate(ids):
+            assert int(q_inputs["input_ids"][b, batches.query_offset + j]) == w
+            rows.append(b)
+            cols.append(batches.query_offset + j)
+            word_ids.append(w)
+    return rows, cols, word_ids
+
+
+def _cell_words(samples: Sequence[PageSample], page_mask):
+    """Every (merged cell, word) pair of the batch's pages, cells numbered across the pages as the
+    vision tower concatenates them (the reading loss's targets), and the ``[B, L]`` mask of the
+    visual tokens that hold a word (the collapse watch compares only those)."""
+    import torch
+
+    cell_index, cell_tokens, offset = [], [], 0
+    word_mask = torch.zeros_like(page_mask)
+    for b, s_ in enumerate(samples):
+        for w, cells in s_.word_cells.items():
+            cell_index += (offset + cells).tolist()
+            cell_tokens += [w] * len(cells)
+            word_mask[b, torch.from_numpy(cells)] = True
+        offset += s_.n_cells
+    return cell_index, cell_tokens, word_mask
+
+
+def _write_model(run: _Run, processor, out: Path, n_params: int, render_s: float) -> dict:
+    """Write the best validated weights with the processor, and train_log.json: the recipe, the curve
+    and the machine, so a shipped model says how it was made. Returns that log."""
+    import torch
+
+    run.model.load_state_dict(run.best_state)
+    run.model.eval()
+    run.model.save_pretrained(out)
     processor.save_pretrained(out)
-    report = dict(config=_jsonable(asdict(config)), parameters=n_params, best_val_ndcg5=best, history=history,
-                  render_seconds=round(render_s, 1), train_seconds=round(trained_seconds(), 1),
-                  machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=config.threads,
+    report = dict(config=jsonable(asdict(run.config)), parameters=n_params, best_val_ndcg5=run.best,
+                  history=run.history, render_seconds=round(render_s, 1), train_seconds=round(run.seconds(), 1),
+                  machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=run.config.threads,
                   torch=torch.__version__)
     (out / "train_log.json").write_text(json.dumps(report, indent=1))
     return report
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

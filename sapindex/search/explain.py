@@ -3,7 +3,7 @@
 MaxSim scores a page as ``sum_i max_j q_i . d_j``: each query token ``i`` picks its best kept
 vector ``j``. :func:`explain` records those picks (the argmax per token) and their dot products,
 so that the contributions add up to the hit's exact score; :func:`picture` draws them over the
-page (``sapindex.index.overlay.match_overlay``): kept patches outlined, matched ones filled by the
+page (``sapindex.search.overlay.match_overlay``): kept patches outlined, matched ones filled by the
 sum of what they contributed (a merged vector over every cell it stands for), an Idefics3 global
 tile as a panel of its own.
 """
@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sapindex.errors import SapIndexError
-from sapindex.index.inputs import render_page
-from sapindex.index.overlay import match_overlay
+from sapindex.index.documents import render_page
+from sapindex.search.overlay import match_overlay
 
 
 @dataclass(frozen=True)

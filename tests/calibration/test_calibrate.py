@@ -9,6 +9,7 @@ from PIL import Image
 
 from sapindex import sap
 from sapindex.calibration.calibrate import CalibrationConfig, calibrate, pair_retention, write_calibration
+from sapindex.calibration.record import CalibrationRecord
 from sapindex.errors import SapIndexError
 from sapindex.eval.datasets import load_pairs
 
@@ -93,7 +94,9 @@ def test_calibration_end_to_end(tiny_models, adapters, pairs_file, tmp_path, fam
     np.testing.assert_allclose(record["sr"]["mean"], np.mean(rows, axis=0), rtol=1e-4, atol=1e-5)
 
     json_path, png_path = write_calibration(record, tmp_path / "calib")
-    assert json.loads(json_path.read_text())["window"] == record["window"]
+    written = json.loads(json_path.read_text())
+    assert written == record and list(written) == list(record) and written["window"] == record["window"]
+    assert CalibrationRecord.from_json(written).to_json() == record
     with Image.open(png_path) as img:
         assert img.format == "PNG" and img.size[0] >= 600
 

@@ -14,7 +14,7 @@ from sapindex.cluster.connect import Resources
 from sapindex.cluster.listing import Lister, plan_waves
 from sapindex.cluster.workers import PageEncoder, decode, render_chunk
 from sapindex.errors import SapIndexError
-from sapindex.index.inputs import describe, render_listed, render_page
+from sapindex.index.documents import describe, render_listed, render_page
 from sapindex.index.records import Failure
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path, example_pages

@@ -361,7 +361,8 @@ def test_store_and_inputs_in_use_import_no_torch(tmp_path):
     code = textwrap.dedent(f"""
         import sys, numpy as np
         from PIL import Image
-        from sapindex.index.inputs import Failure, iter_pages, iter_sources
+        from sapindex.index.documents import Failure, iter_pages
+        from sapindex.index.sources import iter_sources
         from sapindex.index.store import Index, IndexWriter, PageRow
         Image.new("RGB", (20, 30), (1, 2, 3)).save({str(tmp_path / 'p.pdf')!r}, "PDF")
         pages = list(iter_pages(iter_sources([{str(tmp_path)!r}])))

@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sapindex.micro.data import CELL, word_cells
+from sapindex.micro.data import CELL, PageSample, word_cells
 from sapindex.micro.train import (
     SMOKE,
     TrainConfig,
+    _cell_words,
     _learning_rate,
     build_word_tokenizer,
     cross_page_cosine,
@@ -64,6 +65,15 @@ def test_losses_reward_the_right_cells():
     good = reading_loss(states, embeddings, [0, 2], [2, 5])
     bad = reading_loss(states, embeddings, [0, 2], [5, 2])
     assert good < 0.1 < bad
+
+
+def test_cell_words_number_cells_across_the_batch():
+    """The reading loss's targets: cells count on from page to page, as the vision tower concatenates them."""
+    first = PageSample(np.zeros((16, 588), np.uint8), (4, 4), {7: np.array([0, 3]), 9: np.array([1])}, ())  # 4 cells
+    second = PageSample(np.zeros((8, 588), np.uint8), (2, 4), {7: np.array([1])}, ())  # 2 cells
+    cell_index, cell_tokens, word_mask = _cell_words([first, second], torch.ones(2, 4, dtype=torch.bool))
+    assert cell_index == [0, 3, 1, 4 + 1] and cell_tokens == [7, 7, 9, 7]
+    assert word_mask.tolist() == [[True, True, False, True], [False, True, False, False]]
 
 
 def test_maxsim_scores_match_a_loop():

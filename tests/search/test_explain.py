@@ -13,10 +13,10 @@ from PIL import Image
 
 from sapindex.errors import SapIndexError
 from sapindex.index.indexer import run_index
-from sapindex.index.overlay import match_overlay
 from sapindex.runtime.defaults import default_bundle_path, example_pages
 from sapindex.runtime.options import IndexOptions
 from sapindex.search import Searcher, explain
+from sapindex.search.overlay import match_overlay
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sapindex.index.overlay import cell_values, kept_patches_overlay, match_overlay
+from sapindex.search.overlay import cell_values, kept_patches_overlay, match_overlay
 
 
 def test_kept_cells_are_outlined_and_the_rest_dimmed():
@@ -29,7 +29,7 @@ def test_large_pages_are_scaled_and_bad_grids_refused():
 
 def test_global_tile_tokens_are_listed_not_drawn():
     """Idefics3: positions >= rows*cols are global-tile tokens: checked and listed, never drawn."""
-    from sapindex.index.overlay import global_cells
+    from sapindex.search.overlay import global_cells
 
     page = Image.new("RGB", (400, 200), (0, 0, 0))
     plain = np.asarray(kept_patches_overlay(page, (2, 4), [1]))

@@ -1,14 +1,9 @@
-"""User inputs -> a stream of page images, one page in memory at a time (torch-free).
+"""File paths -> a stream of page images, one page in memory at a time (torch-free).
 
-Two stages, both generators:
-
-- :func:`iter_sources` turns command-line arguments into file paths: a file, a directory (walked
-  recursively), ``-`` (a list of paths on stdin) or ``@list.txt`` (a list of paths in a file).
-  Missing paths, unreadable directories and unsupported explicit files come out as
-  :class:`Failure` objects, never as exceptions.
-- :func:`iter_pages` turns paths into :class:`Page` objects (an RGB ``PIL.Image`` each) or
-  :class:`Failure` objects. PDFs are rendered with pypdfium2, one page at a time; a multi-frame
-  TIFF gives one page per frame; any other image is one page.
+:func:`iter_pages` turns paths (and the failures :func:`sapindex.index.sources.iter_sources` gave)
+into :class:`Page` objects (an RGB ``PIL.Image`` each) or :class:`Failure` objects. PDFs are
+rendered with pypdfium2, one page at a time; a multi-frame TIFF gives one page per frame; any
+other image is one page.
 
 Before a file's pages are rendered its sha256 (streamed, 1 MiB at a time) and page count are
 known: :func:`describe` gives them for one path, ``iter_pages(on_file=...)`` reports them for
@@ -27,9 +22,8 @@ from __future__ import annotations
 import math
 import os
 import stat
-import sys
 import warnings
-from typing import Callable, Iterable, Iterator, TextIO, Union
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,31 +31,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sapindex.errors import SapIndexError
 from sapindex.fingerprint import sha256_file
 from sapindex.index.records import Failure, FileInfo, Page
+from sapindex.index.sources import PDF_SUFFIXES, SUPPORTED_SUFFIXES, os_reason
 from sapindex.runtime.options import DEFAULT_DPI
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "PDF_SUFFIXES",
-    "IMAGE_SUFFIXES",
-    "SUPPORTED_SUFFIXES",
-    "Failure",
-    "FileInfo",
-    "InputError",
-    "Page",
-    "describe",
-    "iter_pages",
-    "iter_sources",
-    "is_supported",
-    "render_listed",
-]
+__all__ = ["DEFAULT_MAX_PIXELS", "Failure", "FileInfo", "InputError", "Page", "describe", "iter_pages", "render_listed",
+           "render_page"]
 
 # PIL's own decompression-bomb warning threshold (~89.5 Mpx, e.g. 9459 x 9459): an A4 page scanned
 # at 600 dpi is 35 Mpx, so real documents fit with room to spare. Images above it are refused;
 # PDF pages above it are rendered at a lower scale instead (see iter_pages).
 DEFAULT_MAX_PIXELS = 89_478_485
-PDF_SUFFIXES = frozenset({".pdf"})
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
-SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES
 _MULTI_FRAME_FORMATS = frozenset({"TIFF"})
 
 
@@ -75,149 +54,6 @@ class InputError(SapIndexError):
     @property
     def failure(self) -> Failure:
         return Failure(self.path, self.reason, self.page)
-
-
-Source = Union[str, Failure]
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def is_supported(path: str | os.PathLike) -> bool:
-    """True when the file name ends in a supported suffix (case-insensitive)."""
-    return os.path.splitext(os.fspath(path))[1].lower() in SUPPORTED_SUFFIXES
-
-
-def _os_reason(err: OSError) -> str:
-    if isinstance(err, PermissionError):
-        return "permission denied"
-    if isinstance(err, FileNotFoundError):
-        return "no such file or directory"
-    if isinstance(err, IsADirectoryError):
-        return "is a directory"
-    if isinstance(err, NotADirectoryError):
-        return "not a directory"
-    return err.strerror or str(err) or type(err).__name__
-
-
-def _classify(path: str) -> tuple[str, str | None]:
-    """('file'|'dir'|'fail', reason) for one path, following symlinks."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            return "fail", "broken symbolic link"
-        return "fail", "no such file or directory"
-    except OSError as err:
-        return "fail", _os_reason(err)
-    if stat.S_ISDIR(st.st_mode):
-        return "dir", None
-    if stat.S_ISREG(st.st_mode):
-        return "file", None
-    return "fail", "not a regular file (device, socket or pipe)"
-
-
-def _walk(top: str) -> Iterator[Source]:
-    """Supported regular files below ``top``, sorted by name at every level.
-
-    Hidden entries (a name starting with '.') are skipped and symlinked directories are not
-    followed (no loops); a symlink to a file is followed.
-    """
-    errors: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append, followlinks=False):
-        while errors:
-            err = errors.pop(0)
-            yield Failure(err.filename or dirpath, f"cannot list directory: {_os_reason(err)}")
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or not is_supported(name):
-                continue
-            path = os.path.join(dirpath, name)
-            kind, reason = _classify(path)
-            if kind == "file":
-                yield path
-            elif kind == "fail" and reason != "not a regular file (device, socket or pipe)":
-                yield Failure(path, reason)
-    while errors:  # an unreadable top directory reports here
-        err = errors.pop(0)
-        yield Failure(err.filename or top, f"cannot list directory: {_os_reason(err)}")
-
-
-def _expand(path: str) -> Iterator[Source]:
-    kind, reason = _classify(path)
-    if kind == "fail":
-        yield Failure(path, reason)
-    elif kind == "dir":
-        yield from _walk(path)
-    elif not is_supported(path):
-        suffix = os.path.splitext(path)[1] or "(none)"
-        yield Failure(path, f"unsupported file type {suffix!r} (supported: "
-                            f"{', '.join(sorted(SUPPORTED_SUFFIXES))})")
-    else:
-        yield path
-
-
-def _list_entries(lines: Iterable[str]) -> Iterator[str]:
-    for line in lines:
-        entry = line.rstrip("\r\n").strip()
-        if entry and not entry.startswith("#"):
-            yield entry
-
-
-def check_some_input_exists(args: Iterable[str | os.PathLike]) -> None:
-    """Refuse a run none of whose inputs exists (every argument a missing path or path list), before
-    anything is written: a typo must not leave an empty index behind. One missing input among others
-    is a failure of the run instead (:func:`iter_sources`), like an unreadable file."""
-    args = [os.fspath(a) for a in args]
-    if not args or "-" in args:
-        return
-    paths = [a[1:] if a.startswith("@") and len(a) > 1 else a for a in args]
-    if any(os.path.exists(p) for p in paths):
-        return
-    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-    raise SapIndexError(f"{shown}: no such file or directory; nothing to index, nothing was written")
-
-
-def iter_sources(args: Iterable[str | os.PathLike], stdin: TextIO | None = None) -> Iterator[Source]:
-    """Expand command-line arguments into supported file paths (str) and :class:`Failure` s.
-
-    Each argument is:
-
-    - a file: yielded as given (an unsupported suffix is a failure);
-    - a directory: walked recursively, sorted by name, keeping only supported suffixes
-      (case-insensitive), skipping hidden entries; yielded as ``os.path.join(arg, ...)``;
-    - ``-``: one path per line read from ``stdin`` (default ``sys.stdin``);
-    - ``@list.txt``: one path per line read from that file; relative entries are relative to the
-      list file's directory.
-
-    In both lists, blank lines and lines starting with '#' are ignored, and every entry may itself
-    be a file or a directory. Missing or unreadable paths become failures, never exceptions.
-    """
-    for arg in args:
-        arg = os.fspath(arg)
-        if arg == "-":
-            stream = sys.stdin if stdin is None else stdin
-            for entry in _list_entries(stream):
-                yield from _expand(entry)
-        elif arg.startswith("@") and len(arg) > 1:
-            list_path = arg[1:]
-            base = os.path.dirname(list_path)
-            try:
-                with open(list_path, encoding="utf-8") as fh:
-                    entries = list(_list_entries(fh))
-            except OSError as err:
-                yield Failure(list_path, f"cannot read path list: {_os_reason(err)}")
-                continue
-            except UnicodeDecodeError:
-                yield Failure(list_path, "cannot read path list: not UTF-8 text")
-                continue
-            for entry in entries:
-                yield from _expand(entry if os.path.isabs(entry) else os.path.join(base, entry))
-        else:
-            yield from _expand(arg)
-
-
-# --------------------------------------------------------------------------- documents
 
 
 def _too_large(w: int, h: int, max_pixels: int) -> str:
@@ -272,7 +108,7 @@ class _PdfDoc(_Doc):
         except pdfium.PdfiumError as err:
             raise InputError(path, _pdf_reason(err)) from None
         except OSError as err:
-            raise InputError(path, _os_reason(err)) from None
+            raise InputError(path, os_reason(err)) from None
         self.n_pages = len(self.doc)
         if self.n_pages == 0:
             self.close()
@@ -345,7 +181,7 @@ class _ImageDoc(_Doc):
                                    f"known image format)") from None
         except OSError as err:
             self.close()
-            raise InputError(path, _os_reason(err) if err.errno else f"cannot read image: {err}") from None
+            raise InputError(path, os_reason(err) if err.errno else f"cannot read image: {err}") from None
         except Exception as err:  # third-party decoders on untrusted bytes raise anything
             self.close()
             raise InputError(path, f"cannot read image ({type(err).__name__}: {err})") from None
@@ -403,7 +239,7 @@ def _open(path: str, max_pixels: int, listed: FileInfo | None = None) -> tuple[_
             raise InputError(path, "changed since it was listed; run again to index the new content")
         content_hash = sha256_file(path) if listed is None else listed.content_hash
     except OSError as err:
-        raise InputError(path, _os_reason(err)) from None
+        raise InputError(path, os_reason(err)) from None
     doc: _Doc = _PdfDoc(path) if suffix in PDF_SUFFIXES else _ImageDoc(path, max_pixels)
     return doc, FileInfo(path, content_hash, doc.n_pages, doc.kind, st.st_size, st.st_mtime_ns)
 
