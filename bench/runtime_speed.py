@@ -92,6 +92,7 @@ def bench_model(label, model_dir, work, n_pages, batch_sizes, repeats):
 def bench_index(encoder, bundle, work, n_pages, repeats):
     from sapindex.index.store import IndexWriter, PageRow
     from sapindex.runtime.encoder import prune
+    from sapindex.search.scan import search_index
 
     images = small_page_images(n_pages, seed=3)
     pages = []
@@ -114,7 +115,7 @@ def bench_index(encoder, bundle, work, n_pages, repeats):
                            for i, (img, p) in enumerate(zip(images, pages))])
             idx.compact()
             stats = idx.stats()
-            latency = best_of(lambda: [idx.search(q, k=5) for q in queries], repeats) / len(queries)
+            latency = best_of(lambda: [search_index(idx, q, k=5) for q in queries], repeats) / len(queries)
         print(f"| {name} | {stats.vectors} | {stats.bytes_on_disk:,} | {stats.bytes_on_disk / n_pages:,.0f} "
               f"| {latency * 1e3:.1f} |")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sapindex import __version__, sap
+from sapindex.calibration.pairs import Pair, load_pairs
 from sapindex.calibration.record import (
     CALIBRATION_FORMAT,
     CALIBRATION_VERSION,
@@ -38,7 +39,6 @@ from sapindex.calibration.record import (
     VisualTokenCounts,
 )
 from sapindex.errors import SapIndexError
-from sapindex.eval.datasets import Pair, load_pairs
 from sapindex.formats import write_json_atomic
 
 

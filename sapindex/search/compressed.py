@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from sapindex.index.store import Index
-from sapindex.index.store.search import ONE_QUERY
 from sapindex.sap import maxsim_segments
 from sapindex.search import filters, resident
 from sapindex.search.first_stage import StoredStage
+from sapindex.search.scan import ONE_QUERY
 
 SCAN_FLOATS = 1 << 23  # floats per block of an exact scan (its vectors, and its dot products): 32 MB
 

@@ -25,9 +25,9 @@ import pyarrow as pa
 
 from sapindex.index.store import Index
 from sapindex.index.store._arrow import vectors_from_list
-from sapindex.index.store.search import ONE_QUERY
 from sapindex.sap import maxsim_segments
 from sapindex.search import filters
+from sapindex.search.scan import ONE_QUERY
 
 BLOCK_PAGES = 2048  # pages per resident block: ~150k vectors, a [query tokens, 150k] temporary when scored
 _COLUMNS = ["path", "content_hash", "page", "vectors", "indexed_at"]

@@ -18,11 +18,11 @@ import pyarrow as pa
 
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit, Index
-from sapindex.index.store.search import TopK, query_matrix
 from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
 from sapindex.search import compressed, first_stage, resident
+from sapindex.search.scan import TopK, query_matrix
 from sapindex.search.streamed import Streamed
 
 # Queries longer than this are refused: ColPali-family queries are a sentence or two, and the text

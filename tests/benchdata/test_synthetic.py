@@ -175,7 +175,7 @@ def test_benchdata_imports_no_torch():
 
 def test_benchmark_directory_is_a_calibration_pairs_source(test_split):
     """`sapindex calibrate --pairs BENCH_DIR`: each query with its relevant page, images decodable."""
-    from sapindex.eval.datasets import load_pairs
+    from sapindex.calibration.pairs import load_pairs
 
     out, manifest = test_split
     pairs = load_pairs(out)

@@ -9,9 +9,9 @@ from PIL import Image
 
 from sapindex import sap
 from sapindex.calibration.calibrate import CalibrationConfig, calibrate, pair_retention, write_calibration
+from sapindex.calibration.pairs import load_pairs
 from sapindex.calibration.record import CalibrationRecord
 from sapindex.errors import SapIndexError
-from sapindex.eval.datasets import load_pairs
 
 FAMILIES = ["colqwen2", "colqwen2_5"]
 

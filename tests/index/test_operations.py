@@ -21,6 +21,7 @@ from sapindex.index.prune import prune_index
 from sapindex.index.store import Index, IndexWriter
 from sapindex.runtime.defaults import default_bundle_path, example_pages
 from sapindex.runtime.options import IndexOptions
+from sapindex.search.scan import search_index
 
 
 def rows_by_key(path):
@@ -106,7 +107,7 @@ def test_prune_refusals(tmp_path, monkeypatch):
     synthetic(tmp_path / "old", 4)
     monkeypatch.undo()
     with Index.open(tmp_path / "old") as old:  # an index from before the column: searched as before
-        assert "scores" not in old._page_columns() and len(old.search(np.ones((1, DIM)), k=10)) == 4
+        assert "scores" not in old._page_columns() and len(search_index(old, np.ones((1, DIM)), k=10)) == 4
         assert all(r["scores"] is None for r in old.iter_rows())
     with pytest.raises(SapIndexError, match="predates stored SAP scores"):
         prune_index(tmp_path / "old", tmp_path / "out", 0.1)
@@ -182,11 +183,11 @@ def test_compact_reclaims_removed_pages_and_searches_the_same(tmp_path):
     assert run_cli("remove", tmp_path / "idx", "/a/d1.pdf", "/a/d2.pdf").returncode == 0
     q = np.ones((2, DIM), np.float32)
     with Index.open(tmp_path / "idx") as idx:
-        before = idx.search(q, k=20)
+        before = search_index(idx, q, k=20)
     result = run_cli("compact", tmp_path / "idx", "--older-than", 0, "--json")
     assert result.returncode == 0, result.stderr
     sizes = __import__("json").loads(result.stdout)
     assert sizes["bytes_after"] < sizes["bytes_before"]
     with Index.open(tmp_path / "idx") as idx:
-        assert idx.search(q, k=20) == before and idx.stats().pages == 992
+        assert search_index(idx, q, k=20) == before and idx.stats().pages == 992
     assert os.path.exists(tmp_path / "idx" / "pages.lance")

@@ -1,4 +1,4 @@
-"""sapindex.index.store: the LanceDB index (refusals, resume, crash safety, exact MaxSim search)."""
+"""sapindex.index.store: the LanceDB index (refusals, resume, crash safety)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from helpers import DIM, h, make_row
 
-from sapindex import sap
 from sapindex.errors import SapIndexError
-from sapindex.eval.metrics import maxsim_matrix
 from sapindex.index.records import Failure
-from sapindex.index.store import META_FILE, Hit, Index, IndexWriter, PageRow
+from sapindex.index.store import META_FILE, Index, IndexWriter, PageRow
+from sapindex.search.scan import search_index
 
 
 @pytest.fixture
@@ -80,7 +79,7 @@ def test_one_writer_at_a_time_readers_any_time(tmp_path):
     assert not any(hasattr(reader, m) for m in ("add_pages", "add_failures", "remove_paths", "compact"))  # reads only
     writer.add_pages([make_row("c.pdf", h(3), 1, 3, 0)])
     assert reader.indexed_keys() == {(h(1), 1), (h(3), 1)}  # a reader sees later commits
-    assert sorted(x.path for x in reader.search(np.ones((1, DIM)), k=None)) == ["a.pdf", "c.pdf"]
+    assert sorted(x.path for x in search_index(reader, np.ones((1, DIM)), k=None)) == ["a.pdf", "c.pdf"]
     writer.close()
     IndexWriter.create_or_open(path, "fp-A", DIM).close()
 
@@ -137,7 +136,7 @@ def test_changed_file_replaces_its_rows(tmp_path):
     reader = Index.open(path)
     assert sorted((r["path"], r["content_hash"], r["page"]) for r in reader.iter_rows()) == [
         ("other.pdf", h(9), 1), ("report.pdf", h(2), 1), ("report.pdf", h(2), 2)]
-    hits = reader.search(np.ones((2, DIM), np.float32), k=None)
+    hits = search_index(reader, np.ones((2, DIM), np.float32), k=None)
     assert sorted((x.path, x.page) for x in hits) == [("other.pdf", 1), ("report.pdf", 1), ("report.pdf", 2)]
     with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         # changed to content already indexed elsewhere: nothing to add, drop_stale cleans up
@@ -188,78 +187,6 @@ def test_stats_and_bytes_per_row(tmp_path):
     assert s.kept_fraction == pytest.approx(10_000 / 76_800)
     raw = n_pages * k * dim * 2  # float16 vectors alone
     assert raw < s.bytes_on_disk < 1.2 * raw, s.bytes_on_disk / n_pages
-
-
-# --------------------------------------------------------------------------- search
-
-
-def loop_maxsim(q, pages):
-    return [float((d @ q.T).max(axis=0).sum()) for d in pages]
-
-
-@pytest.mark.parametrize("vector_dtype", ["float16", "float32"])
-def test_search_equals_a_per_page_loop(tmp_path, vector_dtype):
-    rng = np.random.default_rng(7)
-    counts = [1, 1, 2, 3, 5, 8, 13, 40, 1, 7] * 6  # 60 pages, kept counts including 1
-    rows = [make_row(f"doc{i % 13:02d}.pdf", h(i % 13), i // 13 + 1, c, 1000 + i) for i, c in enumerate(counts)]
-    with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", DIM, vector_dtype=vector_dtype) as idx:
-        for start in range(0, len(rows), 9):  # several fragments
-            idx.add_pages(rows[start:start + 9])
-    reader = Index.open(tmp_path / "idx")
-    cast = np.float16 if vector_dtype == "float16" else np.float32
-    stored = [r.vectors.astype(cast).astype(np.float32) for r in rows]
-    for m in (1, 5, 20):
-        q = rng.standard_normal((m, DIM)).astype(np.float32)
-        expected = loop_maxsim(q, stored)
-        ranking = sorted(range(len(rows)), key=lambda i: (-expected[i], rows[i].path, rows[i].page))
-        for chunk in (1, 7, 1024):
-            hits = reader.search(q, k=None, chunk_pages=chunk)
-            assert len(hits) == len(rows)
-            got = {(x.path, x.page): x.score for x in hits}
-            for i, r in enumerate(rows):
-                assert got[(r.path, r.page)] == pytest.approx(expected[i], rel=1e-5, abs=1e-5)
-            assert [(x.path, x.page) for x in hits] == [(rows[i].path, rows[i].page) for i in ranking]
-            top = reader.search(q, k=5, chunk_pages=chunk)
-            assert top == hits[:5] and all(isinstance(x, Hit) for x in top)
-    with pytest.raises(ValueError, match="query_vectors"):
-        reader.search(np.zeros((3, DIM + 1), np.float32))
-    assert reader.search(q, k=0) == []
-
-
-def test_search_ties_are_broken_by_path_then_page(tmp_path):
-    # vectors of 0 / 0.5 / 1: every dot product and sum is exact in float16 and float32
-    base = np.zeros((2, DIM), np.float32)
-    base[0, 0], base[1, 1] = 1.0, 0.5
-    rows = []
-    for path, page in [("b.pdf", 2), ("a.pdf", 3), ("b.pdf", 1), ("a.pdf", 1), ("c.pdf", 1)]:
-        vecs = base if path != "c.pdf" else base * 0.5
-        rows.append(PageRow(path, h(ord(path[0])), page, 1, 1, (1, 2), 2, np.arange(2), vecs, 1.0))
-    with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", DIM) as idx:
-        for r in rows:  # one fragment each: ties across chunks too
-            idx.add_pages([r])
-        q = np.zeros((2, DIM), np.float32)
-        q[0, 0] = q[1, 1] = 1.0
-        for chunk in (1, 2, 100):
-            hits = idx.search(q, k=3, chunk_pages=chunk)
-            assert hits == [Hit("a.pdf", 1, 1.5), Hit("a.pdf", 3, 1.5), Hit("b.pdf", 1, 1.5)]
-            assert idx.search(q, k=None, chunk_pages=chunk)[-1] == Hit("c.pdf", 1, 0.75)
-
-
-def test_search_and_maxsim_matrix_equal_the_reference_maxsim(tmp_path):
-    """One kernel: the store's search and the eval's score matrix both score as ``sap.maxsim``."""
-    rng = np.random.default_rng(11)
-    rows = [make_row(f"r{i:02d}.pdf", h(i), 1, int(rng.integers(1, 30)), 500 + i) for i in range(40)]
-    with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", DIM, vector_dtype="float32") as idx:
-        idx.add_pages(rows[:25])
-        idx.add_pages(rows[25:])
-        queries = [rng.standard_normal((m, DIM)).astype(np.float32) for m in (1, 3, 17)]
-        matrix = maxsim_matrix(queries, [r.vectors for r in rows], chunk_pages=6)
-        for qi, q in enumerate(queries):
-            reference = [sap.maxsim(q, r.vectors) for r in rows]
-            for chunk in (1, 9, 1024):
-                got = {x.path: x.score for x in idx.search(q, k=None, chunk_pages=chunk)}
-                np.testing.assert_allclose([got[r.path] for r in rows], reference, rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(matrix[qi], reference, rtol=1e-5, atol=1e-5)
 
 
 def test_get_returns_one_stored_row(index):
@@ -364,13 +291,14 @@ def test_store_and_inputs_in_use_import_no_torch(tmp_path):
         from sapindex.index.documents import Failure, iter_pages
         from sapindex.index.sources import iter_sources
         from sapindex.index.store import Index, IndexWriter, PageRow
+        from sapindex.search.scan import search_index
         Image.new("RGB", (20, 30), (1, 2, 3)).save({str(tmp_path / 'p.pdf')!r}, "PDF")
         pages = list(iter_pages(iter_sources([{str(tmp_path)!r}])))
         with IndexWriter.create_or_open({str(tmp_path / 'idx')!r}, "fp", 4) as idx:
             idx.add_pages([PageRow(p.path, p.content_hash, p.page, *p.size, (1, 1), 1, np.array([0]),
                                    np.ones((1, 4)), 1.0) for p in pages])
             idx.add_failures([Failure("x", "y")])
-            print(idx.search(np.ones((2, 4)), k=1), idx.stats().pages, idx.failures(), file=sys.stderr)
+            print(search_index(idx, np.ones((2, 4)), k=1), idx.stats().pages, idx.failures(), file=sys.stderr)
             idx.compact()
         print(",".join(m for m in ("torch", "transformers", "torchvision") if m in sys.modules))
     """)
@@ -433,7 +361,7 @@ def test_an_index_without_the_global_grid_columns_still_opens(tmp_path, monkeypa
         assert "global_rows" not in idx._page_columns()
         (row,) = list(idx.iter_rows())
         assert (row["grid_rows"], row["global_rows"], row["global_cols"]) == (8, 0, 0)
-        assert idx.search(row["vectors"][:1], k=1)[0].path == "/d/a.pdf"
+        assert search_index(idx, row["vectors"][:1], k=1)[0].path == "/d/a.pdf"
     with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
         assert idx.add_pages([make_row("/d/b.pdf", h(2), 1, 4, 2)]) == 1
         tiled = make_row("/d/c.pdf", h(3), 1, 4, 3)

@@ -15,6 +15,7 @@ from sapindex.runtime.bundle import Bundle
 from sapindex.runtime.defaults import default_bundle_path
 from sapindex.runtime.encoder import Encoder
 from sapindex.search import Searcher, resident, streamed
+from sapindex.search.scan import search_index
 
 DIM = 128  # the micro bundle's, so that text queries can search the synthetic rows too
 
@@ -55,12 +56,12 @@ def test_resident_search_equals_the_index_scan(writer, encoder, monkeypatch):
     for k in (1, 7, 300, 1000):
         got = searcher.search_vectors(qs, k)
         for q, hits in zip(qs, got):
-            same(hits, writer.search(q, k=k))
+            same(hits, search_index(writer, q, k=k))
     texts = ["annual report", "revenue 2023", "travel policy"]
     many = searcher.search_many(texts, k=5)
     for got, t in zip(many, texts):
         same(got, searcher.search(t, k=5))
-    same(many[0], writer.search(encoder.encode_queries(["annual report"])[0], k=5))
+    same(many[0], search_index(writer, encoder.encode_queries(["annual report"])[0], k=5))
 
 
 def test_new_versions_are_searched_without_reopening(writer, encoder):
@@ -81,7 +82,7 @@ def test_new_versions_are_searched_without_reopening(writer, encoder):
     hits = searcher.search_vectors(q, 100)[0]
     assert len(hits) == 38 and searcher._view.loaded_at > before.loaded_at
     assert sorted(x.page for x in hits if x.path == "/a/doc0.pdf") == [1, 2]
-    same(hits, writer.search(q[0], k=100))
+    same(hits, search_index(writer, q[0], k=100))
 
     writer.remove_paths(["/a/doc1.pdf"])
     assert all(x.path != "/a/doc1.pdf" for x in searcher.search_vectors(q, 100)[0])
@@ -159,7 +160,7 @@ def test_concurrent_searches_while_a_writer_commits(writer, encoder):
         t.join()
     assert not errors
     assert set(counts) <= set(range(60, 91, 6))  # whole commits only
-    same(searcher.search_vectors(q, 500)[0], writer.search(q[0], k=500))
+    same(searcher.search_vectors(q, 500)[0], search_index(writer, q[0], k=500))
 
 
 def test_an_index_too_large_for_memory_is_streamed_with_the_same_answers(writer, encoder, monkeypatch):
@@ -176,7 +177,7 @@ def test_an_index_too_large_for_memory_is_streamed_with_the_same_answers(writer,
         same(g, w)
     assert seen[-1][0] == seen[-1][1] == sum(len(r.vectors) for r in rows(40)) and len(seen) == 3
     same(searcher.search_vectors([q[0]], 40, where="page = 2")[0],
-         [x for x in writer.search(q[0], k=40) if x.page == 2])
+         [x for x in search_index(writer, q[0], k=40) if x.page == 2])
     writer.add_pages(rows(6, start=40))  # a new version is seen
     assert searcher.stats()["pages"] == 46
-    same(searcher.search_vectors([q[0]], 46)[0], writer.search(q[0], k=46))
+    same(searcher.search_vectors([q[0]], 46)[0], search_index(writer, q[0], k=46))

@@ -4,8 +4,8 @@ The on-disk layout and the rules for identity, resume, changed files and failure
 in :mod:`sapindex.index.store.schema`, with the schemas they describe. One job per module:
 ``schema`` (file names, table schemas, the records in and out), ``index`` (the :class:`Index`:
 opening and reads), ``writer`` (the :class:`IndexWriter`: the lock, the caches, writes),
-``search`` (the exact MaxSim scan), ``_sql`` (filter strings) and ``_arrow`` (rows to Arrow tables
-and back).
+``_sql`` (filter strings) and ``_arrow`` (rows to Arrow tables and back). Searching is
+:mod:`sapindex.search`'s (the exact scan: :func:`sapindex.search.scan.search_index`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ read (stats, rows, failures, versioned scans, the exact scan).
 Why apart from the writer (:mod:`sapindex.index.store.writer`): a reader takes no lock and holds
 no cache, and sees each new commit of a writer working beside it; the writer adds the lock and
 the caches that make its writes idempotent. The format, identity, resume and failure rules are
-documented in :mod:`sapindex.index.store.schema`; the search scan is in
-:mod:`sapindex.index.store.search`.
+documented in :mod:`sapindex.index.store.schema`; the exact scan over an index is
+:func:`sapindex.search.scan.search_index`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,10 @@ from sapindex.index.store.schema import (
     FORMAT_VERSION,
     META_FILE,
     PAGES,
-    Hit,
     IndexStats,
     failure_schema,
     page_schema,
 )
-from sapindex.index.store.search import query_matrix, ranked_hits
 
 
 def _lancedb():
@@ -280,16 +278,3 @@ class Index:
             if where:
                 raise SapIndexError(f"filter {where!r}: {str(exc).splitlines()[0]}") from None
             raise
-
-    def search(self, query_vectors: Any, k: int | None = 10,
-               chunk_pages: int = DEFAULT_CHUNK_PAGES) -> list[Hit]:
-        """Exact MaxSim of one query ``[M, dim]`` over every stored page, best first, reading
-        ``chunk_pages`` pages at a time (see :mod:`sapindex.index.store.search`). Ties are broken
-        by (path, page). ``k=None`` returns every page."""
-        q = query_matrix(query_vectors, self.dim)
-        if k is not None and k <= 0:
-            return []
-        if chunk_pages < 1:
-            raise ValueError(f"chunk_pages must be >= 1, got {chunk_pages}")
-        return ranked_hits(self._scan(self._pages, ["path", "page", "vectors"], batch_size=chunk_pages),
-                           q, self.dim, k)

@@ -1,4 +1,5 @@
-"""Exact MaxSim search over an index, one chunk of pages at a time (no approximate index).
+"""Exact MaxSim search over an index, one chunk of pages at a time (no approximate index):
+:func:`search_index`, and the pieces the searcher's views share (:class:`TopK`, :func:`query_matrix`).
 
 Why a scan: a SAP-pruned page keeps a few dozen vectors, so scoring every page exactly costs one
 matmul per chunk of pages and stays bounded in memory by the chunk; per chunk, all kept vectors
@@ -6,7 +7,7 @@ are concatenated and scored with :func:`sapindex.sap.maxsim_segments` (the kerne
 score matrix runs too). ``score(page) = sum_i max_j q_i . d_j`` over the query's vectors q_i and
 the page's kept vectors d_j (stored float16 -> computed float32). Ties are broken by (path, page),
 so the ranking does not depend on the order or the chunking of the stored pages. :class:`TopK`
-is the merge that this scan and :mod:`sapindex.search` (the resident, long-lived searcher) share.
+is the merge that this scan and the :class:`~sapindex.search.Searcher`'s views share.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from sapindex.index.store import Hit, Index
 from sapindex.index.store._arrow import vectors_from_list
-from sapindex.index.store.schema import Hit
+from sapindex.index.store.schema import DEFAULT_CHUNK_PAGES
 from sapindex.sap import maxsim_segments
 
 ONE_QUERY = np.zeros(1, dtype=np.int64)  # query_starts of a single query
@@ -86,3 +88,16 @@ def ranked_hits(batches: Iterable[pa.RecordBatch], q: np.ndarray, dim: int, k: i
         scores = maxsim_segments(q, ONE_QUERY, vecs, offsets[:-1])[0]  # [pages]
         top.add(scores, batch.column("path"), batch.column("page"))
     return top.hits()
+
+
+def search_index(index: Index, query_vectors: Any, k: int | None = 10,
+                 chunk_pages: int = DEFAULT_CHUNK_PAGES) -> list[Hit]:
+    """Exact MaxSim of one query ``[M, dim]`` over every page of ``index``, best first, reading
+    ``chunk_pages`` pages at a time. Ties are broken by (path, page). ``k=None`` returns every
+    page. (A :class:`~sapindex.search.Searcher` holds the index for many queries; this reads it once.)"""
+    q = query_matrix(query_vectors, index.dim)
+    if k is not None and k <= 0:
+        return []
+    if chunk_pages < 1:
+        raise ValueError(f"chunk_pages must be >= 1, got {chunk_pages}")
+    return ranked_hits(index.scan_pages(["path", "page", "vectors"], chunk_pages=chunk_pages), q, index.dim, k)
