@@ -49,7 +49,9 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
         encoders: encoder actors (each holds the bundle's sessions: its memory, or its GPU share).
         gpus_per_encoder: GPUs each encoder reserves; above 0 the encoders run on CUDA (as does
             ``options.device="cuda"``, with one GPU each).
-        options.threads: CPUs each encoder reserves and ONNX Runtime threads it runs (default 1).
+
+    ``options.threads`` is the CPUs each encoder reserves and the ONNX Runtime threads it runs
+    (default 1).
     """
     import_ray()  # before the index is created
     options = options or IndexOptions()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, NamedTuple
+from typing import Any, ContextManager, Iterator, NamedTuple, TextIO
 
 from sapindex.errors import SapIndexError
 from sapindex.index.documents import iter_pages
@@ -139,7 +139,7 @@ def recording(bundle_path: str | Path, out: str | Path, options: IndexOptions,
 
 
 def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, options: IndexOptions | None = None, *,
-              stdin=None, progress: Callable[[int, int], None] | None = None) -> IndexSummary:
+              stdin: TextIO | None = None, progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Index ``inputs`` into the index at ``out`` (created, or resumed) with the bundle's encoder and SAP.
 
     Args:
