@@ -1,6 +1,6 @@
 """sapindex: offline Structural Anchor Pruning (SAP) indexer for ColPali-family visual retrievers.
 
-The public Python API, the same objects the CLI uses (README, "Python API")::
+The public Python API, the same objects the CLI uses (docs/reference/python-api.md)::
 
     import sapindex
 

@@ -102,7 +102,7 @@ class FamilySpec:
     processor_class: str  # processor class, from the same library
     backbone: str  # a key of BACKBONES
     # published checkpoints of this family (what users download) and their parameter counts in
-    # billions, for `sapindex info` and the README's bundle-size table (fp32 = 4 bytes/parameter)
+    # billions, for `sapindex info` and the bundle-size table of docs/concepts/families.md (fp32 = 4 bytes/parameter)
     checkpoints: tuple[str, ...] = ()
     billions: tuple[float, ...] = ()
 

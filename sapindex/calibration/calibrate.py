@@ -86,7 +86,7 @@ def default_batch_size(device: str) -> int:
 def calibrate(cfg: CalibrationConfig, progress: Callable[[int, int], None] | None = None,
               log: Callable[[str], None] = lambda _msg: None) -> dict:
     """Run the SR analysis and return the calibration record as ``calibration.json`` holds it
-    (:meth:`CalibrationRecord.to_json`; see README, "calibration.json").
+    (:meth:`CalibrationRecord.to_json`; see docs/how-to/calibrate.md, "calibration.json").
 
     ``log`` gets one line before the model loads (a minute at real size); ``progress(done, total)``
     then moves once per batch of ``batch_size`` pairs.

@@ -1,4 +1,4 @@
-"""``sapindex demo``: the README quickstart, the built-in micro model on its example pages (torch-free), or
+"""``sapindex demo``: the quickstart, the built-in micro model on its example pages (torch-free), or
 with ``--pipeline`` every step from checkpoint to search on a tiny random model (torch side)."""
 
 from __future__ import annotations

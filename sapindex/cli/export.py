@@ -22,11 +22,11 @@ from sapindex.runtime.bundle import manifest_bytes
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(DTYPES),
               help="fp32: exact; fp16: half the size, for the CUDA provider; int8: quantized weights, "
-                   "faster on a CPU (an approximation, validated by its own rules, see README).")
+                   "faster on a CPU (an approximation, validated by its own rules, see docs/how-to/export.md).")
 @click.option("--int8-scheme", type=click.Choice(SCHEMES), default=None,
               help="With --dtype int8: blockwise (default: one scale per block of weights and of activations, "
                    "keeps SAP's selection) or dynamic (one scale per activation tensor: faster, further from "
-                   "fp32; see README).")
+                   "fp32; see docs/how-to/export.md).")
 @click.option("--opset", default=18, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--window", "window_text", default=None, metavar="START:END",

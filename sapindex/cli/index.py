@@ -33,7 +33,7 @@ from sapindex.runtime.options import DEFAULT_DPI
 @click.option("--mode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="exact: the decoder on every token. fast: the layers after the SAP window on the prompt and the "
                    "kept tokens only (format-2 bundles; an approximation that pays when the window ends early: see "
-                   "README). An index holds one mode.")
+                   "docs/how-to/index-pages.md). An index holds one mode.")
 @click.option("--method", type=click.Choice(list(INDEX_METHODS)), default=None,
               help="What is stored of each page. sap: SAP's kept tokens (the paper). Beyond the paper, at the same "
                    "vector count: sap-merge (each kept token averaged with the dropped tokens most like it), "

@@ -77,7 +77,7 @@ def _window(cfg: ExportConfig, calibration: dict, n_layers: int) -> tuple[tuple[
 
 
 def load_calibration(path: str | Path) -> dict:
-    """The calibration record written by ``sapindex calibrate`` (see README, "calibration.json")."""
+    """The calibration record written by ``sapindex calibrate`` (see docs/how-to/calibrate.md, "calibration.json")."""
     return read_artifact(path, CALIBRATION_FORMAT, CALIBRATION_VERSION, "sapindex calibration file",
                          version_key="version",
                          missing="calibration file does not exist (run `sapindex calibrate` first)")

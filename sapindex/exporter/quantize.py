@@ -1,7 +1,7 @@
 """int8 bundles: ONNX Runtime's quantization of the exported fp32 graphs, in passes.
 
 Why int8: on a CPU, fp32 indexing at real size is bound by arithmetic, so only cheaper arithmetic
-makes it faster (measured: README, "Memory and speed at real size"). Two schemes, both ONNX
+makes it faster (measured: docs/benchmarks/real-size.md). Two schemes, both ONNX
 Runtime's own quantizers, both only for matrix products with a constant weight (the attention
 products, and so the window's attention probabilities that SAP's centrality is computed from,
 stay fp32):

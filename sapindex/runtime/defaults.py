@@ -2,7 +2,7 @@
 
 Why: ``pip install sapindex`` on an air-gapped machine must index and search with no bundle
 argument and no download. The default is the micro retriever (a ColQwen2 trained from scratch by
-``python -m sapindex.micro.train``, see README) exported as a regular bundle; its weights
+``python -m sapindex.micro.train``, see docs/concepts/micro-model.md) exported as a regular bundle; its weights
 ship beside it so that the torch side can re-export or re-calibrate it.
 """
 

@@ -65,7 +65,7 @@ def make_session(path, device: str = "cpu", threads: int | None = None, dtype: s
     if wanted not in available_providers():
         raise SapIndexError(
             f"--device {device}: this onnxruntime ({ort.__version__}) offers {', '.join(available_providers())}; "
-            "for CUDA install onnxruntime-gpu instead of onnxruntime (see README, 'GPU machines')"
+            "for CUDA install onnxruntime-gpu instead of onnxruntime (see docs/get-started/install.md, 'GPU machines')"
         )
     options = session_options(threads, dtype, spinning)
     providers = [wanted, "CPUExecutionProvider"] if device == "cuda" else [wanted]

@@ -1,6 +1,6 @@
 """The built-in micro retriever: shipped files, its demo, export -> index -> search on its config.
 
-The micro model was trained by ``python -m sapindex.micro.train`` (see README); these
+The micro model was trained by ``python -m sapindex.micro.train`` (see docs/concepts/micro-model.md); these
 tests use held-out pages it never saw (synthetic test split, their own seed). They check the
 mechanics on a real trained checkpoint and that search finds the page a query was read off;
 retrieval quality over hundreds of pages is a benchmark (bench/RESULTS.md).

@@ -51,7 +51,7 @@ class Tolerance:
 # weights move embeddings well past fp32 rounding; centrality stays fp32 inside the graph, but
 # near-ties may flip. int8 bundles (CPU speed, ``sapindex.exporter.quantize``): quantized weights
 # move every embedding a little, so they are judged by direction (cosine) and by how much of
-# PyTorch's kept set survives (README, `sapindex export`). Every backbone uses
+# PyTorch's kept set survives (docs/how-to/export.md). Every backbone uses
 # these today; one that needs others declares its own in its SPEC.
 TOLERANCES = {"fp32": Tolerance(embeddings=1e-4, kept_jaccard=1.0, kept_jaccard_mean=1.0),
               "fp16": Tolerance(embeddings=1e-2, kept_jaccard=0.9, kept_jaccard_mean=0.95),
