@@ -16,6 +16,7 @@ transformers. The torch side (``sapindex.calibration``, ``sapindex.exporter``,
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -28,12 +29,48 @@ _API = {
     "IndexWriter": "sapindex.index.store",
     "Hit": "sapindex.index.store",
     "run_index": "sapindex.index.indexer",
+    "IndexSummary": "sapindex.index.indexer",
     "IndexOptions": "sapindex.runtime.options",
+    "run_index_on_ray": "sapindex.cluster",
+    "prune_index": "sapindex.index.prune",
     "Searcher": "sapindex.search",
+    "search_index": "sapindex.search.scan",
+    "explain": "sapindex.search.explain",
     "SapIndexError": "sapindex.errors",
 }
 
-__all__ = ["__version__", *_API]
+if TYPE_CHECKING:  # what a type checker and an IDE see; at run time each name loads on first use
+    from sapindex.cluster import run_index_on_ray
+    from sapindex.errors import SapIndexError
+    from sapindex.index.indexer import IndexSummary, run_index
+    from sapindex.index.prune import prune_index
+    from sapindex.index.store import Hit, Index, IndexWriter
+    from sapindex.runtime.bundle import Bundle
+    from sapindex.runtime.defaults import default_bundle_path
+    from sapindex.runtime.encoder import Encoder
+    from sapindex.runtime.options import IndexOptions
+    from sapindex.search import Searcher
+    from sapindex.search.explain import explain
+    from sapindex.search.scan import search_index
+
+__all__ = [  # spelt out, so that type checkers see it; tests/test_public_api.py holds it equal to _API
+    "__version__",
+    "Bundle",
+    "Encoder",
+    "default_bundle_path",
+    "Index",
+    "IndexWriter",
+    "Hit",
+    "run_index",
+    "IndexSummary",
+    "IndexOptions",
+    "run_index_on_ray",
+    "prune_index",
+    "Searcher",
+    "search_index",
+    "explain",
+    "SapIndexError",
+]
 
 
 def __getattr__(name: str):

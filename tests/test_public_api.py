@@ -35,6 +35,7 @@ def test_public_names_are_the_documented_ones():
     import sapindex
 
     section = API_PAGE.read_text(encoding="utf-8")
+    assert set(sapindex.__all__) == {"__version__", *sapindex._API}  # every lazy name is exported, and only those
     for name in sapindex.__all__:
         if name != "__version__":
             assert f"`{name}" in section, f"sapindex.{name} is public but not in docs/reference/python-api.md"
