@@ -76,10 +76,10 @@ def check_scores(scores, n: int | None) -> np.ndarray:
 
 
 
-def select_rows(v: np.ndarray, keep: np.ndarray, scores: np.ndarray | None = None) -> Kept:
-    """The rows ``keep`` of ``v`` (and their ``scores`` when ranked) as a :class:`Kept`."""
+def select_rows(v: np.ndarray, keep: np.ndarray) -> Kept:
+    """The rows ``keep`` of ``v`` as a :class:`Kept`."""
     keep = np.asarray(keep, dtype=np.int64)
-    return Kept(np.ascontiguousarray(v[keep]), keep, None if scores is None else scores[keep])
+    return Kept(np.ascontiguousarray(v[keep]), keep)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
