@@ -74,13 +74,14 @@ class IndexOptions:
     def for_run(self, bundle: Bundle, stored: set[str]) -> IndexOptions:
         """These options, checked against ``bundle`` and an index holding ``stored`` methods, with
         the method (the index's own, or the default) and the batch size resolved."""
-        if self.position_correction:
+        resolved = self.replace(method=resolve_method(self.method, stored),
+                                batch_size=self.batch_size or default_batch_size(bundle, self.device))
+        if resolved.position_correction:  # asked for, or the method of the index being resumed
             check_position_correction(bundle)
-        if self.mode == "fast":
+        if resolved.mode == "fast":
             check_fast_mode(bundle)
-        method = resolve_method(self.method, stored)
-        check_method(method, mode=self.mode, budget_scale=self.budget_scale)
-        return self.replace(method=method, batch_size=self.batch_size or default_batch_size(bundle, self.device))
+        check_method(resolved.method, mode=resolved.mode, budget_scale=resolved.budget_scale)
+        return resolved
 
 
 def method_with_correction(method: str | None, position_correction: bool) -> str | None:

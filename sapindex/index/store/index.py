@@ -1,5 +1,5 @@
 """The :class:`Index`, read side: opening an index directory (its compatibility check) and every
-read (stats, rows, failures, versioned scans, the exact scan).
+read (stats, rows, failures, versioned scans).
 
 Why apart from the writer (:mod:`sapindex.index.store.writer`): a reader takes no lock and holds
 no cache, and sees each new commit of a writer working beside it; the writer adds the lock and
