@@ -23,12 +23,11 @@ import numpy as np
 import pyarrow as pa
 
 from sapindex.index.store import Index
-from sapindex.sap import maxsim_segments
-from sapindex.search import filters, resident
+from sapindex.search import filters, kernel, resident
 from sapindex.search.first_stage import StoredStage
 from sapindex.search.scan import ONE_QUERY
 
-SCAN_FLOATS = 1 << 23  # floats per block of an exact scan (its vectors, and its dot products): 32 MB
+SCAN_FLOATS = 1 << 21  # floats per block of an exact scan (its vectors as float32, and its dot products): 8 MB
 
 
 class AddedTokens:
@@ -113,7 +112,7 @@ class StageView:
         old = pages < self.stage.n_pages
         if old.any():
             vecs, first = self.stage.read_pages(pages[old])
-            out[old] = maxsim_segments(q, ONE_QUERY, vecs, first)[0]
+            out[old] = kernel.maxsim(q, ONE_QUERY, vecs, first)[0]
         if (~old).any():
             out[~old] = self.added.score_pages(q, pages[~old] - self.stage.n_pages)
         return out
@@ -143,8 +142,8 @@ class StageView:
             vecs = s.read_range(first, last)
             starts = (s.offsets[first:last] - s.offsets[first]).astype(np.int64)
             table = s.pages.slice(first, last - first)
-            yield first, table.column("path"), table.column("page"), maxsim_segments(queries, query_starts, vecs,
-                                                                                     starts)
+            yield first, table.column("path"), table.column("page"), kernel.maxsim(queries, query_starts, vecs,
+                                                                                   starts, threads=0)
             first = last
             if progress:
                 progress(int(s.offsets[first]), self.n_vectors)

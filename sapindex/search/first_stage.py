@@ -103,7 +103,7 @@ class StoredStage:
         return _faiss().read_index(str(self.path / "trained.faiss"))
 
     def read_pages(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 vectors of ``pages`` one after another, each page's first row), read with pread."""
+        """(float16 vectors of ``pages`` one after another, each page's first row), read with pread."""
         starts, ends = self.offsets[pages], self.offsets[pages + 1]
         out = np.empty((int((ends - starts).sum()), self.dim), np.float16)
         into, row, at = memoryview(out.reshape(-1)).cast("B"), 2 * self.dim, 0
@@ -113,11 +113,11 @@ class StoredStage:
                 raise SapIndexError(f"{self.path / 'vectors.npy'}: shorter than its offsets; run optimize again")
             at += size
         first = np.concatenate([[0], np.cumsum(ends - starts)[:-1]]).astype(np.int64)
-        return out.astype(np.float32), first
+        return out, first
 
     def read_range(self, first_page: int, last_page: int) -> np.ndarray:
-        """float32 vectors of pages ``first_page`` to ``last_page - 1``, in one sequential read."""
-        return self._rows(int(self.offsets[first_page]), int(self.offsets[last_page])).astype(np.float32)
+        """float16 vectors of pages ``first_page`` to ``last_page - 1``, in one sequential read."""
+        return self._rows(int(self.offsets[first_page]), int(self.offsets[last_page]))
 
     def _rows(self, start: int, end: int) -> np.ndarray:
         """float16 rows ``start:end`` of vectors.npy, one pread."""

@@ -3,8 +3,9 @@
 
 Why a scan: a SAP-pruned page keeps a few dozen vectors, so scoring every page exactly costs one
 matmul per chunk of pages and stays bounded in memory by the chunk; per chunk, all kept vectors
-are concatenated and scored with :func:`sapindex.sap.maxsim_segments` (the kernel the eval's
-score matrix runs too). ``score(page) = sum_i max_j q_i . d_j`` over the query's vectors q_i and
+are concatenated and scored with :func:`sapindex.search.kernel.maxsim` (stored float16 through
+ONNX Runtime, the same dot products as :func:`sapindex.sap.maxsim_segments`, which the eval's
+score matrix runs). ``score(page) = sum_i max_j q_i . d_j`` over the query's vectors q_i and
 the page's kept vectors d_j (stored float16 -> computed float32). Ties are broken by (path, page),
 so the ranking does not depend on the order or the chunking of the stored pages. :class:`TopK`
 is the merge that this scan and the :class:`~sapindex.search.Searcher`'s views share.
@@ -20,7 +21,7 @@ import pyarrow as pa
 from sapindex.index.store import Hit, Index
 from sapindex.index.store._arrow import vectors_from_list
 from sapindex.index.store.schema import DEFAULT_CHUNK_PAGES
-from sapindex.sap import maxsim_segments
+from sapindex.search import kernel
 
 ONE_QUERY = np.zeros(1, dtype=np.int64)  # query_starts of a single query
 
@@ -84,8 +85,8 @@ def ranked_hits(batches: Iterable[pa.RecordBatch], q: np.ndarray, dim: int, k: i
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        vecs, offsets = vectors_from_list(batch.column("vectors"), dim)
-        scores = maxsim_segments(q, ONE_QUERY, vecs, offsets[:-1])[0]  # [pages]
+        vecs, offsets = vectors_from_list(batch.column("vectors"), dim, dtype=None)
+        scores = kernel.maxsim(q, ONE_QUERY, vecs, offsets[:-1], threads=0)[0]  # [pages]
         top.add(scores, batch.column("path"), batch.column("page"))
     return top.hits()
 

@@ -18,8 +18,7 @@ import pyarrow as pa
 
 from sapindex.index.store import Index
 from sapindex.index.store._arrow import vectors_from_list
-from sapindex.sap import maxsim_segments
-from sapindex.search import filters
+from sapindex.search import filters, kernel
 
 CHUNK_PAGES = 4096
 
@@ -50,9 +49,9 @@ class Streamed:
                                            chunk_pages=CHUNK_PAGES):
             if batch.num_rows == 0:
                 continue
-            vecs, offsets = vectors_from_list(batch.column("vectors"), self.index.dim)
-            yield first, batch.column("path"), batch.column("page"), maxsim_segments(queries, query_starts, vecs,
-                                                                                     offsets[:-1])
+            vecs, offsets = vectors_from_list(batch.column("vectors"), self.index.dim, dtype=None)
+            yield first, batch.column("path"), batch.column("page"), kernel.maxsim(queries, query_starts, vecs,
+                                                                                   offsets[:-1], threads=0)
             first += batch.num_rows
             done += len(vecs)
             if progress:
