@@ -128,25 +128,27 @@ def recall(got, want, k=10) -> float:
 
 
 def search_table(path: Path, qs, want, grid) -> list[dict]:
-    """In-process latency and recall@10 per (nprobe, kprime, depth); the searcher's own peak RSS."""
+    """In-process latency and recall@10 per (nprobe, kprime, depth[, pool factor]); the searcher's own peak RSS."""
     from sapindex.index.store import Index
-    from sapindex.search import Searcher
+    from sapindex.search import Searcher, compressed
     from sapindex.search.searcher import open_encoder
 
     idx = Index.open(path)
-    rows = []
+    rows, default_pool = [], compressed.POOL_FACTOR
     t = time.perf_counter()
     with Searcher(idx, open_encoder(idx)) as s:
         open_s = time.perf_counter() - t
-        for nprobe, kprime, depth in grid:
+        for nprobe, kprime, depth, *pool in grid:
             s.nprobe, s.kprime, s.depth = nprobe, kprime, depth
+            compressed.POOL_FACTOR = pool[0] if pool else default_pool
             s.search_vectors(qs[:3], 10)
             lat, got = [], []
             for q in qs:
                 t = time.perf_counter()
                 got.append([(h.path, h.page, h.score) for h in s.search_vectors([q], 10)[0]])
                 lat.append(time.perf_counter() - t)
-            rows.append({"nprobe": nprobe, "kprime": kprime, "depth": depth, "recall@10": recall(got, want),
+            rows.append({"nprobe": nprobe, "kprime": kprime, "depth": depth, "pool": compressed.POOL_FACTOR,
+                         "recall@10": recall(got, want),
                          "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
                          "open_s": open_s, "rss_gb": peak_rss_kb() / 1e6})
             log(rows[-1])
@@ -215,7 +217,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--steps", default="build,optimize,exact,search,serve")
     ap.add_argument("--grid", default="32:1024:256,16:1024:256,32:512:256,32:1024:512",
-                    help="nprobe:kprime:depth settings to measure")
+                    help="nprobe:kprime:depth[:pool factor] settings to measure (pool 1: no centroid refinement)")
     ap.add_argument("--work", type=Path, default=Path("/work/bench-m"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -256,11 +258,12 @@ def report(out: dict) -> None:
               f"(token index file / vectors), {o['vectors']:,} vectors, {o['wall_s']:.0f} s, peak RSS "
               f"{o['peak_rss_gb']:.1f} GB\n")
     if "search" in out:
-        print("| nprobe | kprime | depth | recall@10 vs exact | p50 ms | p99 ms | searcher open s "
+        print("| nprobe | kprime | depth | pool | recall@10 vs exact | p50 ms | p99 ms | searcher open s "
               "| searcher peak RSS GB |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in out["search"]:
-            print(f"| {r['nprobe']} | {r['kprime']} | {r['depth']} | {r['recall@10']:.3f} | {r['p50_ms']:.1f} | "
+            print(f"| {r['nprobe']} | {r['kprime']} | {r['depth']} | {r['pool']} x | {r['recall@10']:.3f} | "
+                  f"{r['p50_ms']:.1f} | "
                   f"{r['p99_ms']:.1f} | {r['open_s']:.1f} | {r['rss_gb']:.2f} |")
         print()
     if "serve" in out:

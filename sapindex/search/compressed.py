@@ -15,9 +15,10 @@ added pages in snapshot order.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,8 @@ from sapindex.search import filters, kernel, resident
 from sapindex.search.first_stage import StoredStage
 from sapindex.search.scan import ONE_QUERY
 
+CENTROID_WEIGHT = 0.3  # how much a token's centroid evidence counts below its floor (estimate_top)
+POOL_FACTOR = 4  # estimates refined by centroid evidence, per page rescored exactly
 SCAN_FLOATS = 1 << 21  # floats per block of an exact scan (its vectors as float32, and its dot products): 8 MB
 
 
@@ -35,14 +38,18 @@ class AddedTokens:
     arrive; a lock, since faiss must not search an index while vectors are added to it."""
 
     def __init__(self, stage: StoredStage):
+        self._stage = stage
         self._index = stage.empty_tokens()
         self._lock = threading.Lock()
+        self.lists = np.zeros(0, stage.lists.dtype)  # each added vector's coarse list
 
     def add(self, vectors: np.ndarray) -> None:
         if not len(vectors):
             return
+        vectors = np.ascontiguousarray(vectors, np.float32)
         with self._lock:
-            self._index.add(np.ascontiguousarray(vectors, np.float32))
+            self._index.add(vectors)
+            self.lists = np.concatenate([self.lists, self._stage.assign(vectors)])
 
     def search(self, q: np.ndarray, k: int, nprobe: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Approximate scores and vector ids of each row's ``k`` best among the first ``limit`` vectors."""
@@ -97,12 +104,33 @@ class StageView:
         pages = np.where(i >= 0, np.searchsorted(s.offsets, i, side="right") - 1, -1)
         if self.added.n_vectors:
             d2, i2 = self.tokens.search(q, kprime, nprobe, self.added.n_vectors)
-            starts = np.concatenate([b.starts + o for b, o in zip(self.added.blocks, _vector_bases(self.added))])
-            pages2 = np.where(i2 >= 0, s.n_pages + np.searchsorted(starts, i2, side="right") - 1, -1)
+            pages2 = np.where(i2 >= 0, s.n_pages + np.searchsorted(self._added_offsets, i2, side="right") - 1, -1)
             d, pages = np.concatenate([d, d2], axis=1), np.concatenate([pages, pages2], axis=1)
             best = np.argsort(-d, axis=1, kind="stable")[:, :kprime]
             d, pages = np.take_along_axis(d, best, 1), np.take_along_axis(pages, best, 1)
         return d, pages
+
+    def centroid_scores(self, q: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        """``[len(pages), len(q)]``: for each of ``pages`` (any order) and each query row, the best
+        score of the row against the coarse centroids of the page's vectors (PLAID's centroid
+        interaction: list ids only, no vector read)."""
+        s = self.stage
+        cq = kernel.dots(s.centroids, q)  # [lists, rows]
+        out = np.empty((len(pages), len(q)), np.float32)
+        for sel, offsets, lists, first_page in ((pages < s.n_pages, s.offsets, s.lists, 0),
+                                                (pages >= s.n_pages, self._added_offsets, self.tokens.lists,
+                                                 s.n_pages)):
+            local = pages[sel] - first_page
+            if len(local):
+                rows, first = resident.concat_ranges(offsets[local], offsets[local + 1])
+                out[sel] = np.maximum.reduceat(np.take(cq, lists[rows], axis=0), first, axis=0)
+        return out
+
+    @functools.cached_property
+    def _added_offsets(self) -> np.ndarray:
+        """``[added pages + 1]``: added page j owns the added vectors ``[j]:[j + 1]`` (their order in ``tokens``)."""
+        bases = np.cumsum([0] + [len(b.vectors) for b in self.added.blocks]).astype(np.int64)
+        return np.concatenate([b.starts + o for b, o in zip(self.added.blocks, bases[:-1])] + [bases[-1:]])
 
     # ------------------------------------------------------------------ exact scores
 
@@ -164,12 +192,8 @@ class StageView:
         return np.concatenate([old, np.ones(self.added.n_pages, bool) if new is None else new])
 
 
-def _vector_bases(snap: resident.Snapshot) -> np.ndarray:
-    return np.cumsum([0] + [len(b.vectors) for b in snap.blocks[:-1]]).astype(np.int64)
-
-
-def estimate_top(d: np.ndarray, pages: np.ndarray, depth: int, allowed: np.ndarray | None,
-                 n_pages: int) -> np.ndarray:
+def estimate_top(d: np.ndarray, pages: np.ndarray, depth: int, allowed: np.ndarray | None, n_pages: int,
+                 centroid_scores: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """The ``depth`` pages (ascending) with the best estimate from token hits.
 
     ``d``/``pages`` ``[M, k]``: each query token's best approximate scores and their pages (-1:
@@ -177,6 +201,14 @@ def estimate_top(d: np.ndarray, pages: np.ndarray, depth: int, allowed: np.ndarr
     floor being token i's worst hit (its vectors not retrieved score at most that); pages share
     ``sum_i floor_i``, so pages rank by their summed gains over the floors. Pages without a hit
     fill the ``depth`` when too few were hit (a filter can leave any page).
+
+    ``centroid_scores(pages) -> [pages, M]`` (optional) refines the :data:`POOL_FACTOR` x ``depth``
+    best estimates before the ``depth`` are taken: a token that did not hit a page no longer counts
+    its floor but ``floor_i - CENTROID_WEIGHT * max(0, floor_i - c_i)``, ``c_i`` the token's best
+    score against the page's coarse centroids. Why: where many pages hold near-copies of the same
+    vectors, a token's ``k`` hits are all copies of its one best match, every other page gets the
+    floor, and the estimate cannot tell a page whose second-best match is close from one with
+    nothing (RESULTS.md "A million pages", section 8, measured on both distributions).
     """
     valid = pages >= 0
     floor = np.where(valid, d, np.inf).min(axis=1, keepdims=True)
@@ -185,23 +217,32 @@ def estimate_top(d: np.ndarray, pages: np.ndarray, depth: int, allowed: np.ndarr
     gain, hit = (d - floor)[valid], pages[valid].astype(np.int64)
     key = rows.astype(np.int64) * n_pages + hit
     order = np.lexsort((-gain, key))
-    key, gain, hit = key[order], gain[order], hit[order]
+    key, gain, hit, rows = key[order], gain[order], hit[order], rows[order]
     first = np.ones(len(key), bool)
     first[1:] = key[1:] != key[:-1]  # each (token, page) once: its best hit
+    rows, gain = rows[first], gain[first]
     touched, inverse = np.unique(hit[first], return_inverse=True)
-    total = np.bincount(inverse, weights=gain[first], minlength=len(touched))
-    if allowed is not None:
-        keep = allowed[touched]
-        touched, total = touched[keep], total[keep]
-    if len(touched) > depth:
-        chosen = touched[np.argpartition(-total, depth - 1)[:depth]]
-    else:
-        chosen = touched
-        if len(chosen) < depth:
-            pool = np.ones(n_pages, bool) if allowed is None else allowed.copy()
-            pool[touched] = False
-            chosen = np.concatenate([chosen, np.flatnonzero(pool)[:depth - len(chosen)]])
+    total = np.bincount(inverse, weights=gain, minlength=len(touched))
+    live = np.arange(len(touched)) if allowed is None else np.flatnonzero(allowed[touched])
+    chosen = _best(live, total[live], depth * POOL_FACTOR if centroid_scores else depth)
+    if centroid_scores is not None and len(chosen) > depth:
+        short = np.maximum(floor[:, 0] - centroid_scores(touched[chosen]), 0)  # [pool, M]
+        at = np.full(len(touched), -1)
+        at[chosen] = np.arange(len(chosen))
+        hits_at = at[inverse]
+        short[hits_at[hits_at >= 0], rows[hits_at >= 0]] = 0  # a token that hit the page counts its hit
+        chosen = _best(chosen, total[chosen] - CENTROID_WEIGHT * short.sum(axis=1), depth)
+    chosen = touched[chosen]
+    if len(chosen) < depth:
+        pool = np.ones(n_pages, bool) if allowed is None else allowed.copy()
+        pool[touched] = False
+        chosen = np.concatenate([chosen, np.flatnonzero(pool)[:depth - len(chosen)]])
     return np.sort(chosen)
+
+
+def _best(items: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` items with the highest scores (all of them when there are fewer), in no order."""
+    return items[np.argpartition(-scores, n - 1)[:n]] if len(items) > n else items
 
 
 def open_view(index: Index, stage: StoredStage) -> StageView:

@@ -7,16 +7,18 @@ more than a 24 GB machine holds. Each vector is stored as its coarse centroid (a
 plus a 4-bit product-quantised code of its residual to that centroid (faiss ``IVF,PQx4fs`` with
 ``by_residual``, which fast scan leaves off by default: coding the raw vector lost 0.40 against 0.52
 recall on the micro model's near-duplicate pages; 16 or 32 bytes a vector, scored with SIMD lookup
-tables), in a file that is memory-mapped: a query reads only the
-lists it probes. Each query token retrieves its ``kprime`` best vectors from the codes; a page's
-estimate is ``sum_i max_j`` of those approximate scores, a token that found nothing on the page
-counting its ``kprime``-th score instead (the missing-similarity imputation of WARP and XTR). The
-``depth`` best estimates are rescored **exactly** from ``vectors.npy`` (float16, read with
-``pread`` per page, not mapped: the page cache keeps them without counting against the
-process), so every returned score is the exact MaxSim; only which pages get rescored is
-approximate. faiss was chosen over a numpy PLAID-style stage (centroids + 2-bit residuals) on the
-same data: at similar recall it produces candidates 60-85x faster, in 25 B a vector
-(bench/first_stage_codecs.py). Recall falls where many pages hold near-identical vectors
+tables), in a file that is memory-mapped: a query reads only the lists it probes. Each query token
+retrieves its ``kprime`` best vectors from the codes; a page's estimate is ``sum_i max_j`` of those
+approximate scores, a token that found nothing on the page counting its ``kprime``-th score instead
+(the missing-similarity imputation of WARP and XTR), lowered by how far the page's coarse centroids
+fall below it (PLAID's centroid interaction, on each vector's list id: ``lists``, 2 bytes a vector,
+read from the inverted lists when the stage is opened). The ``depth`` best estimates are rescored
+**exactly** from ``vectors.npy`` (float16, read with ``pread`` per page after one read-ahead request
+for them all, not mapped: the page cache keeps them without counting against the process; scored by
+:mod:`sapindex.search.kernel`), so every returned score is the exact MaxSim; only which pages get
+rescored is approximate. faiss was chosen over a numpy PLAID-style stage (centroids + 2-bit
+residuals) on the same data: at similar recall it produces candidates 60-85x faster, in 25 B a
+vector (bench/first_stage_codecs.py). Recall falls where many pages hold near-identical vectors
 (RESULTS.md "A million pages").
 
 Stored beside the pages table: ``first_stage.json`` names a ``first_stage-<stamp>/`` directory::
@@ -59,6 +61,8 @@ ADD_VECTORS = 1 << 20  # vectors coded per faiss call (4 bytes x dim each as flo
 PQ_BYTES = 16  # bytes of residual code per vector: 2 x 4-bit sub-quantisers per byte (bench/first_stage_codecs.py)
 HNSW_LINKS = 32  # the coarse quantiser is an HNSW graph over the centroids: assignment without a full scan
 
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # Linux: read-ahead of the pages about to be rescored
+
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -93,6 +97,8 @@ class StoredStage:
     _fd: int
     _data_offset: int
     dim: int
+    lists: np.ndarray  # [vectors] each vector's coarse list (uint16, or uint32 beyond 65,536 lists)
+    centroids: np.ndarray  # [lists, dim] float16, the coarse centroids (for estimates only)
 
     @property
     def n_pages(self) -> int:
@@ -102,11 +108,19 @@ class StoredStage:
         """A new in-memory token index with this stage's codebook and no vectors."""
         return _faiss().read_index(str(self.path / "trained.faiss"))
 
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """The coarse list of each of ``vectors`` (float32), as coding them would choose it."""
+        _, lists = _faiss().extract_index_ivf(self.tokens).quantizer.search(vectors, 1)
+        return lists[:, 0].astype(self.lists.dtype)
+
     def read_pages(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(float16 vectors of ``pages`` one after another, each page's first row), read with pread."""
         starts, ends = self.offsets[pages], self.offsets[pages + 1]
         out = np.empty((int((ends - starts).sum()), self.dim), np.float16)
         into, row, at = memoryview(out.reshape(-1)).cast("B"), 2 * self.dim, 0
+        if _WILLNEED is not None:  # every read queued before the first: the disk serves them in parallel
+            for s, e in zip(starts.tolist(), ends.tolist()):
+                os.posix_fadvise(self._fd, self._data_offset + s * row, (e - s) * row, _WILLNEED)
         for s, e in zip(starts.tolist(), ends.tolist()):  # straight into ``out``: no buffer per page, no concatenation
             size = (e - s) * row
             if os.preadv(self._fd, [into[at:at + size]], self._data_offset + s * row) != size:
@@ -167,10 +181,27 @@ def load(index_path: str | Path) -> StoredStage | None:
         del vectors
         if len(offsets) != pages.num_rows + 1 or offsets[-1] != tokens.ntotal:
             raise ValueError("its files disagree on the number of pages or vectors")
+        ivf = faiss.extract_index_ivf(tokens)
+        lists, centroids = _vector_lists(ivf), ivf.quantizer.reconstruct_n(0, ivf.nlist).astype(np.float16)
     except (OSError, ValueError, RuntimeError, pa.ArrowInvalid) as exc:
         raise SapIndexError(f"{d}: the first stage is unreadable ({str(exc).splitlines()[0]}); "
                             "run sapindex optimize again") from None
-    return StoredStage(d, info, tokens, offsets, pages, os.open(d / "vectors.npy", os.O_RDONLY), data_offset, dim)
+    return StoredStage(d, info, tokens, offsets, pages, os.open(d / "vectors.npy", os.O_RDONLY), data_offset, dim,
+                       lists, centroids)
+
+
+def _vector_lists(ivf) -> np.ndarray:
+    """Each vector's coarse list, read from the inverted lists' ids (2 bytes a vector: 147 MB at
+    10^6 pages, read in ~0.5 s when a stage is opened)."""
+    faiss = _faiss()
+    out = np.empty(ivf.ntotal, np.uint16 if ivf.nlist <= 1 << 16 else np.uint32)
+    for lst in range(ivf.nlist):
+        size = ivf.invlists.list_size(lst)
+        if size:
+            ids = ivf.invlists.get_ids(lst)
+            out[faiss.rev_swig_ptr(ids, size)] = lst
+            ivf.invlists.release_ids(lst, ids)
+    return out
 
 
 def build(index, seed: int = 0, progress: Progress | None = None, pq_bytes: int = PQ_BYTES) -> dict:

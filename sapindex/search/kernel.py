@@ -37,6 +37,15 @@ def _session(threads: int):
     return ort.InferenceSession(str(HALF_SIMS), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def dots(pages: np.ndarray, queries: np.ndarray, threads: int = 1) -> np.ndarray:
+    """``[rows of pages, rows of queries]`` float32: every dot product of float16 ``pages`` with
+    float32 ``queries``. Also the small products a search makes beside other threads (the first
+    stage's centroids against a query): numpy's OpenBLAS would wake its own threads for them, which
+    then spin against faiss's (measured: +6-11 ms a query at 10^5 pages, against +2 ms here)."""
+    q = np.ascontiguousarray(queries, np.float32)
+    return _session(threads).run(None, {"pages": np.ascontiguousarray(pages, np.float16), "queries": q})[0]
+
+
 def maxsim(queries: np.ndarray, query_starts: np.ndarray, pages: np.ndarray, page_starts: np.ndarray,
            threads: int = 1) -> np.ndarray:
     """MaxSim ``[Q, P]`` of queries (float32 rows, query ``i`` from ``query_starts[i]``) against
@@ -46,7 +55,5 @@ def maxsim(queries: np.ndarray, query_starts: np.ndarray, pages: np.ndarray, pag
     suits a long scan); any other dtype through numpy."""
     if pages.dtype != np.float16:
         return maxsim_segments(queries, query_starts, pages, page_starts)
-    q = np.ascontiguousarray(queries, np.float32)
-    sims = _session(threads).run(None, {"pages": np.ascontiguousarray(pages), "queries": q})[0]  # [rows, tokens]
-    best = np.maximum.reduceat(sims, page_starts, axis=0)  # [P, tokens]
+    best = np.maximum.reduceat(dots(pages, queries, threads), page_starts, axis=0)  # [P, tokens]
     return np.ascontiguousarray(np.add.reduceat(best, query_starts, axis=1).T)  # [Q, P]

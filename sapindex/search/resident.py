@@ -33,6 +33,15 @@ BLOCK_PAGES = 2048  # pages per resident block: ~150k vectors, a [query tokens, 
 _COLUMNS = ["path", "content_hash", "page", "vectors", "indexed_at"]
 
 
+def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows ``starts[j]:ends[j]`` of every range ``j`` one after another, each range's first
+    position in them): how a page's vectors are gathered by its row range."""
+    lengths = ends - starts
+    first = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1], out=first[1:])
+    return np.repeat(starts - first, lengths) + np.arange(int(lengths.sum())), first
+
+
 @dataclass(frozen=True)
 class Block:
     """Pages stored one after another: page ``j`` owns ``vectors[starts[j]:starts[j + 1]]``."""
@@ -59,9 +68,7 @@ class Block:
     def page_vectors(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the vectors of pages ``local`` one after another, each page's first row) for rescoring."""
         ends = np.append(self.starts[1:], len(self.vectors))
-        lengths = ends[local] - self.starts[local]
-        first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        rows = np.repeat(self.starts[local] - first, lengths) + np.arange(lengths.sum())
+        rows, first = concat_ranges(self.starts[local], ends[local])
         return self.vectors[rows], first
 
 

@@ -35,7 +35,7 @@ QUERY_BATCH = 32  # queries per text-graph call in search_many
 TWO_STAGE_MIN_PAGES = 5000
 NPROBE = 32
 KPRIME = 1024
-DEPTH = 256
+DEPTH = 512
 
 
 def open_encoder(index: Index, bundle_path: str | Path | None = None, device: str = "cpu",
@@ -250,7 +250,7 @@ class Searcher:
         out, row = [], 0
         for q in qs:
             cand = compressed.estimate_top(d[row:row + len(q)], pages[row:row + len(q)], max(self.depth, k),
-                                           allowed, view.n_pages)
+                                           allowed, view.n_pages, lambda c, q=q: view.centroid_scores(q, c))
             row += len(q)
             top = TopK(k)
             if len(cand):

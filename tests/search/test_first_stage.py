@@ -92,6 +92,46 @@ def test_the_estimate_ranks_by_exact_maxsim_when_every_vector_is_a_hit():
     assert len(compressed.estimate_top(d, np.full_like(hit, -1), 5, None, 50)) == 5  # no hits at all
 
 
+def test_centroid_evidence_ranks_pages_that_tie_on_their_hits(monkeypatch):
+    """Token 0 hits pages 0-9 and token 1 pages 20-29, every hit alike (near-copies of one vector):
+    the hits cannot tell the pages apart; the page whose centroids come closest to the token that
+    missed it must win."""
+    d = np.array([[1.0] * 10, [0.9] * 10])
+    hit = np.array([list(range(10)), list(range(20, 30))])
+    asked = []
+
+    def centroid_scores(pages):
+        asked.append(pages)
+        c = np.zeros((len(pages), 2))
+        c[:, 0], c[:, 1] = 0.2, 0.5
+        c[pages == 3, 1], c[pages == 25, 0] = 0.89, 0.99
+        return c
+
+    monkeypatch.setattr(compressed, "POOL_FACTOR", 10)
+    assert set(compressed.estimate_top(d, hit, 2, None, 40, centroid_scores)) == {3, 25}
+    assert sorted(asked[0]) == [*range(10), *range(20, 30)]
+    allowed = np.ones(40, bool)
+    allowed[3] = False  # a filtered page is never refined into the result
+    assert 3 not in compressed.estimate_top(d, hit, 2, allowed, 40, centroid_scores)
+
+
+def test_centroid_scores_are_each_pages_best_centroid_product(spread, encoder):
+    path, pages, _ = spread
+    extra = list(tv.spread_pages(5003, seed=9, start=5000))  # pages 5000-5002
+    with IndexWriter.create_or_open(path, "fp", DIM) as idx:
+        idx.add_pages(rows_of(extra, prefix="/added"))
+    stage = first_stage.load(path)
+    view = compressed.open_view(Index.open(path), stage)
+    assert view.n_pages == 3003
+    q = tv.queries_near(pages, 1, seed=4)[0]
+    asked = np.array([0, 7, 2999, 3000, 3002])
+    stored = [pages[0], pages[7], pages[2999], *extra[::2]]
+    want = [(q @ stage.centroids[stage.assign(v.astype(np.float16).astype(np.float32))].astype(np.float32).T).max(1)
+            for v in stored]
+    np.testing.assert_allclose(view.centroid_scores(q, asked), np.array(want), rtol=1e-5, atol=1e-6)
+    assert stage.lists.dtype == np.uint16 and len(stage.lists) == stage.offsets[-1]
+
+
 def recall_and_exact_scores(searcher, pages, queries):
     by_key = {(f"/c/d{i // 5}.pdf", i % 5 + 1): v.astype(np.float16).astype(np.float32) for i, v in enumerate(pages)}
     recalls = []
