@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from sapindex.index.store import Index
-from sapindex.search import filters, kernel, resident
+from sapindex.search import filters, first_stage, kernel, resident
 from sapindex.search.first_stage import StoredStage
 from sapindex.search.scan import ONE_QUERY
 
@@ -53,10 +53,8 @@ class AddedTokens:
 
     def search(self, q: np.ndarray, k: int, nprobe: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Approximate scores and vector ids of each row's ``k`` best among the first ``limit`` vectors."""
-        import faiss
-
         with self._lock:
-            d, i = self._index.search(q, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+            d, i = first_stage.search_tokens(self._index, q, k, nprobe)
         stale = i >= limit  # added after the view that asks
         i[stale], d[stale] = -1, -np.inf
         return d, i
@@ -96,11 +94,8 @@ class StageView:
 
     def token_hits(self, q: np.ndarray, kprime: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """For each row of ``q``: approximate scores and pages (-1: none) of its ``kprime`` best vectors."""
-        import faiss
-
         s = self.stage
-        d, i = s.tokens.search(np.ascontiguousarray(q, np.float32), kprime,
-                               params=faiss.SearchParametersIVF(nprobe=nprobe))
+        d, i = first_stage.search_tokens(s.tokens, q, kprime, nprobe)
         pages = np.where(i >= 0, np.searchsorted(s.offsets, i, side="right") - 1, -1)
         if self.added.n_vectors:
             d2, i2 = self.tokens.search(q, kprime, nprobe, self.added.n_vectors)

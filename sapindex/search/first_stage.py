@@ -148,6 +148,20 @@ class StoredStage:
         self.close()
 
 
+def search_tokens(tokens, q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(approximate scores, vector ids; -1 where fewer than ``k``) of each row of ``q``'s ``k`` best
+    vectors in the token index ``tokens``, from its ``nprobe`` nearest lists.
+
+    The coarse quantiser's HNSW search is asked for ``2 * nprobe`` candidates: left at faiss's
+    default (16), it returned fewer lists than ``nprobe`` for inner products (label -1), and the
+    fast-scan kernel then scored some vectors from a list -1 as ~2e31 (found at nprobe >= 128 on
+    256 lists, >= 512 on 4,096; tests/search/test_first_stage.py)."""
+    faiss = _faiss()
+    quantizer = faiss.SearchParametersHNSW(efSearch=2 * nprobe)  # a local: ``params`` holds only a pointer to it
+    params = faiss.SearchParametersIVF(nprobe=nprobe, quantizer_params=quantizer)
+    return tokens.search(np.ascontiguousarray(q, np.float32), k, params=params)
+
+
 def load_info(index_path: str | Path) -> dict | None:
     """``first_stage.json`` of an index, or None (none built, or one of an older format: it is
     ignored, and search is exact until ``optimize`` builds a new one)."""
