@@ -124,7 +124,7 @@ def exact_answers(path: Path, qs, work: Path, tag: str) -> list:
 
 def recall(got, want, k=10) -> float:
     return float(np.mean([len({(h[0], h[1]) for h in g[:k]} & {(h[0], h[1]) for h in w[:k]}) / k
-                          for g, w in zip(got, want)]))
+                          for g, w in zip(got, want, strict=True)]))
 
 
 def search_table(path: Path, qs, want, grid) -> list[dict]:
@@ -173,7 +173,7 @@ def serve_latency(index: Path, texts, clients_list, exact: bool) -> dict:
             break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read())
+                raise RuntimeError(proc.stderr.read()) from None
             time.sleep(0.2)
     load_s = time.perf_counter() - started
 
