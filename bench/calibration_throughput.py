@@ -53,8 +53,8 @@ def main() -> None:
               f"{args.pairs} pairs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}, "
               f"{time.strftime('%Y-%m-%d')}")
-        print("| batch size | pairs/s (best of %d) | speed-up vs batch 1 | s/pair | 500 pairs (extrapolated) |"
-              % args.repeats)
+        print(f"| batch size | pairs/s (best of {args.repeats}) | speed-up vs batch 1 | s/pair "
+              "| 500 pairs (extrapolated) |")
         print("|---|---|---|---|---|")
         base = None
         reference_curve = None

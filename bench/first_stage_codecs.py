@@ -105,7 +105,7 @@ def main() -> None:
         n_lists = n_lists_for(len(vecs))
         train = vecs[np.random.default_rng(0).choice(len(vecs), min(len(vecs), 64 * n_lists), replace=False)]
 
-        def exact(q, cand):
+        def exact(q, cand, vecs=vecs, offs=offs):
             return np.array([(q @ vecs[offs[p]:offs[p + 1]].T).max(1).sum() for p in cand])
 
         truth = [set(np.argsort(-exact(q, range(len(pages))))[:10]) for q in qs]
@@ -140,7 +140,7 @@ def main() -> None:
                     return index.search(q, 1024, 32)
             build = time.perf_counter() - t
             lat, rec = [], []
-            for q, want in zip(qs, truth):
+            for q, want in zip(qs, truth, strict=True):
                 t = time.perf_counter()
                 d, i = search(q)
                 cand = compressed.estimate_top(d, np.where(i >= 0, owner[np.maximum(i, 0)], -1), 256, None,

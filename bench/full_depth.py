@@ -8,14 +8,16 @@ For each family: a random-weight checkpoint at its published size and depth
   with each bundle (the CLI as a user runs it: process start, bundle load, preprocessing and
   writing included), and the runtime's ``Encoder`` under PyTorch's conditions (bundle open, one
   small warm-up page, then the same pages) against colpali-engine's PyTorch forward on the same
-  weights with eager and with sdpa attention; the ratios compare the latter two;
+  weights with eager and with sdpa attention, each in its own process, interleaved over
+  ``--rounds`` (A, B, A, B: this machine's speed drifts by 1.5x between hours); the ratios compare
+  the latter two round by round: median (range);
 - `sapindex search`: the first answer from the CLI (bundle load included), then later answers
   through the Python API with the searcher loaded.
 Random weights say nothing about retrieval quality; they show memory, time and numerics.
 An int8 bundle that breaks the int8 validation rules is refused by `export`: the table says so
 with the validation's figures, and times the fp32 bundle only.
 Usage: python bench/full_depth.py [--families colqwen2,colpali] [--pages 2] [--pairs 2]
-       [--dtypes fp32,int8 | fp32,int8-blockwise]
+       [--dtypes fp32,int8 | fp32,int8-blockwise] [--rounds 3]
        [--work DIR]
        [--text-layers N --vision-blocks M]  (cut the depth; the table says so)
 """
@@ -34,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from harness import PAGE_SIZE, page_images, sapindex
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -43,7 +46,7 @@ def pages(directory: Path, n: int) -> list[Path]:
     """``n`` benchmark pages (``page_images``) written as PNG files, for the CLI."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"page-{i:02d}.png" for i in range(n)]
-    for path, image in zip(paths, page_images(n)):
+    for path, image in zip(paths, page_images(n), strict=True):
         image.save(path)
     return paths
 
@@ -159,11 +162,16 @@ def bench_family(family: str, work: Path, args) -> list[dict]:
         index = work / f"index-{dtype}"
         seconds, peak, stdout = timed(sapindex("index", page_dir, "--bundle", bundle, "--out", index, "--json"))
         note(f"index {dtype}", s_per_page=seconds / len(page_paths), peak_gb=peak)
-        _, peak, stdout = timed([sys.executable, __file__, "--runtime-child", str(bundle), str(page_dir)])
-        note(f"runtime {dtype}", s_per_page=json.loads(stdout)["s_per_page"], peak_gb=peak)
-    for attention in ("eager", "sdpa"):
-        _, peak, stdout = timed([sys.executable, __file__, "--torch-child", str(model), attention, str(page_dir)])
-        note(f"pytorch {attention}", s_per_page=json.loads(stdout)["s_per_page"], peak_gb=peak)
+    children = {f"runtime {d}": ["--runtime-child", b, page_dir] for d, b in bundles.items()}
+    children |= {f"pytorch {a}": ["--torch-child", model, a, page_dir] for a in ("eager", "sdpa")}
+    rounds: dict[str, list[tuple[float, float]]] = {step: [] for step in children}
+    for _ in range(args.rounds):  # A, B, A, B
+        for step, child in children.items():
+            _, peak, stdout = timed([sys.executable, __file__, *map(str, child)])
+            rounds[step].append((json.loads(stdout)["s_per_page"], peak))
+    for step, runs in rounds.items():
+        per_round = [s for s, _ in runs]
+        note(step, s_per_page=float(np.median(per_round)), rounds=per_round, peak_gb=max(p for _, p in runs))
 
     index = work / "index-fp32"
     seconds, peak, _ = timed(sapindex("search", index, "total revenue", "-k", "10", "--json"))
@@ -180,6 +188,13 @@ def table(rows: list[dict], int8: str) -> None:
         if r["step"].endswith(f" {int8}"):
             by[(r["family"], r["step"][: -len(int8)] + "int8")] = r
     families = list(dict.fromkeys(r["family"] for r in rows))
+
+    def ratio(f: str, slow: str, fast: str) -> str:
+        """slow / fast round by round: median (range)."""
+        if (f, slow) not in by or (f, fast) not in by:
+            return "—"
+        r = np.array(by[(f, slow)]["rounds"]) / np.array(by[(f, fast)]["rounds"])
+        return f"{np.median(r):.2f}x ({r.min():.2f}-{r.max():.2f})"
 
     def cell(f: str, step: str, key: str, spec: str = ".1f") -> str:
         row = by.get((f, step), {})
@@ -211,8 +226,9 @@ def table(rows: list[dict], int8: str) -> None:
                          for r in (by.get((f, "index fp32")), by.get((f, "index int8"))))
         fp32, int8 = (by.get((f, f"runtime {d}"), {}).get("s_per_page") for d in ("fp32", "int8"))
         runtime = " / ".join(f"{x:.1f}" if x else "—" for x in (fp32, int8))
-        print(f"| {f} | {cli} | {runtime} | {eager:.1f} | {sdpa:.1f} | {eager / fp32:.2f}x | {sdpa / fp32:.2f}x | "
-              f"{f'{eager / int8:.2f}x' if int8 else '—'} | {validation} | "
+        ratios = " | ".join(ratio(f, f"pytorch {a}", f"runtime {d}")
+                            for a, d in (("eager", "fp32"), ("sdpa", "fp32"), ("eager", "int8")))
+        print(f"| {f} | {cli} | {runtime} | {eager:.1f} | {sdpa:.1f} | {ratios} | {validation} | "
               f"{s['first_answer_s']:.1f} | {s['later_answer_s']:.2f} |")
 
 
@@ -223,6 +239,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--dtypes", default="fp32,int8",
                         help="bundles to export and time (fp32 first; int8 or int8-blockwise, one of them)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four encoders")
     parser.add_argument("--text-layers", type=int, default=None)
     parser.add_argument("--vision-blocks", type=int, default=None)
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
@@ -251,7 +268,8 @@ def main() -> None:
                 f.writelines(json.dumps(r) + "\n" for r in family_rows)
     int8 = next((name for name in args.dtypes.split(",") if name.startswith("int8")), "int8")
     print(f"# full-depth benchmark, random weights at published sizes; {args.pages} pages of "
-          f"{PAGE_SIZE[0]}x{PAGE_SIZE[1]} px, {args.pairs} calibration pairs; int8 columns: {int8}; "
+          f"{PAGE_SIZE[0]}x{PAGE_SIZE[1]} px, {args.pairs} calibration pairs, {args.rounds} interleaved rounds; "
+          f"int8 columns: {int8}; "
           f"{platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
     table(rows, int8)
 

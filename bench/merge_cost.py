@@ -79,10 +79,10 @@ def main() -> None:
         k = sap.keep_count(tokens, RATIO)
         scale = compression.calibrate_budget(cents, RATIO)
         fns = {
-            "sap": lambda vc: sap.highest(vc[1], k),
-            "sap-merge": lambda vc: compression.anchor_merge(vc[0], vc[1], k),
-            "sap-kmeans": lambda vc: compression.central_kmeans(vc[0], vc[1], k),
-            "sap-budget": lambda vc: sap.highest(vc[1], compression.budget_count(vc[1], scale)),
+            "sap": lambda vc, k=k: sap.highest(vc[1], k),
+            "sap-merge": lambda vc, k=k: compression.anchor_merge(vc[0], vc[1], k),
+            "sap-kmeans": lambda vc, k=k: compression.central_kmeans(vc[0], vc[1], k),
+            "sap-budget": lambda vc, scale=scale: sap.highest(vc[1], compression.budget_count(vc[1], scale)),
             "pooling (eval baseline)": lambda vc: pooling(vc[0], RATIO),
             "cluster (eval baseline)": lambda vc: cluster(vc[0], RATIO),
         }
@@ -90,7 +90,7 @@ def main() -> None:
         print("| method | ms/page |")
         print("|---|---|")
         for name, fn in fns.items():
-            print(f"| {name} | {per_page_ms(fn, list(zip(vectors, cents)), repeat=2):.1f} |", flush=True)
+            print(f"| {name} | {per_page_ms(fn, list(zip(vectors, cents, strict=True)), repeat=2):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

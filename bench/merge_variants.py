@@ -68,7 +68,7 @@ def budgeted(fn, stat):
             lo, hi = (mid, hi) if coverage_counts(curves, steps[mid]).sum() >= target else (lo, mid)
         counts = coverage_counts(curves, steps[lo])
         run.counts[r] = counts
-        return [fn(p, int(k)) for p, k in zip(pages, counts)]
+        return [fn(p, int(k)) for p, k in zip(pages, counts, strict=True)]
     run.counts = {}
     return run
 
@@ -80,7 +80,7 @@ def spread(fn):
         scale = compression.calibrate_budget([p.centrality for p in pages], r)
         counts = np.array([compression.budget_count(p.centrality, scale) for p in pages])
         run.counts[r] = counts
-        return [fn(p, int(k)) for p, k in zip(pages, counts)]
+        return [fn(p, int(k)) for p, k in zip(pages, counts, strict=True)]
     run.counts = {}
     return run
 

@@ -147,7 +147,7 @@ def main() -> None:
     print("SAP on the synthetic set by window (NDCG@5, retention of full in brackets):")
     print()
     print("\n".join(window_table(calibration, window_reports)))
-    for name, (report, table, bias) in reports.items():
+    for name, (_report, table, bias) in reports.items():
         print()
         print(f"### Eval: {name}")
         print()

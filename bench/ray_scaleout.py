@@ -22,6 +22,7 @@ Usage: python bench/ray_scaleout.py [--pages 96] [--rounds 2] [--files 1000,2000
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -64,10 +65,8 @@ def run(inputs: Path, out: Path, extra: list[str]) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = 0
     while proc.poll() is None:
-        try:
+        with contextlib.suppress(OSError, StopIteration):  # the child may end between poll and read
             peak = max(peak, peak_rss_kb(proc.pid))
-        except (OSError, StopIteration):
-            pass
         time.sleep(0.1)
     wall = time.perf_counter() - started
     stdout = proc.stdout.read()

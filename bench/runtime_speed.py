@@ -112,7 +112,7 @@ def bench_index(encoder, bundle, work, n_pages, repeats):
         path = work / f"index-{ratio}"
         with IndexWriter.create_or_open(path, bundle.fingerprint, bundle.dim) as idx:
             idx.add_pages([PageRow.from_encoded(Src(i, img), prune(p, ratio), keep_ratio=ratio)
-                           for i, (img, p) in enumerate(zip(images, pages))])
+                           for i, (img, p) in enumerate(zip(images, pages, strict=True))])
             idx.compact()
             stats = idx.stats()
             latency = best_of(lambda: [search_index(idx, q, k=5) for q in queries], repeats) / len(queries)

@@ -91,7 +91,7 @@ def bench_family(family: str, args, work: Path) -> dict:
     runs = {"after": lambda: sessions["after"].run(None, feed), "before": lambda: sessions["before"].run(None, feed),
             "eager": lambda: torch_run("eager"), "sdpa": lambda: torch_run("sdpa")}
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, run in runs.items():  # warm-up
+    for run in runs.values():  # warm-up
         run()
     for _ in range(args.rounds):
         for name, run in runs.items():

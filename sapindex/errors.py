@@ -13,6 +13,12 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 
 class SapIndexError(Exception):
-    """Bad input or environment, explained in one line for the user."""
+    """Bad input or environment, explained in one line for the user.
+
+    Raised with one argument, the message: one line naming the file or row and the reason.
+
+    Attributes:
+        exit_code (int): The CLI's exit status for it: 2 (bad input).
+    """
 
     exit_code = EXIT_BAD_INPUT

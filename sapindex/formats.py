@@ -16,6 +16,7 @@ import os
 import types
 import typing
 from pathlib import Path
+from typing import Any, ClassVar
 
 from sapindex.errors import SapIndexError
 
@@ -112,6 +113,8 @@ class JsonRecord:
     default.
     """
 
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # set by @dataclass on each subclass
+
     def to_json(self) -> dict:
         """The JSON object, keys in field order, as :func:`write_json_atomic` writes it."""
         return {_key(f): jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -143,7 +146,7 @@ def _from_json(hint, value):
         return _from_json(next(a for a in args if a is not type(None)), value)
     if origin is tuple:
         items = args[:1] * len(value) if args[-1:] == (Ellipsis,) else args
-        return tuple(_from_json(h, v) for h, v in zip(items, value))
+        return tuple(_from_json(h, v) for h, v in zip(items, value, strict=True))
     if origin is dict and args:
         return {k: _from_json(args[1], v) for k, v in value.items()}
     if origin is None and isinstance(hint, type) and issubclass(hint, JsonRecord):

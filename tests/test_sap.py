@@ -157,7 +157,7 @@ def test_peak_window_finds_the_early_peak_algorithm1_passes_over():
 def test_peak_window_has_the_highest_mean_of_its_width(sr, rho):
     start, end = sap.peak_window(sr, rho)
     w = sap.window_width(len(sr), rho)
-    assert end - start == min(w, len(sr)) and 0 <= start and end <= len(sr)
+    assert end - start == min(w, len(sr)) and start >= 0 and end <= len(sr)
     best = max(np.mean(sr[i:i + w]) for i in range(len(sr) - w + 1))
     assert np.mean(sr[start:end]) >= best - 1e-9
 
@@ -252,7 +252,7 @@ def test_random_k_subset_shape_and_uniformity():
     counts = np.zeros(10)
     for _ in range(3000):
         kept = sap.random_k(10, 0.3, rng)
-        assert len(kept) == 3 and (np.diff(kept) > 0).all() and 0 <= kept[0] and kept[-1] < 10
+        assert len(kept) == 3 and (np.diff(kept) > 0).all() and kept[0] >= 0 and kept[-1] < 10
         counts[kept] += 1
     np.testing.assert_allclose(counts / 3000, 0.3, atol=0.04)  # each position kept ~k/n of the time
     assert sap.random_k(7, 1.0, rng).tolist() == list(range(7))

@@ -11,9 +11,10 @@ re-exported by ``render``) and the page state they share live in one place below
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import matplotlib
 import numpy as np
@@ -26,7 +27,7 @@ FONT_FILES = {"sans": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf", "serif": 
               "mono": "DejaVuSansMono.ttf"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_font(face: str, px: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(FONT_DIR / FONT_FILES[face]), size=int(px), layout_engine=ImageFont.Layout.BASIC)
 

@@ -46,7 +46,7 @@ def draw_table(canvas: Canvas, y0: float, y1: float) -> float:
         return sum(f.getlength(t) for t in tokens) + f.getlength(" ") * (len(tokens) - 1)
 
     widths = [max(width(h + ([u] if u else []), bold), *(width(c, font) for c in col)) + 2 * pad
-              for (h, u), col in zip(headers, columns)]
+              for (h, u), col in zip(headers, columns, strict=True)]
     while sum(widths) > avail_w and len(widths) > 2:
         widths.pop(), headers.pop(), columns.pop()
     if sum(widths) > avail_w:

@@ -28,9 +28,9 @@ import sys
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pypdfium2 as pdfium
@@ -244,7 +244,8 @@ def build_pdf_benchmark(pdfs: Sequence[str | Path], out_dir: str | Path, n_pages
     page_ids = [f"{docs[p.pdf].path.stem}-p{p.number:04d}" for p in pages]
     corpus = pa.table({
         "corpus-id": pa.array(page_ids, pa.string()),
-        "image": pa.array([{"bytes": png, "path": f"{pid}.png"} for (png, _, _), pid in zip(images, page_ids)],
+        "image": pa.array([{"bytes": png, "path": f"{pid}.png"}
+                           for (png, _, _), pid in zip(images, page_ids, strict=True)],
                           pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         "width": pa.array([w for _, w, _ in images], pa.int32()),
         "height": pa.array([h for _, _, h in images], pa.int32()),

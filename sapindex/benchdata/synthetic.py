@@ -41,10 +41,11 @@ import platform
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -300,7 +301,7 @@ def build_benchmark(out_dir: str | Path, n_pages: int = 500, n_queries: int = 50
                            ("y1", pa.int32()), ("role", pa.string()), ("unit", pa.int32())])
     corpus = pa.table({
         "corpus-id": pa.array(page_ids, pa.string()),
-        "image": pa.array([{"bytes": r.png, "path": f"{pid}.png"} for r, pid in zip(records, page_ids)],
+        "image": pa.array([{"bytes": r.png, "path": f"{pid}.png"} for r, pid in zip(records, page_ids, strict=True)],
                           pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         "width": pa.array([r.size[0] for r in records], pa.int32()),
         "height": pa.array([r.size[1] for r in records], pa.int32()),

@@ -19,7 +19,7 @@ vectors, as a query's tokens match a relevant page's patches.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def resampled_pages(source: Sequence[np.ndarray], n: int, seed: int = 0, mix: in
         counts = np.maximum(1, np.round(share * len(source[parts[0]])).astype(int))
         v = np.concatenate([np.asarray(source[p], np.float32)[r.choice(len(source[p]), size=min(c, len(source[p])),
                                                                       replace=False)]
-                            for p, c in zip(parts, counts)])
+                            for p, c in zip(parts, counts, strict=True)])
         yield _unit(v + r.normal(0, noise, v.shape))
 
 

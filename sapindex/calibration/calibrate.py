@@ -148,7 +148,7 @@ def _measure(adapter, pairs: list[Pair], cfg: CalibrationConfig, batch_size: int
         if good:
             pages = adapter.encode_pages(images)
             queries = adapter.encode_queries([p.query for p in good])
-            for pair, page, query in zip(good, pages, queries):
+            for pair, page, query in zip(good, pages, queries, strict=True):
                 per_layer, rand = pair_retention(query, page, cfg.keep_ratio, cfg.seed, len(measured.sr_rows))
                 measured.sr_rows.append(per_layer)
                 measured.rand_rows.append(rand)

@@ -8,7 +8,7 @@ The library reports progress in one shape, ``progress(done, total)`` with absolu
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import click
 

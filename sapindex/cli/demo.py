@@ -49,7 +49,7 @@ def demo(out_dir, keep_ratio, pipeline, family):
     with Searcher.open(out_dir / "index") as searcher:
         results = searcher.search_many([e["query"] for e in examples], k=3)
         found = 0
-        for example, hits in zip(examples, results):
+        for example, hits in zip(examples, results, strict=True):
             right = bool(hits) and Path(hits[0].path).name == example["page"]
             found += right
             click.echo(f"query      {example['query']!r}  (read off {example['page']})")

@@ -74,6 +74,6 @@ def _print_families(as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['family']}  ({row['class']}, model_type {row['model_type']}, {row['attention']} attention)")
         for name, b, fp32, fp16 in zip(row["checkpoints"], row["billion_parameters"], row["bundle_gb_fp32"],
-                                       row["bundle_gb_fp16"]):
+                                       row["bundle_gb_fp16"], strict=True):
             click.echo(f"    {name:<30} {b:.2f} B parameters, bundle ~{fp32} GB fp32 / ~{fp16} GB fp16")
         click.echo(f"    image tokens: {row['image_token_scheme']}")

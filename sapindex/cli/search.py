@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -70,12 +71,11 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
             click.echo(f"two-stage search: pages estimated from the first stage's compressed codes, the "
                        f"{searcher.depth} best rescored exactly (recall in bench/RESULTS.md); --exact scans every page",
                        err=True)
-        scan = None
-        if searcher.holding() != "resident" and not searcher.two_stage(exact):  # a scan from disk: say how far
-            scan = ProgressBar("scanning", "vector", quiet=as_json)
-            scan.open()
-        out = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
-        try:
+        with contextlib.ExitStack() as closing:
+            scan = None
+            if searcher.holding() != "resident" and not searcher.two_stage(exact):  # a scan from disk: say how far
+                scan = closing.enter_context(ProgressBar("scanning", "vector", quiet=as_json))
+            out = closing.enter_context(open(out_file, "w", encoding="utf-8")) if out_file else sys.stdout
             with ProgressBar("searching", "query", quiet=not queries_file) as bar:
                 for i in range(0, len(queries), QUERIES_PER_STEP):
                     part = queries[i:i + QUERIES_PER_STEP]
@@ -91,11 +91,6 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
                     if explain_dir:
                         failed += _explain(searcher, explain_dir, part, results)
                     bar.reach(i + len(part), len(queries))
-        finally:
-            if scan:
-                scan.close()
-            if out_file:
-                out.close()
     if failed:
         sys.exit(EXIT_PARTIAL)
 
@@ -107,7 +102,7 @@ def _explain(searcher, directory: Path, queries, results) -> int:
 
     directory.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for q, hits in zip(queries, results):
+    for q, hits in zip(queries, results, strict=True):
         vectors = searcher.encode([q.text], [q.where])[0]
         for rank, hit in enumerate(hits, start=1):
             ex = explain.explain_encoded(searcher.index, q.text, vectors, hit.path, hit.page)

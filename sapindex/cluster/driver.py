@@ -44,14 +44,31 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
     """:func:`sapindex.index.indexer.run_index` on a Ray cluster; the same arguments, plus:
 
     Args:
+        bundle_path: the exported bundle directory, as for ``run_index`` (readable at the same path
+            on every node).
+        inputs: files, directories, ``-`` or ``@list.txt``, as for ``run_index``; the files must be
+            readable at the same path on every node.
+        out: the index directory (on the driver); created, or resumed.
+        options: as for ``run_index`` (None: the defaults); its device is set from ``gpus_per_encoder``.
         address: ``local`` (a private cluster on this machine, ended with the run), ``auto``
             (the cluster this machine joined with ``ray start``) or a Ray address.
         encoders: encoder actors (each holds the bundle's sessions: its memory, or its GPU share).
         gpus_per_encoder: GPUs each encoder reserves; above 0 the encoders run on CUDA (as does
             ``options.device="cuda"``, with one GPU each).
+        stdin (TextIO | None): the stream a ``-`` input reads paths from (None: ``sys.stdin``).
+        progress: called as ``progress(pages_done, pages_known)`` after each stored batch.
 
     ``options.threads`` is the CPUs each encoder reserves and the ONNX Runtime threads it runs
     (default 1).
+
+    Returns:
+        The run's :class:`~sapindex.index.indexer.IndexSummary`, as ``run_index`` returns it.
+
+    Raises:
+        SapIndexError: Ray Data is not installed; ``encoders`` is below 1 or ``gpus_per_encoder``
+            below 0; the cluster cannot be joined or lacks the CPUs and GPUs the encoders and one
+            rendering task need; a worker raised one (another bundle on a node, ...); or any refusal
+            of ``run_index`` (no input exists, bundle, options, index).
     """
     import_ray()  # before the index is created
     options = options or IndexOptions()
@@ -61,15 +78,18 @@ def run_index_on_ray(bundle_path: str | Path, inputs: list[str], out: str | Path
         raise SapIndexError(f"--gpus-per-encoder must be 0 or more, got {gpus_per_encoder}")
     if options.device == "cuda" and gpus_per_encoder == 0:
         gpus_per_encoder = 1.0
-    options = options.replace(device="cuda" if gpus_per_encoder > 0 else "cpu", threads=options.threads or 1)
+    threads = options.threads or 1
+    options = options.replace(device="cuda" if gpus_per_encoder > 0 else "cpu", threads=threads)
     started = time.perf_counter()
     check_some_input_exists(inputs)
-    resources = Resources(encoders, float(options.threads), float(gpus_per_encoder))
+    resources = Resources(encoders, float(threads), float(gpus_per_encoder))
     with recording(bundle_path, out, options, progress, around=lambda: connected(address, resources)) as run:
         options, recorder = run.options, run.recorder
+        batch_size = options.batch_size
+        assert batch_size is not None  # resolved by IndexOptions.for_run
         sources = iter_sources(inputs, stdin=stdin if stdin is not None else sys.stdin)
-        lister = Lister(plan_waves(sources, recorder.done, chunk_pages=options.batch_size,
-                                   first_pages=options.batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
+        lister = Lister(plan_waves(sources, recorder.done, chunk_pages=batch_size,
+                                   first_pages=batch_size * encoders * FIRST_WAVE_BATCHES_PER_ENCODER))
         encoder_args = {"bundle_path": str(Path(run.bundle.path).resolve()), "fingerprint": run.bundle.fingerprint,
                         "options": options}
         try:
@@ -112,9 +132,10 @@ def _user_error(err: BaseException) -> SapIndexError | None:
     """The :class:`SapIndexError` a worker raised (e.g. another bundle on a node), found through
     Ray's wrapping; None for anything else (a bug: it propagates with its traceback)."""
     seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, SapIndexError):
-            return SapIndexError(str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, SapIndexError):
+            return SapIndexError(str(cur).strip().splitlines()[-1] if str(cur).strip() else type(cur).__name__)
+        cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
     return None

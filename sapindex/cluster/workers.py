@@ -9,6 +9,8 @@ failures reach the driver's failure table through the same stream as pages.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from sapindex.errors import SapIndexError
@@ -34,6 +36,7 @@ def render_chunk(chunk: dict, dpi: float = DEFAULT_DPI) -> list[dict]:
         if isinstance(item, Failure):
             rows.append(_failure_row(item, chunk["content_hash"]))
         else:
+            assert item.image is not None  # render_listed renders every page it yields
             rows.append({"path": item.path, "content_hash": item.content_hash, "page": item.page,
                          "n_pages": item.n_pages, "width": item.size[0], "height": item.size[1],
                          "image": item.image.tobytes(), "error": ""})
@@ -64,7 +67,7 @@ class PageEncoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
 
-        out = []
+        out: list[dict[str, Any]] = []
         images, slots = [], []
         for i in range(len(batch["path"])):
             row = {key: batch[key][i] for key in (*_PAGE_FIELDS, "error")}
@@ -79,7 +82,7 @@ class PageEncoder:
                 slots.append(len(out))
             out.append(row)
         kept = self.encoder.encode_pages_pruned(images, self.options) if images else []
-        for slot, page in zip(slots, kept):
+        for slot, page in zip(slots, kept, strict=True):
             out[slot].update(_pruned_columns(page))
         return {key: np.array([row.get(key, _EMPTY.get(key)) for row in out], dtype=object if key in _OBJECTS else None)
                 for key in (*_PAGE_FIELDS, "error", *_EMPTY)}

@@ -94,6 +94,7 @@ def anchor_merge(vectors, centrality, k: int, *, assign: str = "cosine", weights
         d = np.sqrt(((coords[:, None, :] - coords[anchors][None, :, :]) ** 2).sum(axis=2))
         near = -d if assign == "grid" else -d / max(float(np.hypot(*np.ptp(coords, axis=0))), 1.0)
         affinity = near if affinity is None else affinity + near
+    assert affinity is not None  # every assignment in ASSIGNMENTS sets it
     cover = np.argmax(affinity, axis=1)  # first maximum: ties to the lower anchor
     cover[anchors] = np.arange(anchors.shape[0])
     w = np.ones(n) if weights == "uniform" else c
@@ -238,7 +239,7 @@ def _placed(v: np.ndarray, c: np.ndarray, labels: np.ndarray, w: np.ndarray) -> 
     placed at its most central member, rows ordered by that position."""
     groups = np.unique(labels)
     order = np.lexsort((np.arange(c.shape[0]), -c))  # most central first, ties to the lower index
-    first = {}
+    first: dict[int, int] = {}
     for t in order:
         first.setdefault(int(labels[t]), int(t))
     anchors = np.array([first[int(g)] for g in groups], dtype=np.int64)

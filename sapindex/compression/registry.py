@@ -9,8 +9,9 @@ parameter) is declared, and a call without it is refused in one line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -34,6 +35,16 @@ class _Inputs(NamedTuple):
     seed: int
     adaptive_k: float | None
     budget_scale: float | None
+
+
+_T = TypeVar("_T")
+
+
+def _given(value: _T | None) -> _T:
+    """An input :meth:`Method.compress` has checked is there (it is in the method's ``needs``), for the
+    ``call`` of a method whose function takes it as not optional."""
+    assert value is not None
+    return value
 
 
 #: Why :meth:`Method.compress` refuses a call that lacks an input the method needs, in the order checked.
@@ -113,36 +124,36 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("full", lambda v, a: selection.full(v), needs=(), matched=False,
                description="every visual token: the reference of retention, evaluated once at ratio 1"),
-        Method("sap", lambda v, a: selection.sap_select(v, a.centrality, a.ratio), needs=("ratio", "centrality"),
-               index_option="--method sap", prunable=True, fast_mode=True,
+        Method("sap", lambda v, a: selection.sap_select(v, a.centrality, _given(a.ratio)),
+               needs=("ratio", "centrality"), index_option="--method sap", prunable=True, fast_mode=True,
                description="top-k SAP window centrality (visual in-degree)"),
-        Method("sap-poscorr", lambda v, a: selection.sap_select(v, a.centrality, a.ratio, a.seq_rank),
+        Method("sap-poscorr", lambda v, a: selection.sap_select(v, a.centrality, _given(a.ratio), a.seq_rank),
                needs=("ratio", "centrality", "seq_rank"), causal_only=True,
                index_option="--method sap --position-correction", prunable=True, fast_mode=True,
                description="SAP ranked by the causal position correction (index --position-correction)"),
-        Method("sap-fast", lambda v, a: selection.sap_select(v, a.centrality, a.ratio), needs=("ratio", "centrality"),
-               fast=True, index_option="--mode fast",
+        Method("sap-fast", lambda v, a: selection.sap_select(v, a.centrality, _given(a.ratio)),
+               needs=("ratio", "centrality"), fast=True, index_option="--mode fast",
                description="SAP's kept tokens with fast-mode vectors (index --mode fast: the layers after the "
                            "window on the prompt and kept tokens only; an approximation)"),
-        Method("random", lambda v, a: selection.random(v, a.ratio, a.seed), needs=("ratio",), seeds=RANDOM_SEEDS,
-               description="uniform random subset, averaged over 5 seeds"),
-        Method("eos", lambda v, a: selection.eos(v, a.eos, a.ratio), needs=("ratio", "eos"),
+        Method("random", lambda v, a: selection.random(v, _given(a.ratio), a.seed), needs=("ratio",),
+               seeds=RANDOM_SEEDS, description="uniform random subset, averaged over 5 seeds"),
+        Method("eos", lambda v, a: selection.eos(v, _given(a.eos), _given(a.ratio)), needs=("ratio", "eos"),
                description="top-k final-layer attention from the last valid token (head mean)"),
-        Method("adaptive-eos", lambda v, a: selection.adaptive_eos(v, a.eos, a.adaptive_k),
+        Method("adaptive-eos", lambda v, a: selection.adaptive_eos(v, _given(a.eos), _given(a.adaptive_k)),
                needs=("eos", "adaptive_k"), matched=False,
                description="DocPruner: eos > mean + k*std per page, k fitted to the global keep rate"),
-        Method("pooling", lambda v, a: merging.pooling(v, a.ratio), needs=("ratio",), merging=True,
+        Method("pooling", lambda v, a: merging.pooling(v, _given(a.ratio)), needs=("ratio",), merging=True,
                description="colpali-engine hierarchical token pooling (Ward), keep_count clusters"),
-        Method("cluster", lambda v, a: merging.cluster(v, a.ratio, a.seed), needs=("ratio",), merging=True,
+        Method("cluster", lambda v, a: merging.cluster(v, _given(a.ratio), a.seed), needs=("ratio",), merging=True,
                description="k-means (keep_count clusters), L2-renormalised centroids"),
-        Method("sap-merge", lambda v, a: merging.sap_merge(v, a.centrality, a.ratio), needs=("ratio", "centrality"),
-               merging=True, index_option="--method sap-merge",
+        Method("sap-merge", lambda v, a: merging.sap_merge(v, a.centrality, _given(a.ratio)),
+               needs=("ratio", "centrality"), merging=True, index_option="--method sap-merge",
                description="SAP anchors, each the mean of itself and the dropped tokens most similar to it "
                            "(beyond the paper)"),
-        Method("sap-kmeans", lambda v, a: merging.sap_kmeans(v, a.centrality, a.ratio, a.seed),
+        Method("sap-kmeans", lambda v, a: merging.sap_kmeans(v, a.centrality, _given(a.ratio), a.seed),
                needs=("ratio", "centrality"), merging=True, index_option="--method sap-kmeans",
                description="k-means++ weighted by SAP centrality, weighted centroids (beyond the paper)"),
-        Method("sap-budget", lambda v, a: selection.sap_budget(v, a.centrality, a.budget_scale),
+        Method("sap-budget", lambda v, a: selection.sap_budget(v, a.centrality, _given(a.budget_scale)),
                needs=("centrality", "budget_scale"), matched=False,
                index_option="--method sap-budget --budget-from REPORT.json",
                description="SAP with per-page counts in proportion to the page's effective central tokens, the "
@@ -212,6 +223,7 @@ def reduce_page(embeddings: np.ndarray, centrality: np.ndarray, method: str, kee
     page's sequence order too): int32 positions, each position's centrality as its score, int32 cover."""
     c = np.asarray(centrality, np.float64)
     if method == "sap-budget":
+        assert budget_scale is not None  # check_method refuses sap-budget without it
         kept = sap.highest(c, selection.budget_count(c, budget_scale))
         return Kept(embeddings[kept], kept.astype(np.int32), c[kept])
     k = sap.keep_count(embeddings.shape[0], keep_ratio)
@@ -221,4 +233,5 @@ def reduce_page(embeddings: np.ndarray, centrality: np.ndarray, method: str, kee
         merged = merging.central_kmeans(embeddings, c, k)
     else:
         raise SapIndexError(f"unknown index method {method!r}")
+    assert merged.positions is not None and merged.cover is not None  # both merges place and cover every row
     return Kept(merged.vectors, merged.positions.astype(np.int32), c[merged.positions], merged.cover.astype(np.int32))

@@ -31,7 +31,7 @@ exactly (ties included) without sorting the whole score matrix.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -212,5 +212,5 @@ def retrieval_metrics(scores: np.ndarray, query_ids: Sequence[str], page_ids: Se
     result: dict = {name: float(values[evaluated].mean()) if evaluated.any() else float("nan")
                     for name, values in per_query.items()}
     result.update(per_query=per_query, query_ids=[str(q) for q in query_ids], n_queries=int(evaluated.sum()),
-                  excluded_queries=[str(q) for q, ok in zip(query_ids, evaluated) if not ok])
+                  excluded_queries=[str(q) for q, ok in zip(query_ids, evaluated, strict=True) if not ok])
     return result

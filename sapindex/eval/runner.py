@@ -103,7 +103,7 @@ def encode_dataset(encoder: Encoder, dataset: EvalDataset, cache: EncodingCache,
         if images:
             encoded = encoder.encode_pages(images)
             cache.save(ids, encoded)
-            pages.update(zip(ids, encoded))
+            pages.update(zip(ids, encoded, strict=True))
         if progress:
             progress(total - len(todo) + start + len(chunk), total)
     return pages, failed
@@ -129,7 +129,7 @@ def fast_vs_exact(fast: list[PrunedPage], pages: list[PageTokens], ratio: float)
     token (mean, 1st percentile, min) and the pages whose kept set differs from exact SAP's (none: the
     head is the same)."""
     cosines, differ = [], 0
-    for f, page in zip(fast, pages):
+    for f, page in zip(fast, pages, strict=True):
         exact = METHODS["sap"].compress(page.embeddings, ratio=ratio, centrality=page.centrality)
         differ += not np.array_equal(f.positions, exact.positions)
         cosines.append((f.vectors * page.embeddings[f.positions]).sum(axis=1))

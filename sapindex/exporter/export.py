@@ -189,7 +189,7 @@ def _write_graphs(adapter, window: tuple[int, int], staging: Path, opset: int, d
         export_graph(head, head_args, staging / "text.onnx", "text", opset, family, io)
     else:
         with torch.no_grad():
-            states = dict(zip(io["head"]["outputs"], head(*head_args)))
+            states = dict(zip(io["head"]["outputs"], head(*head_args), strict=True))
         tail_args = tuple(example[name] if name == "attention_mask" else states[name]
                           for name in io["tail"]["inputs"])
         log(f"tracing    the head graph (layers 0-{window[1] - 1}, SAP centrality in-graph) and writing head.onnx")

@@ -204,8 +204,8 @@ class _Agreement:
 
     def add_queries(self, ours: list[np.ndarray], theirs: list[np.ndarray]) -> None:
         """The queries' token embeddings (padding dropped), ONNX Runtime's against PyTorch's."""
-        self.queries = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
-        self.cosine = min([self.cosine] + [_min_cosine(a, b) for a, b in zip(ours, theirs)])
+        self.queries = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs, strict=True))
+        self.cosine = min([self.cosine] + [_min_cosine(a, b) for a, b in zip(ours, theirs, strict=True)])
 
     def report(self, reference: Reference, dtype: str, limits: Tolerance) -> ValidationReport:
         """The figures as the manifest records them."""
@@ -272,11 +272,11 @@ def replacement_record(old: Bundle, new: Bundle, reference: Reference,
     encoders = Encoder(old), Encoder(new)
     worst, mismatched = 0.0, []
     for batch in reference.batches:
-        for a, b in zip(*(e.encode_pages(batch["images"]) for e in encoders)):
+        for a, b in zip(*(e.encode_pages(batch["images"]) for e in encoders), strict=True):
             worst = max(worst, float(np.abs(a.embeddings - b.embeddings).max()))
             mismatched += [r for r in VALIDATION_RATIOS
                            if not np.array_equal(prune(a, r).positions, prune(b, r).positions)]
-    for qa, qb in zip(*(e.encode_queries(reference.queries) for e in encoders)):
+    for qa, qb in zip(*(e.encode_queries(reference.queries) for e in encoders), strict=True):
         worst = max(worst, float(np.abs(qa - qb).max()))
     limit = reference.tolerances[new.manifest["dtype"]].embeddings or 0.0
     if worst > limit or mismatched:

@@ -23,7 +23,7 @@ import math
 import os
 import stat
 import warnings
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -115,6 +115,7 @@ class _PdfDoc(_Doc):
             raise InputError(path, "PDF has no pages")
 
     def render(self, page: int, dpi: float, max_pixels: int) -> Image.Image:
+        assert self.doc is not None  # open until close()
         pdf_page = self.doc[page - 1]
         try:
             w_pt, h_pt = pdf_page.get_size()
@@ -187,6 +188,7 @@ class _ImageDoc(_Doc):
             raise InputError(path, f"cannot read image ({type(err).__name__}: {err})") from None
 
     def _check_size(self) -> None:
+        assert self.image is not None  # open until close()
         w, h = self.image.size
         if w <= 0 or h <= 0:
             raise InputError(self.path, f"image has an empty size ({w}x{h})")
@@ -195,12 +197,13 @@ class _ImageDoc(_Doc):
 
     def render(self, page: int, dpi: float, max_pixels: int) -> Image.Image:
         try:
+            assert self.image is not None  # open until close()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 if self.n_pages > 1 or page != 1:
                     self.image.seek(page - 1)
                     self._check_size()
-                frame = self.image
+                frame: Image.Image = self.image
                 frame.load()
                 if page == 1 and self.n_pages == 1:
                     frame = ImageOps.exif_transpose(frame)  # phone photos of paper

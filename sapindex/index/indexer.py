@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from sapindex.errors import SapIndexError
 from sapindex.index.documents import iter_pages
@@ -28,6 +28,23 @@ from sapindex.runtime.options import IndexOptions
 
 @dataclass
 class IndexSummary:
+    """What one indexing run did (:func:`run_index`, :func:`sapindex.cluster.run_index_on_ray`), as
+    ``sapindex index`` reports it; a run that could not read some inputs still returns one, with
+    them in ``failures``.
+
+    Attributes:
+        files: Usable input files listed (their pages counted), whether or not a page was encoded.
+        pages_indexed: Pages encoded and stored by this run.
+        pages_skipped: Pages not encoded because their (content hash, page) was already stored or
+            already queued by this run when their file was listed (a resumed run, a duplicate file).
+        vectors_before: Visual tokens of the stored pages before pruning (sum of ``n_visual``).
+        vectors_kept: Vectors stored for those pages.
+        failures: One line per input or page that could not be used (``path[ page N]: reason``).
+        seconds: Wall-clock time of the run.
+        index_bytes: The index directory's size on disk at the end.
+        index_pages: Pages the index holds at the end (this run's and earlier ones).
+    """
+
     files: int = 0
     pages_indexed: int = 0
     pages_skipped: int = 0
@@ -39,6 +56,11 @@ class IndexSummary:
     index_pages: int = 0
 
     def to_dict(self) -> dict:
+        """The summary as a JSON-ready dict (``sapindex index --json``).
+
+        Returns:
+            Every field, plus ``pages_per_second`` (pages indexed over seconds; None for a run of 0 seconds).
+        """
         return {**asdict(self), "pages_per_second": self.pages_indexed / self.seconds if self.seconds else None}
 
 
@@ -53,7 +75,7 @@ class Recorder:
     writes, which is why the two are separate sets.
     """
 
-    def __init__(self, index: Index, options: IndexOptions, progress: Callable[[int, int], None] | None = None):
+    def __init__(self, index: IndexWriter, options: IndexOptions, progress: Callable[[int, int], None] | None = None):
         self.index, self.options, self.progress = index, options, progress
         self.summary = IndexSummary()
         self.done = index.indexed_keys()
@@ -83,6 +105,7 @@ class Recorder:
             self.stored.add(key)
             self.summary.vectors_before += kept.n_visual
             self.summary.vectors_kept += len(kept.positions)
+            assert self.options.method is not None  # resolved by IndexOptions.for_run
             rows.append(PageRow.from_encoded(page, kept, keep_ratio=self.options.keep_ratio, mode=self.options.mode,
                                              method=self.options.method))
         if rows:
@@ -114,7 +137,7 @@ class Run(NamedTuple):
 @contextmanager
 def recording(bundle_path: str | Path, out: str | Path, options: IndexOptions,
               progress: Callable[[int, int], None] | None = None,
-              around: Callable[[], ContextManager] = nullcontext) -> Iterator[Run]:
+              around: Callable[[], AbstractContextManager] = nullcontext) -> Iterator[Run]:
     """Open a run's bundle, check its options against the bundle and the index once
     (:meth:`IndexOptions.for_run`: the method and batch size resolved), and open the index (created
     or resumed, writer-locked): yields a :class:`Run`; the index is closed (unlocked) on the way out.
@@ -156,20 +179,29 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, optio
 
     Returns:
         The run's :class:`IndexSummary`; inputs that could not be read are in its failures (and
-        in the index's failures table), the rest is indexed. :func:`sapindex.cluster.run_index_on_ray`
-        is the same run spread over a Ray cluster.
+            in the index's failures table), the rest is indexed. :func:`sapindex.cluster.run_index_on_ray`
+            is the same run spread over a Ray cluster.
+
+    Raises:
+        SapIndexError: None of ``inputs`` exists; the bundle is unreadable or fails its check; the
+            options do not apply to it (see :meth:`IndexOptions.for_run`); ``out`` is not an index
+            (nor new or empty), was built with another bundle, is being written by another process,
+            or holds another mode or method than the run's; the device cannot be used. An input
+            that cannot be read is not raised: it is a failure of the run.
     """
     started = time.perf_counter()
     check_some_input_exists(inputs)
     with recording(bundle_path, out, options or IndexOptions(), progress) as run:
         opts, recorder = run.options, run.recorder
+        batch_size = opts.batch_size
+        assert batch_size is not None  # resolved by IndexOptions.for_run
         encoder = Encoder(run.bundle, device=opts.device, threads=opts.threads)
         batch: list[Page] = []
         failures: list[Failure] = []
 
         def flush() -> None:
             kept = encoder.encode_pages_pruned([p.image for p in batch], opts) if batch else []
-            recorder.store(list(zip(batch, kept)), failures)
+            recorder.store(list(zip(batch, kept, strict=True)), failures)
             batch.clear()
             failures.clear()
 
@@ -186,7 +218,7 @@ def run_index(bundle_path: str | Path, inputs: list[str], out: str | Path, optio
                 continue
             batch.append(item)
             recorder.done.add((item.content_hash, item.page))
-            if len(batch) >= opts.batch_size:
+            if len(batch) >= batch_size:
                 flush()
         flush()
         return recorder.finish(started)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -113,7 +113,25 @@ def _staging(out: Path) -> Path:
 def prune_index(source: str | Path, out: str | Path, keep_ratio: float,
                 progress: Callable[[int, int], None] | None = None) -> PruneSummary:
     """Write ``out``: every page of ``source`` with only its best ``keep_count(n_visual, keep_ratio)``
-    tokens; ``progress(pages_done, pages_total)`` after each chunk."""
+    tokens; ``progress(pages_done, pages_total)`` after each chunk.
+
+    Args:
+        source: The index to prune; locked for writing while it is read, and left unchanged.
+        out: The new index directory: must not exist, or be an empty directory.
+        keep_ratio: The new keep ratio, in (0, 1], at most the ratio every page was indexed at.
+        progress: Called as ``progress(pages_done, pages_total)`` after each chunk of 512 pages and
+            once at the end; None: no progress.
+
+    Returns:
+        The pages written, vectors before and after, the source's and the new index's bytes on
+        disk, and the seconds taken (``PruneSummary``, with ``to_dict()``).
+
+    Raises:
+        SapIndexError: ``keep_ratio`` is outside (0, 1]; ``out`` exists and is not an empty
+            directory; ``source`` is not an index or another process writes it; it is a fast-mode
+            index, holds merged or budgeted pages, or has pages stored without SAP scores; or
+            ``keep_ratio`` is above the ratio a page was indexed at. Nothing is written to ``out``.
+    """
     if isinstance(keep_ratio, bool) or not 0.0 < float(keep_ratio) <= 1.0:
         raise SapIndexError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
     source, out = Path(source), Path(out)

@@ -37,7 +37,7 @@ class Page:
     path: str
     page: int
     content_hash: str
-    image: Image.Image = field(repr=False)
+    image: Image.Image | None = field(repr=False)  # None on the Ray driver: the node that rendered it encoded it
     size: tuple[int, int]  # (width, height) of ``image`` in pixels
     n_pages: int = 1  # pages in the whole file
 

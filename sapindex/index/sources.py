@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import Iterable, Iterator, TextIO, Union
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 from sapindex.errors import SapIndexError
 from sapindex.index.records import Failure
@@ -26,7 +27,7 @@ PDF_SUFFIXES = frozenset({".pdf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
 SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES
 
-Source = Union[str, Failure]
+Source = str | Failure
 
 
 def is_supported(path: str | os.PathLike) -> bool:
@@ -84,6 +85,7 @@ def _walk(top: str) -> Iterator[Source]:
             if kind == "file":
                 yield path
             elif kind == "fail" and reason != "not a regular file (device, socket or pipe)":
+                assert reason is not None  # a failure always has a reason
                 yield Failure(path, reason)
     while errors:  # an unreadable top directory reports here
         err = errors.pop(0)
@@ -93,6 +95,7 @@ def _walk(top: str) -> Iterator[Source]:
 def _expand(path: str) -> Iterator[Source]:
     kind, reason = _classify(path)
     if kind == "fail":
+        assert reason is not None  # a failure always has a reason
         yield Failure(path, reason)
     elif kind == "dir":
         yield from _walk(path)
@@ -115,10 +118,10 @@ def check_some_input_exists(args: Iterable[str | os.PathLike]) -> None:
     """Refuse a run none of whose inputs exists (every argument a missing path or path list), before
     anything is written: a typo must not leave an empty index behind. One missing input among others
     is a failure of the run instead (:func:`iter_sources`), like an unreadable file."""
-    args = [os.fspath(a) for a in args]
-    if not args or "-" in args:
+    names: list[str] = [os.fspath(a) for a in args]
+    if not names or "-" in names:
         return
-    paths = [a[1:] if a.startswith("@") and len(a) > 1 else a for a in args]
+    paths = [a[1:] if a.startswith("@") and len(a) > 1 else a for a in names]
     if any(os.path.exists(p) for p in paths):
         return
     shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def word_cells(boxes: Sequence[tuple[float, float, float, float]], token_ids: Se
     """
     rows, cols = cells
     out: dict[int, set[int]] = {}
-    for (x0, y0, x1, y1), tid in zip(boxes, token_ids):
+    for (x0, y0, x1, y1), tid in zip(boxes, token_ids, strict=True):
         X0, X1, Y0, Y1 = x0 * scale[0], x1 * scale[0], y0 * scale[1], y1 * scale[1]
         area = max((X1 - X0) * (Y1 - Y0), 1e-6)
         best, best_overlap, chosen = None, 0.0, set()
@@ -131,7 +131,7 @@ def cell_characters(texts: Sequence[str], boxes: Sequence[tuple[float, float, fl
     rows, cols = cells
     out = np.zeros((rows * cols, len(CHARACTERS)), dtype=bool)
     index = {ch: i for i, ch in enumerate(CHARACTERS)}
-    for text, (x0, y0, x1, y1) in zip(texts, boxes):
+    for text, (x0, y0, x1, y1) in zip(texts, boxes, strict=True):
         chars = text.lower()
         X0, X1, Y0, Y1 = x0 * scale[0], x1 * scale[0], y0 * scale[1], y1 * scale[1]
         if not chars or X1 - X0 < 1:

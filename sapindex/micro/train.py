@@ -28,9 +28,9 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -292,11 +292,11 @@ class _Validation:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             for i in range(0, len(self.pages), batch_size):
                 vecs, mask = page_vectors(model, batches, self.pages[i: i + batch_size])
-                pages += [v[m].float().numpy() for v, m in zip(vecs, mask)]
+                pages += [v[m].float().numpy() for v, m in zip(vecs, mask, strict=True)]
             for i in range(0, len(self.queries), batch_size):
                 inputs = batches.queries([t for _, t in self.queries[i: i + batch_size]])
                 out = model(**inputs).float()
-                for v, m in zip(out, inputs["attention_mask"]):
+                for v, m in zip(out, inputs["attention_mask"], strict=True):
                     valid = v[m.bool()].numpy()  # right-padded: prefix, words, augmentation tokens
                     queries.append(valid)
                     words.append(valid[batches.query_offset: len(valid) - batches.query_suffix_len])

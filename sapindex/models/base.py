@@ -100,11 +100,11 @@ class FamilyAdapter(abc.ABC):
 
         return cm
 
-    @staticmethod
+    @staticmethod  # noqa: B027 (an optional hook: most families have no quirk)
     def fix_loaded(model) -> None:
         """Repair a class quirk right after ``from_pretrained`` (``load_colpali``'s ``fix``); none by default."""
 
-    def check_processor(self) -> None:
+    def check_processor(self) -> None:  # noqa: B027 (an optional hook: most families need no check)
         """Refuse a processor/model mismatch at load time, not mid-index; nothing to check by default."""
 
     @staticmethod

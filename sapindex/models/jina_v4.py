@@ -98,7 +98,7 @@ def jina_processor(path: Path):
 
 class JinaV4Adapter(Qwen2VLAdapter):
     @classmethod
-    def load(cls, info: ModelInfo, *, device: torch.device, dtype: torch.dtype) -> "JinaV4Adapter":
+    def load(cls, info: ModelInfo, *, device: torch.device, dtype: torch.dtype) -> JinaV4Adapter:
         model = load_jina_v4(info.path, task=TASK, dtype=dtype).to(device)
         processor = jina_processor(info.path)
         adapter = cls(info, model, processor, device, dtype)

@@ -68,12 +68,36 @@ def is_bundle_dir(path: str | Path) -> bool:
 
 @dataclass
 class Bundle:
+    """An exported bundle: its directory and its manifest, checked against each other by :meth:`open`.
+
+    Why the check at open: an index refuses vectors from any other bundle by fingerprint, and the
+    fingerprint is only worth that if the files on disk are the ones the manifest lists.
+
+    Attributes:
+        path: The bundle directory.
+        manifest: The parsed ``manifest.json`` (format, family, graphs, window, files, fingerprint, ...).
+    """
+
     path: Path
     manifest: dict
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
-        """Read and check a bundle; ``verify`` re-hashes every file against the manifest."""
+    def open(cls, path: str | Path, verify: bool = True) -> Bundle:
+        """Read and check a bundle; ``verify`` re-hashes every file against the manifest.
+
+        Args:
+            path: The bundle directory (``*.sap``).
+            verify: Re-hash every file and compare it with the manifest's sha256 (slow for a
+                real-size bundle); False checks the files' presence and sizes only.
+
+        Returns:
+            The opened bundle.
+
+        Raises:
+            SapIndexError: The directory does not exist, holds no ``manifest.json``, the manifest is
+                unreadable, not a sapindex bundle or of a newer format, lists no files, or a listed
+                file is missing, has another size or (with ``verify``) another sha256.
+        """
         path = Path(path)
         if not path.is_dir():
             raise SapIndexError(f"{path}: bundle directory does not exist")
@@ -86,6 +110,16 @@ class Bundle:
         return bundle
 
     def check_files(self, verify: bool = True) -> None:
+        """Check every file the manifest lists: present, of the recorded size, and (``verify``) of the
+        recorded sha256, so that a truncated or modified bundle is refused before a graph loads.
+
+        Args:
+            verify: Also re-hash each file against the manifest's sha256; False checks sizes only.
+
+        Raises:
+            SapIndexError: The manifest lists no files, or a file is missing, has another size or
+                (with ``verify``) another sha256.
+        """
         files = self.manifest.get("files")
         if not isinstance(files, dict) or not files:
             raise SapIndexError(f"{self.path / MANIFEST}: lists no files")
@@ -100,6 +134,7 @@ class Bundle:
 
     @property
     def fingerprint(self) -> str:
+        """The bundle fingerprint: sha256 over the files' sha256s, what an index records and checks."""
         return self.manifest["fingerprint"]
 
     @property
@@ -116,15 +151,21 @@ class Bundle:
 
     @property
     def family(self) -> str:
+        """The model family the bundle was exported from (a key of ``sapindex.families.FAMILIES``)."""
         return self.manifest["family"]
 
     @property
     def dim(self) -> int:
+        """The width of the embeddings the bundle gives (one vector per token)."""
         return int(self.manifest["dim"])
 
     @property
     def attention(self) -> str:
-        """``causal`` or ``prefix-lm``; manifests written before the field existed are causal (Qwen2-VL)."""
+        """``causal`` or ``prefix-lm``; manifests written before the field existed are causal (Qwen2-VL).
+
+        Raises:
+            SapIndexError: The manifest names another attention kind (a newer sapindex wrote it).
+        """
         kind = self.manifest.get("attention", "causal")
         if kind not in ATTENTION_KINDS:
             raise SapIndexError(f"{self.path / MANIFEST}: unknown attention {kind!r} (expected one of "
@@ -133,7 +174,17 @@ class Bundle:
 
     def graph_io(self, name: str) -> dict:
         """``{"inputs": [...], "outputs": [...]}`` of one graph: the manifest's record is the
-        source of truth; the family's default only fills in for manifests that lack it."""
+        source of truth; the family's default only fills in for manifests that lack it.
+
+        Args:
+            name: The graph: ``vision``, ``head``, ``tail`` (format 2) or ``text`` (format 1).
+
+        Returns:
+            The graph's input and output names, as ``{"inputs": [...], "outputs": [...]}``.
+
+        Raises:
+            SapIndexError: Neither the manifest nor the family's default lists inputs and outputs.
+        """
         recorded = self.manifest.get("graphs", {}).get(name, {})
         spec = FAMILIES.get(self.family)
         default = spec.graph_io(self.version).get(name, {}) if spec else {}
@@ -149,17 +200,40 @@ class Bundle:
 
     @property
     def window(self) -> tuple[int, int]:
+        """The SAP window ``(start, end)`` of decoder layers whose attention gives the centrality, end exclusive."""
         start, end = self.manifest["window"]
         return int(start), int(end)
 
     def graph_path(self, name: str) -> Path:
+        """The ONNX file of one graph, as the manifest records it.
+
+        Args:
+            name: The graph: ``vision``, ``head``, ``tail`` (format 2) or ``text`` (format 1).
+
+        Returns:
+            The path of the graph's ``.onnx`` file inside the bundle.
+
+        Raises:
+            KeyError: The manifest has no graph ``name``.
+        """
         return self.path / self.manifest["graphs"][name]["file"]
 
     @property
     def tokenizer_path(self) -> Path:
+        """The bundle's ``tokenizer.json``, what the query and page preprocessing tokenizes with."""
         return self.path / "tokenizer.json"
 
     def summary(self) -> dict:
+        """What ``sapindex info`` shows of a bundle, as one JSON-ready dict.
+
+        Returns:
+            The path, family, attention, layers, window (and where it came from), dim, dtype,
+            quantization, format version, fingerprint, replaced fingerprints, source model
+            fingerprint, size in bytes, validation numbers and calibration summary.
+
+        Raises:
+            SapIndexError: The manifest names an unknown attention kind.
+        """
         m = self.manifest
         return {
             "path": str(self.path),

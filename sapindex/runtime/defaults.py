@@ -33,7 +33,14 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def default_bundle_path() -> Path:
-    """The shipped bundle of the micro retriever (fp32, CPU or CUDA)."""
+    """The shipped bundle of the micro retriever (fp32, CPU or CUDA).
+
+    Returns:
+        The bundle directory inside the installed package (``assets/micro-colqwen2.sap``).
+
+    Raises:
+        SapIndexError: The bundle is missing from this installation.
+    """
     return _existing(_assets() / f"{DEFAULT_MODEL}.sap", "bundle")
 
 

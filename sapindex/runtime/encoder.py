@@ -75,6 +75,7 @@ def reduce(page: PageTokens, method: str, keep_ratio: float, budget_scale: float
     if method in ("sap", "sap-poscorr"):
         return prune(page, keep_ratio, position_correction=method == "sap-poscorr")
     kept = reduce_page(page.embeddings, page.centrality, method, keep_ratio, budget_scale=budget_scale)
+    assert kept.positions is not None  # reduce_page places every row it stores
     return PrunedPage(kept.vectors, kept.positions, page.grid, page.n_visual, page.layout.global_grid, kept.scores,
                       kept.cover)
 
@@ -92,6 +93,19 @@ class Encoder:
     ``graphs``: the bundle graphs loaded at once (the others load on first use); a query encoder
     needs only ``("text",)``. ``spinning=False``: ORT's threads sleep between runs (for a process
     that scores with numpy right after encoding: ``sapindex.runtime.session``).
+
+    Args:
+        bundle: The opened bundle whose graphs and preprocessing encode.
+        device: ``cpu`` or ``cuda`` (CUDA needs onnxruntime-gpu).
+        threads: ONNX Runtime intra-op threads per session; None leaves ORT's default.
+        graphs: The graph roles loaded (and checked) now: ``vision`` and ``text`` (``text`` is the
+            head and tail graphs of a format-2 bundle); the others load on first use.
+        spinning: Whether ORT's threads spin between runs; False frees the cores for other work.
+
+    Raises:
+        SapIndexError: The family has no runtime preprocessing here, the tokenizer cannot be loaded,
+            the device is unknown or not offered by the installed onnxruntime, or a loaded graph
+            cannot be read or disagrees with the manifest (outputs, inputs).
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None,
@@ -101,6 +115,20 @@ class Encoder:
         self.sessions = BundleSessions(bundle, device=device, threads=threads, preload=graphs, spinning=spinning)
 
     def encode_pages(self, images) -> list[PageTokens]:
+        """Every visual token of each page, before pruning, in spatial order (what the eval and the
+        baselines need; an index run stores :meth:`encode_pages_pruned`'s output instead).
+
+        Args:
+            images (Sequence[PIL.Image.Image]): A non-empty batch of page images.
+
+        Returns:
+            One :class:`PageTokens` per image, in input order: ``[V, dim]`` embeddings, ``[V]``
+            centrality, the token layout and ``[V]`` EOS attention.
+
+        Raises:
+            SapIndexError: ``images`` is empty, the preprocessing refuses a page's size (no pixels, an
+                extreme aspect ratio), or a page's ids hold another number of image tokens than its layout.
+        """
         batch = self.preprocessor.pages(images)
         emb, cent, eos = self.sessions.run_pages(batch)  # [B, S, dim], [B, S], [B, S]
         pages = []
@@ -121,6 +149,20 @@ class Encoder:
         at their original positions (:func:`sapindex.runtime.session.tail_feed`). Their vectors are
         an approximation of exact mode's: in the layers after the window they attend the kept tokens
         only (measured in bench/RESULTS.md, "Fast mode").
+
+        Args:
+            images (Sequence[PIL.Image.Image]): A non-empty batch of page images.
+            options: The run's options; only ``keep_ratio``, ``method``, ``mode``, ``budget_scale``
+                and ``position_correction`` (``sap-poscorr``) are read here.
+
+        Returns:
+            One :class:`PrunedPage` per image, in input order: the kept ``[k, dim]`` vectors, their
+            ascending spatial positions and the scores they were ranked by.
+
+        Raises:
+            SapIndexError: The method is unknown, not available in fast mode or lacks (or wrongly
+                has) a budget scale; fast mode on a format-1 bundle; ``images`` is empty or holds a
+                page the preprocessing refuses (as :meth:`encode_pages`).
         """
         method, keep_ratio = options.method or DEFAULT_METHOD, options.keep_ratio
         check_method(method, mode=options.mode, budget_scale=options.budget_scale)
@@ -146,11 +188,31 @@ class Encoder:
                 for b, (kept, kept_seq, scores, layout) in enumerate(picked)]
 
     def query_lengths(self, texts: list[str]) -> list[int]:
-        """Tokens each query feeds the text graph (prefix and augmentation tokens included)."""
+        """Tokens each query feeds the text graph (prefix and augmentation tokens included).
+
+        Args:
+            texts: The queries, as plain strings.
+
+        Returns:
+            The token count of each query, in input order (tokenized only: no graph runs).
+
+        Raises:
+            SapIndexError: ``texts`` is empty.
+        """
         return self.preprocessor.queries(texts)["attention_mask"].sum(axis=1).astype(int).tolist()
 
     def encode_queries(self, texts: list[str]) -> list[np.ndarray]:
-        """One ``[M, dim]`` array per query, padding dropped."""
+        """One ``[M, dim]`` array per query, padding dropped.
+
+        Args:
+            texts: The queries, as plain strings, encoded in one text-graph call.
+
+        Returns:
+            One float ``[M, dim]`` array per query, in input order (``M``: its tokens, padding dropped).
+
+        Raises:
+            SapIndexError: ``texts`` is empty.
+        """
         batch = self.preprocessor.queries(texts)
         feed = {**batch, **self.preprocessor.query_extras(batch, self.sessions.hidden)}
         emb = self.sessions.run_queries(feed)  # [B, M, dim]

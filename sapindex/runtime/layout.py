@@ -58,12 +58,12 @@ class TokenLayout:
             raise SapIndexError("token layout: order is not a permutation of the visual tokens")
 
     @classmethod
-    def raster(cls, rows: int, cols: int) -> "TokenLayout":
+    def raster(cls, rows: int, cols: int) -> TokenLayout:
         """A grid family's layout: one ``rows x cols`` grid, sequence order == spatial order."""
         return cls((rows, cols), None, np.arange(rows * cols, dtype=np.int64))
 
     @classmethod
-    def tiled(cls, tile_rows: int, tile_cols: int, side: int) -> "TokenLayout":
+    def tiled(cls, tile_rows: int, tile_cols: int, side: int) -> TokenLayout:
         """Idefics3's layout: ``tile_rows x tile_cols`` tiles of ``side x side`` tokens, then one global tile.
 
         Sequence token ``t*side**2 + i`` (tile ``t = r*tile_cols + c``, row-major; ``i`` row-major
@@ -130,7 +130,7 @@ class TokenLayout:
         return (self.grid == other.grid and self.global_grid == other.global_grid
                 and np.array_equal(self.order, other.order))
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable (mutable array); typeshed allows only a method
 
     def __repr__(self) -> str:
         return f"TokenLayout(grid={self.grid}, global_grid={self.global_grid}, n_tokens={self.n_tokens})"

@@ -39,6 +39,23 @@ class IndexOptions:
     it holds pages, else the default (resolved by :meth:`for_run`). ``budget_scale``: ``sap-budget``
     only (``sapindex.compression.budget_scale_from``). ``batch_size`` None: :func:`default_batch_size`.
     ``threads``: ONNX Runtime threads (None: its default).
+
+    Attributes:
+        keep_ratio: The fraction of each page's visual tokens kept, in (0, 1]; default 0.1.
+        method: What is stored of each page (one of ``sapindex.compression.INDEX_METHODS``, or
+            ``sap-poscorr``); None: the index's own when it holds pages, else ``sap``.
+        mode: ``exact`` (the decoder on every token) or ``fast`` (the layers after the SAP window on
+            the prompt and the kept tokens only; format-2 bundles).
+        budget_scale: ``sap-budget``'s calibrated scale (positive); None for every other method.
+        device: ``cpu`` or ``cuda``: where ONNX Runtime encodes.
+        batch_size: Pages per ONNX Runtime call and per commit, at least 1; None: 1 for a real-size
+            bundle on a CPU, else 8.
+        dpi: PDF rendering resolution in pixels per inch, positive; default 144.
+        threads: ONNX Runtime threads, at least 1; None: its default.
+
+    Raises:
+        SapIndexError: When made: ``keep_ratio`` outside (0, 1], an unknown ``mode``, ``batch_size``
+            or ``threads`` below 1, or a ``dpi`` that is not a positive number.
     """
 
     keep_ratio: float = DEFAULT_KEEP_RATIO
@@ -68,19 +85,43 @@ class IndexOptions:
         return self.method == "sap-poscorr"
 
     def replace(self, **changes) -> IndexOptions:
-        """A copy with ``changes`` (checked again)."""
+        """A copy with ``changes`` (checked again).
+
+        Args:
+            **changes (Any): Field names and their new values (``keep_ratio=0.05``, ...).
+
+        Returns:
+            A new frozen :class:`IndexOptions`; this one is unchanged.
+
+        Raises:
+            SapIndexError: A changed value fails the checks made at construction.
+            TypeError: A name is not a field of :class:`IndexOptions`.
+        """
         return dataclasses.replace(self, **changes)
 
     def for_run(self, bundle: Bundle, stored: set[str]) -> IndexOptions:
         """These options, checked against ``bundle`` and an index holding ``stored`` methods, with
-        the method (the index's own, or the default) and the batch size resolved."""
-        resolved = self.replace(method=resolve_method(self.method, stored),
-                                batch_size=self.batch_size or default_batch_size(bundle, self.device))
+        the method (the index's own, or the default) and the batch size resolved.
+
+        Args:
+            bundle: The bundle the run encodes with.
+            stored: The methods of the index's rows (empty for a new index).
+
+        Returns:
+            A copy whose ``method`` and ``batch_size`` are set (never None).
+
+        Raises:
+            SapIndexError: ``sap-poscorr`` on a bundle whose decoder is not causal, fast mode on a
+                format-1 bundle, an unknown method, a method fast mode cannot run, ``sap-budget``
+                without a budget scale, or a budget scale with another method.
+        """
+        method = resolve_method(self.method, stored)
+        resolved = self.replace(method=method, batch_size=self.batch_size or default_batch_size(bundle, self.device))
         if resolved.position_correction:  # asked for, or the method of the index being resumed
             check_position_correction(bundle)
         if resolved.mode == "fast":
             check_fast_mode(bundle)
-        check_method(resolved.method, mode=resolved.mode, budget_scale=resolved.budget_scale)
+        check_method(method, mode=resolved.mode, budget_scale=resolved.budget_scale)
         return resolved
 
 

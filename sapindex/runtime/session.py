@@ -179,7 +179,7 @@ class BundleSessions:
     def _run(self, name: str, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Graph ``name`` on its inputs taken from ``feed``: the ``outputs`` asked for (None: all), by name."""
         names = outputs or self.bundle.graph_io(name)["outputs"]
-        return dict(zip(names, self.session(name).run(names, self._feed(name, feed))))
+        return dict(zip(names, self.session(name).run(names, self._feed(name, feed)), strict=True))
 
     def _feed(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.session(name)

@@ -97,5 +97,5 @@ class QueryBatcher:
                 for i in members:
                     batch[i].done.set_exception(exc)
                 continue
-            for i, h in zip(members, hits):
+            for i, h in zip(members, hits, strict=True):
                 batch[i].done.set_result(h[:batch[i].k])

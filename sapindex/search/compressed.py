@@ -17,8 +17,8 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -125,7 +125,7 @@ class StageView:
     def _added_offsets(self) -> np.ndarray:
         """``[added pages + 1]``: added page j owns the added vectors ``[j]:[j + 1]`` (their order in ``tokens``)."""
         bases = np.cumsum([0] + [len(b.vectors) for b in self.added.blocks]).astype(np.int64)
-        return np.concatenate([b.starts + o for b, o in zip(self.added.blocks, bases[:-1])] + [bases[-1:]])
+        return np.concatenate([b.starts + o for b, o in zip(self.added.blocks, bases[:-1], strict=True)] + [bases[-1:]])
 
     # ------------------------------------------------------------------ exact scores
 

@@ -53,7 +53,22 @@ class Explanation:
 
 
 def explain(searcher, query: str, path: str, page: int) -> Explanation:
-    """The MaxSim picks of ``query``'s tokens on the stored page ``(path, page)`` of the searcher's index."""
+    """The MaxSim picks of ``query``'s tokens on the stored page ``(path, page)`` of the searcher's index.
+
+    Args:
+        searcher (Searcher): The searcher whose encoder encodes ``query`` and whose index holds the page.
+        query: The query text.
+        path: The page's file path as the index holds it (a hit's ``path``).
+        page: The 1-based page number (a hit's ``page``).
+
+    Returns:
+        For each query token, the kept vector it matched and its dot product with it (they sum to
+        the page's exact MaxSim), with the page's positions and grid; ``picture()`` draws it.
+
+    Raises:
+        SapIndexError: The query is refused (blank, too long).
+        LookupError: The index does not hold that page.
+    """
     q = searcher.encode([query], ["query"])[0]  # a refused query is named before the page is looked up
     return explain_encoded(searcher.index, query, q, path, page)
 

@@ -42,9 +42,9 @@ import datetime as _dt
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -117,11 +117,13 @@ class StoredStage:
         """(float16 vectors of ``pages`` one after another, each page's first row), read with pread."""
         starts, ends = self.offsets[pages], self.offsets[pages + 1]
         out = np.empty((int((ends - starts).sum()), self.dim), np.float16)
-        into, row, at = memoryview(out.reshape(-1)).cast("B"), 2 * self.dim, 0
+        # ignore: numpy's stubs give ndarray a __buffer__ on Python >= 3.12 only
+        into, row, at = memoryview(out.reshape(-1)).cast("B"), 2 * self.dim, 0  # type: ignore[arg-type]
         if _WILLNEED is not None:  # every read queued before the first: the disk serves them in parallel
-            for s, e in zip(starts.tolist(), ends.tolist()):
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
                 os.posix_fadvise(self._fd, self._data_offset + s * row, (e - s) * row, _WILLNEED)
-        for s, e in zip(starts.tolist(), ends.tolist()):  # straight into ``out``: no buffer per page, no concatenation
+        # straight into ``out``: no buffer per page, no concatenation
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             size = (e - s) * row
             if os.preadv(self._fd, [into[at:at + size]], self._data_offset + s * row) != size:
                 raise SapIndexError(f"{self.path / 'vectors.npy'}: shorter than its offsets; run optimize again")

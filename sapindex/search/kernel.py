@@ -22,7 +22,7 @@ from sapindex.sap import maxsim_segments
 HALF_SIMS = Path(__file__).resolve().parent.parent / "assets" / "kernels" / "half_sims.onnx"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _session(threads: int):
     """One ONNX Runtime session per thread count, shared by every thread of the process (``run``
     is thread-safe). ONNX Runtime's memory arena keeps the largest call's buffers for the life of

@@ -14,8 +14,8 @@ outlining both would hide which of the two kept a spot; :func:`global_cells` lis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 __all__ = ["kept_patches_overlay", "cell_values", "global_cells", "match_overlay", "write_overlay"]
 
 
-def global_cells(grid: tuple[int, int], positions: Sequence[int],
+def global_cells(grid: tuple[int, int], positions: np.ndarray | Sequence[int],
                  global_grid: tuple[int, int] | None) -> list[tuple[int, int]]:
     """(row, col) in ``global_grid`` of every kept global-tile token (positions ``>= rows*cols``)."""
     rows, cols = grid
@@ -76,9 +76,9 @@ def _draw_grid(image: Image.Image, rows: int, cols: int, kept: np.ndarray,
     return out
 
 
-def kept_patches_overlay(page: Image.Image, grid: tuple[int, int], positions: Sequence[int],
+def kept_patches_overlay(page: Image.Image, grid: tuple[int, int], positions: np.ndarray | Sequence[int],
                          max_side: int = 1000, global_grid: tuple[int, int] | None = None,
-                         cover: Sequence[int] | None = None) -> Image.Image:
+                         cover: np.ndarray | Sequence[int] | None = None) -> Image.Image:
     """``page`` (scaled to at most ``max_side``) with kept cells outlined in red, others dimmed.
 
     ``grid`` is (rows, cols) of visual tokens covering the whole page; ``positions`` are the kept
@@ -98,8 +98,8 @@ def kept_patches_overlay(page: Image.Image, grid: tuple[int, int], positions: Se
     return _draw_grid(_scaled(page, max_side), rows, cols, kept, shown=shown)
 
 
-def cell_values(values: Sequence[float], positions: Sequence[int], cover: Sequence[int] | None,
-                n: int | None = None) -> np.ndarray:
+def cell_values(values: np.ndarray | Sequence[float], positions: np.ndarray | Sequence[int],
+                cover: np.ndarray | Sequence[int] | None, n: int | None = None) -> np.ndarray:
     """Per visual token, the value of the stored vector that stands for it: ``values[i]`` (one per
     stored vector) at ``positions[i]``, or, with ``cover`` (merging methods), at every token merged
     into vector ``i``; 0 for the tokens no vector stands for. ``n``: the page's token count (the
@@ -118,9 +118,9 @@ def cell_values(values: Sequence[float], positions: Sequence[int], cover: Sequen
     return np.where(cover >= 0, values[np.clip(cover, 0, None)], 0.0)
 
 
-def match_overlay(page: Image.Image, grid: tuple[int, int], positions: Sequence[int], weights: Sequence[float],
-                  global_grid: tuple[int, int] | None = None, max_side: int = 1000,
-                  cover: Sequence[int] | None = None) -> Image.Image:
+def match_overlay(page: Image.Image, grid: tuple[int, int], positions: np.ndarray | Sequence[int],
+                  weights: np.ndarray | Sequence[float], global_grid: tuple[int, int] | None = None,
+                  max_side: int = 1000, cover: np.ndarray | Sequence[int] | None = None) -> Image.Image:
     """Why a page matched a query: kept cells outlined, the cells that query tokens matched filled
     by ``weights`` (one per kept position: the MaxSim contributions it received). With ``cover``
     (merging methods) a matched vector fills every cell merged into it and covered cells are not
@@ -152,8 +152,8 @@ def match_overlay(page: Image.Image, grid: tuple[int, int], positions: Sequence[
     return out
 
 
-def write_overlay(path: str | Path, page: Image.Image, grid: tuple[int, int], positions: Sequence[int],
-                  global_grid: tuple[int, int] | None = None, cover: Sequence[int] | None = None) -> Path:
+def write_overlay(path: str | Path, page: Image.Image, grid: tuple[int, int], positions: np.ndarray | Sequence[int],
+                  global_grid: tuple[int, int] | None = None, cover: np.ndarray | Sequence[int] | None = None) -> Path:
     """Write :func:`kept_patches_overlay` as PNG and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ class Block:
         offsets = np.cumsum([0] + [len(b.vectors) for b in blocks[:-1]])
         return Block(np.concatenate([b.paths for b in blocks]), np.concatenate([b.hashes for b in blocks]),
                      np.concatenate([b.pages for b in blocks]), np.concatenate([b.vectors for b in blocks]),
-                     np.concatenate([b.starts + o for b, o in zip(blocks, offsets)]))
+                     np.concatenate([b.starts + o for b, o in zip(blocks, offsets, strict=True)]))
 
     def page_vectors(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the vectors of pages ``local`` one after another, each page's first row) for rescoring."""
@@ -117,7 +117,7 @@ class Snapshot:
         MaxSim of the queries (stacked ``[rows, dim]`` float32, query ``i`` from row
         ``query_starts[i]``) against its pages."""
         done = 0
-        for first, block in zip(self.page_base.tolist(), self.blocks):
+        for first, block in zip(self.page_base.tolist(), self.blocks, strict=False):  # page_base ends with the total
             yield first, block.paths, block.pages, maxsim_segments(queries, query_starts, block.vectors, block.starts)
             done += len(block.vectors)
             if progress:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit
@@ -42,7 +43,8 @@ def read_queries(path: str | Path) -> list[Query]:
     if not numbered:
         raise SapIndexError(f"{path}: no queries (the file is empty)")
     jsonl = numbered[0][1].lstrip().startswith("{")
-    out, seen = [], set()
+    out: list[Query] = []
+    seen: set[str] = set()
     for n, line in numbered:
         where = f"{path}:{n}"
         if jsonl:
@@ -82,7 +84,7 @@ def docno(hit: Hit) -> str:
 def write_run(out: IO[str], queries: Sequence[Query], results: Sequence[Sequence[Hit]], fmt: str,
               run_name: str = "sapindex") -> None:
     """Write one query's results after another in ``fmt`` (one of :data:`FORMATS`)."""
-    for q, hits in zip(queries, results):
+    for q, hits in zip(queries, results, strict=True):
         if fmt == "jsonl":
             out.write(json.dumps({"id": q.id, "query": q.text, "hits": [
                 {"rank": r, "path": h.path, "page": h.page, "score": h.score}

@@ -13,7 +13,8 @@ is the merge that this scan and the :class:`~sapindex.search.Searcher`'s views s
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +68,7 @@ class TopK:
         idx = idx[np.isfinite(scores[idx])]
         if not idx.size:
             return
-        self._best.extend(zip(scores[idx].tolist(), _take(paths, idx), _take(pages, idx)))
+        self._best.extend(zip(scores[idx].tolist(), _take(paths, idx), _take(pages, idx), strict=True))
         if self.k is not None and len(self._best) > 4 * self.k:
             self._best = sorted(self._best, key=_order)[:self.k]  # (score, path, page) is a total order: exact
 
@@ -95,7 +96,21 @@ def search_index(index: Index, query_vectors: Any, k: int | None = 10,
                  chunk_pages: int = DEFAULT_CHUNK_PAGES) -> list[Hit]:
     """Exact MaxSim of one query ``[M, dim]`` over every page of ``index``, best first, reading
     ``chunk_pages`` pages at a time. Ties are broken by (path, page). ``k=None`` returns every
-    page. (A :class:`~sapindex.search.Searcher` holds the index for many queries; this reads it once.)"""
+    page. (A :class:`~sapindex.search.Searcher` holds the index for many queries; this reads it once.)
+
+    Args:
+        index: The opened index to scan (its latest version).
+        query_vectors: One query's vectors, array-like ``[M >= 1, dim]`` (converted to float32).
+        k: How many pages to return at most; None: every page; 0 or less: none.
+        chunk_pages: Pages read and scored per step (the memory bound), at least 1; default 1024.
+
+    Returns:
+        Up to ``k`` hits, best score first, ties broken by (path, page).
+
+    Raises:
+        ValueError: ``query_vectors`` is not ``[M >= 1, index.dim]`` or not finite, or
+            ``chunk_pages`` is below 1.
+    """
     q = query_matrix(query_vectors, index.dim)
     if k is not None and k <= 0:
         return []

@@ -9,9 +9,10 @@ Scores are exact MaxSim over the kept vectors, the same as :meth:`Index.search`.
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +74,19 @@ class Searcher:
     ``exact=True`` (per search) scans every page in any form (from disk for the last two).
     Every returned score is the exact MaxSim. Thread-safe: a service calls it from many threads
     (queries are encoded one batch at a time, searches run on immutable views).
+
+    Args:
+        index: The opened index (a reader; the searcher closes it on :meth:`close`).
+        encoder: A query encoder of the index's bundle (:meth:`open` checks the fingerprint; this
+            constructor does not).
+        max_query_tokens: Queries longer than this many tokens are refused; default 512.
+        two_stage_min_pages: Pages a first stage must hold to be used; default 5000.
+        nprobe: Inverted lists probed per query token in a two-stage search; default 32.
+        kprime: Vectors retrieved per query token in a two-stage search; default 1024.
+        depth: Pages rescored exactly per query in a two-stage search; default 512.
+
+    Raises:
+        SapIndexError: The index's first stage is unreadable (run ``sapindex optimize`` again).
     """
 
     def __init__(self, index: Index, encoder: Encoder, *, max_query_tokens: int = MAX_QUERY_TOKENS,
@@ -89,11 +103,30 @@ class Searcher:
     @classmethod
     def open(cls, index: str | Path, bundle: str | Path | None = None, device: str = "cpu",
              threads: int | None = None, **kwargs) -> Searcher:
-        """Open the index at ``index`` read-only with its bundle (or ``bundle``, same fingerprint)."""
+        """Open the index at ``index`` read-only with its bundle (or ``bundle``, same fingerprint).
+
+        Args:
+            index: The index directory.
+            bundle: The bundle to encode queries with; None: the one the index records (the installed
+                built-in bundle when the index was built with it and the recorded path is gone).
+            device: ``cpu`` or ``cuda``, where queries are encoded.
+            threads: ONNX Runtime threads for the query encoder; None: its default.
+            **kwargs (int): The constructor's keywords: ``max_query_tokens``, ``two_stage_min_pages``,
+                ``nprobe``, ``kprime``, ``depth``.
+
+        Returns:
+            The searcher, its pages loaded as :meth:`holding` says; close it (or use ``with``) when done.
+
+        Raises:
+            SapIndexError: ``index`` is not a readable index; the index records no bundle and none is
+                given; the bundle is unreadable or has another fingerprint than the index; the device
+                cannot be used; the first stage is unreadable.
+        """
         idx = Index.open(index)
         return cls(idx, open_encoder(idx, bundle, device, threads), **kwargs)
 
     def close(self) -> None:
+        """Close the index (also on leaving a ``with`` block); the searcher is not used afterwards."""
         self.index.close()
 
     def __enter__(self) -> Searcher:
@@ -116,7 +149,17 @@ class Searcher:
 
     def refresh(self) -> bool:
         """Take in what a writer committed (and a first stage ``optimize`` rebuilt) since the last
-        call; True when anything changed."""
+        call; True when anything changed.
+
+        Every search (and :meth:`stats`) calls it first; call it directly before reading :attr:`version`,
+        :meth:`holding` or :meth:`first_stage` to see the latest commit.
+
+        Returns:
+            True when the searched view changed (new pages, a new first stage), False otherwise.
+
+        Raises:
+            SapIndexError: A newly built first stage is unreadable.
+        """
         with self._refresh_lock:
             before = self._view
             info = first_stage.load_info(self.index.path)
@@ -132,12 +175,23 @@ class Searcher:
             return self._view is not before
 
     def first_stage(self) -> dict | None:
-        """The first stage searched with (its ``first_stage.json``), None when none is used."""
+        """The first stage searched with (its ``first_stage.json``), None when none is used.
+
+        Returns:
+            The first stage's ``first_stage.json`` as a dict, or None when the pages are held otherwise.
+        """
         view = self._view
         return view.stage.info if isinstance(view, compressed.StageView) else None
 
     def two_stage(self, exact: bool = False) -> bool:
-        """Whether a search now goes through the first stage."""
+        """Whether a search now goes through the first stage.
+
+        Args:
+            exact: The search's ``exact`` flag: True never goes through the first stage.
+
+        Returns:
+            True when the pages are held as a first stage and more pages are live than ``depth``.
+        """
         return self._two_stage(self._view, exact)
 
     def _two_stage(self, view, exact: bool) -> bool:
@@ -149,13 +203,29 @@ class Searcher:
         return self._view.version
 
     def holding(self) -> str:
-        """How the pages are held now: ``resident``, ``first stage`` or ``streamed``."""
+        """How the pages are held now: ``resident``, ``first stage`` or ``streamed``.
+
+        Returns:
+            ``resident``, ``first stage`` or ``streamed``.
+        """
         view = self._view
         return ("first stage" if isinstance(view, compressed.StageView)
                 else "resident" if isinstance(view, resident.Snapshot) else "streamed")
 
     def stats(self) -> dict:
-        """Pages, vectors and version as searched now, the search path, and the bundle's identity."""
+        """Pages, vectors and version as searched now, the search path, and the bundle's identity.
+
+        Refreshes first (:meth:`refresh`), so the numbers are those of the latest commit.
+
+        Returns:
+            A JSON-ready dict: ``index``, ``version``, ``pages`` (live ones), ``vectors``, ``dim``,
+            ``loaded_at``, ``search`` (``two-stage`` or ``exact``), ``holding``, ``first_stage``
+            (its settings and the pages added and deleted since it was built; None without one)
+            and ``bundle`` (path, family, fingerprint, window).
+
+        Raises:
+            SapIndexError: A newly built first stage is unreadable.
+        """
         self.refresh()
         view, bundle = self._view, self.encoder.bundle
         out = {"index": str(self.index.path), "version": view.version, "pages": view.n_pages,
@@ -178,21 +248,44 @@ class Searcher:
 
     def check_queries(self, queries: Sequence[str], names: Sequence[str] | None = None) -> None:
         """SapIndexError naming the first query that is not a non-empty string within
-        :attr:`max_query_tokens` tokens (``names[i]`` says where query ``i`` came from)."""
+        :attr:`max_query_tokens` tokens (``names[i]`` says where query ``i`` came from).
+
+        Args:
+            queries: The queries to check.
+            names: What each query is called in the error, one per query; None: ``query 1``,
+                ``query 2``, ...
+
+        Raises:
+            SapIndexError: ``queries`` is empty, a query is not a string or is blank, or a query has
+                more tokens than ``max_query_tokens``.
+            ValueError: ``names`` has another length than ``queries``.
+        """
         names = list(names) if names is not None else [f"query {i + 1}" for i in range(len(queries))]
         if not queries:
             raise SapIndexError("no queries")
-        for name, q in zip(names, queries):
+        for name, q in zip(names, queries, strict=True):
             if not isinstance(q, str) or not q.strip():
                 raise SapIndexError(f"{name}: empty query")
         lengths = self.encoder.query_lengths(list(queries))
-        for name, n in zip(names, lengths):
+        for name, n in zip(names, lengths, strict=True):
             if n > self.max_query_tokens:
                 raise SapIndexError(f"{name}: {n} tokens, the limit is {self.max_query_tokens}; shorten the query")
 
     def encode(self, queries: Sequence[str], names: Sequence[str] | None = None) -> list[np.ndarray]:
         """``[M, dim]`` float32 per query (checked first, by :meth:`check_queries` with ``names``),
-        a batch of :data:`QUERY_BATCH` per call."""
+        a batch of :data:`QUERY_BATCH` per call.
+
+        Args:
+            queries: The queries to encode.
+            names: What each query is called in an error (see :meth:`check_queries`).
+
+        Returns:
+            One ``[M, dim]`` array per query, in input order (``M``: its tokens).
+
+        Raises:
+            SapIndexError: A query is refused (see :meth:`check_queries`).
+            ValueError: ``names`` has another length than ``queries``.
+        """
         queries = list(queries)
         self.check_queries(queries, names)
         out: list[np.ndarray] = []
@@ -203,7 +296,22 @@ class Searcher:
 
     def search(self, query: str, k: int = 10, *, where: str | None = None, path_prefix: str | None = None,
                exact: bool = False) -> list[Hit]:
-        """The ``k`` best pages for ``query``, best first (see :meth:`search_many`)."""
+        """The ``k`` best pages for ``query``, best first (see :meth:`search_many`).
+
+        Args:
+            query: The query text.
+            k: How many pages to return at most, a positive integer; default 10.
+            where: A SQL filter on the index's page columns; None: no filter.
+            path_prefix: Only pages whose path starts with it; None: every path.
+            exact: Scan every page even where the first stage would be used.
+
+        Returns:
+            Up to ``k`` hits, best score first, ties broken by (path, page).
+
+        Raises:
+            SapIndexError: The query is refused (empty, too long), ``k`` is not a positive integer, or
+                ``where`` is malformed.
+        """
         return self.search_many([query], k, where=where, path_prefix=path_prefix, exact=exact)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 10, *, where: str | None = None,
@@ -216,13 +324,49 @@ class Searcher:
         ``exact``: scan every page even where the first stage would be used. ``names``: what a
         refused query is called in the error (default ``query 1``, ``query 2``, ...).
         ``progress(done, total)``: told of the vectors scored by a scan from disk.
+
+        Args:
+            queries: The query texts, encoded 32 per text-graph call.
+            k: How many pages to return per query at most, a positive integer; default 10.
+            where: A SQL filter on the index's page columns; None: no filter.
+            path_prefix: Only pages whose path starts with it; None: every path.
+            exact: Scan every page even where the first stage would be used.
+            names: What each query is called in an error; None: ``query 1``, ``query 2``, ...
+            progress (Callable[[int, int], None] | None): Called as ``progress(vectors_done,
+                vectors_total)`` during an exact scan (not during a two-stage search); None: no progress.
+
+        Returns:
+            One list of up to ``k`` hits per query, in input order, each best score first.
+
+        Raises:
+            SapIndexError: ``queries`` is empty or a query is refused (blank, not a string, too long),
+                ``k`` is not a positive integer, or ``where`` is malformed.
+            ValueError: ``names`` has another length than ``queries``.
         """
         return self.search_vectors(self.encode(queries, names), k, where=where, path_prefix=path_prefix,
                                    exact=exact, progress=progress)
 
     def search_vectors(self, query_vectors: Sequence[np.ndarray], k: int = 10, *, where: str | None = None,
                        path_prefix: str | None = None, exact: bool = False, progress=None) -> list[list[Hit]]:
-        """:meth:`search_many` for queries already encoded (``[M, dim]`` each)."""
+        """:meth:`search_many` for queries already encoded (``[M, dim]`` each).
+
+        Args:
+            query_vectors: One ``[M, dim]`` array per query (any float dtype; converted to float32).
+            k: How many pages to return per query at most, a positive integer; default 10.
+            where: A SQL filter on the index's page columns; None: no filter.
+            path_prefix: Only pages whose path starts with it; None: every path.
+            exact: Scan every page even where the first stage would be used.
+            progress (Callable[[int, int], None] | None): Called as ``progress(vectors_done,
+                vectors_total)`` during an exact scan (not during a two-stage search); None: no progress.
+
+        Returns:
+            One list of up to ``k`` hits per query, in input order, each best score first; an empty
+            list for no queries.
+
+        Raises:
+            SapIndexError: ``k`` is not a positive integer, or ``where`` is malformed.
+            ValueError: A query's vectors are not ``[M >= 1, dim]`` or not finite.
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise SapIndexError(f"k must be a positive integer, got {k!r}")
         qs = [query_matrix(q, self.index.dim) for q in query_vectors]
@@ -239,7 +383,7 @@ class Searcher:
         for first, paths, pages, scores in view.scan(stacked, starts, progress):
             if allowed is not None:
                 scores[:, ~allowed[first:first + scores.shape[1]]] = -np.inf
-            for top, row in zip(tops, scores):
+            for top, row in zip(tops, scores, strict=True):
                 top.add(row, paths, pages)
         return [top.hits() for top in tops]
 
@@ -250,7 +394,7 @@ class Searcher:
         out, row = [], 0
         for q in qs:
             cand = compressed.estimate_top(d[row:row + len(q)], pages[row:row + len(q)], max(self.depth, k),
-                                           allowed, view.n_pages, lambda c, q=q: view.centroid_scores(q, c))
+                                           allowed, view.n_pages, functools.partial(view.centroid_scores, q))
             row += len(q)
             top = TopK(k)
             if len(cand):

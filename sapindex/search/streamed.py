@@ -10,8 +10,8 @@ by a chunk; each search costs one pass over the table (the progress bar says how
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -220,10 +220,7 @@ def make_tiny_colpali(hf: bool, seed: int = 0, image_size: int = 112, text: dict
     config = PaliGemmaConfig(text_config=text_config, vision_config=vision_config, projection_dim=hidden,
                              hidden_size=hidden, image_token_index=processor.image_token_id, vocab_size=len(tokenizer))
     torch.manual_seed(seed)
-    if hf:
-        model = ColPaliForRetrieval(ColPaliConfig(vlm_config=config, embedding_dim=128))
-    else:
-        model = cm.ColPali(config)
+    model = ColPaliForRetrieval(ColPaliConfig(vlm_config=config, embedding_dim=128)) if hf else cm.ColPali(config)
     return model.eval(), processor
 
 

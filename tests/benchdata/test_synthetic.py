@@ -125,7 +125,7 @@ def test_train_and_test_never_share_pages_or_phrases(test_split, train_split):
     vocab = set(vocabulary())
     for name, rows in splits.items():  # the mechanism: adjacent words of one phrase are a pair of the split
         pairs = [(normalize(a["text"]), normalize(b["text"])) for p in rows
-                 for a, b in zip(p["words"], p["words"][1:]) if a["unit"] == b["unit"]]
+                 for a, b in zip(p["words"], p["words"][1:], strict=False) if a["unit"] == b["unit"]]
         pairs = [(a, b) for a, b in pairs if a in vocab and b in vocab]
         assert len(pairs) > 1000
         assert all(is_test_pair(a, b) == (name == "test") for a, b in pairs)
@@ -149,7 +149,7 @@ def test_training_stream_matches_the_train_split_and_obeys_the_knobs(train_split
     assert first.queries
     stream = iter_training_pages(SEED + 1, vocab_size=200, min_font_px=20, layouts=("table",))
     allowed = set(vocabulary()[:200])
-    for _, (image, words, queries) in zip(range(4), stream):
+    for _, (_image, words, queries) in zip(range(4), stream, strict=False):
         assert {w.role for w in words} <= {"title", "table-header", "table-cell", "caption"}
         assert all(normalize(w.text) in allowed for w in words if w.role == "title")
         assert min(w.box[3] - w.box[1] for w in words) >= 10  # x-height of 20 px DejaVu is 11 px

@@ -53,7 +53,7 @@ def test_centrality_equals_in_degree_on_raw_attention(adapters, family):
 def test_batched_pass_matches_one_page_at_a_time(adapters, family):
     adapter = adapters[family]
     batched = adapter.encode_pages(_pages())
-    for image, page in zip(_pages(), batched):
+    for image, page in zip(_pages(), batched, strict=True):
         single = adapter.encode_pages([image])[0]
         np.testing.assert_allclose(page.embeddings, single.embeddings, atol=1e-5)
         np.testing.assert_allclose(page.centrality, single.centrality, rtol=1e-4, atol=1e-5)

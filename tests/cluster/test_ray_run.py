@@ -53,7 +53,7 @@ def _rows(index: Path) -> dict:
     rows = list(Index.open(index).iter_rows())
     keys = [(r["path"], r["page"]) for r in rows]
     assert len(keys) == len(set(keys)), "a page stored twice"
-    return dict(zip(keys, rows))
+    return dict(zip(keys, rows, strict=True))
 
 
 def _failures(index: Path) -> set[str]:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_waves_chunk_pending_pages_by_batch_and_grow(tmp_path):
     copy of the same file is neither planned again nor lost from the counts; waves grow 4x."""
     a, b = _pdf(tmp_path / "a.pdf", 5), _pdf(tmp_path / "b.pdf", 9, (130, 170))
     copy = tmp_path / "copy.pdf"
-    copy.write_bytes(open(a, "rb").read())
+    copy.write_bytes(Path(a).read_bytes())
     stored = {(describe(a).content_hash, 2)}
     sources = [a, Failure("gone.pdf", "no such file or directory"), b, str(copy), str(tmp_path / "x.pdf")]
     waves = list(plan_waves(sources, stored, chunk_pages=2, first_pages=3, max_pages=100))
@@ -97,7 +98,7 @@ def test_the_encoder_actor_keeps_what_a_local_run_keeps_and_passes_failures(tmp_
         f"{tmp_path / 'strip.png'} page 1: image aspect ratio 500.0 exceeds 200 (1x500); Qwen2-VL cannot take it",
         "bad.pdf: not a valid PDF"]
     encoder = Encoder(bundle, threads=1)
-    for (page, kept), path in zip(stored, pages):
+    for (page, kept), path in zip(stored, pages, strict=True):
         with Image.open(path) as image:
             [local] = encoder.encode_pages_pruned([image.convert("RGB")], options)
         listed = describe(path)

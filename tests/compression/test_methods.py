@@ -158,7 +158,7 @@ def test_calibrate_adaptive_eos_reaches_the_global_rate(ratio):
         assert abs(global_rate(pages, k + dk) - ratio) >= abs(r - ratio) - 1e-12
     # k is applied per page: the counts are not matched per page, only globally
     counts = [int(C.adaptive_eos_mask(p, k).sum()) for p in pages]
-    assert len({c - sap.keep_count(p.size, ratio) for c, p in zip(counts, pages)}) > 1
+    assert len({c - sap.keep_count(p.size, ratio) for c, p in zip(counts, pages, strict=True)}) > 1
     # and it carries over to held-out pages from the same distribution
     assert abs(global_rate(synthetic_eos_pages(rng, 60), k) - ratio) < 0.03
 
@@ -167,7 +167,7 @@ def test_calibrate_adaptive_eos_is_monotone_and_handles_the_ends():
     rng = np.random.default_rng(5)
     pages = synthetic_eos_pages(rng, 20)
     ks = [C.calibrate_adaptive_eos(pages, r) for r in (0.05, 0.1, 0.2, 0.4, 0.8)]
-    assert all(a > b for a, b in zip(ks, ks[1:]))
+    assert all(a > b for a, b in zip(ks, ks[1:], strict=False))
     assert global_rate(pages, C.calibrate_adaptive_eos(pages, 1.0)) == 1.0
     # below n_pages / total nothing but the argmaxes can be kept
     k = C.calibrate_adaptive_eos(pages, 1e-4)

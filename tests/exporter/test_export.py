@@ -130,22 +130,22 @@ def test_runtime_end_to_end_parity(bundles, adapters, family, request, monkeypat
     images = _pages(_aligned(family))
     if family in TILED:
         _pil_backend(adapter, request, monkeypatch)
-    for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):
+    for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window), strict=True):
         layout = page.layout
         assert page.grid == ref.grid and layout.n_tokens == page.n_visual == len(ref.embeddings)
         assert (layout.global_grid is not None) == (family in TILED)
         np.testing.assert_allclose(page.embeddings, layout.to_spatial(ref.embeddings, axis=0), atol=1e-4)
         ref_cent = ref.centrality.mean(axis=0)  # sequence order
 
-        def kept_by_torch(scores):
+        def kept_by_torch(scores, ratio, layout=layout):
             return np.sort(layout.spatial_index[sap.top_k(scores, ratio)])
 
         for ratio in RATIOS:
-            assert np.array_equal(prune(page, ratio).positions, kept_by_torch(ref_cent))
+            assert np.array_equal(prune(page, ratio).positions, kept_by_torch(ref_cent, ratio))
             if family in PREFIX_LM:
                 continue  # no causal bias to correct: refused below
             corrected = prune(page, ratio, position_correction=True).positions
-            assert np.array_equal(corrected, kept_by_torch(sap.causal_correction(ref_cent)))  # in sequence order
+            assert np.array_equal(corrected, kept_by_torch(sap.causal_correction(ref_cent), ratio))  # sequence order
     if family in PREFIX_LM:
         with pytest.raises(SapIndexError, match="prefix-lm"):
             check_position_correction(encoder.bundle)
@@ -153,11 +153,11 @@ def test_runtime_end_to_end_parity(bundles, adapters, family, request, monkeypat
     # resampled pages: PIL vs torchvision bicubic differ by <= 1 uint8 level (Idefics3's three
     # chained Lanczos passes: 2); the effect stays small
     images = _pages(ODD)
-    for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window)):
+    for page, ref in zip(encoder.encode_pages(images), adapter.encode_pages(images, layers=window), strict=True):
         assert page.grid == ref.grid
         assert np.abs(page.embeddings - page.layout.to_spatial(ref.embeddings, axis=0)).max() < 5e-3
     queries = ["what was the total revenue in 2023", "chart"]
-    for mine, ref in zip(encoder.encode_queries(queries), adapter.encode_queries(queries)):
+    for mine, ref in zip(encoder.encode_queries(queries), adapter.encode_queries(queries), strict=True):
         np.testing.assert_allclose(mine, ref, atol=1e-5)
 
 
@@ -177,7 +177,7 @@ def test_vision_graph_sees_one_page_per_call(bundles, family):
     images = _pages(ODD)
     batched = encoder.encode_pages(images)
     assert seen == [{1}] * len(images)
-    for page, image in zip(batched, images):
+    for page, image in zip(batched, images, strict=True):
         (alone,) = encoder.encode_pages([image])
         np.testing.assert_allclose(page.embeddings, alone.embeddings, atol=1e-5)
         np.testing.assert_allclose(page.centrality, alone.centrality, atol=1e-5)
@@ -305,7 +305,7 @@ def test_fp16_bundle(tiny_models, calibrations, bundles, tmp_path, family):
     half = Encoder(Bundle.open(tmp_path / "half.sap"))  # runs on the CPU provider too
     full = Encoder(Bundle.open(bundles[family][1]))
     images = _pages(ALIGNED)
-    for a, b in zip(half.encode_pages(images), full.encode_pages(images)):
+    for a, b in zip(half.encode_pages(images), full.encode_pages(images), strict=True):
         assert a.embeddings.dtype == np.float32
         assert np.abs(a.embeddings - b.embeddings).max() < tolerance.embeddings
 
@@ -367,7 +367,7 @@ def test_window_override_is_exported_validated_and_recorded(tiny_models, calibra
     images = _pages(ALIGNED)
     mine = Encoder(bundle).encode_pages(images)
     theirs = Encoder(Bundle.open(bundles["colqwen2"][1])).encode_pages(images)
-    assert any(not np.allclose(a.centrality, b.centrality) for a, b in zip(mine, theirs))
+    assert any(not np.allclose(a.centrality, b.centrality) for a, b in zip(mine, theirs, strict=True))
     assert Bundle.open(bundles["colqwen2"][1]).summary()["window_source"] == "calibration"
 
 
@@ -408,13 +408,13 @@ def test_format_2_head_and_tail_equal_the_format_1_text_graph(format_1_micro):
     assert set(old.bundle.manifest["graphs"]) == {"vision", "text"}
     assert set(new.bundle.manifest["graphs"]) == {"vision", "head", "tail"}
     pages = [Image.open(p).convert("RGB") for p in example_pages()[:4]]
-    for a, b in zip(old.encode_pages(pages), new.encode_pages(pages)):
+    for a, b in zip(old.encode_pages(pages), new.encode_pages(pages), strict=True):
         assert np.abs(a.embeddings - b.embeddings).max() <= 1e-5
         assert np.allclose(a.centrality, b.centrality, rtol=1e-5, atol=1e-7)
         assert np.allclose(a.eos, b.eos, rtol=1e-5, atol=1e-7)
         for ratio in (0.05, 0.1, 0.2):
             assert np.array_equal(prune(a, ratio).positions, prune(b, ratio).positions)
-    for qa, qb in zip(old.encode_queries(QUERIES), new.encode_queries(QUERIES)):
+    for qa, qb in zip(old.encode_queries(QUERIES), new.encode_queries(QUERIES), strict=True):
         assert qa.shape == qb.shape and np.abs(qa - qb).max() <= 1e-5
     assert new.sessions.loaded() == ["head", "tail", "vision"] and old.sessions.loaded() == ["text", "vision"]
 

@@ -80,7 +80,7 @@ def _check(encoder, adapter, images, ratios, tolerance):
     layouts = [layout for _pos, layout in encoder.preprocessor.layouts(feed)]
     for ratio in ratios:
         fast = encoder.encode_pages_pruned(images, IndexOptions(keep_ratio=ratio, mode="fast"))
-        for image, layout, page in zip(images, layouts, fast):
+        for image, layout, page in zip(images, layouts, fast, strict=True):
             expected = _torch_fast(adapter, image, layout.order[page.positions], end, causal)
             assert expected.shape == page.vectors.shape
             assert np.abs(page.vectors - expected).max() <= tolerance, ratio

@@ -104,7 +104,7 @@ def test_int8_micro_model_keeps_sap_selection(micro_int8):
     q, full = Encoder(Bundle.open(out)), Encoder(fp32)
     pages = [Image.open(path) for path in example_pages()]
     jaccards = []
-    for a, b in zip(q.encode_pages(pages), full.encode_pages(pages)):
+    for a, b in zip(q.encode_pages(pages), full.encode_pages(pages), strict=True):
         ours, theirs = sap.top_k(a.centrality, 0.1), sap.top_k(b.centrality, 0.1)
         jaccards.append(sap.jaccard(ours, theirs))
     assert min(jaccards) >= 0.8 and np.mean(jaccards) >= 0.9

@@ -104,7 +104,7 @@ def test_multipage_pdf_numbering_hash_and_dpi(tmp_path):
     assert [p.page for p in pages] == [1, 2, 3]
     assert all(isinstance(p, Page) and p.path == str(pdf) and p.n_pages == 3 for p in pages)
     assert {p.content_hash for p in pages} == {sha(pdf)}
-    for p, colour in zip(pages, [(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+    for p, colour in zip(pages, [(255, 0, 0), (0, 255, 0), (0, 0, 255)], strict=True):
         assert p.image.mode == "RGB"
         assert p.size == p.image.size == (400, 600)  # 200 x 300 pt at 144 dpi
         assert np.abs(np.subtract(p.image.getpixel((200, 300)), colour)).max() <= 3  # JPEG inside

@@ -88,9 +88,9 @@ def test_prune_refusals(tmp_path, monkeypatch):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(SapIndexError, match="exists and is not empty"):
         prune_index(tmp_path / "idx", tmp_path / "full", 0.1)
-    with IndexWriter.open_writer(tmp_path / "idx"):
-        with pytest.raises(SapIndexError, match="another process is writing this index"):
-            prune_index(tmp_path / "idx", tmp_path / "out", 0.1)
+    with IndexWriter.open_writer(tmp_path / "idx"), \
+            pytest.raises(SapIndexError, match="another process is writing this index"):
+        prune_index(tmp_path / "idx", tmp_path / "out", 0.1)
     synthetic(tmp_path / "noscores", 4, scores=False)
     with pytest.raises(SapIndexError, match="was stored without SAP scores"):
         prune_index(tmp_path / "noscores", tmp_path / "out", 0.1)

@@ -112,7 +112,7 @@ def test_validation_scores_the_query_words_without_prefix_and_augmentation():
     texts = [" ".join(words[3:6]), words[10]]
     inputs = batches.queries(texts)
     assert batches.query_suffix_len == 10
-    for ids, mask, text in zip(inputs["input_ids"], inputs["attention_mask"], texts):
+    for ids, mask, text in zip(inputs["input_ids"], inputs["attention_mask"], texts, strict=True):
         valid = ids[mask.bool()].tolist()
         kept = valid[batches.query_offset: len(valid) - batches.query_suffix_len]
         assert tokenizer.convert_ids_to_tokens(kept) == text.split()

@@ -54,7 +54,7 @@ def test_info_reads_the_checkpoint_without_loading(tiny_models):
 
     with safe_open(str(tiny_models["colqwen2_5"] / "model.safetensors"), "pt") as fh:
         expected = sum(fh.get_slice(k).get_shape().numel() if hasattr(fh.get_slice(k).get_shape(), "numel")
-                       else int(np.prod(fh.get_slice(k).get_shape())) for k in fh.keys())
+                       else int(np.prod(fh.get_slice(k).get_shape())) for k in fh.keys())  # noqa: SIM118 (safe_open has keys(), no iteration)
     assert summary["parameters"] == expected
 
 

@@ -53,7 +53,7 @@ def test_fast_mode_keeping_every_token_is_exact_mode(encoder, pages):
     padding it drops was masked anyway); this checks the gather end to end on a padded batch."""
     exact = encoder.encode_pages_pruned(pages, IndexOptions(keep_ratio=1.0))
     fast = encoder.encode_pages_pruned(pages, IndexOptions(keep_ratio=1.0, mode="fast"))
-    for a, b in zip(exact, fast):
+    for a, b in zip(exact, fast, strict=True):
         assert np.array_equal(a.positions, b.positions) and a.n_visual == b.n_visual == len(b.positions)
         assert np.abs(a.vectors - b.vectors).max() <= 1e-5
 
@@ -65,7 +65,7 @@ def test_fast_mode_keeps_sap_set_and_approximates_its_vectors(encoder, pages, ra
     tokens = encoder.encode_pages(pages)
     fast = encoder.encode_pages_pruned(pages, IndexOptions(keep_ratio=ratio, mode="fast"))
     cosines = []
-    for page, f in zip(tokens, fast):
+    for page, f in zip(tokens, fast, strict=True):
         exact = prune(page, ratio)
         assert np.array_equal(exact.positions, f.positions) and np.allclose(exact.scores, f.scores)
         assert (f.grid, f.global_grid, f.n_visual) == (exact.grid, exact.global_grid, exact.n_visual)

@@ -47,7 +47,7 @@ def test_threads_share_one_session_and_agree():
     alone = [kernel.maxsim(q, np.zeros(1, np.int64), pages, page_starts) for q in queries]
     with cf.ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda q: kernel.maxsim(q, np.zeros(1, np.int64), pages, page_starts), queries))
-    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
 
 
 def test_the_shipped_graph_is_the_one_the_exporter_builds(tmp_path):

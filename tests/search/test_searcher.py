@@ -55,11 +55,11 @@ def test_resident_search_equals_the_index_scan(writer, encoder, monkeypatch):
     qs = queries(6)
     for k in (1, 7, 300, 1000):
         got = searcher.search_vectors(qs, k)
-        for q, hits in zip(qs, got):
+        for q, hits in zip(qs, got, strict=True):
             same(hits, search_index(writer, q, k=k))
     texts = ["annual report", "revenue 2023", "travel policy"]
     many = searcher.search_many(texts, k=5)
-    for got, t in zip(many, texts):
+    for got, t in zip(many, texts, strict=True):
         same(got, searcher.search(t, k=5))
     same(many[0], search_index(writer, encoder.encode_queries(["annual report"])[0], k=5))
 
@@ -173,7 +173,7 @@ def test_an_index_too_large_for_memory_is_streamed_with_the_same_answers(writer,
     assert searcher.holding() == "streamed" and searcher.stats()["pages"] == 40
     seen = []
     got = searcher.search_vectors(list(q), 7, progress=lambda done, total: seen.append((done, total)))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         same(g, w)
     assert seen[-1][0] == seen[-1][1] == sum(len(r.vectors) for r in rows(40)) and len(seen) == 3
     same(searcher.search_vectors([q[0]], 40, where="page = 2")[0],

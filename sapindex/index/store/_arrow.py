@@ -76,7 +76,7 @@ def page_table(rows: list[PageRow], dim: int, vector_dtype: str, bundle_fingerpr
                now: _dt.datetime) -> pa.Table:
     """The rows as a table of :func:`page_schema` (every row checked first; ValueError names the page)."""
     np_dtype = np.float16 if vector_dtype == "float16" else np.float32
-    vecs, poss = zip(*(_checked(row, dim, np_dtype, vector_dtype) for row in rows))
+    vecs, poss = zip(*(_checked(row, dim, np_dtype, vector_dtype) for row in rows), strict=True)
     counts_np = np.asarray([v.shape[0] for v in vecs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts_np)])
     if offsets[-1] * dim >= 2**31:

@@ -7,7 +7,8 @@ filter small, and the callers join or loop over them.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 IN_LIST = 500  # values per SQL IN (...) list
 

@@ -10,10 +10,12 @@ documented in :mod:`sapindex.index.store.schema`; the exact scan over an index i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +38,9 @@ from sapindex.index.store.schema import (
     page_schema,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 
 def _lancedb():
     os.environ.setdefault("LANCEDB_LOG", "error")  # LanceDB logs a WARN when it creates a table
@@ -52,16 +57,22 @@ def _dir_bytes(path: Path) -> int:
     total = 0
     for dirpath, _, filenames in os.walk(path):
         for name in filenames:
-            try:
+            with contextlib.suppress(OSError):  # a file removed while we walk
                 total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
     return total
 
 
 class Index:
     """A sapindex index directory opened for reading (:meth:`open`); :class:`~sapindex.index.store.writer.IndexWriter`
-    is the same with the writer lock and the write methods."""
+    is the same with the writer lock and the write methods.
+
+    A context manager: ``with Index.open(path) as index: ...`` (closing a reader releases nothing).
+
+    Args:
+        path: The index directory.
+        info: Its parsed ``sapindex.json``.
+        db: The LanceDB connection to the directory. Made by :meth:`open`; not called directly.
+    """
 
     def __init__(self, path: Path, info: dict, db: Any):
         self.path = path
@@ -74,24 +85,42 @@ class Index:
 
     @property
     def bundle_fingerprint(self) -> str:
+        """The fingerprint of the bundle the index was created with (its vectors' bundle)."""
         return self.info["bundle_fingerprint"]
 
     @property
     def dim(self) -> int:
+        """The width of the stored vectors."""
         return int(self.info["dim"])
 
     @property
     def vector_dtype(self) -> str:
+        """How the vectors are stored: ``float16`` (the default) or ``float32``."""
         return self.info["vector_dtype"]
 
     @property
     def meta(self) -> dict:
+        """The caller's metadata recorded at creation (``index`` records the bundle path, family, window,
+        mode and whether the bundle is the built-in one); empty when none was given."""
         return self.info.get("meta", {})
 
     @classmethod
     def open(cls, path: str | os.PathLike, bundle_fingerprint: str | tuple[str, ...] | None = None) -> Index:
         """Open an existing index read-only (search, stats, listings); no lock is taken, and
-        every read sees the latest commit of a writer working beside it."""
+        every read sees the latest commit of a writer working beside it.
+
+        Args:
+            path: The index directory.
+            bundle_fingerprint: The fingerprint the index must have been built with, or a bundle's
+                ``Bundle.fingerprints`` (its own and those it replaces); None: no check.
+
+        Returns:
+            The opened index.
+
+        Raises:
+            SapIndexError: ``path`` holds no ``sapindex.json``, or it is unreadable, not a sapindex
+                index or of a newer format version; the index was built with another bundle.
+        """
         path = Path(path)
         if not (path / META_FILE).is_file():
             raise SapIndexError(f"{path}: not a sapindex index (no {META_FILE})")
@@ -130,9 +159,10 @@ class Index:
             return None
 
     def close(self) -> None:
-        """Nothing to release for a reader (the writer releases its lock)."""
+        """Nothing to release for a reader (the writer releases its lock); kept so that a reader and
+        a writer close alike."""
 
-    def __enter__(self) -> Index:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -156,7 +186,7 @@ class Index:
         latest_page: dict[tuple[str, int], _dt.datetime] = {}
         for where in in_lists("path", paths):
             for batch in self._scan(self._pages, ["path", "page", "indexed_at"], where):
-                for p, n, t in zip(*(batch.column(c).to_pylist() for c in ("path", "page", "indexed_at"))):
+                for p, n, t in zip(*(batch.column(c).to_pylist() for c in ("path", "page", "indexed_at")), strict=True):
                     latest_path[p] = max(t, latest_path.get(p, t))
                     latest_page[(p, n)] = max(t, latest_page.get((p, n), t))
         out = set()
@@ -175,32 +205,50 @@ class Index:
     # ---------------------------------------------------------------- reading
 
     def indexed_keys(self) -> set[tuple[str, int]]:
-        """Every stored (content_hash, page), for a resuming indexer's skip predicate."""
+        """Every stored (content_hash, page), for a resuming indexer's skip predicate.
+
+        Returns:
+            The ``(content_hash, page)`` key of every stored row (page 1-based).
+        """
         keys: set[tuple[str, int]] = set()
         for batch in self._scan(self._pages, ["content_hash", "page"]):
-            keys.update(zip(batch.column("content_hash").to_pylist(), batch.column("page").to_pylist()))
+            keys.update(zip(batch.column("content_hash").to_pylist(), batch.column("page").to_pylist(), strict=True))
         return keys
 
     def indexed_paths(self) -> dict[str, set[str]]:
-        """path -> the content hashes stored for it (one, unless a re-index was interrupted)."""
+        """path -> the content hashes stored for it (one, unless a re-index was interrupted).
+
+        Returns:
+            Each stored path, mapped to the set of content hashes its rows hold.
+        """
         out: dict[str, set[str]] = {}
         for batch in self._scan(self._pages, ["path", "content_hash"]):
-            for p, h in zip(batch.column("path").to_pylist(), batch.column("content_hash").to_pylist()):
+            for p, h in zip(batch.column("path").to_pylist(), batch.column("content_hash").to_pylist(), strict=True):
                 out.setdefault(p, set()).add(h)
         return out
 
     def failures(self) -> list[Failure]:
         """Recorded failures not overtaken by a later indexed page, sorted by (path, page)
-        (page None for a whole-file failure)."""
+        (page None for a whole-file failure).
+
+        Returns:
+            The current failures, each with its path, one-line reason and 1-based page (None: the whole file).
+        """
         rows: dict[tuple[str, int], tuple[str, _dt.datetime]] = {}
         for batch in self._scan(self._failures, ["path", "page", "reason", "failed_at"]):
             cols = [batch.column(c).to_pylist() for c in ("path", "page", "reason", "failed_at")]
-            for p, n, reason, t in zip(*cols):
+            for p, n, reason, t in zip(*cols, strict=True):
                 rows[(p, n)] = (reason, t)
         gone = self._superseded({k: v[1] for k, v in rows.items()})
         return [Failure(p, rows[(p, n)][0], n or None) for p, n in sorted(rows) if (p, n) not in gone]
 
     def stats(self) -> IndexStats:
+        """What the index holds, counted by one scan of the pages table (``sapindex info``, summaries).
+
+        Returns:
+            Distinct files, pages, kept vectors, vectors before pruning, current failures and the
+            directory's bytes on disk.
+        """
         paths: set[str] = set()
         pages = vectors = before = 0
         for batch in self._scan(self._pages, ["path", "n_kept", "n_visual"]):
@@ -235,7 +283,11 @@ class Index:
                 yield row
 
     def methods(self) -> set[str]:
-        """The index methods of the stored rows (``sapindex.compression``): one, or none when empty."""
+        """The index methods of the stored rows (``sapindex.compression``): one, or none when empty.
+
+        Returns:
+            The set of the rows' ``method`` values (empty for an index without pages).
+        """
         out: set[str] = set()
         for batch in self.scan_pages(["method"], chunk_pages=65536):
             out.update(pc.unique(batch.column("method")).to_pylist())
@@ -244,12 +296,30 @@ class Index:
     def iter_rows(self, chunk_pages: int = DEFAULT_CHUNK_PAGES, version: int | None = None) -> Iterator[dict]:
         """Every stored row as a dict; ``positions`` int32, ``vectors`` [n_kept, dim] float32,
         ``scores`` float64 (None for pages stored without them) and ``cover`` int32 (None but for
-        merging methods). ``version``: as of that version."""
+        merging methods). ``version``: as of that version.
+
+        Args:
+            chunk_pages: Rows read per batch (the memory bound of the scan); default 1024.
+            version: The pages table version to read; None: the latest.
+
+        Yields:
+            One dict per stored row: the page columns (path, content_hash, page, grid_rows, grid_cols,
+            n_visual, n_kept, keep_ratio, method, mode, ...), with the arrays above; an index from before a
+            column reads 0 for the global grid and ``exact`` for the mode.
+        """
         return self._rows(chunk_pages=chunk_pages, version=version)
 
     def get(self, path: str, page: int) -> dict | None:
         """The stored row of ``page`` (1-based) of ``path``, as :meth:`iter_rows` gives it, or None.
-        Should an interrupted re-index have left two versions, the later indexed one."""
+        Should an interrupted re-index have left two versions, the later indexed one.
+
+        Args:
+            path: The file's path as the ``index`` run was given it.
+            page: The 1-based page number.
+
+        Returns:
+            The row as a dict (see :meth:`iter_rows`), or None when the index does not hold that page.
+        """
         rows = self._rows(f"path = {sql_str(path)} AND page = {int(page)}")
         return max(rows, key=lambda r: r["indexed_at"], default=None)
 
@@ -265,7 +335,20 @@ class Index:
                    chunk_pages: int = DEFAULT_CHUNK_PAGES) -> Iterator[pa.RecordBatch]:
         """Record batches of the pages table's ``columns`` (rows matching the SQL ``where``), as of
         ``version`` (None: the latest), so that several reads see one consistent state of an index
-        that a writer keeps committing to. A malformed ``where`` is a SapIndexError naming it."""
+        that a writer keeps committing to. A malformed ``where`` is a SapIndexError naming it.
+
+        Args:
+            columns: The pages table columns to read (``page_schema`` names).
+            where: A SQL filter on the page columns (``"page <= 3"``); None: every row.
+            version: The table version to read; None: the latest.
+            chunk_pages: Rows per record batch at most; default 1024.
+
+        Yields:
+            Arrow record batches of those columns; none for an index without pages.
+
+        Raises:
+            SapIndexError: LanceDB refuses ``where`` (the message names the filter).
+        """
         if self.version == 0:
             return
         table = self._pages

@@ -138,7 +138,15 @@ def failure_schema() -> pa.Schema:
 
 
 class Hit(NamedTuple):
-    """One ranked page of a search: its path, 1-based page and exact MaxSim score."""
+    """One ranked page of a search: its path, 1-based page and exact MaxSim score.
+
+    A named tuple, so that a hit unpacks (``path, page, score = hit``) and compares by value.
+
+    Attributes:
+        path: The file's path as the ``index`` run was given it.
+        page: The 1-based page number (1 for a single image).
+        score: The exact MaxSim of the query over the page's kept vectors (higher is better).
+    """
 
     path: str
     page: int
@@ -179,7 +187,7 @@ class KeptVectors(Protocol):
     grid: tuple[int, int]
     n_visual: int
     global_grid: tuple[int, int] | None
-    scores: np.ndarray  # [k], the SAP ranking score of each kept token
+    scores: np.ndarray | None  # [k], the SAP ranking score of each kept token (None: not known)
     cover: np.ndarray | None  # [n_visual], the row each token was merged into (merging methods)
 
 
@@ -211,9 +219,11 @@ class PageRow:
         if keep_ratio is None:
             keep_ratio = n_kept / encoded.n_visual if encoded.n_visual else 1.0
         width, height = page.size
+        rows, cols = encoded.grid
+        global_rows, global_cols = encoded.global_grid or (0, 0)
         return cls(path=page.path, content_hash=page.content_hash, page=page.page, width=width,
-                   height=height, grid=tuple(encoded.grid), n_visual=encoded.n_visual,
+                   height=height, grid=(rows, cols), n_visual=encoded.n_visual,
                    positions=encoded.positions, vectors=encoded.vectors,
                    keep_ratio=float(keep_ratio), method=method, mode=mode,
-                   global_grid=tuple(encoded.global_grid or (0, 0)), scores=encoded.scores,
+                   global_grid=(global_rows, global_cols), scores=encoded.scores,
                    cover=getattr(encoded, "cover", None))

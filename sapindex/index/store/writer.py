@@ -9,12 +9,14 @@ The write rules (identity, changed files, failures superseded by a later page) a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 
@@ -30,7 +32,15 @@ from sapindex.index.store.schema import FORMAT, FORMAT_VERSION, LOCK_FILE, META_
 
 class IndexWriter(Index):
     """A sapindex index directory locked for writing: :meth:`create_or_open`, or :meth:`open_writer`
-    for an existing one. Closing it (or leaving its ``with`` block) releases the lock."""
+    for an existing one. Closing it (or leaving its ``with`` block) releases the lock.
+
+    Args:
+        path: The index directory.
+        info: Its parsed ``sapindex.json``.
+        db: The LanceDB connection to the directory.
+        lock_fd: The descriptor of ``.lock``, flocked by this process. Made by :meth:`create_or_open`
+            and :meth:`open_writer`; not called directly.
+    """
 
     def __init__(self, path: Path, info: dict, db: Any, lock_fd: int):
         self._lock_fd: int | None = lock_fd
@@ -53,6 +63,23 @@ class IndexWriter(Index):
         path that exists but is not a sapindex index, and an index another process is writing.
         ``meta`` (JSON-serialisable) and ``vector_dtype`` are recorded at creation only; an
         existing index keeps its own.
+
+        Args:
+            path: The index directory: new, empty, or an existing index.
+            bundle_fingerprint: The bundle's fingerprint, or its ``Bundle.fingerprints``.
+            dim: The width of the vectors, positive; must equal an existing index's.
+            meta: Caller metadata recorded in ``sapindex.json`` at creation; None: empty.
+            vector_dtype: ``float16`` (default) or ``float32``, the stored vectors' type at creation.
+
+        Returns:
+            The index, locked for writing by this process until it is closed.
+
+        Raises:
+            ValueError: ``vector_dtype`` is not ``float16`` or ``float32``, ``dim`` is not positive,
+                or ``bundle_fingerprint`` is empty.
+            SapIndexError: ``path`` exists and is a file, or a non-empty directory that is not a
+                sapindex index; its ``sapindex.json`` is unreadable or of a newer format; the index
+                was built with another bundle fingerprint or dimension; another process holds its lock.
         """
         if vector_dtype not in VECTOR_DTYPES:
             raise ValueError(f"vector_dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
@@ -95,7 +122,18 @@ class IndexWriter(Index):
     @classmethod
     def open_writer(cls, path: str | os.PathLike) -> IndexWriter:
         """Lock an existing index for writing with its own fingerprint and dimension (the index
-        operations: prune's source, remove, compact); refuses a locked or missing index."""
+        operations: prune's source, remove, compact); refuses a locked or missing index.
+
+        Args:
+            path: The directory of an existing index.
+
+        Returns:
+            The index, locked for writing by this process until it is closed.
+
+        Raises:
+            SapIndexError: ``path`` holds no ``sapindex.json``, it is unreadable or of a newer format,
+                or another process holds the index's lock.
+        """
         path = Path(path)
         if not (path / META_FILE).is_file():
             raise SapIndexError(f"{path}: not a sapindex index (no {META_FILE})")
@@ -129,16 +167,14 @@ class IndexWriter(Index):
         return super()._open_table(name, schema) or self._db.create_table(name, schema=schema, exist_ok=True)
 
     def close(self) -> None:
-        """Release the writer lock."""
+        """Release the writer lock; closing again does nothing. The write methods refuse a closed writer."""
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)  # closing the descriptor drops the flock
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit the modules close needs may be gone
             self.close()
-        except Exception:
-            pass
 
     def _writable(self) -> None:
         if self._lock_fd is None:
@@ -152,11 +188,11 @@ class IndexWriter(Index):
             paths = batch.column("path").to_pylist()
             hashes = batch.column("content_hash").to_pylist()
             pages = batch.column("page").to_pylist()
-            for p, h, n in zip(paths, hashes, pages):
+            for p, h, n in zip(paths, hashes, pages, strict=True):
                 h = interned.setdefault(h, h)  # one str object per hash, not one per page
                 self._remember(p, h, n)
         for batch in self._scan(self._failures, ["path", "page", "failed_at"]):
-            for p, n, t in zip(*(batch.column(c).to_pylist() for c in ("path", "page", "failed_at"))):
+            for p, n, t in zip(*(batch.column(c).to_pylist() for c in ("path", "page", "failed_at")), strict=True):
                 self._failure_keys[(p, n)] = t
         superseded = self._superseded(self._failure_keys)
         if superseded:
@@ -219,6 +255,16 @@ class IndexWriter(Index):
         idempotent). If the index holds a path under another content hash than the batch gives
         it, that path's old rows are deleted in the same commit. Afterwards the whole-file failure
         of each path and the failures of the stored pages are cleared.
+
+        Args:
+            rows: The pages to store (``vectors [k, dim]``, ``positions [k]``, k >= 1, each).
+
+        Returns:
+            The number of rows stored (those not already in the index).
+
+        Raises:
+            SapIndexError: The writer is closed, or the index predates a column the rows need
+                (global-tile pages, fast-mode pages, merged vectors' cover).
         """
         self._writable()
         rows = list(rows)
@@ -260,7 +306,18 @@ class IndexWriter(Index):
 
     def drop_stale(self, path: str, content_hash: str) -> int:
         """Delete the rows of ``path`` stored under another content hash (the file changed);
-        return how many rows were deleted. add_pages does this itself when it gets new rows."""
+        return how many rows were deleted. add_pages does this itself when it gets new rows.
+
+        Args:
+            path: The file's path as the index holds it.
+            content_hash: The file's current sha256; rows under any other hash go.
+
+        Returns:
+            The number of rows deleted (0 when none was stale).
+
+        Raises:
+            SapIndexError: The writer is closed.
+        """
         self._writable()
         stale = self._path_hashes.get(str(path), set()) - {str(content_hash)}
         return self._delete_hashes(str(path), stale)
@@ -269,7 +326,18 @@ class IndexWriter(Index):
         """Forget the documents at each target: a path as the index run was given it, or a
         directory (every path under it). Pages go in one commit, then their failures. Returns
         target -> the paths removed; SapIndexError naming a target that matches no indexed or
-        failed path, before anything is removed."""
+        failed path, before anything is removed.
+
+        Args:
+            targets: Paths as the index holds them, or directories (every path under them).
+
+        Returns:
+            Each target, mapped to the sorted paths removed for it.
+
+        Raises:
+            SapIndexError: The writer is closed, or a target matches no indexed or failed path
+                (nothing is removed then).
+        """
         self._writable()
         known = self._path_hashes.keys() | {p for p, _ in self._failure_keys}
         matched: dict[str, list[str]] = {}
@@ -298,7 +366,17 @@ class IndexWriter(Index):
         """Record failures (:class:`~sapindex.index.records.Failure`, page None: the whole file).
 
         One commit; a failure replaces an earlier one of the same (path, page). Return how many
-        were recorded."""
+        were recorded.
+
+        Args:
+            failures: The failures to record; a reason is stored on one line.
+
+        Returns:
+            The number of distinct (path, page) failures recorded.
+
+        Raises:
+            SapIndexError: The writer is closed.
+        """
         self._writable()
         latest: dict[tuple[str, int], str] = {}
         for f in failures:
@@ -318,7 +396,15 @@ class IndexWriter(Index):
         """Merge the small fragments that many batches leave and delete the table versions older
         than ``cleanup_older_than`` (their files: what ``remove`` and re-indexed files left).
         ``sapindex compact`` runs it; a reader that is reading one of those versions that moment
-        fails its read, hence the command's default grace period."""
+        fails its read, hence the command's default grace period.
+
+        Args:
+            cleanup_older_than: The age beyond which old table versions are deleted; default 0 (every
+                version but the latest); None: LanceDB's own default.
+
+        Raises:
+            SapIndexError: The writer is closed.
+        """
         self._writable()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than")
@@ -328,9 +414,17 @@ class IndexWriter(Index):
     # ---------------------------------------------------------------- reading, from the caches
 
     def indexed_keys(self) -> set[tuple[str, int]]:
-        """Every stored (content_hash, page), for a resuming indexer's skip predicate."""
+        """Every stored (content_hash, page), for a resuming indexer's skip predicate.
+
+        Returns:
+            The ``(content_hash, page)`` key of every stored row, from the writer's cache (no scan).
+        """
         return {(h, page) for h, pages in self._pages_of.items() for page in pages}
 
     def indexed_paths(self) -> dict[str, set[str]]:
-        """path -> the content hashes stored for it (one, unless a re-index was interrupted)."""
+        """path -> the content hashes stored for it (one, unless a re-index was interrupted).
+
+        Returns:
+            Each stored path, mapped to a copy of its set of content hashes, from the writer's cache.
+        """
         return {p: set(hs) for p, hs in self._path_hashes.items()}

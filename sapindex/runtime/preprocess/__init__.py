@@ -8,11 +8,12 @@ is :class:`~sapindex.runtime.preprocess.base.Preprocessor`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from sapindex.errors import SapIndexError
 from sapindex.families import FAMILIES
-from sapindex.runtime.preprocess.base import Preprocessor
+from sapindex.runtime.preprocess.base import ManifestParams, Preprocessor
 from sapindex.runtime.preprocess.idefics3 import Idefics3Params, Idefics3Preprocessor
 from sapindex.runtime.preprocess.paligemma import PaliGemmaParams, PaliGemmaPreprocessor
 from sapindex.runtime.preprocess.qwen2_vl import Qwen2VLParams, Qwen2VLPreprocessor
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PREPROCESSORS", "Preprocessor", "preprocessor_for"]
 
-# backbone -> (params class, preprocessor class)
-PREPROCESSORS = {
+# backbone -> (params class, preprocessor class: called with those params and the tokenizer path)
+PREPROCESSORS: dict[str, tuple[type[ManifestParams], Callable[[Any, Any], Preprocessor]]] = {
     "qwen2_vl": (Qwen2VLParams, Qwen2VLPreprocessor),  # jina_v4's own prompts live in its params
     "paligemma": (PaliGemmaParams, PaliGemmaPreprocessor),  # colpali vs colpali_hf: in the params too
     "idefics3": (Idefics3Params, Idefics3Preprocessor),

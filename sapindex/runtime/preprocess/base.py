@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Protocol
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -68,7 +68,7 @@ class ManifestParams:
     pad_token_id: int
     padding_side: str
 
-    LIST_FIELDS = ("image_mean", "image_std")
+    LIST_FIELDS: ClassVar[tuple[str, ...]] = ("image_mean", "image_std")
 
     def __post_init__(self):
         object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
@@ -105,8 +105,10 @@ class ManifestParams:
 class Preprocessor(Protocol):
     """A backbone's ``process_images`` / ``process_queries``, torch-free: what the runtime calls."""
 
-    params: ManifestParams
-    """The bundle manifest's ``preprocessing`` entry, parsed: every number the processor reads."""
+    @property  # read-only, so a backbone's own params class (a subclass) meets it
+    def params(self) -> ManifestParams:
+        """The bundle manifest's ``preprocessing`` entry, parsed: every number the processor reads."""
+
     image_token_id: int
     """Id of the ``<image>`` token: the sequence positions that hold visual tokens."""
 
@@ -195,12 +197,18 @@ def visual_positions(ids: np.ndarray, image_token_id: int, layout: TokenLayout) 
     return positions
 
 
-class PreprocessorBase:
+P = TypeVar("P", bound=ManifestParams)
+
+
+class PreprocessorBase(Generic[P]):
     """What every backbone's preprocessor does the same way, so a backbone writes only its own
     steps: the bundle tokenizer, padding as the processor pads, the params' resampler and
-    normalisation, image-token positions and the text-only image features of queries."""
+    normalisation, image-token positions and the text-only image features of queries. Generic in
+    its params, so each backbone's fields are typed where it reads them."""
 
-    def __init__(self, params: ManifestParams, tokenizer_path):
+    image_token_id: int  # set by each backbone from its params' image token
+
+    def __init__(self, params: P, tokenizer_path):
         self.params = params
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.tokenizer_path = tokenizer_path

@@ -163,7 +163,7 @@ def tile_grid_from_ids(ids: np.ndarray, image_token_id: int, row_col_ids: Mappin
     return rows, cols
 
 
-class Idefics3Preprocessor(PreprocessorBase):
+class Idefics3Preprocessor(PreprocessorBase[Idefics3Params]):
     """``process_images`` / ``process_queries`` of colpali-engine's ``ColIdefics3Processor``, torch-free."""
 
     def __init__(self, params: Idefics3Params, tokenizer_path):

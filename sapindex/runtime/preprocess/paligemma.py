@@ -90,7 +90,7 @@ class PaliGemmaParams(ManifestParams):
         return math.isqrt(self.image_seq_length)
 
 
-class PaliGemmaPreprocessor(PreprocessorBase):
+class PaliGemmaPreprocessor(PreprocessorBase[PaliGemmaParams]):
     """``process_images`` / ``process_queries`` of the ColPali processors, torch-free."""
 
     def __init__(self, params: PaliGemmaParams, tokenizer_path):

@@ -103,7 +103,7 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
     return h_bar, w_bar
 
 
-class Qwen2VLPreprocessor(PreprocessorBase):
+class Qwen2VLPreprocessor(PreprocessorBase[Qwen2VLParams]):
     """``process_images`` / ``process_queries`` of colpali-engine's Qwen2-VL processors, torch-free."""
 
     def __init__(self, params: Qwen2VLParams, tokenizer_path):
@@ -146,7 +146,7 @@ class Qwen2VLPreprocessor(PreprocessorBase):
         raster order) and the ``rows x cols`` grid of merged patches they cover."""
         m = self.params.merge_size
         out = []
-        for ids, (_t, gh, gw) in zip(batch["input_ids"], batch["image_grid_thw"]):
+        for ids, (_t, gh, gw) in zip(batch["input_ids"], batch["image_grid_thw"], strict=True):
             layout = TokenLayout.raster(int(gh) // m, int(gw) // m)
             out.append((self.positions(ids, layout), layout))
         return out

@@ -52,7 +52,7 @@ def test_hook_centrality_equals_output_attentions(adapter):
             in_degree = attn[b][:, vis][:, :, vis].sum(dim=1).mean(dim=0)  # [V]: visual rows -> visual columns
             np.testing.assert_allclose(page.centrality[row], in_degree.numpy(), rtol=1e-5, atol=1e-6)
     layouts = adapter.page_layouts(inputs)
-    for b, (page, layout) in enumerate(zip(encoded, layouts)):
+    for b, (page, layout) in enumerate(zip(encoded, layouts, strict=True)):
         assert page.centrality.shape == (3, layout.n_tokens) and page.grid == layout.grid
         np.testing.assert_allclose(page.embeddings, emb[b][visual[b]].numpy(), atol=1e-6)
     assert [layout.n_tokens for layout in layouts] == [160, 112, 160]

@@ -60,7 +60,7 @@ def test_pages_match_processor(colpali_adapters, runtimes, name):
     assert diff.max() <= (TORCHVISION_MAX_LEVELS + 1e-3) / 255 / std, diff.max() * 255 * std
     assert (diff > 0.5 / 255 / std).mean() < 0.01
     assert diff[5].max() <= 1e-6  # already 112 px: no resampling, only float32 rounding differs
-    for (positions, layout), ids in zip(runtime.layouts(got), ref["input_ids"]):
+    for (positions, layout), ids in zip(runtime.layouts(got), ref["input_ids"], strict=True):
         assert layout.grid == runtime.visual_grid(300, 40) == (8, 8)
         assert layout == TokenLayout.raster(8, 8)  # sequence order is raster order, no global grid
         np.testing.assert_array_equal(positions, np.flatnonzero(ids == processor.image_token_id))

@@ -62,7 +62,7 @@ def _reference(path, inputs, task="retrieval"):
             base["visual." + key[len("model.visual."):]] = value
         elif key.startswith("model.language_model."):
             base["language_model." + key[len("model.language_model."):]] = value
-    missing, unexpected = model.load_state_dict(base, strict=False)
+    missing, unexpected = model.load_state_dict(base, strict=True)
     assert not unexpected and all(k.endswith("inv_freq") for k in missing)
     projector = torch.nn.Linear(weights["multi_vector_projector.weight"].shape[1], 128)
     projector.load_state_dict({"weight": weights["multi_vector_projector.weight"],
@@ -86,7 +86,7 @@ def _reference(path, inputs, task="retrieval"):
             kwargs = dict(inputs)
             if "pixel_values" in kwargs:  # colpali pads pixel_values per image; the model wants them concatenated
                 n = (kwargs["image_grid_thw"][:, 1] * kwargs["image_grid_thw"][:, 2]).tolist()
-                kwargs["pixel_values"] = torch.cat([pv[:k] for pv, k in zip(kwargs["pixel_values"], n)])
+                kwargs["pixel_values"] = torch.cat([pv[:k] for pv, k in zip(kwargs["pixel_values"], n, strict=True)])
             hidden = model(**kwargs, use_cache=False).last_hidden_state  # [B, S, hidden]
             emb = torch.nn.functional.normalize(projector(hidden), dim=-1)  # [B, S, 128]
             return emb * inputs["attention_mask"].unsqueeze(-1)
@@ -137,7 +137,7 @@ def test_checkpoint_layouts_give_the_same_vectors(jina_adapter, tmp_path, config
     other = load_adapter(build_tiny_jina(tmp_path / "other", config_layout, key_layout))
     assert other.info.family.name == "jina_v4"
     queries = other.encode_queries(QUERIES)
-    for ours, theirs in zip(jina_adapter.encode_queries(QUERIES), queries):
+    for ours, theirs in zip(jina_adapter.encode_queries(QUERIES), queries, strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 

@@ -80,7 +80,8 @@ def test_smart_resize_matches_transformers():
     sizes = [(1, 1), (1, 200), (200, 1), (3, 599), (28, 28), (27, 29), (14, 14), (2480, 3508), (3508, 2480),
              (10000, 50), (50, 10000), (700, 140000), (42, 42), (56, 56), (41, 43)]
     sizes += [tuple(int(v) for v in rng.integers(1, 5000, 2)) for _ in range(300)]
-    sizes += [(h, max(1, h // int(r))) for h, r in zip(rng.integers(200, 20000, 100), rng.integers(2, 200, 100))]
+    sizes += [(h, max(1, h // int(r)))
+              for h, r in zip(rng.integers(200, 20000, 100), rng.integers(2, 200, 100), strict=True)]
     budgets = [(56 * 56, 28 * 28 * 1280), (4 * 784, 64 * 784), (784, 768 * 784), (100352, 602112)]
     for h, w in sizes:
         for lo, hi in budgets:
@@ -167,7 +168,7 @@ def test_layouts(processors, family):
     pages = _pages()
     batch = runtime.pages(pages)
     ref_mask = colpali.get_image_mask(colpali.process_images(pages)).numpy()
-    for i, (page, (positions, layout)) in enumerate(zip(pages, runtime.layouts(batch))):
+    for i, (page, (positions, layout)) in enumerate(zip(pages, runtime.layouts(batch), strict=True)):
         rows, cols = layout.grid
         assert layout == TokenLayout.raster(rows, cols)  # sequence order is raster order, no global grid
         assert (rows, cols) == runtime.visual_grid(page.height, page.width)
