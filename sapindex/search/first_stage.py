@@ -250,6 +250,9 @@ def build(index, seed: int = 0, progress: Progress | None = None, pq_bytes: int 
     tokens = faiss.index_factory(index.dim, f"IVF{n_lists}_HNSW{HNSW_LINKS},PQ{2 * pq_bytes}x4fs",
                                  faiss.METRIC_INNER_PRODUCT)
     tokens.cp.seed = seed
+    # a small index trains on fewer vectors than faiss's rule of thumb (39 a centroid): its warning, once per
+    # sub-quantiser, would flood the terminal; sample_size already decides how many vectors training gets
+    tokens.cp.min_points_per_centroid = tokens.pq.cp.min_points_per_centroid = 1
     tokens.by_residual = True  # faiss's fast-scan default codes the raw vector; its residual is finer
     tokens.train(sample)
     del sample
