@@ -4,7 +4,8 @@ Usage: python bench/run_all.py [--quick] [--only SCRIPT[,SCRIPT]] [--ship]
   --quick: smaller sizes, for a smoke run; --only: rerun just those scripts' sections and keep the
   others as they are in the file; --ship: micro_model.py ships the checkpoint and its bundle as the
   built-in default (its own --ship), so a new model's numbers and its shipped bundle come from one run.
-Each section records the exact command and its date, and the file header records the machine.
+Each section records the exact command and its date, and the file header records the machine. Sections
+no script regenerates (measured by hand with several commands, or of a retired script) are kept as written.
 """
 
 from __future__ import annotations
@@ -71,17 +72,6 @@ SECTIONS = [
      ["--text-layers", "2", "--vision-blocks", "2", "--pages", "1", "--rounds", "1"],
      "Each variant in a fresh process on the same bundle and pages, alternating over rounds; sapindex's "
      "sessions use the last row (sapindex.runtime.session.SESSION_CONFIG and CPU_MEM_ARENA)."),
-    ("Fused attention outside the SAP window (ONNX Runtime MultiHeadAttention)",
-     ["fused_attention.py", "--family", "colqwen2", "--text-layers", "8", "--vision-blocks", "8"],
-     ["--text-layers", "2", "--vision-blocks", "2", "--pages", "1", "--rounds", "1"],
-     "onnxscript's ORT fusions applied to a copy of the exported bundle (attention outside the window "
-     "becomes MultiHeadAttention; norms, rotary and GELU fused too), timed against the bundle as exported."),
-    ("Vision attention at real width: the graph's form now vs before, against PyTorch",
-     ["vision_attention.py", "--families", "colqwen2,colqwen2_5", "--vision-blocks", "8"],
-     ["--families", "colqwen2_5", "--vision-blocks", "2", "--rounds", "1"],
-     "The vision graph alone, exported from this checkout's VisionGraph and from the mask form it replaced "
-     "(git revision in the header), one real page, in one process with colpali-engine's vision tower in eager "
-     "and sdpa attention on the same weights. ColQwen2.5's 8 blocks keep its proportion of windowed blocks (7 of 8)."),
     ("int8 quantization memory: ONNX Runtime's single pass vs sapindex's passes",
      ["quantize_memory.py", "--layers", "16"], ["--layers", "2", "--width", "256", "--mlp", "512"],
      "A synthetic stack of transformer-like layers at Qwen2-VL-2B's text width, written as an export writes it; "
@@ -145,7 +135,7 @@ def main() -> None:
     unknown = only - {script[0] for _, script, _, _ in SECTIONS}
     if unknown:
         sys.exit(f"--only: no section runs {', '.join(sorted(unknown))}")
-    kept = _sections(Path(args.out)) if only else {}
+    kept = _sections(Path(args.out))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     parts = [
         "# Benchmark results",
@@ -175,6 +165,8 @@ def main() -> None:
                   f"- {note}", ""]
         for line in body:
             parts.append(line if line.startswith("|") else ("\n" + line.lstrip("# ").replace("### ", "") + "\n"))
+    titles = {title for title, _, _, _ in SECTIONS}
+    parts += [f"\n{text}" for title, text in kept.items() if title not in titles]  # written by hand, or retired
     Path(args.out).write_text("\n".join(parts).replace("\n\n\n", "\n\n") + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
