@@ -24,7 +24,7 @@ def describe(path: str | Path) -> tuple[str, dict]:
                              "vector_dtype": idx.vector_dtype, "mode": idx.meta.get("mode", "exact"),
                              "method": ", ".join(sorted(idx.methods())) or None,
                              "meta": idx.meta, **idx.stats().to_dict(),
-                             "version": idx.version, "sap_scores": "scores" in idx._page_columns(),
+                             "version": idx.version, "sap_scores": "scores" in idx.page_columns(),
                              "first_stage": {"outdated": True} if outdated(path) else load_info(path),
                              "failure_list": [str(f) for f in idx.failures()]}
     from sapindex.runtime.bundle import Bundle

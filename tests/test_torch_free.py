@@ -12,7 +12,8 @@ import pytest
 HEAVY = ("torch", "transformers", "colpali_engine", "torchvision")
 # every module of these packages, walked
 TORCH_FREE_PACKAGES = ("sapindex.runtime", "sapindex.index", "sapindex.search", "sapindex.serve", "sapindex.eval",
-                       "sapindex.benchdata", "sapindex.cli", "sapindex.cluster", "sapindex.compression")
+                       "sapindex.benchdata", "sapindex.cli", "sapindex.cluster", "sapindex.compression",
+                       "sapindex.engines")
 # single modules (their packages hold torch code too)
 TORCH_FREE_MODULES = ("sapindex", "sapindex.sap", "sapindex.families", "sapindex.formats", "sapindex.errors",
                       "sapindex.fingerprint", "sapindex.artifacts", "sapindex.testing.toy_pages",

@@ -33,3 +33,14 @@ def base_model_option(help: str = "Local base of a LoRA adapter."):
 def keep_ratio_option(help: str = "Fraction of visual tokens kept per page."):
     """``--keep-ratio``: the SAP operating point, by default the paper's."""
     return click.option("--keep-ratio", default=DEFAULT_KEEP_RATIO, show_default=True, help=help)
+
+
+def qdrant_options(required: bool):
+    """``--qdrant``, ``--collection``, ``--api-key-file``: where a Qdrant collection lives."""
+    def decorate(fn):
+        fn = click.option("--api-key-file", type=click.Path(path_type=Path), default=None,
+                          help="File holding the Qdrant cluster's API key (one line); TLS is the URL's (https).")(fn)
+        fn = click.option("--collection", required=required, default=None, help="The Qdrant collection.")(fn)
+        return click.option("--qdrant", required=required, default=None, metavar="URL|DIR",
+                            help="A Qdrant server URL, or a directory for Qdrant's local mode.")(fn)
+    return decorate

@@ -13,6 +13,11 @@ from collections.abc import Iterable
 import click
 
 
+def warn(message: str) -> None:
+    """``warning: <message>`` on stderr: one line, the command goes on."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def kv_table(rows: Iterable[tuple[str, object]], width: int) -> None:
     """Print ``key value`` lines with the keys left-aligned in ``width`` columns."""
     for key, value in rows:

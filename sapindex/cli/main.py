@@ -20,6 +20,7 @@ from sapindex import __version__
 from sapindex.cli.calibrate import calibrate
 from sapindex.cli.compact import compact
 from sapindex.cli.demo import demo
+from sapindex.cli.dump import dump
 from sapindex.cli.eval import eval_command
 from sapindex.cli.export import export
 from sapindex.cli.index import index
@@ -27,6 +28,7 @@ from sapindex.cli.info import info
 from sapindex.cli.inspect import inspect
 from sapindex.cli.optimize import optimize
 from sapindex.cli.prune import prune
+from sapindex.cli.push import push
 from sapindex.cli.remove import remove
 from sapindex.cli.search import search
 from sapindex.cli.serve import serve
@@ -45,8 +47,8 @@ def cli() -> None:
     """
 
 
-for command in (calibrate, info, export, index, search, serve, optimize, prune, remove, compact, eval_command,
-                inspect, demo):
+for command in (calibrate, info, export, index, search, serve, optimize, prune, remove, compact, push, dump,
+                eval_command, inspect, demo):
     cli.add_command(command)
 
 

@@ -54,7 +54,7 @@ def _check_ratio(src: Index, version: int, keep_ratio: float) -> int:
     if merged:
         raise SapIndexError(f"{src.path}: a {', '.join(sorted(merged))} index cannot be pruned (its vectors are merged "
                             "or budgeted per page, not SAP's ranked tokens); index again at the lower --keep-ratio")
-    if "scores" not in src._page_columns():
+    if "scores" not in src.page_columns():
         raise SapIndexError(f"{src.path}: this index predates stored SAP scores (no scores column); "
                             "re-index the documents to prune, or index them again at the lower ratio")
     pages = 0

@@ -42,21 +42,98 @@ DEPTH = 512
 def open_encoder(index: Index, bundle_path: str | Path | None = None, device: str = "cpu",
                  threads: int | None = None) -> Encoder:
     """A query encoder for ``index``: its own bundle (or ``bundle_path``), checked by fingerprint."""
-    path = bundle_path or index.meta.get("bundle_path")
+    return query_encoder(str(index.path), "the index", index.bundle_fingerprint, index.meta, bundle_path, device,
+                         threads)
+
+
+def query_encoder(where: str, owner: str, fingerprint: str, meta: dict, bundle_path: str | Path | None = None,
+                  device: str = "cpu", threads: int | None = None) -> Encoder:
+    """A query encoder for vectors of bundle ``fingerprint`` that ``owner`` at ``where`` stores (the index at
+    its path, a collection at a Qdrant URL), as messages name them.
+
+    ``meta`` is what the owner records of its bundle (``bundle_path``, ``builtin``); ``bundle_path``
+    overrides it. The bundle is refused unless it has the owner's fingerprint.
+    """
+    path = bundle_path or meta.get("bundle_path")
     if not path:
-        raise SapIndexError(f"{index.path}: the index does not record its bundle; pass --bundle")
-    if bundle_path is None and index.meta.get("builtin") and not Path(path).exists():
+        raise SapIndexError(f"{where}: {owner} does not record its bundle; pass --bundle")
+    if bundle_path is None and meta.get("builtin") and not Path(path).exists():
         path = default_bundle_path()  # built with the shipped model, since moved (another install)
     bundle = Bundle.open(path, verify=False)
-    if index.bundle_fingerprint not in bundle.fingerprints:
+    if fingerprint not in bundle.fingerprints:
         raise SapIndexError(
-            f"{path}: bundle fingerprint {bundle.fingerprint[:12]} differs from the index's "
-            f"{index.bundle_fingerprint[:12]}; search with the bundle the index was built with")
+            f"{path}: bundle fingerprint {bundle.fingerprint[:12]} differs from {owner}'s "
+            f"{fingerprint[:12]}; search with the bundle the vectors were made with")
     # queries never need the vision graph; no spinning: the MaxSim scoring right after needs the cores
     return Encoder(bundle, device=device, threads=threads, graphs=("text",), spinning=False)
 
 
-class Searcher:
+class QueryEncoding:
+    """Queries checked and encoded by a bundle's text graph: what every searcher shares (this
+    index's :class:`Searcher`, a search engine's :class:`~sapindex.engines.qdrant.QdrantSearcher`).
+
+    Attributes:
+        encoder (Encoder): The query encoder.
+        max_query_tokens (int): Queries longer than this many tokens are refused.
+    """
+
+    encoder: Encoder
+    max_query_tokens: int
+
+    def __init__(self, encoder: Encoder, max_query_tokens: int = MAX_QUERY_TOKENS):
+        self.encoder = encoder
+        self.max_query_tokens = max_query_tokens
+        self._encode_lock = threading.Lock()
+
+    def check_queries(self, queries: Sequence[str], names: Sequence[str] | None = None) -> None:
+        """SapIndexError naming the first query that is not a non-empty string within
+        :attr:`max_query_tokens` tokens (``names[i]`` says where query ``i`` came from).
+
+        Args:
+            queries: The queries to check.
+            names: What each query is called in the error, one per query; None: ``query 1``,
+                ``query 2``, ...
+
+        Raises:
+            SapIndexError: ``queries`` is empty, a query is not a string or is blank, or a query has
+                more tokens than ``max_query_tokens``.
+            ValueError: ``names`` has another length than ``queries``.
+        """
+        names = list(names) if names is not None else [f"query {i + 1}" for i in range(len(queries))]
+        if not queries:
+            raise SapIndexError("no queries")
+        for name, q in zip(names, queries, strict=True):
+            if not isinstance(q, str) or not q.strip():
+                raise SapIndexError(f"{name}: empty query")
+        lengths = self.encoder.query_lengths(list(queries))
+        for name, n in zip(names, lengths, strict=True):
+            if n > self.max_query_tokens:
+                raise SapIndexError(f"{name}: {n} tokens, the limit is {self.max_query_tokens}; shorten the query")
+
+    def encode(self, queries: Sequence[str], names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """``[M, dim]`` float32 per query (checked first, by :meth:`check_queries` with ``names``),
+        a batch of :data:`QUERY_BATCH` per call.
+
+        Args:
+            queries: The queries to encode.
+            names: What each query is called in an error (see :meth:`check_queries`).
+
+        Returns:
+            One ``[M, dim]`` array per query, in input order (``M``: its tokens).
+
+        Raises:
+            SapIndexError: A query is refused (see :meth:`check_queries`).
+            ValueError: ``names`` has another length than ``queries``.
+        """
+        queries = list(queries)
+        self.check_queries(queries, names)
+        out: list[np.ndarray] = []
+        for i in range(0, len(queries), QUERY_BATCH):
+            with self._encode_lock:
+                out.extend(self.encoder.encode_queries(queries[i:i + QUERY_BATCH]))
+        return out
+
+class Searcher(QueryEncoding):
     """Search one index with its bundle's query encoder; both stay loaded.
 
     >>> with Searcher.open("my-index") as s:
@@ -92,11 +169,9 @@ class Searcher:
     def __init__(self, index: Index, encoder: Encoder, *, max_query_tokens: int = MAX_QUERY_TOKENS,
                  two_stage_min_pages: int = TWO_STAGE_MIN_PAGES, nprobe: int = NPROBE, kprime: int = KPRIME,
                  depth: int = DEPTH):
+        super().__init__(encoder, max_query_tokens)
         self.index = index
-        self.encoder = encoder
-        self.max_query_tokens = max_query_tokens
         self.two_stage_min_pages, self.nprobe, self.kprime, self.depth = two_stage_min_pages, nprobe, kprime, depth
-        self._encode_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._view = self._open_view()
 
@@ -245,54 +320,6 @@ class Searcher:
         return out
 
     # ------------------------------------------------------------------ queries
-
-    def check_queries(self, queries: Sequence[str], names: Sequence[str] | None = None) -> None:
-        """SapIndexError naming the first query that is not a non-empty string within
-        :attr:`max_query_tokens` tokens (``names[i]`` says where query ``i`` came from).
-
-        Args:
-            queries: The queries to check.
-            names: What each query is called in the error, one per query; None: ``query 1``,
-                ``query 2``, ...
-
-        Raises:
-            SapIndexError: ``queries`` is empty, a query is not a string or is blank, or a query has
-                more tokens than ``max_query_tokens``.
-            ValueError: ``names`` has another length than ``queries``.
-        """
-        names = list(names) if names is not None else [f"query {i + 1}" for i in range(len(queries))]
-        if not queries:
-            raise SapIndexError("no queries")
-        for name, q in zip(names, queries, strict=True):
-            if not isinstance(q, str) or not q.strip():
-                raise SapIndexError(f"{name}: empty query")
-        lengths = self.encoder.query_lengths(list(queries))
-        for name, n in zip(names, lengths, strict=True):
-            if n > self.max_query_tokens:
-                raise SapIndexError(f"{name}: {n} tokens, the limit is {self.max_query_tokens}; shorten the query")
-
-    def encode(self, queries: Sequence[str], names: Sequence[str] | None = None) -> list[np.ndarray]:
-        """``[M, dim]`` float32 per query (checked first, by :meth:`check_queries` with ``names``),
-        a batch of :data:`QUERY_BATCH` per call.
-
-        Args:
-            queries: The queries to encode.
-            names: What each query is called in an error (see :meth:`check_queries`).
-
-        Returns:
-            One ``[M, dim]`` array per query, in input order (``M``: its tokens).
-
-        Raises:
-            SapIndexError: A query is refused (see :meth:`check_queries`).
-            ValueError: ``names`` has another length than ``queries``.
-        """
-        queries = list(queries)
-        self.check_queries(queries, names)
-        out: list[np.ndarray] = []
-        for i in range(0, len(queries), QUERY_BATCH):
-            with self._encode_lock:
-                out.extend(self.encoder.encode_queries(queries[i:i + QUERY_BATCH]))
-        return out
 
     def search(self, query: str, k: int = 10, *, where: str | None = None, path_prefix: str | None = None,
                exact: bool = False) -> list[Hit]:

@@ -107,7 +107,7 @@ def test_prune_refusals(tmp_path, monkeypatch):
     synthetic(tmp_path / "old", 4)
     monkeypatch.undo()
     with Index.open(tmp_path / "old") as old:  # an index from before the column: searched as before
-        assert "scores" not in old._page_columns() and len(search_index(old, np.ones((1, DIM)), k=10)) == 4
+        assert "scores" not in old.page_columns() and len(search_index(old, np.ones((1, DIM)), k=10)) == 4
         assert all(r["scores"] is None for r in old.iter_rows())
     with pytest.raises(SapIndexError, match="predates stored SAP scores"):
         prune_index(tmp_path / "old", tmp_path / "out", 0.1)

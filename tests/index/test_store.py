@@ -358,7 +358,7 @@ def test_an_index_without_the_global_grid_columns_still_opens(tmp_path, monkeypa
         with IndexWriter.create_or_open(path, "fp-A", DIM) as idx:
             idx.add_pages([make_row("/d/a.pdf", h(1), 1, 4, 1)])
     with Index.open(path) as idx:
-        assert "global_rows" not in idx._page_columns()
+        assert "global_rows" not in idx.page_columns()
         (row,) = list(idx.iter_rows())
         assert (row["grid_rows"], row["global_rows"], row["global_cols"]) == (8, 0, 0)
         assert search_index(idx, row["vectors"][:1], k=1)[0].path == "/d/a.pdf"

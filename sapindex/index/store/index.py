@@ -196,8 +196,13 @@ class Index:
                 out.add((p, n))
         return out
 
-    def _page_columns(self) -> set[str]:
-        """Column names of the pages table as stored (older indexes lack the global-grid ones)."""
+    def page_columns(self) -> set[str]:
+        """Column names of the pages table as stored: an index from before a column lacks it
+        (the global grid, mode, scores, cover), and readers of it check here first.
+
+        Returns:
+            The stored column names (the current schema's for an index without pages yet).
+        """
         if self._pages is None:
             return set(page_schema(self.dim, self.vector_dtype).names)
         return set(self._pages.schema.names)
@@ -262,7 +267,7 @@ class Index:
 
     def _rows(self, where: str | None = None, chunk_pages: int = DEFAULT_CHUNK_PAGES,
               version: int | None = None) -> Iterator[dict]:
-        stored = self._page_columns()
+        stored = self.page_columns()
         names = [c for c in page_schema(self.dim, self.vector_dtype).names if c in stored]
         for batch in self.scan_pages(names, where, version, chunk_pages):
             vecs, voff = vectors_from_list(batch.column("vectors"), self.dim)

@@ -234,7 +234,7 @@ class IndexWriter(Index):
 
     def _page_table(self, rows: list[PageRow], now: _dt.datetime) -> pa.Table:
         table = page_table(rows, self.dim, self.vector_dtype, self.bundle_fingerprint, now)
-        missing = [name for name in table.schema.names if name not in self._page_columns()]
+        missing = [name for name in table.schema.names if name not in self.page_columns()]
         if missing:  # an index from before these columns: store what it has, refuse what it cannot hold
             if any(tuple(r.global_grid) != (0, 0) for r in rows):
                 raise SapIndexError(f"{self.path}: this index predates global-tile pages (no {', '.join(missing)} "
