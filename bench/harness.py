@@ -106,8 +106,8 @@ def page_rates(encoder, adapter, images, batch_size: int, repeats: int) -> tuple
 # ---------------------------------------------------------------------------------------------- models and data
 
 
-def build_bundle(work: Path, family: str, text_layers: int, vision_blocks: int) -> Path:
-    """A random-weight ``family`` checkpoint at real width, calibrated on 2 toy pairs and exported."""
+def build_bundle(work: Path, family: str, text_layers: int, vision_blocks: int, dtype: str = "fp32") -> Path:
+    """A random-weight ``family`` checkpoint at real width, calibrated on 2 toy pairs and exported as ``dtype``."""
     from sapindex.exporter.export import ExportConfig, export_bundle
     from sapindex.testing.pipeline import calibrate
     from sapindex.testing.real_size import build_real_size
@@ -115,7 +115,8 @@ def build_bundle(work: Path, family: str, text_layers: int, vision_blocks: int) 
 
     model = build_real_size(work / "model", family, text_layers, vision_blocks)
     _, calibration, _ = calibrate(model, write_pairs(work / "pairs", n=2), work / "calib")
-    export_bundle(ExportConfig(model=str(model), calibration=str(calibration), out=str(work / "bundle.sap")))
+    export_bundle(ExportConfig(model=str(model), calibration=str(calibration), out=str(work / "bundle.sap"),
+                               dtype=dtype))
     return work / "bundle.sap"
 
 

@@ -15,10 +15,19 @@ transformers. The torch side (``sapindex.calibration``, ``sapindex.exporter``,
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# Nothing phones home, air-gapped or not (set before any of these libraries starts; a user's own value
+# wins): ONNX Runtime >= 1.29 sends usage telemetry from Linux too unless ORT_DISABLE_TELEMETRY is set
+# before it initialises; Ray reports usage statistics of a cluster it starts; huggingface_hub (pulled
+# in by tokenizers) has its own switch. tests/test_offline.py watches every lookup of a host name.
+TELEMETRY_OFF = {"ORT_DISABLE_TELEMETRY": "1", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+for _name, _value in TELEMETRY_OFF.items():
+    os.environ.setdefault(_name, _value)
 
 # public name -> the module that defines it
 _API = {
