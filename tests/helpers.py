@@ -1,7 +1,13 @@
 """Helpers that several test modules share (importable: pyproject puts tests/ on the path)."""
 
+import json
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 
@@ -157,3 +163,67 @@ def only_failure(items):
     assert len(items) == 1 and isinstance(items[0], Failure), items
     assert "\n" not in items[0].reason
     return items[0]
+
+
+# -- a real `sapindex serve` process (tests/serve) ---------------------------------------------------------
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, index: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "sapindex.cli", "serve", str(index), "--port",
+                                      str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stderr.read()}")
+            try:
+                self.call("GET", "/health", token=TOKEN)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("server did not start")
+
+    def call(self, method: str, route: str, body=None, *, raw: bytes | None = None, token: str | None = None,
+             content_type: str | None = "application/json") -> tuple[int, dict]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + route, data=data, method=method)
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def get_raw(self, route: str) -> tuple[int, str, bytes]:
+        status, headers, body = self.fetch(route)
+        return status, headers.get("content-type", ""), body
+
+    def fetch(self, route: str, token: str | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+        """GET ``route``: status, headers (lower-case names) and body, whatever the status."""
+        sent = dict(headers or {})
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.url + route, headers=sent)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

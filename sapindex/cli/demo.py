@@ -60,6 +60,7 @@ def demo(out_dir, keep_ratio, pipeline, family):
         top = results[0][0]
         row = searcher.index.get(top.path, top.page)
     _draw_kept(out_dir, top.path, row)
+    click.echo(f"next       sapindex serve {out_dir / 'index'}   then open http://127.0.0.1:8000/ (the search page)")
 
 
 def _draw_kept(out_dir: Path, page_path: str, row: dict) -> None:

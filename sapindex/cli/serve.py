@@ -48,7 +48,8 @@ def _read_token(path: Path) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads (default: all cores).")
 @device_option()
 def serve(index_dir, bundle, host, port, token_file, threads, device):
-    """Serve an index over HTTP: POST /search, POST /search/batch, GET /health, GET /stats.
+    """Serve an index over HTTP: the search page at GET / (open it in a browser), and POST /search,
+    POST /search/batch, GET /explain, GET /page, GET /health, GET /stats.
 
     The bundle and the index's kept vectors are loaded once; pages that an `index` run adds
     meanwhile become searchable without a restart.
@@ -78,6 +79,7 @@ def serve(index_dir, bundle, host, port, token_file, threads, device):
     searcher = Searcher.open(index_dir, bundle, device, threads)
     stats = searcher.stats()
     click.echo(f"serving {index_dir} ({stats['pages']} pages, version {stats['version']}) on "
-               f"http://{host}:{port}{' with a bearer token' if token else ''}", err=True)
+               f"http://{host}:{port}/{' with a bearer token' if token else ''} (open it in a browser to search)",
+               err=True)
     with searcher:
         uvicorn.run(create_app(searcher, token), host=host, port=port, log_level="warning", access_log=False)

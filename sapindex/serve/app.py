@@ -9,16 +9,24 @@ JSON. An unexpected exception in one request answers 500 with its one-line reaso
 service running. Sync routes run in the server's thread pool, so slow requests do not block
 ``/health``; the searcher is thread-safe. Concurrent ``/search`` requests are answered in batches
 (:mod:`sapindex.search.batching`): one text-graph call and one search for those that wait together.
+
+The search page: ``GET /`` and its script and style (``/ui/app.js``, ``/ui/app.css``, shipped in
+``sapindex/assets/ui/``) need no token, they hold no data; everything they ask for does
+(``/search``, ``/stats``, ``/explain``, the thumbnails of ``/page`` and the files of ``/file``:
+:mod:`sapindex.serve.pages`). Every response carries a Content-Security-Policy that allows only the
+service's own origin (and ``blob:`` images, the thumbnails the page fetched with its token), and
+``X-Content-Type-Options: nosniff``.
 """
 
 from __future__ import annotations
 
 import hmac
 import time
+from importlib import resources
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sapindex import __version__
@@ -26,7 +34,16 @@ from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit
 from sapindex.search import Searcher, explain
 from sapindex.search.batching import QueryBatcher
+from sapindex.serve.pages import PageImages
 from sapindex.serve.requests import MAX_BATCH, MAX_K, BatchRequest, SearchRequest
+
+UI_FILES = {"app.js": "text/javascript", "app.css": "text/css"}  # what /ui/ serves, nothing else
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class _Refused(Exception):
@@ -71,9 +88,17 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
 
     # strict_content_type=False: a JSON body is read as JSON whatever Content-Type the client sent
     # (curl -d sends form-encoded), rather than refused as "not an object"
-    app = FastAPI(title="sapindex", version=__version__, dependencies=[Depends(authorized)],
-                  strict_content_type=False, description="Exact MaxSim search over a SAP-pruned index.")
+    app = FastAPI(title="sapindex", version=__version__, strict_content_type=False,
+                  description="Exact MaxSim search over a SAP-pruned index.")
+    api = APIRouter(dependencies=[Depends(authorized)])  # every route but the page itself
     batcher = app.state.batcher = QueryBatcher(searcher)  # concurrent /search requests share a batch
+    images = PageImages(searcher.index)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.exception_handler(_Refused)
     def refused(_request, exc: _Refused):
@@ -103,18 +128,29 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         """How the hits were found: "exact" (every page scored) or "two-stage" (candidates rescored exactly)."""
         return "two-stage" if searcher.two_stage(exact) else "exact"
 
-    @app.get("/health")
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        """The search page (no token needed: it holds no data, and asks for the token when the service has one)."""
+        return Response(_ui("index.html"), media_type="text/html; charset=utf-8")
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    def ui(name: str) -> Response:
+        if name not in UI_FILES:
+            raise _Refused(404, f"no /ui/{name}")
+        return Response(_ui(name), media_type=UI_FILES[name], headers={"Cache-Control": "no-cache"})
+
+    @api.get("/health")
     def health() -> dict:
         """Liveness: the service answers, and the index version it searches."""
         return {"status": "ok", "version": searcher.index.version}
 
-    @app.get("/stats")
+    @api.get("/stats")
     def stats() -> dict:
         """Pages, vectors and index version as searched now, and the bundle."""
         return {**searcher.stats(), "batching": batcher.stats(),
                 "limits": {"k": MAX_K, "batch": MAX_BATCH, "query_tokens": searcher.max_query_tokens}}
 
-    @app.post("/search")
+    @api.post("/search")
     def search(body: SearchRequest) -> dict:
         """The ``k`` best pages for one query: ``{"hits": [{rank, path, page, score}], ...}``."""
         started = time.perf_counter()
@@ -122,7 +158,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         return {"hits": _hits(hits), "version": searcher.version, "search": _path(body.exact),
                 "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 
-    @app.post("/search/batch")
+    @api.post("/search/batch")
     def search_batch(body: BatchRequest) -> dict:
         """The ``k`` best pages for each query, in order: ``{"results": [{"hits": [...]}, ...]}``."""
         started = time.perf_counter()
@@ -131,7 +167,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         return {"results": [{"hits": _hits(h)} for h in results], "version": searcher.version,
                 "search": _path(body.exact), "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 
-    @app.get("/explain")
+    @api.get("/explain")
     def explain_hit(query: str = Query(..., min_length=1), path: str = Query(...), page: int = Query(..., ge=1),
                     format: str = Query("png", pattern="^(png|json)$")):
         """Why ``path`` page ``page`` matched ``query``: a PNG (kept patches outlined, the patches the
@@ -148,4 +184,38 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
             raise _Refused(409, f"cannot draw the page: {exc}") from None
         return Response(explain.png_bytes(image), media_type="image/png")
 
+    @api.get("/page")
+    def page_image(request: Request, path: str = Query(...), page: int = Query(..., ge=1),
+                   width: int = Query(320, ge=1)):
+        """Page ``page`` of the indexed file ``path``, ``width`` pixels wide at most (64-1600), as PNG; a
+        placeholder saying why when the file is gone or changed (``X-Sapindex-Note``). 404 unless indexed."""
+        try:
+            thumb = images.thumbnail(path, page, width)
+        except LookupError as exc:
+            raise _Refused(404, str(exc)) from None
+        headers = {"ETag": thumb.etag, "Cache-Control": "private, max-age=3600"}
+        if thumb.note:
+            note = thumb.note.encode("ascii", "replace").decode()  # a header is latin-1: paths may not be
+            headers.update({"X-Sapindex-Note": note, "Cache-Control": "no-store"})
+        if request.headers.get("if-none-match") == thumb.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(thumb.png, media_type="image/png", headers=headers)
+
+    @api.get("/file")
+    def source_file(path: str = Query(...)):
+        """The indexed file ``path`` itself (a PDF opens in the browser's viewer); 404 unless indexed,
+        409 when it is gone or changed since indexing."""
+        try:
+            file, media_type = images.source(path)
+        except LookupError as exc:
+            raise _Refused(404, str(exc)) from None
+        except SapIndexError as exc:
+            raise _Refused(409, str(exc)) from None
+        return FileResponse(file, media_type=media_type, headers={"Cache-Control": "private, no-cache"})
+
+    app.include_router(api)
     return app
+
+
+def _ui(name: str) -> bytes:
+    return resources.files("sapindex").joinpath("assets", "ui", name).read_bytes()

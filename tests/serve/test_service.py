@@ -5,76 +5,21 @@ and the service still alive; the bearer token; the refusals before it starts."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import TOKEN, Server, free_port, run_cli
 from PIL import Image, ImageOps
 
 from sapindex.index.indexer import run_index
 from sapindex.runtime.defaults import default_bundle_path, example_pages
-
-TOKEN = "s3cret-token-for-tests-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, index: Path, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "sapindex.cli", "serve", str(index), "--port",
-                                      str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read()}")
-            try:
-                self.call("GET", "/health", token=TOKEN)
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("server did not start")
-
-    def call(self, method: str, route: str, body=None, *, raw: bytes | None = None, token: str | None = None,
-             content_type: str | None = "application/json") -> tuple[int, dict]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + route, data=data, method=method)
-        if content_type:
-            req.add_header("Content-Type", content_type)
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
-
-    def get_raw(self, route: str) -> tuple[int, str, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + route, timeout=60) as resp:
-                return resp.status, resp.headers.get("content-type", ""), resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.headers.get("content-type", ""), err.read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def new_pages(directory: Path, n: int) -> Path:
