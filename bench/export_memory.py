@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import machine
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 HERE = Path(__file__).resolve().parent
@@ -56,8 +57,7 @@ def main() -> None:
 
     checkouts = [("this checkout", HERE.parent)] + ([("--against", args.against.resolve())] if args.against else [])
     print(f"# export peak memory at real width: {args.family}, {args.text_layers} decoder layers, "
-          f"{args.vision_blocks} vision blocks; {platform.machine()} {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}\n")
+          f"{args.vision_blocks} vision blocks; {machine()}\n")
     print("| code | peak RSS GB | bundle GB | peak / bundle | export + validation s |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

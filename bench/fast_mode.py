@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from harness import ROOT, page_images, run, sapindex
+from harness import ROOT, machine, page_images, run, sapindex
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -46,7 +45,7 @@ def quality(args) -> None:
             "Debian *-doc PDFs (500 pages, 500 queries)": Path(args.debian)}
     ratios = ",".join(f"{r:g}" for r in RATIOS)
     print("## Fast mode: retrieval quality on the micro model (sap-fast vs sap)\n")
-    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
+    print(f"- machine: {machine()}; "
           f"bundle {args.bundle}")
     for name, path in sets.items():
         if not (path / "manifest.json").exists() and not (path / "corpus").exists():
@@ -158,8 +157,7 @@ def speed(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     lines = ["## Fast mode: speed (exact vs fast, time per graph)", "",
              f"- command: `python bench/fast_mode.py speed --windows {args.windows} --pages {args.pages} "
-             f"--text-layers {args.text_layers}`; {platform.machine()}, {os.cpu_count()} cores, "
-             f"{time.strftime('%Y-%m-%d')}",
+             f"--text-layers {args.text_layers}`; {machine()}",
              "- each batch is encoded in every mode in turn (exact, then fast at 0.2 / 0.1 / 0.05) after one "
              "warm-up batch per mode; seconds per page; graph times summed from the runtime's calls; other = "
              "preprocessing, the gather of the kept tokens, SAP"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import PAGE_SIZE, page_images, sapindex
+from harness import PAGE_SIZE, machine, page_images, sapindex
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -270,7 +269,7 @@ def main() -> None:
     print(f"# full-depth benchmark, random weights at published sizes; {args.pages} pages of "
           f"{PAGE_SIZE[0]}x{PAGE_SIZE[1]} px, {args.pairs} calibration pairs, {args.rounds} interleaved rounds; "
           f"int8 columns: {int8}; "
-          f"{platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
+          f"{machine()}\n")
     table(rows, int8)
 
 

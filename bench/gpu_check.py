@@ -31,26 +31,12 @@ from harness import build_bundle, page_images, peak_rss_kb, run, sapindex
 QUERIES = ["what was the total revenue in 2023?", "travel policy for contractors", "annual report"] * 7
 
 
-class PeakMemory:
-    """The peak of the GPU's used memory (nvidia-smi, every 0.2 s) while it is entered, or None without one."""
-
-    def __enter__(self) -> PeakMemory:
-        self.peak_mb: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        if shutil.which("nvidia-smi"):
-            self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.2):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout.split()
-            if out:
-                self.peak_mb = max(self.peak_mb or 0, int(out[0]))
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
+def gpu_memory_peak(stop: threading.Event, peak: list[int]) -> None:
+    """Append to ``peak`` the most GPU memory nvidia-smi reports (MB, every 0.2 s) until ``stop``."""
+    while not stop.wait(0.2):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True).stdout.split()
+        peak[:] = [max([*peak, int(out[0])])] if out else peak
 
 
 def check_bundle(path: Path, device: str, images: list, batches: list[int]) -> dict:
@@ -62,7 +48,10 @@ def check_bundle(path: Path, device: str, images: list, batches: list[int]) -> d
     bundle = Bundle.open(path)
     options = IndexOptions(keep_ratio=0.1)
     reference = Encoder(bundle, device="cpu").encode_pages_pruned(images[:2], options)
-    with PeakMemory() as memory:
+    stop, peak = threading.Event(), []
+    if shutil.which("nvidia-smi"):
+        threading.Thread(target=gpu_memory_peak, args=(stop, peak), daemon=True).start()
+    try:
         encoder = Encoder(bundle, device=device)
         pruned = encoder.encode_pages_pruned(images[:2], options)
         rates = {}
@@ -77,19 +66,24 @@ def check_bundle(path: Path, device: str, images: list, batches: list[int]) -> d
             started = time.perf_counter()
             encoder.encode_queries([q])
             latencies.append((time.perf_counter() - started) * 1e3)
+    finally:
+        stop.set()
     same = [bool(np.array_equal(a.positions, b.positions)) for a, b in zip(reference, pruned, strict=True)]
     cosines = [float(np.min(np.sum(a.vectors * b.vectors, axis=1)))
                for a, b, eq in zip(reference, pruned, same, strict=True) if eq]
     return {"bundle": str(path), "dtype": bundle.manifest.get("dtype", "fp32"), "same_kept_sets": same,
             "min_cosine": min(cosines) if cosines else None, "pages_per_s": rates,
             "query_ms_p50": round(float(np.median(latencies)), 2),
-            "peak_gpu_mb": memory.peak_mb, "peak_rss_mb": peak_rss_kb() // 1024}
+            "peak_gpu_mb": peak[0] if peak else None, "peak_rss_mb": peak_rss_kb() // 1024}
 
 
-def check_ray(device: str, pages_dir: Path, work: Path) -> dict:
+def check_ray(device: str, images: list, work: Path) -> dict:
     """``index --ray local`` with one encoder against a local ``index`` of the same pages on ``device``."""
     from sapindex.index.store import Index
 
+    (pages_dir := work / "pages").mkdir()
+    for i, image in enumerate(images):
+        image.save(pages_dir / f"page-{i:02d}.png")
     runs = {}
     for name, extra in (("local", []), ("ray", ["--ray", "local", "--encoders", "1"])):
         started = time.perf_counter()
@@ -128,17 +122,13 @@ def main() -> None:
 
     report: dict = {"providers": ort.get_available_providers(), "onnxruntime": ort.__version__,
                     "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M"), "bundles": []}
-    images = page_images(args.pages)
+    images, batches = page_images(args.pages), [int(b) for b in args.batches.split(",")]
     for bundle in [default_bundle_path(), *(Path(b) for b in args.bundles.split(",") if b)]:
-        report["bundles"].append(check_bundle(bundle, args.device, images,
-                                              [int(b) for b in args.batches.split(",")]))
+        report["bundles"].append(check_bundle(bundle, args.device, images, batches))
         args.out.write_text(json.dumps(report, indent=2))  # what is done survives a cut-off run
     if not args.no_ray:
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "pages").mkdir()
-            for i, image in enumerate(images):
-                image.save(Path(tmp) / "pages" / f"page-{i:02d}.png")
-            report["ray"] = check_ray(args.device, Path(tmp) / "pages", Path(tmp))
+            report["ray"] = check_ray(args.device, images, Path(tmp))
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

@@ -9,6 +9,8 @@ edits, or written twice. This module is their one home. It is not a benchmark: s
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -45,6 +47,11 @@ def child_json(script: str, label: str, *args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
+
+
+def machine() -> str:
+    """The machine and the day, as every result's header names them: ``x86_64 2 cores, 2026-12-06``."""
+    return f"{platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
 
 
 def best_of(fn, repeats):

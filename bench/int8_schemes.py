@@ -14,15 +14,13 @@ Usage: python bench/int8_schemes.py [--layers 4 --width 1536 --mlp 8960 --tokens
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from harness import build_layer_stack
+from harness import build_layer_stack, machine
 
 BLOCKS = (32, 64, 128, 256)
 
@@ -74,7 +72,7 @@ def main() -> None:
 
     print(f"# int8 schemes at real width: {args.layers} layers at width {args.width} / MLP {args.mlp} "
           f"({weights / 1e9:.2f} GB of fp32 weights), {args.tokens} tokens, median of {args.repeats} runs; "
-          f"onnxruntime {ort.__version__}; {platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
+          f"onnxruntime {ort.__version__}; {machine()}\n")
     print("| variant | seconds | speed vs fp32 | size vs fp32 | smallest cosine vs fp32, Gaussian input | "
           "with outlier channels |")
     print("|---|---|---|---|---|---|")

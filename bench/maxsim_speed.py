@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import platform
 import time
 
 import numpy as np
+from harness import machine
 
 
 def main() -> None:
@@ -44,8 +43,7 @@ def main() -> None:
 
     queries = [unit(args.query_tokens) for _ in range(args.queries)]
     print(f"# MaxSim scoring: {args.queries} queries x {args.pages} pages, {args.query_tokens} query tokens, "
-          f"dim {args.dim}, {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}")
+          f"dim {args.dim}, numpy {np.__version__}, {machine()}")
     print("| page vectors | seconds per score matrix | matrices per full eval (7 methods x 3 ratios, random x5) |")
     print("|---|---|---|")
     for label, ratio in (("full", 1.0), ("keep 0.2", 0.2), ("keep 0.1", 0.1), ("keep 0.05", 0.05)):
@@ -81,7 +79,7 @@ def stored(args) -> None:
     qs = np.concatenate(tv.queries_near(pages, 3, seed=5))
     cases.append(("scan block (16,384 vectors), 3 queries", qs, np.arange(3) * 20, block, np.arange(0, 16384, 74), 0))
     print(f"# stored float16 pages: numpy vs ONNX Runtime kernel, {args.rounds} interleaved rounds, "
-          f"{platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}")
+          f"numpy {np.__version__}, {machine()}")
     print("| what | numpy ms (median, range) | kernel ms (median, range) | numpy / kernel |")
     print("|---|---|---|---|")
     for label, qv, qstarts, v, starts, threads in cases:

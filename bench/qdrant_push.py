@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from harness import run, sapindex
+from harness import machine, run, sapindex
 
 
 def main() -> None:
@@ -39,42 +35,33 @@ def main() -> None:
     from sapindex.engines import qdrant as engine
     from sapindex.index.store import Index
 
-    root = Path(tempfile.mkdtemp(prefix="qdrant-push-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="qdrant-push-") as tmp:
+        root, ratios = Path(tmp), {"full (keep 1.0)": 1.0, "SAP 0.1": 0.1}
         write_examples(root / "pages", n_pages=args.pages)
-        ratios = {"full (keep 1.0)": 1.0, "SAP 0.1": 0.1}
         for ratio in ratios.values():
             run(sapindex("index", root / "pages", "--out", root / str(ratio), "--keep-ratio", ratio))
         rates: dict[str, list[float]] = {name: [] for name in ratios}
         for r in range(args.rounds):
             for name, ratio in ratios.items():
-                client = engine.connect(str(root / f"q{r}-{ratio}"))
                 with Index.open(root / str(ratio)) as index:
-                    report = engine.push(client, "local", "pages", index)
+                    report = engine.push(client := engine.connect(str(root / f"q{r}-{ratio}")), "local", "pages", index)
                 client.close()
                 rates[name].append(report.pushed / report.seconds)
-        print(f"# Qdrant push: {platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
+        print(f"# Qdrant push: {machine()}; "
               f"{args.pages} rendered pages, micro model (128-d), qdrant-client local mode, {args.rounds} rounds\n")
         print("| vectors | vectors/page | push pages/s (rounds) | REST JSON KB/page | gRPC KB/page | "
-              "stored float16 KB/page | + int8 scalar KB | + binary KB |")
-        print("|---|---|---|---|---|---|---|---|")
+              "stored float16 KB/page | + int8 scalar KB | + binary KB |\n|---|---|---|---|---|---|---|---|")
         for name, ratio in ratios.items():
             with Index.open(root / str(ratio)) as index:
-                rows = list(index.iter_rows())
-            per_page = np.mean([len(r["vectors"]) for r in rows])
-            points = [{"id": engine.point_id(r["content_hash"], r["page"]),
-                       "vector": {"v": r["vectors"].astype(np.float32).tolist()}, "payload": engine.payload(r)}
-                      for r in rows]
-            rest = np.mean([len(json.dumps(p)) for p in points]) / 1e3
-            grpc = np.mean([RestToGrpc.convert_point_struct(models.PointStruct(**p)).ByteSize()
-                            for p in points]) / 1e3
-            dim = rows[0]["vectors"].shape[1]
+                points = [models.PointStruct(id=engine.point_id(r["content_hash"], r["page"]),
+                                             payload=engine.payload(r), vector={"v": r["vectors"].tolist()})
+                          for r in index.iter_rows()]
+            per_page, dim = np.mean([len(p.vector["v"]) for p in points]), len(points[0].vector["v"][0])
+            rest = np.mean([len(json.dumps(p.model_dump(exclude_none=True))) for p in points]) / 1e3
+            grpc = np.mean([RestToGrpc.convert_point_struct(p).ByteSize() for p in points]) / 1e3
             print(f"| {name} | {per_page:.0f} | {', '.join(f'{x:.0f}' for x in rates[name])} | {rest:.1f} | "
                   f"{grpc:.1f} | {per_page * dim * 2 / 1e3:.1f} | {per_page * dim / 1e3:.1f} | "
                   f"{per_page * dim / 8 / 1e3:.2f} |")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

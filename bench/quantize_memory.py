@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from harness import build_layer_stack, child_json, peak_rss_kb
+from harness import build_layer_stack, child_json, machine, peak_rss_kb
 
 
 def child(method: str, path: Path) -> None:
@@ -72,8 +70,7 @@ def main() -> None:
     ours, theirs = results["sapindex-passes"]["out"], results["ort-single-pass"]["out"]
     same = np.isfinite(ours).all() and np.array_equal(ours, theirs)
     print(f"# int8 quantization memory: {args.layers} layers at width {args.width} / MLP {args.mlp}, "
-          f"{weights / 1e9:.2f} GB of fp32 weights; {platform.machine()} {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}\n")
+          f"{weights / 1e9:.2f} GB of fp32 weights; {machine()}\n")
     print("| quantizer | seconds | peak above baseline GB | peak / fp32 weights |")
     print("|---|---|---|---|")
     for method, r in results.items():

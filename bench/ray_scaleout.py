@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,7 +32,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from harness import peak_rss_kb
+from harness import machine, peak_rss_kb
 
 CONFIGS = {
     "local": [],
@@ -128,7 +126,7 @@ def main() -> None:
                 out = root / f"idx-{r}-{name.replace(' ', '')}"
                 results[name].append(run(inputs, out, extra))
                 shutil.rmtree(out)
-        print(f"# Ray on one machine: {platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
+        print(f"# Ray on one machine: {machine()}; "
               f"built-in micro bundle, {args.pages} PDF pages at 72 dpi, median of {args.rounds} rounds\n")
         if results:
             print_runs(results)

@@ -108,6 +108,11 @@ SECTIONS = [
      ["--pages", "20000", "--dist", "spread", "--queries", "20"],
      "Kept-vector distributions of `sapindex.benchdata.token_vectors`; exact answers by one streamed pass; "
      "in-process latencies exclude query encoding, the service's include it."),
+    ("Qdrant push: pages/s to local mode, bytes per page on the wire and stored, full vectors vs SAP 0.1",
+     ["qdrant_push.py", "--pages", "200", "--rounds", "2"], ["--pages", "12", "--rounds", "1"],
+     "The same rendered pages indexed at keep 1.0 and 0.1 with the micro bundle, each pushed into a fresh "
+     "local-mode collection, alternating; wire bytes are a page's upsert as REST JSON and as gRPC, stored bytes "
+     "computed from Qdrant's float16 multivector and its quantized copies."),
     ("Single-writer commit rate: what bounds a scale-out index run",
      ["writer_rate.py", "--prefill", "2000", "--pages", "2048"], ["--prefill", "200", "--pages", "256"],
      "`Index.add_pages` (one atomic commit per call, as every `index` batch) on pages shaped like a real "

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
-from harness import build_bundle, child_json, page_images
+from harness import build_bundle, child_json, machine, page_images
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 VARIANTS = {
@@ -81,8 +80,7 @@ def main() -> None:
     tokens = results["no-prepack"][0]["tokens"]
     print(f"# ONNX Runtime session settings: {args.family} at real width, {args.text_layers} decoder layers, "
           f"{args.vision_blocks} vision blocks, bundle {size:.2f} GB, pages of {tokens} visual tokens, one at a time; "
-          f"best of {args.rounds} rounds, {args.pages} pages each; {platform.machine()} {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}\n")
+          f"best of {args.rounds} rounds, {args.pages} pages each; {machine()}\n")
     print("| variant | session load s | s/page | s/page vs ort-default | peak RSS GB |")
     print("|---|---|---|---|---|")
     base = min(r["s_per_page"] for r in results["ort-default"])

@@ -12,14 +12,13 @@ Usage: python bench/writer_rate.py [--prefill 2000] [--pages 2048]
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import machine
 
 
 def rows(start: int, n: int, k: int = 74, dim: int = 128):
@@ -45,7 +44,7 @@ def main() -> None:
     from sapindex.index.store import IndexWriter
 
     root = Path(tempfile.mkdtemp(prefix="writer-rate-"))
-    print(f"# Single-writer commit rate: {platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
+    print(f"# Single-writer commit rate: {machine()}; "
           f"pages of 74 kept float16 vectors x 128, index prefilled with {args.prefill} pages in commits of 8\n")
     print("| state | batch (pages per commit) | pages/s | commits/s | ms per commit |")
     print("|---|---|---|---|---|")

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +79,11 @@ def build(out: Path, extras: list[str], gpu: bool, torch: bool, python: str | No
     if wheels.exists():
         shutil.rmtree(wheels)
     wheels.mkdir(parents=True)
-    pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(REPO))
+    with tempfile.TemporaryDirectory() as tmp:  # a clean copy: setuptools would pack a stale build/ of the checkout
+        source = Path(tmp) / "sapindex"
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                                     "__pycache__", ".pytest_cache", ".mypy_cache"))
+        pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source))
     (own,) = wheels.glob("sapindex-*.whl")
     target = ["--only-binary", ":all:", "--dest", str(wheels)]
     if python:
