@@ -44,3 +44,16 @@ def qdrant_options(required: bool):
         return click.option("--qdrant", required=required, default=None, metavar="URL|DIR",
                             help="A Qdrant server URL, or a directory for Qdrant's local mode.")(fn)
     return decorate
+
+
+def two_stage_options():
+    """``--nprobe``, ``--kprime``, ``--depth``: the two-stage search's recall against its time (``two_stage``)."""
+    def decorate(fn):
+        for name, default, what in (("depth", 512, "pages rescored exactly per query"),
+                                    ("kprime", 1024, "vectors retrieved per query token"),
+                                    ("nprobe", 32, "inverted lists probed per query token")):
+            fn = click.option(f"--{name}", type=click.IntRange(min=1), default=default, show_default=True,
+                              help=f"Two-stage search (an optimized index): {what}; more is slower and finds more "
+                                   "of the exact top pages (bench/RESULTS.md 'A million pages').")(fn)
+        return fn
+    return decorate

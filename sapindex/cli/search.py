@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from sapindex.cli._options import device_option, json_option, qdrant_options
+from sapindex.cli._options import device_option, json_option, qdrant_options, two_stage_options
 from sapindex.cli._output import ProgressBar, warn
 from sapindex.errors import EXIT_PARTIAL
 
@@ -35,11 +35,12 @@ QUERIES_PER_STEP = 32  # queries searched between progress-bar updates (one text
 @click.option("--exact", is_flag=True, help="Scan every page even where two-stage search applies (see optimize).")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle to encode the queries (default: the one the index was built with).")
+@two_stage_options()
 @qdrant_options(required=False)
 @device_option()
 @json_option("Print a JSON array of {path, page, score}, best first (one query).")
 def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, path_prefix, explain_dir, exact, bundle,
-           qdrant, collection, api_key_file, device, as_json):
+           nprobe, kprime, depth, qdrant, collection, api_key_file, device, as_json):
     """Search an index: exact MaxSim over the kept vectors of every page, or of the first stage's
     best candidates on a large optimized index (see `sapindex optimize`; --exact scans anyway).
 
@@ -89,7 +90,7 @@ def search(index_dir, query, k, queries_file, fmt, out_file, run_name, where, pa
     if not index_dir:
         raise SapIndexError("give INDEX_DIR, or --qdrant and --collection")
     failed = 0
-    with Searcher.open(index_dir, bundle, device) as searcher:
+    with Searcher.open(index_dir, bundle, device, nprobe=nprobe, kprime=kprime, depth=depth) as searcher:
         searcher.check_queries([q.text for q in queries], [q.where for q in queries])
         if searcher.two_stage(exact):  # an approximation: say so where it is used
             click.echo(f"two-stage search: pages estimated from the first stage's compressed codes, the "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sapindex.cli._options import device_option
+from sapindex.cli._options import device_option, two_stage_options
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -46,8 +46,9 @@ def _read_token(path: Path) -> str:
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="A file holding the bearer token every request must send (Authorization: Bearer ...).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads (default: all cores).")
+@two_stage_options()
 @device_option()
-def serve(index_dir, bundle, host, port, token_file, threads, device):
+def serve(index_dir, bundle, host, port, token_file, threads, nprobe, kprime, depth, device):
     """Serve an index over HTTP: the search page at GET / (open it in a browser), and POST /search,
     POST /search/batch, GET /explain, GET /page, GET /health, GET /stats.
 
@@ -76,7 +77,7 @@ def serve(index_dir, bundle, host, port, token_file, threads, device):
         raise SapIndexError(f"--host {host} exposes the index beyond this machine; give --token-file "
                             "(or put an authenticating proxy in front and listen on 127.0.0.1)")
     _check_port(host, port)
-    searcher = Searcher.open(index_dir, bundle, device, threads)
+    searcher = Searcher.open(index_dir, bundle, device, threads, nprobe=nprobe, kprime=kprime, depth=depth)
     stats = searcher.stats()
     click.echo(f"serving {index_dir} ({stats['pages']} pages, version {stats['version']}) on "
                f"http://{host}:{port}/{' with a bearer token' if token else ''} (open it in a browser to search)",

@@ -70,3 +70,22 @@ def test_refusals(index_dir, tmp_path):
     for args, message in cases:
         result = run_cli(*args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, args
+
+
+def test_two_stage_options_default_to_the_searchers():
+    """`search` and `serve` spell the two-stage defaults out for --help; they must be the Searcher's."""
+    from sapindex.cli.search import search as search_command
+    from sapindex.cli.serve import serve as serve_command
+    from sapindex.search import searcher
+
+    for command in (search_command, serve_command):
+        defaults = {p.name: p.default for p in command.params}
+        assert (defaults["nprobe"], defaults["kprime"], defaults["depth"]) == \
+            (searcher.NPROBE, searcher.KPRIME, searcher.DEPTH)
+
+
+def test_two_stage_options_are_checked(index_dir):
+    """Accepted on any index (they apply once it is optimized and large enough), refused when not positive."""
+    result = run_cli("search", index_dir, "annual report", "--depth", 7, "--nprobe", 3, "--kprime", 11, "--json")
+    assert result.returncode == 0, result.stderr
+    assert run_cli("search", index_dir, "annual report", "--depth", 0).returncode == 2
