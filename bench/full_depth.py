@@ -100,13 +100,13 @@ def runtime_child(bundle: str, page_dir: str) -> None:
 
 def search_child(index: str, queries: int) -> None:
     """Later answers through the Python API: the searcher loaded once, then one query at a time."""
-    from sapindex import open_for_search, search
+    from sapindex import Searcher
 
-    index_, encoder = open_for_search(index)
-    search(index_, encoder, ["warm-up query"])
+    searcher = Searcher.open(index)
+    searcher.search("warm-up query")
     started = time.perf_counter()
     for i in range(queries):
-        search(index_, encoder, [f"total revenue in year {2000 + i}"], k=10)
+        searcher.search(f"total revenue in year {2000 + i}", k=10)
     print(json.dumps({"s_per_query": (time.perf_counter() - started) / queries}))
 
 
