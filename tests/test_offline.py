@@ -20,7 +20,8 @@ OFFLINE = r"""
 set -euo pipefail
 ip link set lo up
 export PIP_CONFIG_FILE=/dev/null PIP_NO_CACHE_DIR=1 HOME="$PWD"
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+stop_serve() { pkill -f "bin/pytho[n] venv/bin/sapindex serve" || true; }  # strace leaves its tracee behind
+trap stop_serve EXIT
 ./wh/install.sh venv > install.txt
 if venv/bin/python -c "import torch" 2>/dev/null; then echo "the runtime wheelhouse installed torch" >&2; exit 1; fi
 trace() { strace -f -qq -e trace=connect -o "connects-$1.txt" "${@:2}"; }
