@@ -24,6 +24,7 @@ bfloat16 cells; the Parquet copy keeps the stored float16 values exactly. Ids ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -97,7 +98,7 @@ def dump(index: Index, out_dir: str | Path, fmt: str = "parquet", *, vespa_docty
     except OSError as exc:
         raise SapIndexError(f"{out}: cannot create the directory ({exc.strerror})") from None
     version = index.version
-    total = index.stats().pages
+    total = index.count_pages()
     batches = _batches(index, version, total, progress)
     if fmt == "parquet":
         report = _parquet(index, out / "pages.parquet", batches)
@@ -142,25 +143,27 @@ def _vectors16(batch: pa.RecordBatch, dim: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), inner)
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _parquet(index: Index, path: Path, batches: Iterator[pa.RecordBatch]) -> DumpReport:
-    schema = pa.schema([(c, index_type) for c, index_type in _schema_fields(index.dim)])
-    tmp = _tmp(path)
-    pages = vectors = 0
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write, renamed to ``path`` when the block ends well, removed otherwise."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for batch in batches:
-                arrays = [_vectors16(batch, index.dim) if c == "vectors" else batch.column(c).cast(t)
-                          for c, t in _schema_fields(index.dim)]
-                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
-                pages += batch.num_rows
-                vectors += int(np.sum(batch.column("n_kept").to_numpy()))
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _parquet(index: Index, path: Path, batches: Iterator[pa.RecordBatch]) -> DumpReport:
+    schema = pa.schema(_schema_fields(index.dim))
+    pages = vectors = 0
+    with _replacing(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for batch in batches:
+            arrays = [_vectors16(batch, index.dim) if f.name == "vectors" else batch.column(f.name).cast(f.type)
+                      for f in schema]
+            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+            pages += batch.num_rows
+            vectors += int(np.sum(batch.column("n_kept").to_numpy()))
     return DumpReport([path], pages, vectors, path.stat().st_size)
 
 
@@ -176,25 +179,20 @@ def _schema_fields(dim: int) -> list[tuple[str, pa.DataType]]:
 def _lines(path: Path, batches: Iterator[pa.RecordBatch], dim: int,
            render: Callable[[dict, list[str], np.ndarray], list[dict]]) -> DumpReport:
     """A JSON-lines feed: ``render(fields, labels, vectors)`` gives each page's objects."""
-    tmp = _tmp(path)
     pages = vectors = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for batch in batches:
-                vecs, voff = vectors_from_list(batch.column("vectors"), dim, np.float32)
-                pos, poff = ints_from_list(batch.column("positions"))
-                vecs = np.round(vecs.astype(np.float64), DECIMALS)  # short decimals, not float32 reprs
-                scalars = {c: batch.column(c).to_pylist() for c in FEED_FIELDS}
-                for i in range(batch.num_rows):
-                    fields = {c: scalars[c][i] for c in FEED_FIELDS}
-                    labels = [str(p) for p in pos[poff[i]:poff[i + 1]]]
-                    for obj in render(fields, labels, vecs[voff[i]:voff[i + 1]]):
-                        f.write(json.dumps(obj, separators=(",", ":")) + "\n")
-                pages += batch.num_rows
-                vectors += len(vecs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for batch in batches:
+            vecs, voff = vectors_from_list(batch.column("vectors"), dim, np.float32)
+            pos, poff = ints_from_list(batch.column("positions"))
+            vecs = np.round(vecs.astype(np.float64), DECIMALS)  # short decimals, not float32 reprs
+            scalars = {c: batch.column(c).to_pylist() for c in FEED_FIELDS}
+            for i in range(batch.num_rows):
+                fields = {c: scalars[c][i] for c in FEED_FIELDS}
+                labels = [str(p) for p in pos[poff[i]:poff[i + 1]]]
+                for obj in render(fields, labels, vecs[voff[i]:voff[i + 1]]):
+                    f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            pages += batch.num_rows
+            vectors += len(vecs)
     return DumpReport([path], pages, vectors, path.stat().st_size)
 
 

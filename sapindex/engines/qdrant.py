@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from sapindex import __version__
 from sapindex.errors import SapIndexError
 from sapindex.index.store import Hit, Index
 from sapindex.runtime.encoder import Encoder
+from sapindex.search.scan import TopK
 from sapindex.search.searcher import MAX_QUERY_TOKENS, QueryEncoding, query_encoder
 
 __all__ = ["QUANTIZATIONS", "PushReport", "QdrantSearcher", "connect", "payload", "point_id", "push"]
@@ -215,8 +216,9 @@ class PushReport:
     seconds: float
 
 
-def _stamp(row: dict) -> str:
-    return json.dumps([_payload_value(row[k]) for k in _STAMP])
+def _stamp(fields: dict) -> str:
+    """What says a point is the index row's current version: its payload's stamp fields, as one string."""
+    return json.dumps([fields.get(k) for k in _STAMP])
 
 
 def _payload_value(v: Any) -> Any:
@@ -240,7 +242,7 @@ def _stored(client: Any, target: str, collection: str) -> dict[str, str]:
         records, offset = _call(target, client.scroll, collection, limit=_SCROLL, offset=offset,
                                 with_payload=list(_STAMP), with_vectors=False)
         for r in records:
-            out[str(r.id)] = json.dumps([r.payload.get(k) for k in _STAMP])
+            out[str(r.id)] = _stamp(r.payload)
         if offset is None:
             return out
 
@@ -279,7 +281,7 @@ def push(client: Any, target: str, collection: str, index: Index, *, batch_size:
     started = time.perf_counter()
     name = ensure_collection(client, target, collection, index, quantization, shards, replicas)
     stored = _stored(client, target, collection)
-    total = index.stats().pages
+    total = index.count_pages()
     held: set[str] = set()
     pushed = skipped = done = 0
     batch: list = []
@@ -293,11 +295,11 @@ def push(client: Any, target: str, collection: str, index: Index, *, batch_size:
         pid = point_id(row["content_hash"], row["page"])
         held.add(pid)
         done += 1
-        if stored.get(pid) == _stamp(row):
+        fields = payload(row)
+        if stored.get(pid) == _stamp(fields):
             skipped += 1
         else:
-            vectors = np.asarray(row["vectors"], np.float32)
-            batch.append(models.PointStruct(id=pid, vector={name: vectors.tolist()}, payload=payload(row)))
+            batch.append(models.PointStruct(id=pid, vector={name: row["vectors"].tolist()}, payload=fields))
             pushed += 1
             if len(batch) >= batch_size:
                 flush()
@@ -407,9 +409,8 @@ class QdrantSearcher(QueryEncoding):
         Raises:
             SapIndexError: A query is refused, ``k`` is not a positive integer, or Qdrant fails the request.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise SapIndexError(f"k must be a positive integer, got {k!r}")
-        return self.search_vectors(self.encode(queries, names), int(k), exact=exact)
+        k = self.checked_k(k)
+        return self.search_vectors(self.encode(queries, names), k, exact=exact)
 
     def search_vectors(self, query_vectors: Sequence[np.ndarray], k: int = 10, *,
                        exact: bool = False) -> list[list[Hit]]:
@@ -423,6 +424,9 @@ class QdrantSearcher(QueryEncoding):
         return [_hits(a.points) for a in answers]
 
 
-def _hits(points: Iterator) -> list[Hit]:
-    hits = [Hit(p.payload["path"], int(p.payload["page"]), float(p.score)) for p in points]
-    return sorted(hits, key=lambda h: (-h.score, h.path, h.page))
+def _hits(points: list) -> list[Hit]:
+    """Qdrant's points as hits, in the order every sapindex search gives (score, then path and page)."""
+    top = TopK(None)
+    top.add(np.array([p.score for p in points], np.float64), [p.payload["path"] for p in points],
+            [int(p.payload["page"]) for p in points])
+    return top.hits()

@@ -85,6 +85,13 @@ class QueryEncoding:
         self.max_query_tokens = max_query_tokens
         self._encode_lock = threading.Lock()
 
+    @staticmethod
+    def checked_k(k) -> int:
+        """``k`` as an int; SapIndexError unless it is a positive integer (a bool is not)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise SapIndexError(f"k must be a positive integer, got {k!r}")
+        return int(k)
+
     def check_queries(self, queries: Sequence[str], names: Sequence[str] | None = None) -> None:
         """SapIndexError naming the first query that is not a non-empty string within
         :attr:`max_query_tokens` tokens (``names[i]`` says where query ``i`` came from).
@@ -394,8 +401,7 @@ class Searcher(QueryEncoding):
             SapIndexError: ``k`` is not a positive integer, or ``where`` is malformed.
             ValueError: A query's vectors are not ``[M >= 1, dim]`` or not finite.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise SapIndexError(f"k must be a positive integer, got {k!r}")
+        k = self.checked_k(k)
         qs = [query_matrix(q, self.index.dim) for q in query_vectors]
         if not qs:
             return []
@@ -403,10 +409,10 @@ class Searcher(QueryEncoding):
         view = self._view
         allowed = view.allowed(self._keys(view, where), path_prefix)
         if self._two_stage(view, exact):
-            return self._first_stage_search(view, qs, int(k), allowed)
+            return self._first_stage_search(view, qs, k, allowed)
         stacked = np.concatenate(qs)
         starts = np.cumsum([0] + [len(q) for q in qs[:-1]]).astype(np.int64)
-        tops = [TopK(int(k)) for _ in qs]
+        tops = [TopK(k) for _ in qs]
         for first, paths, pages, scores in view.scan(stacked, starts, progress):
             if allowed is not None:
                 scores[:, ~allowed[first:first + scores.shape[1]]] = -np.inf

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from sapindex.errors import SapIndexError
-from sapindex.index.documents import render_page
+from sapindex.index.documents import describe, render_page
 from sapindex.index.store import Index
 from sapindex.index.store._sql import sql_str
 from sapindex.search.explain import png_bytes
@@ -92,8 +92,6 @@ class PageImages:
                   for r in b.to_pylist()}
         if not hashes:
             raise LookupError(f"{path} is not in the index")
-        from sapindex.index.documents import describe
-
         if describe(path).content_hash not in hashes:
             raise SapIndexError(f"{path} changed since it was indexed; re-index it")
         return Path(path), mimetypes.guess_type(path)[0] or "application/octet-stream"

@@ -178,9 +178,11 @@ def test_failures_recorded_replaced_and_cleared(tmp_path, monkeypatch):
 def test_stats_and_bytes_per_row(tmp_path):
     dim, n_pages, k = 128, 100, 100
     with IndexWriter.create_or_open(tmp_path / "idx", "fp-A", dim) as idx:
+        assert idx.count_pages() == 0
         rows = [make_row(f"d{i // 4}.pdf", h(i // 4), i % 4 + 1, k, i, dim=dim, n_visual=768)
                 for i in range(n_pages)]
         idx.add_pages(rows)
+        assert idx.count_pages() == n_pages
         idx.add_failures([Failure("x.pdf", "empty file (0 bytes)")])
         s = idx.stats()
     assert (s.files, s.pages, s.vectors, s.vectors_before_pruning, s.failures) == (25, 100, 10_000, 76_800, 1)

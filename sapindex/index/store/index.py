@@ -328,6 +328,15 @@ class Index:
         rows = self._rows(f"path = {sql_str(path)} AND page = {int(page)}")
         return max(rows, key=lambda r: r["indexed_at"], default=None)
 
+    def count_pages(self) -> int:
+        """How many pages the index holds now: a count of the table's rows, nothing read (``stats``
+        scans columns and walks the directory).
+
+        Returns:
+            The number of stored page rows (0 for an index without pages).
+        """
+        return 0 if self.version == 0 else int(self._pages.count_rows())
+
     @property
     def version(self) -> int:
         """The pages table's current version (0 before the first page): each commit adds one, so a
